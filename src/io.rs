@@ -1,0 +1,327 @@
+//! Files on disk: atomic writes and the NPY format.
+//!
+//! Every result reslim writes goes through [`atomic_write`] (or [`atomic_write_with`]):
+//! the bytes land in a temporary file beside the target, are flushed, and the temporary
+//! file is renamed over the target. A reader (or a resumed sweep) therefore sees either
+//! the old file or the complete new one, never a torn write.
+//!
+//! NPY support covers what reslim exchanges with NumPy: little-endian `f8`/`f4` arrays
+//! in C order, format versions 1.0-3.0 (see the NPY format description in NumPy's
+//! `numpy.lib.format`).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Errors of file input and output. Each names the file it concerns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IoError {
+    /// The OS refused an operation on `path`.
+    #[error("{path}: {source}")]
+    Os {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not an NPY file reslim can read.
+    #[error("{path}: not a valid NPY file: {why}")]
+    BadNpy { path: PathBuf, why: String },
+    /// The array has another shape than the one expected.
+    #[error("{path}: expected an array of shape {expected:?}, found shape {found:?}")]
+    Shape {
+        path: PathBuf,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// The array holds a NaN or an infinity.
+    #[error("{path}: entry {index} is not finite ({value})")]
+    NonFinite {
+        path: PathBuf,
+        index: usize,
+        value: f64,
+    },
+}
+
+fn os(path: &Path) -> impl FnOnce(std::io::Error) -> IoError + '_ {
+    move |source| IoError::Os {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The temporary file used while writing `path` (same directory, so the rename is atomic).
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename). Creates the
+/// parent directory if needed.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+    atomic_write_with(path, |tmp| {
+        let mut f = fs::File::create(tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })
+}
+
+/// Lets `write` produce the file at a temporary path, then renames it to `path`.
+/// Use this for writers that want a path of their own (image encoders, CSV writers).
+pub fn atomic_write_with(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<(), IoError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(os(parent))?;
+    }
+    let tmp = temp_path(path);
+    if let Err(e) = write(&tmp) {
+        let _ = fs::remove_file(&tmp);
+        return Err(IoError::Os {
+            path: path.to_path_buf(),
+            source: e,
+        });
+    }
+    fs::rename(&tmp, path).map_err(os(path))
+}
+
+/// Element types reslim writes to and reads from NPY.
+pub trait NpyElem: Copy {
+    /// The NPY `descr` string.
+    const DESCR: &'static str;
+    fn to_le(self, out: &mut Vec<u8>);
+}
+impl NpyElem for f64 {
+    const DESCR: &'static str = "<f8";
+    fn to_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+}
+impl NpyElem for f32 {
+    const DESCR: &'static str = "<f4";
+    fn to_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+}
+
+/// Encodes a C-order array as NPY (version 1.0) bytes.
+pub fn npy_bytes<T: NpyElem>(shape: &[usize], data: &[T]) -> Vec<u8> {
+    debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+    let shape_str = match shape.len() {
+        1 => format!("({},)", shape[0]),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut header = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}",
+        T::DESCR,
+        shape_str
+    );
+    // Pad so that magic(6) + version(2) + len(2) + header ends on a 64-byte boundary.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + 8 * data.len());
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for &x in data {
+        x.to_le(&mut out);
+    }
+    out
+}
+
+/// Writes a C-order array to `path` as NPY, atomically.
+pub fn write_npy<T: NpyElem>(path: &Path, shape: &[usize], data: &[T]) -> Result<(), IoError> {
+    atomic_write(path, &npy_bytes(shape, data))
+}
+
+/// A float array read from NPY, converted to f64, in C order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NpyArray {
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+}
+
+/// Reads an NPY file of `f8` or `f4` (little- or big-endian, C or Fortran order) into a
+/// C-order f64 array. Rejects NaN and infinities, naming the first bad entry.
+pub fn read_npy(path: &Path) -> Result<NpyArray, IoError> {
+    let bytes = fs::read(path).map_err(os(path))?;
+    let bad = |why: &str| IoError::BadNpy {
+        path: path.to_path_buf(),
+        why: why.to_string(),
+    };
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("missing the \\x93NUMPY magic string"));
+    }
+    let major = bytes[6];
+    let (hlen, hstart) = match major {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 => {
+            if bytes.len() < 12 {
+                return Err(bad("truncated header"));
+            }
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
+        }
+        v => return Err(bad(&format!("unsupported format version {v}"))),
+    };
+    let header = bytes
+        .get(hstart..hstart + hlen)
+        .ok_or_else(|| bad("truncated header"))?;
+    let header = std::str::from_utf8(header).map_err(|_| bad("header is not text"))?;
+    let field = |key: &str| -> Option<&str> {
+        let i = header.find(&format!("'{key}'"))?;
+        let rest = &header[i + key.len() + 2..];
+        let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+        Some(rest)
+    };
+    let descr = field("descr").ok_or_else(|| bad("header has no 'descr'"))?;
+    let descr = descr
+        .strip_prefix('\'')
+        .and_then(|d| d.split('\'').next())
+        .ok_or_else(|| bad("malformed 'descr'"))?;
+    let (size, big, is_f64) = match descr {
+        "<f8" | "=f8" | "f8" => (8, false, true),
+        ">f8" => (8, true, true),
+        "<f4" | "=f4" | "f4" => (4, false, false),
+        ">f4" => (4, true, false),
+        d => {
+            return Err(bad(&format!(
+                "dtype '{d}' is not supported (use float64 or float32)"
+            )));
+        }
+    };
+    let fortran = field("fortran_order")
+        .ok_or_else(|| bad("header has no 'fortran_order'"))?
+        .starts_with("True");
+    let shape_s = field("shape").ok_or_else(|| bad("header has no 'shape'"))?;
+    let shape_s = shape_s
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("malformed 'shape'"))?;
+    let shape = shape_s
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| bad("malformed 'shape'"))?;
+    let count: usize = shape.iter().product();
+    let body = &bytes[hstart + hlen..];
+    if body.len() != count * size {
+        return Err(bad(&format!(
+            "data holds {} bytes, shape {:?} needs {}",
+            body.len(),
+            shape,
+            count * size
+        )));
+    }
+    let mut data: Vec<f64> = body
+        .chunks_exact(size)
+        .map(|c| match (is_f64, big) {
+            (true, false) => f64::from_le_bytes(c.try_into().unwrap()),
+            (true, true) => f64::from_be_bytes(c.try_into().unwrap()),
+            (false, false) => f32::from_le_bytes(c.try_into().unwrap()) as f64,
+            (false, true) => f32::from_be_bytes(c.try_into().unwrap()) as f64,
+        })
+        .collect();
+    if fortran && shape.len() > 1 {
+        data = fortran_to_c(&shape, &data);
+    }
+    if let Some((index, &value)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(IoError::NonFinite {
+            path: path.to_path_buf(),
+            index,
+            value,
+        });
+    }
+    Ok(NpyArray { shape, data })
+}
+
+/// Reads an NPY file and checks its shape.
+pub fn read_npy_shaped(path: &Path, expected: &[usize]) -> Result<Vec<f64>, IoError> {
+    let a = read_npy(path)?;
+    if a.shape != expected {
+        return Err(IoError::Shape {
+            path: path.to_path_buf(),
+            expected: expected.to_vec(),
+            found: a.shape,
+        });
+    }
+    Ok(a.data)
+}
+
+fn fortran_to_c(shape: &[usize], data: &[f64]) -> Vec<f64> {
+    let n = shape.len();
+    let mut out = vec![0.0; data.len()];
+    let mut idx = vec![0usize; n];
+    for (c_pos, slot) in out.iter_mut().enumerate() {
+        // idx is the multi-index of c_pos in C order.
+        let mut f_pos = 0;
+        let mut stride = 1;
+        for k in 0..n {
+            f_pos += idx[k] * stride;
+            stride *= shape[k];
+        }
+        *slot = data[f_pos];
+        let _ = c_pos;
+        for k in (0..n).rev() {
+            idx[k] += 1;
+            if idx[k] < shape[k] {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_round_trip() {
+        let dir = std::env::temp_dir().join(format!("reslim-io-{}", std::process::id()));
+        let p = dir.join("a.npy");
+        let data: Vec<f64> = (0..24).map(|i| i as f64 * 0.5 - 3.0).collect();
+        write_npy(&p, &[2, 3, 4], &data).unwrap();
+        let back = read_npy(&p).unwrap();
+        assert_eq!(back.shape, vec![2, 3, 4]);
+        assert_eq!(back.data, data);
+        assert!(read_npy_shaped(&p, &[4, 3, 2]).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn fortran_order_is_transposed() {
+        // 2x3 matrix [[0,1,2],[3,4,5]] stored column-major is 0,3,1,4,2,5.
+        let c = fortran_to_c(&[2, 3], &[0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        assert_eq!(c, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    }
+
+    #[test]
+    fn bad_files_name_the_path() {
+        let dir = std::env::temp_dir().join(format!("reslim-io-bad-{}", std::process::id()));
+        let p = dir.join("junk.npy");
+        atomic_write(&p, b"not an npy file").unwrap();
+        let e = read_npy(&p).unwrap_err().to_string();
+        assert!(e.contains("junk.npy") && e.contains("magic"), "{e}");
+        let e = read_npy(&dir.join("missing.npy")).unwrap_err().to_string();
+        assert!(e.contains("missing.npy"), "{e}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
