@@ -4,3 +4,5 @@
 //! `../shared/spec/PAPERS.md` for the mathematics they implement.
 
 pub mod io;
+pub mod param;
+pub mod rng;
