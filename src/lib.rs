@@ -4,5 +4,8 @@
 //! `../shared/spec/PAPERS.md` for the mathematics they implement.
 
 pub mod io;
+pub mod kernels;
+pub mod model;
 pub mod param;
 pub mod rng;
+pub mod train;

@@ -230,7 +230,9 @@ pub struct Parametrization {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParamError {
-    #[error("unknown parametrization preset '{0}' (known: chizat-julia, chizat-python, lazy, standard)")]
+    #[error(
+        "unknown parametrization preset '{0}' (known: chizat-julia, chizat-python, lazy, standard)"
+    )]
     UnknownPreset(String),
     #[error("parametrization field '{field}' must be finite, got {value}")]
     NotFinite { field: String, value: String },

@@ -110,7 +110,12 @@ impl Stream {
     fn block(&self, a: u64, b: u64, c: u32, d: u32) -> [u64; 2] {
         // Columns and rows up to 2^32 each; their high halves go to the third word.
         let x = philox4x32(
-            [a as u32, b as u32, c ^ ((a >> 32) as u32) << 16, d ^ ((b >> 32) as u32) << 16],
+            [
+                a as u32,
+                b as u32,
+                c ^ ((a >> 32) as u32) << 16,
+                d ^ ((b >> 32) as u32) << 16,
+            ],
             self.key,
         );
         [

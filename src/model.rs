@@ -1,0 +1,418 @@
+//! The ResNet with two-layer-perceptron blocks: its numeric types, activations, weights
+//! and data, and how weights are drawn from the RNG streams or read from NumPy files.
+//!
+//! Storage (row-major throughout):
+//! - `we`: D x d_in, entry (d, i) of W_E;
+//! - `ut`, `vt`: L x M x D; row m of layer l is column m of U_l (resp. V_l), the input
+//!   (resp. output) vector of hidden unit m. A row is contiguous, so the fused GD passes
+//!   of [`crate::train`] stream each weight matrix once;
+//! - `wu`: D x d_out, entry (d, o) of W_U;
+//! - data `x`: d_in x N, `y`: d_out x N (one column per sample), as in the authors' code.
+
+use crate::io::{self, IoError};
+use crate::param::{Dims, Resolved};
+use crate::rng::{Stream, Tensor};
+use serde::{Deserialize, Serialize};
+use std::fmt::Debug;
+use std::path::Path;
+
+/// The floating-point types the engine runs in (f64 by default, f32 on request).
+pub trait Real:
+    num_traits::Float
+    + Send
+    + Sync
+    + Default
+    + Debug
+    + std::iter::Sum
+    + std::ops::AddAssign
+    + std::ops::SubAssign
+    + 'static
+{
+    /// "f64" or "f32".
+    const NAME: &'static str;
+    fn of(x: f64) -> Self;
+    fn to(self) -> f64;
+    /// Fills `out` with the standard normals of one row of a stream, times `scale`.
+    fn fill_normal_row(s: &Stream, row: u64, scale: f64, out: &mut [Self]);
+}
+impl Real for f64 {
+    const NAME: &'static str = "f64";
+    #[inline(always)]
+    fn of(x: f64) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn to(self) -> f64 {
+        self
+    }
+    fn fill_normal_row(s: &Stream, row: u64, scale: f64, out: &mut [Self]) {
+        s.fill_normal_row(row, 0, scale, out)
+    }
+}
+impl Real for f32 {
+    const NAME: &'static str = "f32";
+    #[inline(always)]
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    #[inline(always)]
+    fn to(self) -> f64 {
+        self as f64
+    }
+    fn fill_normal_row(s: &Stream, row: u64, scale: f64, out: &mut [Self]) {
+        s.fill_normal_row_f32(row, 0, scale, out)
+    }
+}
+
+/// Precision of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    F64,
+    F32,
+}
+
+/// The activation sigma of the blocks, with its first two derivatives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    #[default]
+    Tanh,
+    Relu,
+    /// The exact GELU x * Phi(x) (Phi the standard normal CDF).
+    Gelu,
+    /// log(1 + e^x).
+    Softplus,
+    /// The identity (the linear experiments of PAPERS.md section 2.5, E2).
+    Linear,
+}
+
+/// The activation names, for help texts and error messages.
+pub const ACTIVATIONS: [&str; 5] = ["tanh", "relu", "gelu", "softplus", "linear"];
+
+impl std::str::FromStr for Activation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tanh" => Ok(Activation::Tanh),
+            "relu" => Ok(Activation::Relu),
+            "gelu" => Ok(Activation::Gelu),
+            "softplus" => Ok(Activation::Softplus),
+            "linear" | "identity" => Ok(Activation::Linear),
+            _ => Err(format!(
+                "unknown activation '{s}' (known: {})",
+                ACTIVATIONS.join(", ")
+            )),
+        }
+    }
+}
+
+const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+impl Activation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Tanh => "tanh",
+            Activation::Relu => "relu",
+            Activation::Gelu => "gelu",
+            Activation::Softplus => "softplus",
+            Activation::Linear => "linear",
+        }
+    }
+
+    /// sigma(x).
+    #[inline]
+    pub fn f<T: Real>(self, x: T) -> T {
+        match self {
+            Activation::Tanh => x.tanh(),
+            Activation::Relu => x.max(T::zero()),
+            Activation::Gelu => T::of(x.to() * phi_cdf(x.to())),
+            Activation::Softplus => x.max(T::zero()) + (-x.abs()).exp().ln_1p(),
+            Activation::Linear => x,
+        }
+    }
+
+    /// sigma'(x).
+    #[inline]
+    pub fn d1<T: Real>(self, x: T) -> T {
+        match self {
+            Activation::Tanh => {
+                let t = x.tanh();
+                T::one() - t * t
+            }
+            Activation::Relu => {
+                if x > T::zero() {
+                    T::one()
+                } else {
+                    T::zero()
+                }
+            }
+            Activation::Gelu => {
+                let v = x.to();
+                T::of(phi_cdf(v) + v * INV_SQRT_2PI * (-0.5 * v * v).exp())
+            }
+            Activation::Softplus => sigmoid(x),
+            Activation::Linear => T::one(),
+        }
+    }
+
+    /// sigma''(x).
+    #[inline]
+    pub fn d2<T: Real>(self, x: T) -> T {
+        match self {
+            Activation::Tanh => {
+                let t = x.tanh();
+                T::of(-2.0) * t * (T::one() - t * t)
+            }
+            Activation::Relu | Activation::Linear => T::zero(),
+            Activation::Gelu => {
+                let v = x.to();
+                T::of(INV_SQRT_2PI * (-0.5 * v * v).exp() * (2.0 - v * v))
+            }
+            Activation::Softplus => {
+                let s = sigmoid(x);
+                s * (T::one() - s)
+            }
+        }
+    }
+}
+
+fn sigmoid<T: Real>(x: T) -> T {
+    if x >= T::zero() {
+        T::one() / (T::one() + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (T::one() + e)
+    }
+}
+
+/// The standard normal CDF, through statrs' erfc (accurate to ~1e-15).
+fn phi_cdf(x: f64) -> f64 {
+    0.5 * statrs::function::erf::erfc(-x / std::f64::consts::SQRT_2)
+}
+
+/// The training data: inputs `x` (d_in x N) and targets `y` (d_out x N), row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Data {
+    pub din: usize,
+    pub dout: usize,
+    pub n: usize,
+    pub x: Vec<f64>,
+    pub y: Vec<f64>,
+}
+
+impl Data {
+    /// Seeded synthetic regression as in the paper (PAPERS.md 2.5, E1): X and Y with
+    /// i.i.d. standard Gaussian entries, drawn from the `DataX` / `DataY` streams.
+    pub fn synthetic(din: usize, dout: usize, n: usize, seed: u64) -> Self {
+        Data {
+            din,
+            dout,
+            n,
+            x: Stream::new(seed, Tensor::DataX, 0).normal_matrix(din, n, 1.0),
+            y: Stream::new(seed, Tensor::DataY, 0).normal_matrix(dout, n, 1.0),
+        }
+    }
+}
+
+/// Where the initial weights come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitSource {
+    /// Drawn from the RNG streams: W_E, W_U from `embed_seed`, U, V from `block_seed`.
+    /// With the same `embed_seed`, models of different D share the embedding rows
+    /// (coupled randomness).
+    Rng { embed_seed: u64, block_seed: u64 },
+}
+
+/// The weights of one ResNet, in precision `T`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights<T> {
+    pub dims: Dims,
+    pub we: Vec<T>,
+    pub ut: Vec<T>,
+    pub vt: Vec<T>,
+    pub wu: Vec<T>,
+}
+
+impl<T: Real> Weights<T> {
+    /// Bytes the weights take.
+    pub fn bytes(dims: &Dims) -> usize {
+        (dims.d * (dims.din + dims.dout) + 2 * dims.l * dims.m * dims.d) * std::mem::size_of::<T>()
+    }
+
+    /// Draws the weights from the RNG streams `(seed, tensor, layer)`: entry (d, i) of W_E
+    /// is `std_E * normal(embed_seed, W_E, 0; row d, col i)`, entry (m, d) of row-major
+    /// U_l^T is `std_U * normal(block_seed, U, l; row m, col d)`, and likewise for V, W_U.
+    /// Layers are drawn in parallel when called inside a rayon pool; the result does not
+    /// depend on the number of threads.
+    pub fn draw(dims: &Dims, r: &Resolved, embed_seed: u64, block_seed: u64, par: bool) -> Self {
+        let to_t = |v: Vec<f64>| v.into_iter().map(T::of).collect::<Vec<T>>();
+        let we =
+            to_t(Stream::new(embed_seed, Tensor::WE, 0).normal_matrix(dims.d, dims.din, r.we.std));
+        let wu =
+            to_t(Stream::new(embed_seed, Tensor::WU, 0).normal_matrix(dims.d, dims.dout, r.wu.std));
+        let (l, m, d) = (dims.l, dims.m, dims.d);
+        let mut ut = vec![T::zero(); l * m * d];
+        let mut vt = vec![T::zero(); l * m * d];
+        let fill = |tensor: Tensor, std: f64, buf: &mut [T]| {
+            let job = |(layer, block): (usize, &mut [T])| {
+                let s = Stream::new(block_seed, tensor, layer as u64);
+                for (row, out) in block.chunks_mut(d).enumerate() {
+                    T::fill_normal_row(&s, row as u64, std, out);
+                }
+            };
+            if par {
+                use rayon::prelude::*;
+                buf.par_chunks_mut(m * d).enumerate().for_each(job);
+            } else {
+                buf.chunks_mut(m * d).enumerate().for_each(job);
+            }
+        };
+        if m * d > 0 {
+            fill(Tensor::U, r.u.std, &mut ut);
+            fill(Tensor::V, r.v.std, &mut vt);
+        }
+        Weights {
+            dims: *dims,
+            we,
+            ut,
+            vt,
+            wu,
+        }
+    }
+
+    /// Reads the weights from a directory in the layout of `shared/reference/README.md`:
+    /// `WE.npy` (D, d_in), `WU.npy` (D, d_out), `U.npy`, `V.npy` (L, D, M), float64.
+    pub fn from_npy_dir(dir: &Path, dims: &Dims) -> Result<Self, IoError> {
+        let (l, m, d) = (dims.l, dims.m, dims.d);
+        let we = io::read_npy_shaped(&dir.join("WE.npy"), &[d, dims.din])?;
+        let wu = io::read_npy_shaped(&dir.join("WU.npy"), &[d, dims.dout])?;
+        let u = io::read_npy_shaped(&dir.join("U.npy"), &[l, d, m])?;
+        let v = io::read_npy_shaped(&dir.join("V.npy"), &[l, d, m])?;
+        // (L, D, M) -> (L, M, D): transpose each layer.
+        let tr = |a: &[f64]| {
+            let mut out = vec![T::zero(); l * m * d];
+            for layer in 0..l {
+                for dd in 0..d {
+                    for mm in 0..m {
+                        out[layer * m * d + mm * d + dd] = T::of(a[layer * d * m + dd * m + mm]);
+                    }
+                }
+            }
+            out
+        };
+        Ok(Weights {
+            dims: *dims,
+            we: we.into_iter().map(T::of).collect(),
+            ut: tr(&u),
+            vt: tr(&v),
+            wu: wu.into_iter().map(T::of).collect(),
+        })
+    }
+}
+
+/// Reads the data of an `--init-npy` directory: `X.npy` (d_in, N) and `Y.npy` (d_out, N).
+pub fn data_from_npy_dir(dir: &Path) -> Result<Data, IoError> {
+    let x = io::read_npy(&dir.join("X.npy"))?;
+    let y = io::read_npy(&dir.join("Y.npy"))?;
+    let bad = |p: &str, a: &io::NpyArray| IoError::BadNpy {
+        path: dir.join(p),
+        why: format!("expected a 2-d array, found shape {:?}", a.shape),
+    };
+    if x.shape.len() != 2 {
+        return Err(bad("X.npy", &x));
+    }
+    if y.shape.len() != 2 {
+        return Err(bad("Y.npy", &y));
+    }
+    if y.shape[1] != x.shape[1] {
+        return Err(IoError::Shape {
+            path: dir.join("Y.npy"),
+            expected: vec![y.shape[0], x.shape[1]],
+            found: y.shape.clone(),
+        });
+    }
+    Ok(Data {
+        din: x.shape[0],
+        dout: y.shape[0],
+        n: x.shape[1],
+        x: x.data,
+        y: y.data,
+    })
+}
+
+/// The shape (L, M, D) stored in an `--init-npy` directory's `U.npy`.
+pub fn blocks_shape_from_npy_dir(dir: &Path) -> Result<(usize, usize, usize), IoError> {
+    let u = io::read_npy(&dir.join("U.npy"))?;
+    if u.shape.len() != 3 {
+        return Err(IoError::BadNpy {
+            path: dir.join("U.npy"),
+            why: format!("expected shape (L, D, M), found {:?}", u.shape),
+        });
+    }
+    Ok((u.shape[0], u.shape[2], u.shape[1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derivatives_match_finite_differences() {
+        let h = 1e-6;
+        for act in [
+            Activation::Tanh,
+            Activation::Relu,
+            Activation::Gelu,
+            Activation::Softplus,
+            Activation::Linear,
+        ] {
+            for &x in &[-2.3f64, -0.7, 0.31, 1.9, 4.0] {
+                let fd1 = (act.f(x + h) - act.f(x - h)) / (2.0 * h);
+                let fd2 = (act.d1(x + h) - act.d1(x - h)) / (2.0 * h);
+                assert!((fd1 - act.d1(x)).abs() < 1e-8, "{act:?} d1 at {x}");
+                assert!((fd2 - act.d2(x)).abs() < 1e-7, "{act:?} d2 at {x}");
+            }
+        }
+        assert!((Activation::Gelu.f(1.0f64) - 0.841_344_746_068_542_9).abs() < 1e-14);
+        assert!((Activation::Softplus.f(-50.0f64) - (-50f64).exp()).abs() < 1e-30);
+    }
+
+    #[test]
+    fn drawing_is_thread_count_independent() {
+        let dims = Dims {
+            l: 3,
+            m: 5,
+            d: 7,
+            din: 2,
+            dout: 2,
+            n: 1,
+        };
+        let r = crate::param::Parametrization::preset("chizat-julia")
+            .unwrap()
+            .resolve(&dims);
+        let a = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let b = pool.install(|| Weights::<f64>::draw(&dims, &r, 1, 2, true));
+        assert_eq!(a, b);
+        // Coupled embeddings: the width-7 model's W_E is a prefix of the width-20 one.
+        let big = Dims { d: 20, ..dims };
+        let c = Weights::<f64>::draw(
+            &big,
+            &crate::param::Parametrization::preset("chizat-julia")
+                .unwrap()
+                .resolve(&big),
+            1,
+            9,
+            false,
+        );
+        assert_eq!(&c.we[..14], &a.we[..]);
+        let f = Weights::<f32>::draw(&dims, &r, 1, 2, false);
+        assert_eq!(f.ut[4], a.ut[4] as f32);
+    }
+}

@@ -1,0 +1,589 @@
+//! Full-batch gradient descent on the ResNet, with the backward pass fused into the
+//! update, and the per-step records.
+//!
+//! One step (notation of [`crate::param`]; g_l = dloss/dh_l; rows of U_l^T, V_l^T are
+//! the hidden units):
+//!
+//! ```text
+//! forward   h_0 = m_E W_E x
+//!           p_l = m_U U_l^T h_l                     (kernels::dot_rows over U_l)
+//!           h_{l+1} = h_l + m_V V_l sigma(p_l)      (kernels::axpy_rows over V_l)
+//!           f = m_W W_U^T h_L,  loss = c sum (f - y)^2
+//! backward  g_L = m_W W_U dloss/df,  dloss/df = 2 c (f - y)
+//!           q_l = m_V V_l^T g_{l+1};   V_l -= eta lr_V m_V g_{l+1} sigma(p_l)^T   (one pass)
+//!           G_l = sigma'(p_l) * q_l
+//!           g_l = g_{l+1} + m_U U_l G_l;  U_l -= eta lr_U m_U h_l G_l^T        (one pass)
+//! ```
+//!
+//! With the `chizat-julia` table this is exactly the notebook's `B = (D/2) g`,
+//! `gU = (DLM/2) dloss/dU` recursion (PAPERS.md 2.2), and with `chizat-python` the
+//! linear code's `B_L = W_u (f - y)/D` recursion with `eta_u = eta_v = D`.
+//!
+//! Every update uses the gradient at the weights before the step: V_l's rows are updated
+//! after their own dot products, and U_l's after their contribution to g_l.
+
+use crate::kernels::{self, Par};
+use crate::model::{Activation, Data, Real, Weights};
+use crate::param::Resolved;
+use serde::Serialize;
+
+/// Why training stopped early.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// A NaN or infinity appeared.
+    #[error("training diverged at step {step}: {what} is not finite{}", layer.map(|l| format!(" at layer {l}")).unwrap_or_default())]
+    Diverged {
+        step: usize,
+        layer: Option<usize>,
+        what: &'static str,
+    },
+    /// Data and weights disagree on a dimension.
+    #[error("data and model disagree: {0}")]
+    Mismatch(String),
+}
+
+/// Options of a training run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TrainOptions {
+    /// Number of GD steps K: records 0..K-1 are the networks after 0..K-1 updates.
+    pub steps: usize,
+    /// The global learning rate eta multiplying every role's rate.
+    pub eta: f64,
+    pub activation: Activation,
+    /// Record h_L at every step (K x D x N values).
+    pub record_hidden: bool,
+    /// Record per-layer coordinate statistics.
+    pub layer_stats: bool,
+}
+
+/// Per-layer coordinate statistics at one step (for coordinate checks).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LayerStat {
+    pub step: usize,
+    pub layer: usize,
+    /// RMS over samples and coordinates of h_l.
+    pub rms_h: f64,
+    /// RMS of the branch output h_{l+1} - h_l (NaN for l = L).
+    pub rms_branch: f64,
+    /// RMS of U_l - U_l(0) and V_l - V_l(0) over entries (NaN for l = L).
+    pub rms_du: f64,
+    pub rms_dv: f64,
+}
+
+/// What a run records: entry k is the forward pass before update k.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct History {
+    pub losses: Vec<f64>,
+    /// K x d_out x N.
+    pub outputs: Vec<f64>,
+    /// K x D x N (empty unless `record_hidden`).
+    pub hidden: Vec<f64>,
+    pub layer_stats: Vec<LayerStat>,
+}
+
+/// Scratch memory of the step, allocated once per run.
+pub struct Workspace<T> {
+    /// (L+1) x N x D: h_l for every layer, sample-major.
+    h: Vec<T>,
+    /// L x M x N: pre-activations.
+    p: Vec<T>,
+    /// M x N scratch coefficient blocks.
+    ca: Vec<T>,
+    cb: Vec<T>,
+    q: Vec<T>,
+    /// N x D gradients.
+    g: Vec<T>,
+    g2: Vec<T>,
+    /// d_out x N outputs and dloss/df.
+    pub f: Vec<f64>,
+    dldf: Vec<f64>,
+}
+
+impl<T: Real> Workspace<T> {
+    pub fn new(w: &Weights<T>, n: usize) -> Self {
+        let d = w.dims;
+        Workspace {
+            h: vec![T::zero(); (d.l + 1) * n * d.d],
+            p: vec![T::zero(); d.l * d.m * n],
+            ca: vec![T::zero(); d.m * n],
+            cb: vec![T::zero(); d.m * n],
+            q: vec![T::zero(); d.m * n],
+            g: vec![T::zero(); n * d.d],
+            g2: vec![T::zero(); n * d.d],
+            f: vec![0.0; d.dout * n],
+            dldf: vec![0.0; d.dout * n],
+        }
+    }
+
+    /// Bytes of scratch a run of this shape needs.
+    pub fn bytes(dims: &crate::param::Dims) -> usize {
+        let n = dims.n;
+        ((dims.l + 1) * n * dims.d + dims.l * dims.m * n + 3 * dims.m * n + 2 * n * dims.d)
+            * std::mem::size_of::<T>()
+    }
+
+    /// h_l as N x D (sample-major).
+    pub fn hidden(&self, layer: usize, n: usize, d: usize) -> &[T] {
+        &self.h[layer * n * d..(layer + 1) * n * d]
+    }
+}
+
+fn all_finite<T: Real>(v: &[T]) -> bool {
+    v.iter().all(|x| x.is_finite())
+}
+
+/// The forward pass: fills `ws.h`, `ws.p`, `ws.f` and returns the loss.
+pub fn forward<T: Real>(
+    w: &mut Weights<T>,
+    data: &Data,
+    r: &Resolved,
+    act: Activation,
+    ws: &mut Workspace<T>,
+    par: Par,
+    step: usize,
+) -> Result<f64, TrainError> {
+    let dims = w.dims;
+    let (l_n, m, d, n) = (dims.l, dims.m, dims.d, data.n);
+    check_data(&dims, data)?;
+    // h_0[n][d] = m_E sum_i W_E[d][i] x[i][n].
+    for s in 0..n {
+        for dd in 0..d {
+            let mut acc = 0.0;
+            for i in 0..dims.din {
+                acc += w.we[dd * dims.din + i].to() * data.x[i * n + s];
+            }
+            ws.h[s * d + dd] = T::of(r.we.mult * acc);
+        }
+    }
+    if !all_finite(&ws.h[..n * d]) {
+        return Err(TrainError::Diverged {
+            step,
+            layer: Some(0),
+            what: "h",
+        });
+    }
+    let (mu, mv) = (T::of(r.u.mult), T::of(r.v.mult));
+    for l in 0..l_n {
+        let (lo, hi) = ws.h.split_at_mut((l + 1) * n * d);
+        let h_l = &lo[l * n * d..];
+        let h_next = &mut hi[..n * d];
+        let p = &mut ws.p[l * m * n..(l + 1) * m * n];
+        let ut = &mut w.ut[l * m * d..(l + 1) * m * d];
+        kernels::dot_rows(ut, m, d, h_l, n, None, mu, p, par);
+        for (c, &pv) in ws.ca.iter_mut().zip(p.iter()) {
+            *c = mv * act.f(pv);
+        }
+        h_next.copy_from_slice(h_l);
+        let vt = &mut w.vt[l * m * d..(l + 1) * m * d];
+        kernels::axpy_rows(vt, m, d, &ws.ca, None, &[], n, h_next, par);
+        if !all_finite(h_next) {
+            return Err(TrainError::Diverged {
+                step,
+                layer: Some(l + 1),
+                what: "h",
+            });
+        }
+    }
+    // f[o][n] = m_W sum_d W_U[d][o] h_L[n][d].
+    let h_last = &ws.h[l_n * n * d..];
+    let mut loss = 0.0;
+    for o in 0..dims.dout {
+        for s in 0..n {
+            let mut acc = 0.0;
+            for dd in 0..d {
+                acc += w.wu[dd * dims.dout + o].to() * h_last[s * d + dd].to();
+            }
+            let f = r.wu.mult * acc;
+            ws.f[o * n + s] = f;
+            let e = f - data.y[o * n + s];
+            loss += e * e;
+            ws.dldf[o * n + s] = 2.0 * r.loss * e;
+        }
+    }
+    let loss = r.loss * loss;
+    if !loss.is_finite() {
+        return Err(TrainError::Diverged {
+            step,
+            layer: None,
+            what: "loss",
+        });
+    }
+    Ok(loss)
+}
+
+fn check_data(dims: &crate::param::Dims, data: &Data) -> Result<(), TrainError> {
+    if data.din != dims.din || data.dout != dims.dout {
+        return Err(TrainError::Mismatch(format!(
+            "data has d_in = {}, d_out = {}; the model has d_in = {}, d_out = {}",
+            data.din, data.dout, dims.din, dims.dout
+        )));
+    }
+    Ok(())
+}
+
+/// The backward pass fused with the update (after [`forward`] on the same workspace).
+pub fn backward_update<T: Real>(
+    w: &mut Weights<T>,
+    data: &Data,
+    r: &Resolved,
+    act: Activation,
+    eta: f64,
+    ws: &mut Workspace<T>,
+    par: Par,
+    step: usize,
+) -> Result<(), TrainError> {
+    let dims = w.dims;
+    let (l_n, m, d, n) = (dims.l, dims.m, dims.d, data.n);
+    let h_last_off = l_n * n * d;
+    // g_L[n][d] = m_W sum_o W_U[d][o] dloss/df[o][n].
+    for s in 0..n {
+        for dd in 0..d {
+            let mut acc = 0.0;
+            for o in 0..dims.dout {
+                acc += w.wu[dd * dims.dout + o].to() * ws.dldf[o * n + s];
+            }
+            ws.g[s * d + dd] = T::of(r.wu.mult * acc);
+        }
+    }
+    if r.wu.trained {
+        let c = eta * r.wu.lr * r.wu.mult;
+        for dd in 0..d {
+            for o in 0..dims.dout {
+                let mut acc = 0.0;
+                for s in 0..n {
+                    acc += ws.h[h_last_off + s * d + dd].to() * ws.dldf[o * n + s];
+                }
+                let e = &mut w.wu[dd * dims.dout + o];
+                *e = T::of(e.to() - c * acc);
+            }
+        }
+    }
+    let (mu, mv) = (T::of(r.u.mult), T::of(r.v.mult));
+    let cv = T::of(eta * r.v.lr * r.v.mult);
+    let cu = T::of(eta * r.u.lr * r.u.mult);
+    for l in (0..l_n).rev() {
+        let p = &ws.p[l * m * n..(l + 1) * m * n];
+        // V pass: q = m_V V^T g, V -= eta lr_V m_V g sigma(p)^T.
+        let vt = &mut w.vt[l * m * d..(l + 1) * m * d];
+        let coef = if r.v.trained {
+            for (c, &pv) in ws.cb.iter_mut().zip(p.iter()) {
+                *c = cv * act.f(pv);
+            }
+            Some(&ws.cb[..])
+        } else {
+            None
+        };
+        kernels::dot_rows(vt, m, d, &ws.g, n, coef, mv, &mut ws.q, par);
+        // G = sigma'(p) q; U pass: g_l = g + m_U U G, U -= eta lr_U m_U h G^T.
+        for ((a, b), (&pv, &qv)) in ws
+            .ca
+            .iter_mut()
+            .zip(ws.cb.iter_mut())
+            .zip(p.iter().zip(ws.q.iter()))
+        {
+            let gv = act.d1(pv) * qv;
+            *a = mu * gv;
+            *b = cu * gv;
+        }
+        ws.g2.copy_from_slice(&ws.g);
+        let ut = &mut w.ut[l * m * d..(l + 1) * m * d];
+        let h_l = &ws.h[l * n * d..(l + 1) * n * d];
+        let b = if r.u.trained { Some(&ws.cb[..]) } else { None };
+        kernels::axpy_rows(ut, m, d, &ws.ca, b, h_l, n, &mut ws.g2, par);
+        std::mem::swap(&mut ws.g, &mut ws.g2);
+        if !all_finite(&ws.g) {
+            return Err(TrainError::Diverged {
+                step,
+                layer: Some(l),
+                what: "the gradient",
+            });
+        }
+    }
+    if r.we.trained {
+        // dloss/dW_E[d][i] = m_E sum_n g_0[n][d] x[i][n].
+        let c = eta * r.we.lr * r.we.mult;
+        for dd in 0..d {
+            for i in 0..dims.din {
+                let mut acc = 0.0;
+                for s in 0..n {
+                    acc += ws.g[s * d + dd].to() * data.x[i * n + s];
+                }
+                let e = &mut w.we[dd * dims.din + i];
+                *e = T::of(e.to() - c * acc);
+            }
+        }
+    }
+    let bad = |v: &[T]| !all_finite(v);
+    if bad(&w.we) || bad(&w.wu) {
+        return Err(TrainError::Diverged {
+            step,
+            layer: None,
+            what: "an embedding weight",
+        });
+    }
+    Ok(())
+}
+
+/// Runs K steps of full-batch GD, recording each forward pass before its update.
+/// `on_step(k)` is called after step k (for progress bars).
+pub fn train<T: Real>(
+    w: &mut Weights<T>,
+    data: &Data,
+    r: &Resolved,
+    opts: &TrainOptions,
+    par: Par,
+    on_step: &mut dyn FnMut(usize, f64),
+) -> Result<History, TrainError> {
+    let dims = w.dims;
+    let (d, n) = (dims.d, data.n);
+    let mut ws = Workspace::new(w, n);
+    let init = if opts.layer_stats {
+        Some(w.clone())
+    } else {
+        None
+    };
+    let mut hist = History {
+        losses: Vec::with_capacity(opts.steps),
+        outputs: Vec::with_capacity(opts.steps * dims.dout * n),
+        hidden: Vec::with_capacity(if opts.record_hidden {
+            opts.steps * d * n
+        } else {
+            0
+        }),
+        layer_stats: Vec::new(),
+    };
+    for k in 0..opts.steps {
+        let loss = forward(w, data, r, opts.activation, &mut ws, par, k)?;
+        hist.losses.push(loss);
+        hist.outputs.extend_from_slice(&ws.f);
+        if opts.record_hidden {
+            let h = ws.hidden(dims.l, n, d);
+            for dd in 0..d {
+                for s in 0..n {
+                    hist.hidden.push(h[s * d + dd].to());
+                }
+            }
+        }
+        if let Some(w0) = &init {
+            layer_stats(w, w0, &ws, n, k, &mut hist.layer_stats);
+        }
+        backward_update(w, data, r, opts.activation, opts.eta, &mut ws, par, k)?;
+        on_step(k, loss);
+    }
+    Ok(hist)
+}
+
+fn rms<T: Real>(it: impl Iterator<Item = T>, count: usize) -> f64 {
+    (it.map(|x| x.to() * x.to()).sum::<f64>() / count.max(1) as f64).sqrt()
+}
+
+fn layer_stats<T: Real>(
+    w: &Weights<T>,
+    w0: &Weights<T>,
+    ws: &Workspace<T>,
+    n: usize,
+    step: usize,
+    out: &mut Vec<LayerStat>,
+) {
+    let dims = w.dims;
+    let (m, d) = (dims.m, dims.d);
+    let nd = n * d;
+    for l in 0..=dims.l {
+        let h = ws.hidden(l, n, d);
+        let (rb, du, dv) = if l < dims.l {
+            let hn = ws.hidden(l + 1, n, d);
+            let blk = l * m * d..(l + 1) * m * d;
+            (
+                rms(hn.iter().zip(h).map(|(&a, &b)| a - b), nd),
+                rms(
+                    w.ut[blk.clone()]
+                        .iter()
+                        .zip(&w0.ut[blk.clone()])
+                        .map(|(&a, &b)| a - b),
+                    m * d,
+                ),
+                rms(
+                    w.vt[blk.clone()]
+                        .iter()
+                        .zip(&w0.vt[blk])
+                        .map(|(&a, &b)| a - b),
+                    m * d,
+                ),
+            )
+        } else {
+            (f64::NAN, f64::NAN, f64::NAN)
+        };
+        out.push(LayerStat {
+            step,
+            layer: l,
+            rms_h: rms(h.iter().copied(), nd),
+            rms_branch: rb,
+            rms_du: du,
+            rms_dv: dv,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Activation;
+    use crate::param::{Dims, PRESETS, Parametrization};
+
+    fn dims() -> Dims {
+        Dims {
+            l: 3,
+            m: 4,
+            d: 5,
+            din: 2,
+            dout: 3,
+            n: 3,
+        }
+    }
+
+    /// The loss at the current weights (forward only).
+    fn loss_at(w: &Weights<f64>, data: &Data, r: &Resolved, act: Activation) -> f64 {
+        let mut w = w.clone();
+        let mut ws = Workspace::new(&w, data.n);
+        forward(&mut w, data, r, act, &mut ws, Par::Seq, 0).unwrap()
+    }
+
+    /// The fused step's update, divided by eta * lr, is minus the gradient: compare it
+    /// with central finite differences of the loss, for every entry of every tensor.
+    #[test]
+    fn gradients_match_finite_differences_for_every_activation_and_preset() {
+        let dims = dims();
+        let data = Data::synthetic(dims.din, dims.dout, dims.n, 11);
+        for preset in PRESETS {
+            let mut p = Parametrization::preset(preset).unwrap();
+            for role in crate::param::Role::ALL {
+                let rp = p.role_mut(role);
+                rp.trained = true;
+                if rp.lr.c == 0.0 {
+                    rp.lr.c = 1.0;
+                }
+            }
+            let r = p.resolve(&dims);
+            for act in [
+                Activation::Tanh,
+                Activation::Relu,
+                Activation::Gelu,
+                Activation::Softplus,
+                Activation::Linear,
+            ] {
+                let w0 = Weights::<f64>::draw(&dims, &r, 3, 4, false);
+                let mut w1 = w0.clone();
+                let mut ws = Workspace::new(&w1, data.n);
+                let eta = 1e-3;
+                forward(&mut w1, &data, &r, act, &mut ws, Par::Seq, 0).unwrap();
+                backward_update(&mut w1, &data, &r, act, eta, &mut ws, Par::Seq, 0).unwrap();
+                type Get = fn(&mut Weights<f64>) -> &mut Vec<f64>;
+                let tensors: [(&str, Get, f64); 4] = [
+                    ("W_E", |w| &mut w.we, r.we.lr),
+                    ("U", |w| &mut w.ut, r.u.lr),
+                    ("V", |w| &mut w.vt, r.v.lr),
+                    ("W_U", |w| &mut w.wu, r.wu.lr),
+                ];
+                for (name, get, lr) in tensors {
+                    let len = get(&mut w0.clone()).len();
+                    for idx in 0..len {
+                        let grad =
+                            (get(&mut w0.clone())[idx] - get(&mut w1.clone())[idx]) / (eta * lr);
+                        let mut wp = w0.clone();
+                        let x = get(&mut wp)[idx];
+                        let hstep = 1e-5 * x.abs().max(1e-2);
+                        get(&mut wp)[idx] = x + hstep;
+                        let lp = loss_at(&wp, &data, &r, act);
+                        get(&mut wp)[idx] = x - hstep;
+                        let lm = loss_at(&wp, &data, &r, act);
+                        let fd = (lp - lm) / (2.0 * hstep);
+                        let scale = fd
+                            .abs()
+                            .max(grad.abs())
+                            .max(1e-6 * lp.abs().max(1e-12) / hstep.max(1e-300) * hstep);
+                        assert!(
+                            (fd - grad).abs() <= 2e-5 * scale + 1e-10,
+                            "{preset}/{act:?}/{name}[{idx}]: fd {fd} vs analytic {grad}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_branch_scale_is_the_identity() {
+        let dims = dims();
+        let mut p = Parametrization::preset("chizat-python").unwrap();
+        p.alpha = 0.0;
+        let r = p.resolve(&dims);
+        let data = Data::synthetic(dims.din, dims.dout, dims.n, 2);
+        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+        let mut ws = Workspace::new(&w, data.n);
+        forward(&mut w, &data, &r, Activation::Tanh, &mut ws, Par::Seq, 0).unwrap();
+        let h0 = ws.hidden(0, data.n, dims.d).to_vec();
+        assert_eq!(ws.hidden(dims.l, data.n, dims.d), &h0[..]);
+    }
+
+    #[test]
+    fn divergence_names_step_and_layer() {
+        let dims = dims();
+        let p = Parametrization::preset("standard").unwrap();
+        let r = p.resolve(&dims);
+        let data = Data::synthetic(dims.din, dims.dout, dims.n, 2);
+        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+        let opts = TrainOptions {
+            steps: 50,
+            eta: 1e200,
+            activation: Activation::Linear,
+            record_hidden: false,
+            layer_stats: false,
+        };
+        let e = train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, TrainError::Diverged { .. }), "{msg}");
+        assert!(msg.contains("step"), "{msg}");
+    }
+
+    #[test]
+    fn results_do_not_depend_on_threads_and_f32_tracks_f64() {
+        let dims = Dims {
+            l: 4,
+            m: 37,
+            d: 45,
+            din: 3,
+            dout: 2,
+            n: 5,
+        };
+        let r = Parametrization::preset("chizat-julia")
+            .unwrap()
+            .resolve(&dims);
+        let data = Data::synthetic(dims.din, dims.dout, dims.n, 1);
+        let opts = TrainOptions {
+            steps: 4,
+            eta: 1.0,
+            activation: Activation::Tanh,
+            record_hidden: true,
+            layer_stats: true,
+        };
+        let run = |par| {
+            let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+            train(&mut w, &data, &r, &opts, par, &mut |_, _| {}).unwrap()
+        };
+        let a = run(Par::Seq);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let b = pool.install(|| run(Par::Rayon));
+        assert_eq!(a.losses, b.losses);
+        assert_eq!(a.hidden, b.hidden);
+        assert_eq!(a.layer_stats.len(), 4 * 5);
+        let mut w = Weights::<f32>::draw(&dims, &r, 1, 2, false);
+        let c = train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap();
+        for (x, y) in a.losses.iter().zip(&c.losses) {
+            assert!((x - y).abs() < 1e-4 * x.abs(), "{x} vs {y}");
+        }
+    }
+}
