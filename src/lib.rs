@@ -3,9 +3,13 @@
 //! See `ARCHITECTURE.md` for how the modules fit together and
 //! `../shared/spec/PAPERS.md` for the mathematics they implement.
 
+pub mod error;
 pub mod io;
 pub mod kernels;
 pub mod model;
 pub mod param;
 pub mod rng;
+pub mod run;
+pub mod spec;
 pub mod train;
+pub use error::{Error, Result};

@@ -470,3 +470,74 @@ mod tests {
         );
     }
 }
+
+/// Partial changes to a preset, as written in a spec's `[param]` table: every field is
+/// optional and replaces the preset's value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamOverride {
+    pub alpha: Option<f64>,
+    pub loss: Option<Scale>,
+    #[serde(rename = "W_E")]
+    pub we: Option<RoleOverride>,
+    #[serde(rename = "U")]
+    pub u: Option<RoleOverride>,
+    #[serde(rename = "V")]
+    pub v: Option<RoleOverride>,
+    #[serde(rename = "W_U")]
+    pub wu: Option<RoleOverride>,
+}
+
+/// Partial changes to one role.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleOverride {
+    pub init: Option<Scale>,
+    pub mult: Option<Scale>,
+    pub lr: Option<Scale>,
+    pub trained: Option<bool>,
+}
+
+impl ParamOverride {
+    pub fn is_empty(&self) -> bool {
+        *self == ParamOverride::default()
+    }
+
+    /// Applies the changes; the table's name records that it was changed.
+    pub fn apply(&self, p: &mut Parametrization) {
+        if self.is_empty() {
+            return;
+        }
+        if let Some(a) = self.alpha {
+            p.alpha = a;
+        }
+        if let Some(l) = self.loss {
+            p.loss = l;
+        }
+        for (role, o) in [
+            (Role::WE, &self.we),
+            (Role::U, &self.u),
+            (Role::V, &self.v),
+            (Role::WU, &self.wu),
+        ] {
+            if let Some(o) = o {
+                let rp = p.role_mut(role);
+                if let Some(x) = o.init {
+                    rp.init = x;
+                }
+                if let Some(x) = o.mult {
+                    rp.mult = x;
+                }
+                if let Some(x) = o.lr {
+                    rp.lr = x;
+                }
+                if let Some(x) = o.trained {
+                    rp.trained = x;
+                }
+            }
+        }
+        if !p.name.ends_with("+overrides") {
+            p.name.push_str("+overrides");
+        }
+    }
+}

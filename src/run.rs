@@ -1,0 +1,159 @@
+//! One training run from a checked [`TrainConfig`]: initialise, train, and write the run
+//! directory.
+//!
+//! A run directory holds (all written atomically):
+//! - `losses.npy` (K,), `outputs.npy` (K, d_out, N), `hL.npy` (K, D, N): record k is the
+//!   forward pass before update k, exactly the layout of `shared/reference/README.md`;
+//! - `steps.csv`: one row per step (`step, loss, output_rms`);
+//! - `layers.csv` (with `layer_stats`): one row per step and layer;
+//! - `metadata.json`: the config, the parametrization table and its resolved numbers,
+//!   seeds, versions, the kernels' instruction set, threads and timings.
+
+use crate::Result;
+use crate::io::{self, IoError};
+use crate::kernels::{self, Par};
+use crate::model::{self, Data, Dtype, Real, Weights};
+use crate::param::Resolved;
+use crate::spec::TrainConfig;
+use crate::train::{self, History, TrainOptions};
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+/// A finished run.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    pub history: History,
+    pub resolved: Resolved,
+    pub timings: Timings,
+}
+
+/// Wall-clock seconds of a run's phases.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Timings {
+    pub init_s: f64,
+    pub train_s: f64,
+    pub per_step_s: f64,
+}
+
+/// Initialises and trains the model of `cfg`. `on_step(k, loss)` is called after each
+/// step.
+pub fn execute(
+    cfg: &TrainConfig,
+    par: Par,
+    on_step: &mut dyn FnMut(usize, f64),
+) -> Result<RunOutput> {
+    match cfg.dtype {
+        Dtype::F64 => execute_t::<f64>(cfg, par, on_step),
+        Dtype::F32 => execute_t::<f32>(cfg, par, on_step),
+    }
+}
+
+/// The data of a config: the NPY arrays, or the seeded synthetic regression.
+pub fn load_data(cfg: &TrainConfig) -> Result<Data> {
+    Ok(match &cfg.init_npy {
+        Some(dir) => model::data_from_npy_dir(dir)?,
+        None => Data::synthetic(cfg.dims.din, cfg.dims.dout, cfg.dims.n, cfg.data_seed),
+    })
+}
+
+fn execute_t<T: Real>(
+    cfg: &TrainConfig,
+    par: Par,
+    on_step: &mut dyn FnMut(usize, f64),
+) -> Result<RunOutput> {
+    let t0 = Instant::now();
+    let resolved = cfg.param.resolve(&cfg.dims);
+    let data = load_data(cfg)?;
+    let mut w: Weights<T> = match &cfg.init_npy {
+        Some(dir) => Weights::from_npy_dir(dir, &cfg.dims)?,
+        None => Weights::draw(
+            &cfg.dims,
+            &resolved,
+            cfg.embed_seed,
+            cfg.seed,
+            par == Par::Rayon,
+        ),
+    };
+    let init_s = t0.elapsed().as_secs_f64();
+    let opts = TrainOptions {
+        steps: cfg.steps,
+        eta: cfg.eta,
+        activation: cfg.activation,
+        record_hidden: cfg.record_hidden,
+        layer_stats: cfg.layer_stats,
+    };
+    let t1 = Instant::now();
+    let history = train::train(&mut w, &data, &resolved, &opts, par, on_step)?;
+    let train_s = t1.elapsed().as_secs_f64();
+    Ok(RunOutput {
+        history,
+        resolved,
+        timings: Timings {
+            init_s,
+            train_s,
+            per_step_s: train_s / cfg.steps as f64,
+        },
+    })
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    reslim_version: &'static str,
+    created_unix_s: u64,
+    config: &'a TrainConfig,
+    resolved: &'a Resolved,
+    timings: &'a Timings,
+    threads: usize,
+    isa: String,
+    final_loss: Option<f64>,
+    files: Vec<&'static str>,
+}
+
+/// Writes the run directory `dir` (created if needed).
+pub fn write_run_dir(dir: &Path, cfg: &TrainConfig, out: &RunOutput) -> Result<(), IoError> {
+    let h = &out.history;
+    let k = h.losses.len();
+    let (d, n, dout) = (cfg.dims.d, cfg.dims.n, cfg.dims.dout);
+    io::write_npy(&dir.join("losses.npy"), &[k], &h.losses)?;
+    io::write_npy(&dir.join("outputs.npy"), &[k, dout, n], &h.outputs)?;
+    let mut files = vec!["losses.npy", "outputs.npy", "steps.csv", "metadata.json"];
+    if cfg.record_hidden {
+        io::write_npy(&dir.join("hL.npy"), &[k, d, n], &h.hidden)?;
+        files.push("hL.npy");
+    }
+    let mut csv = String::from("step,loss,output_rms\n");
+    for (s, loss) in h.losses.iter().enumerate() {
+        let f = &h.outputs[s * dout * n..(s + 1) * dout * n];
+        let rms = (f.iter().map(|x| x * x).sum::<f64>() / f.len().max(1) as f64).sqrt();
+        csv.push_str(&format!("{s},{loss:e},{rms:e}\n"));
+    }
+    io::atomic_write(&dir.join("steps.csv"), csv.as_bytes())?;
+    if cfg.layer_stats {
+        let mut csv = String::from("step,layer,rms_h,rms_branch,rms_du,rms_dv\n");
+        for s in &h.layer_stats {
+            csv.push_str(&format!(
+                "{},{},{:e},{:e},{:e},{:e}\n",
+                s.step, s.layer, s.rms_h, s.rms_branch, s.rms_du, s.rms_dv
+            ));
+        }
+        io::atomic_write(&dir.join("layers.csv"), csv.as_bytes())?;
+        files.push("layers.csv");
+    }
+    let meta = Metadata {
+        reslim_version: env!("CARGO_PKG_VERSION"),
+        created_unix_s: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        config: cfg,
+        resolved: &out.resolved,
+        timings: &out.timings,
+        threads: rayon::current_num_threads(),
+        isa: format!("{:?}", kernels::isa()),
+        final_loss: h.losses.last().copied(),
+        files,
+    };
+    let json = serde_json::to_string_pretty(&meta).expect("metadata serialises");
+    io::atomic_write(&dir.join("metadata.json"), json.as_bytes())
+}

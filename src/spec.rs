@@ -1,0 +1,290 @@
+//! Training specs: what a user writes (TOML file and/or command-line flags), and its
+//! validated form [`TrainConfig`], the only thing the engine sees.
+//!
+//! ```toml
+//! preset = "chizat-julia"   # chizat-julia | chizat-python | lazy | standard
+//! activation = "tanh"       # tanh | relu | gelu | softplus | linear
+//! L = 50                    # depth (number of blocks)
+//! M = 100                   # hidden width of each block
+//! D = 100                   # embedding dimension
+//! N = 10                    # training samples
+//! din = 5                   # input dimension
+//! dout = 5                  # output dimension
+//! steps = 15                # GD steps K (records k = 0..K-1)
+//! lr = 1.0                  # global learning rate eta
+//! seed = 1                  # seed of the block weights U, V
+//! embed_seed = 1            # seed of W_E, W_U (default: seed)
+//! data_seed = 1             # seed of the synthetic data X, Y
+//! dtype = "f64"             # f64 | f32
+//! # init_npy = "dir"        # start from X, Y, WE, WU, U, V .npy files instead
+//! record_hidden = true      # write h_L at every step (hL.npy)
+//! layer_stats = false       # per-layer coordinate statistics (layers.csv)
+//! [param]                   # optional changes to the preset's table (see param.rs)
+//! alpha = 1.0
+//! U = { lr = { c = 0.5, l = 1, m = 1, d = 1 } }
+//! ```
+
+use crate::model::{Activation, Dtype};
+use crate::param::{Dims, ParamOverride, Parametrization};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A spec with a problem. Every message names the field (or file) and the bad value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecError {
+    #[error("spec field '{field}': {why} (got {value})")]
+    Invalid {
+        field: String,
+        value: String,
+        why: String,
+    },
+    #[error("{path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    #[error("{path}: cannot read the spec: {msg}")]
+    Read { path: PathBuf, msg: String },
+}
+
+fn invalid(field: &str, value: impl ToString, why: &str) -> SpecError {
+    SpecError::Invalid {
+        field: field.into(),
+        value: value.to_string(),
+        why: why.into(),
+    }
+}
+
+/// A training spec as written: every field optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    pub preset: Option<String>,
+    pub activation: Option<String>,
+    #[serde(rename = "L")]
+    pub l: Option<i64>,
+    #[serde(rename = "M")]
+    pub m: Option<i64>,
+    #[serde(rename = "D")]
+    pub d: Option<i64>,
+    #[serde(rename = "N")]
+    pub n: Option<i64>,
+    pub din: Option<i64>,
+    pub dout: Option<i64>,
+    pub steps: Option<i64>,
+    pub lr: Option<f64>,
+    pub seed: Option<u64>,
+    pub embed_seed: Option<u64>,
+    pub data_seed: Option<u64>,
+    pub dtype: Option<String>,
+    pub init_npy: Option<PathBuf>,
+    pub record_hidden: Option<bool>,
+    pub layer_stats: Option<bool>,
+    pub param: Option<ParamOverride>,
+}
+
+/// Reads and parses a TOML file into `T`, with errors naming the file.
+pub fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SpecError::Read {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| SpecError::Parse {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
+}
+
+impl TrainSpec {
+    pub fn from_file(path: &Path) -> Result<Self, SpecError> {
+        read_toml(path)
+    }
+
+    /// `self` with every field that `over` sets replaced (flags override the file).
+    pub fn overridden_by(self, over: TrainSpec) -> TrainSpec {
+        macro_rules! pick {
+            ($($f:ident)*) => { TrainSpec { $($f: over.$f.or(self.$f),)* } };
+        }
+        pick!(preset activation l m d n din dout steps lr seed embed_seed data_seed dtype init_npy record_hidden layer_stats param)
+    }
+
+    /// Validates the spec into a [`TrainConfig`]. With `init_npy`, the shapes come from
+    /// the arrays, and any dimension also given must agree with them.
+    pub fn check(&self) -> Result<TrainConfig, SpecError> {
+        let preset = self.preset.clone().unwrap_or_else(|| "chizat-julia".into());
+        let mut param = Parametrization::preset(&preset)
+            .map_err(|e| invalid("preset", &preset, &e.to_string()))?;
+        if let Some(o) = &self.param {
+            o.apply(&mut param);
+        }
+        param
+            .check()
+            .map_err(|e| invalid("param", &param.name, &e.to_string()))?;
+        let activation: Activation = self
+            .activation
+            .as_deref()
+            .unwrap_or("tanh")
+            .parse()
+            .map_err(|e: String| {
+                invalid("activation", self.activation.as_deref().unwrap_or(""), &e)
+            })?;
+        let dim = |field: &str, v: Option<i64>, default: i64| -> Result<usize, SpecError> {
+            let x = v.unwrap_or(default);
+            if x <= 0 {
+                return Err(invalid(field, x, "must be a positive integer"));
+            }
+            Ok(x as usize)
+        };
+        let mut dims = Dims {
+            l: dim("L", self.l, 10)?,
+            m: dim("M", self.m, 50)?,
+            d: dim("D", self.d, 50)?,
+            din: dim("din", self.din, 5)?,
+            dout: dim("dout", self.dout, 5)?,
+            n: dim("N", self.n, 10)?,
+        };
+        if let Some(dir) = &self.init_npy {
+            if !dir.is_dir() {
+                return Err(invalid(
+                    "init_npy",
+                    dir.display(),
+                    "is not a directory (expected X.npy, Y.npy, WE.npy, WU.npy, U.npy, V.npy)",
+                ));
+            }
+            let data = crate::model::data_from_npy_dir(dir)
+                .map_err(|e| invalid("init_npy", dir.display(), &e.to_string()))?;
+            let (l, m, d) = crate::model::blocks_shape_from_npy_dir(dir)
+                .map_err(|e| invalid("init_npy", dir.display(), &e.to_string()))?;
+            let from_files = Dims {
+                l,
+                m,
+                d,
+                din: data.din,
+                dout: data.dout,
+                n: data.n,
+            };
+            for (field, given, found) in [
+                ("L", self.l, l),
+                ("M", self.m, m),
+                ("D", self.d, d),
+                ("din", self.din, data.din),
+                ("dout", self.dout, data.dout),
+                ("N", self.n, data.n),
+            ] {
+                if let Some(g) = given {
+                    if g != found as i64 {
+                        return Err(invalid(
+                            field,
+                            g,
+                            &format!("disagrees with the arrays of {} ({found})", dir.display()),
+                        ));
+                    }
+                }
+            }
+            dims = from_files;
+        }
+        let steps = self.steps.unwrap_or(15);
+        if steps <= 0 {
+            return Err(invalid("steps", steps, "must be a positive integer"));
+        }
+        let eta = self.lr.unwrap_or(1.0);
+        if !eta.is_finite() || eta < 0.0 {
+            return Err(invalid("lr", eta, "must be a finite non-negative number"));
+        }
+        let dtype = match self.dtype.as_deref().unwrap_or("f64") {
+            "f64" => Dtype::F64,
+            "f32" => Dtype::F32,
+            other => return Err(invalid("dtype", other, "must be f64 or f32")),
+        };
+        let seed = self.seed.unwrap_or(1);
+        Ok(TrainConfig {
+            dims,
+            param,
+            activation,
+            steps: steps as usize,
+            eta,
+            seed,
+            embed_seed: self.embed_seed.unwrap_or(seed),
+            data_seed: self.data_seed.unwrap_or(1),
+            dtype,
+            init_npy: self.init_npy.clone(),
+            record_hidden: self.record_hidden.unwrap_or(true),
+            layer_stats: self.layer_stats.unwrap_or(false),
+        })
+    }
+}
+
+/// A checked training configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainConfig {
+    pub dims: Dims,
+    pub param: Parametrization,
+    pub activation: Activation,
+    pub steps: usize,
+    /// Global learning rate eta.
+    pub eta: f64,
+    /// Seed of U, V.
+    pub seed: u64,
+    /// Seed of W_E, W_U.
+    pub embed_seed: u64,
+    /// Seed of the synthetic data.
+    pub data_seed: u64,
+    pub dtype: Dtype,
+    pub init_npy: Option<PathBuf>,
+    pub record_hidden: bool,
+    pub layer_stats: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_field_and_value() {
+        let s = TrainSpec {
+            m: Some(-3),
+            ..Default::default()
+        };
+        let e = s.check().unwrap_err().to_string();
+        assert!(e.contains("'M'") && e.contains("-3"), "{e}");
+        let s = TrainSpec {
+            activation: Some("sigmoidal".into()),
+            ..Default::default()
+        };
+        let e = s.check().unwrap_err().to_string();
+        assert!(e.contains("activation") && e.contains("sigmoidal"), "{e}");
+        let s = TrainSpec {
+            preset: Some("mup".into()),
+            ..Default::default()
+        };
+        assert!(s.check().unwrap_err().to_string().contains("mup"));
+        let e = toml::from_str::<TrainSpec>("L = 5\nwidht = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("widht"), "{e}");
+        let s = TrainSpec {
+            init_npy: Some("/nonexistent/dir".into()),
+            ..Default::default()
+        };
+        assert!(
+            s.check()
+                .unwrap_err()
+                .to_string()
+                .contains("/nonexistent/dir")
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file_and_param_overrides_apply() {
+        let file: TrainSpec =
+            toml::from_str("L = 5\nM = 7\npreset = \"chizat-python\"\n[param]\nalpha = 3.0\nU = { trained = false }\n")
+                .unwrap();
+        let flags = TrainSpec {
+            m: Some(9),
+            ..Default::default()
+        };
+        let c = file.overridden_by(flags).check().unwrap();
+        assert_eq!((c.dims.l, c.dims.m), (5, 9));
+        assert_eq!(c.param.alpha, 3.0);
+        assert!(!c.param.u.trained);
+        assert_eq!(c.param.name, "chizat-python+overrides");
+    }
+}
