@@ -1,1 +1,129 @@
-fn main() {}
+//! Kernel micro-benchmarks: `cargo bench --bench step`. Prints seconds per call and
+//! GB/s for each kernel on an L x M x D stack of weights (one call per layer).
+
+use reslim::kernels::{self, Par};
+use reslim::rng::{Stream, Tensor};
+use std::time::Instant;
+
+fn main() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (l, m, d, n) = (env("L", 50), env("M", 500), env("D", 500), env("N", 10));
+    let args: Vec<String> = std::env::args().collect();
+    let par = if args.iter().any(|a| a == "--seq") {
+        Par::Seq
+    } else {
+        Par::Rayon
+    };
+    let mut w = Stream::new(1, Tensor::U, 0).normal_matrix(l * m, d, 0.01);
+    let vecs = Stream::new(1, Tensor::V, 0).normal_matrix(n, d, 1.0);
+    let coef = Stream::new(2, Tensor::V, 0).normal_matrix(m, n, 1e-6);
+    let mut out = vec![0.0; m * n];
+    let mut tgt = vec![0.0; n * d];
+    let bytes_r = (l * m * d * 8) as f64;
+    let time = |name: &str, rw: f64, f: &mut dyn FnMut()| {
+        f();
+        let t = Instant::now();
+        let reps = 5;
+        for _ in 0..reps {
+            f();
+        }
+        let s = t.elapsed().as_secs_f64() / reps as f64;
+        println!("{name:<24} {s:.5} s  {:.1} GB/s", rw * bytes_r / s / 1e9);
+    };
+    time("plain sum (read)", 1.0, &mut || {
+        let mut acc = [0.0f64; 16];
+        for c in w.chunks_exact(16) {
+            for k in 0..16 {
+                acc[k] += c[k];
+            }
+        }
+        std::hint::black_box(acc);
+    });
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot4(w: &[f64], d: usize, vecs: &[f64], out: &mut [f64]) {
+        use std::arch::x86_64::*;
+        for (m, row) in w.chunks_exact(d).enumerate() {
+            let mut a = [_mm512_setzero_pd(); 4];
+            let mut i = 0;
+            while i + 8 <= d {
+                let r = _mm512_loadu_pd(row.as_ptr().add(i));
+                for k in 0..4 {
+                    let v = _mm512_loadu_pd(vecs.as_ptr().add(k * d + i));
+                    a[k] = _mm512_add_pd(a[k], _mm512_mul_pd(r, v));
+                }
+                i += 8;
+            }
+            for k in 0..4 {
+                out[(m * 4 + k) % out.len()] = _mm512_reduce_add_pd(a[k]);
+            }
+        }
+    }
+    time("raw dot4 (read)", 1.0, &mut || unsafe {
+        dot4(&w, d, &vecs, &mut out)
+    });
+    time("dot (read)", 1.0, &mut || {
+        for layer in 0..l {
+            kernels::dot_rows(
+                &mut w[layer * m * d..],
+                m,
+                d,
+                &vecs,
+                n,
+                None,
+                1.0,
+                &mut out,
+                par,
+            );
+        }
+    });
+    time("dot+update (read+write)", 2.0, &mut || {
+        for layer in 0..l {
+            kernels::dot_rows(
+                &mut w[layer * m * d..],
+                m,
+                d,
+                &vecs,
+                n,
+                Some(&coef),
+                1.0,
+                &mut out,
+                par,
+            );
+        }
+    });
+    time("axpy (read)", 1.0, &mut || {
+        for layer in 0..l {
+            kernels::axpy_rows(
+                &mut w[layer * m * d..],
+                m,
+                d,
+                &coef,
+                None,
+                &vecs,
+                n,
+                &mut tgt,
+                par,
+            );
+        }
+    });
+    time("axpy+update (read+write)", 2.0, &mut || {
+        for layer in 0..l {
+            kernels::axpy_rows(
+                &mut w[layer * m * d..],
+                m,
+                d,
+                &coef,
+                Some(&coef),
+                &vecs,
+                n,
+                &mut tgt,
+                par,
+            );
+        }
+    });
+}

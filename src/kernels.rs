@@ -18,8 +18,9 @@
 //! Determinism: every output entry is summed in an order fixed by the data layout alone
 //! (lane-wise partial sums over D in chunks of W, reduced by a fixed tree; sums over m in
 //! increasing m), so results are bitwise independent of the number of threads and of how
-//! rows or column tiles are distributed. No fused multiply-add is used, so the scalar
-//! fallback and the AVX-512/AVX2 paths give identical bits.
+//! rows or column tiles are distributed. The scalar
+//! fallback and the AVX-512 path give identical bits: both use fused multiply-adds
+//! (`_mm512_fmadd_pd` and `mul_add`, each correctly rounded).
 
 use crate::model::Real;
 use rayon::prelude::*;
@@ -30,13 +31,143 @@ struct Ptr<T>(*mut T);
 unsafe impl<T> Send for Ptr<T> {}
 unsafe impl<T> Sync for Ptr<T> {}
 
-#[inline(always)]
-unsafe fn load<T: Copy, const W: usize>(p: *const T) -> [T; W] {
-    unsafe { std::ptr::read_unaligned(p as *const [T; W]) }
+/// The vector operations the kernels need, for one element type `T`: implemented by
+/// [`Portable`] (arrays, any CPU) and [`Avx512`] (intrinsics). Both use W = 64 bytes of
+/// lanes and the same operation order, so they give identical bits.
+pub(crate) trait Vector<T: Real> {
+    type V: Copy;
+    /// Lanes per vector.
+    const W: usize;
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(x: T) -> Self::V;
+    unsafe fn load(p: *const T) -> Self::V;
+    unsafe fn store(p: *mut T, v: Self::V);
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    /// `a * b + c` with one rounding.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Sum of the lanes by a fixed halving tree.
+    unsafe fn reduce(v: Self::V) -> T;
 }
-#[inline(always)]
-unsafe fn store<T: Copy, const W: usize>(p: *mut T, v: [T; W]) {
-    unsafe { std::ptr::write_unaligned(p as *mut [T; W], v) }
+
+/// Arrays of 64 bytes of lanes; any CPU (fused multiply-adds through `mul_add`, which is
+/// correctly rounded everywhere, so the bits match the AVX-512 path).
+pub(crate) struct Portable;
+
+macro_rules! portable {
+    ($t:ty, $w:literal) => {
+        impl Vector<$t> for Portable {
+            type V = [$t; $w];
+            const W: usize = $w;
+            #[inline(always)]
+            unsafe fn zero() -> Self::V {
+                [0.0; $w]
+            }
+            #[inline(always)]
+            unsafe fn splat(x: $t) -> Self::V {
+                [x; $w]
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const $t) -> Self::V {
+                unsafe { std::ptr::read_unaligned(p as *const [$t; $w]) }
+            }
+            #[inline(always)]
+            unsafe fn store(p: *mut $t, v: Self::V) {
+                unsafe { std::ptr::write_unaligned(p as *mut [$t; $w], v) }
+            }
+            #[inline(always)]
+            unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
+                std::array::from_fn(|k| a[k] - b[k])
+            }
+            #[inline(always)]
+            unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+                std::array::from_fn(|k| a[k].mul_add(b[k], c[k]))
+            }
+            #[inline(always)]
+            unsafe fn reduce(v: Self::V) -> $t {
+                tree_sum(v)
+            }
+        }
+    };
+}
+portable!(f64, 8);
+portable!(f32, 16);
+
+/// AVX-512F intrinsics; only called after a run-time check of the CPU.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512_impl {
+    use super::{Avx512, Vector, tree_sum};
+    use std::arch::x86_64::*;
+    impl Vector<f64> for Avx512 {
+        type V = __m512d;
+        const W: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> __m512d {
+            unsafe { _mm512_setzero_pd() }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f64) -> __m512d {
+            unsafe { _mm512_set1_pd(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f64) -> __m512d {
+            unsafe { _mm512_loadu_pd(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f64, v: __m512d) {
+            unsafe { _mm512_storeu_pd(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m512d, b: __m512d) -> __m512d {
+            unsafe { _mm512_sub_pd(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: __m512d, b: __m512d, c: __m512d) -> __m512d {
+            unsafe { _mm512_fmadd_pd(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn reduce(v: __m512d) -> f64 {
+            let mut a = [0.0f64; 8];
+            unsafe { _mm512_storeu_pd(a.as_mut_ptr(), v) };
+            tree_sum(a)
+        }
+    }
+    impl Vector<f32> for Avx512 {
+        type V = __m512;
+        const W: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m512 {
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            unsafe { _mm512_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn reduce(v: __m512) -> f32 {
+            let mut a = [0.0f32; 16];
+            unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) };
+            tree_sum(a)
+        }
+    }
 }
 
 #[inline(always)]
@@ -52,9 +183,9 @@ fn tree_sum<T: Real, const W: usize>(mut a: [T; W]) -> T {
 }
 
 /// One row against N vectors (N a compile-time constant so the accumulators live in
-/// registers). Returns the N dot products; applies the update when `coef` is given.
+/// registers). Writes the N dot products; applies the update when `coef` is given.
 #[inline(always)]
-unsafe fn dot_row_n<T: Real, const W: usize, const N: usize>(
+unsafe fn dot_row_n<T: Real, S: Vector<T>, const N: usize>(
     row: *mut T,
     d: usize,
     vecs: *const T,
@@ -63,34 +194,37 @@ unsafe fn dot_row_n<T: Real, const W: usize, const N: usize>(
     out: &mut [T],
 ) {
     unsafe {
-        let mut acc = [[T::zero(); W]; N];
-        let mut c = [T::zero(); N];
+        let w = S::W;
+        let mut acc = [S::zero(); N];
+        let mut c = [S::zero(); N];
+        let mut cs = [T::zero(); N];
         if let Some(cf) = coef {
-            c.copy_from_slice(&cf[..N]);
+            for n in 0..N {
+                cs[n] = cf[n];
+                c[n] = S::splat(cf[n]);
+            }
         }
         let mut i = 0;
-        while i + W <= d {
-            let r: [T; W] = load(row.add(i));
-            let mut upd = [T::zero(); W];
-            for n in 0..N {
-                let v: [T; W] = load(vecs.add(n * ldv + i));
-                for k in 0..W {
-                    acc[n][k] = acc[n][k] + r[k] * v[k];
+        if coef.is_some() {
+            while i + w <= d {
+                let r = S::load(row.add(i));
+                let mut upd = S::zero();
+                for n in 0..N {
+                    let v = S::load(vecs.add(n * ldv + i));
+                    acc[n] = S::fma(r, v, acc[n]);
+                    upd = S::fma(c[n], v, upd);
                 }
-                if coef.is_some() {
-                    for k in 0..W {
-                        upd[k] = upd[k] + c[n] * v[k];
-                    }
-                }
+                S::store(row.add(i), S::sub(r, upd));
+                i += w;
             }
-            if coef.is_some() {
-                let mut nr = r;
-                for k in 0..W {
-                    nr[k] = r[k] - upd[k];
+        } else {
+            while i + w <= d {
+                let r = S::load(row.add(i));
+                for n in 0..N {
+                    acc[n] = S::fma(r, S::load(vecs.add(n * ldv + i)), acc[n]);
                 }
-                store(row.add(i), nr);
+                i += w;
             }
-            i += W;
         }
         let mut tail = [T::zero(); N];
         while i < d {
@@ -98,8 +232,8 @@ unsafe fn dot_row_n<T: Real, const W: usize, const N: usize>(
             let mut upd = T::zero();
             for n in 0..N {
                 let v = *vecs.add(n * ldv + i);
-                tail[n] = tail[n] + r * v;
-                upd = upd + c[n] * v;
+                tail[n] = r.mul_add(v, tail[n]);
+                upd = cs[n].mul_add(v, upd);
             }
             if coef.is_some() {
                 *row.add(i) = r - upd;
@@ -107,7 +241,7 @@ unsafe fn dot_row_n<T: Real, const W: usize, const N: usize>(
             i += 1;
         }
         for n in 0..N {
-            out[n] = tree_sum(acc[n]) + tail[n];
+            out[n] = S::reduce(acc[n]) + tail[n];
         }
     }
 }
@@ -115,7 +249,7 @@ unsafe fn dot_row_n<T: Real, const W: usize, const N: usize>(
 /// Runtime-N fallback of [`dot_row_n`] for N > 12: vectors in groups of 8, the update in a
 /// second sweep over the (cached) row, after all dot products have used the old row.
 #[inline(always)]
-unsafe fn dot_row_any<T: Real, const W: usize>(
+unsafe fn dot_row_any<T: Real, S: Vector<T>>(
     row: *mut T,
     d: usize,
     vecs: *const T,
@@ -131,14 +265,14 @@ unsafe fn dot_row_any<T: Real, const W: usize>(
             let v = vecs.add(n0 * ldv);
             let o = &mut out[n0..n0 + g];
             match g {
-                8 => dot_row_n::<T, W, 8>(row, d, v, ldv, None, o),
-                7 => dot_row_n::<T, W, 7>(row, d, v, ldv, None, o),
-                6 => dot_row_n::<T, W, 6>(row, d, v, ldv, None, o),
-                5 => dot_row_n::<T, W, 5>(row, d, v, ldv, None, o),
-                4 => dot_row_n::<T, W, 4>(row, d, v, ldv, None, o),
-                3 => dot_row_n::<T, W, 3>(row, d, v, ldv, None, o),
-                2 => dot_row_n::<T, W, 2>(row, d, v, ldv, None, o),
-                _ => dot_row_n::<T, W, 1>(row, d, v, ldv, None, o),
+                8 => dot_row_n::<T, S, 8>(row, d, v, ldv, None, o),
+                7 => dot_row_n::<T, S, 7>(row, d, v, ldv, None, o),
+                6 => dot_row_n::<T, S, 6>(row, d, v, ldv, None, o),
+                5 => dot_row_n::<T, S, 5>(row, d, v, ldv, None, o),
+                4 => dot_row_n::<T, S, 4>(row, d, v, ldv, None, o),
+                3 => dot_row_n::<T, S, 3>(row, d, v, ldv, None, o),
+                2 => dot_row_n::<T, S, 2>(row, d, v, ldv, None, o),
+                _ => dot_row_n::<T, S, 1>(row, d, v, ldv, None, o),
             }
             n0 += g;
         }
@@ -154,33 +288,132 @@ unsafe fn dot_row_any<T: Real, const W: usize>(
     }
 }
 
+/// Columns per segment: the N sample vectors' segment (N * SEG values) stays in L1
+/// while a block of rows streams past it. A multiple of every W.
+const SEG_BYTES: usize = 2048;
+
+/// Rows of [m0, m1) against N vectors, D processed in segments so that the vectors'
+/// segment stays in L1; each row's N lane-accumulators persist across segments in `acc`.
+/// Bitwise the same as [`dot_row_n`] row by row.
 #[inline(always)]
-unsafe fn dot_rows_impl<T: Real, const W: usize>(a: &DotArgs<T>, m0: usize, m1: usize) {
+unsafe fn dot_seg_n<T: Real, S: Vector<T>, const N: usize>(
+    a: &DotArgs<T>,
+    m0: usize,
+    m1: usize,
+    acc: &mut [[S::V; N]],
+) {
     unsafe {
-        let n = a.n;
-        for m in m0..m1 {
-            let row = a.rows.0.add(m * a.ld);
-            let out = std::slice::from_raw_parts_mut(a.out.0.add(m * n), n);
-            let coef = a.coef.map(|c| &c[m * n..m * n + n]);
-            macro_rules! go {
-                ($($k:literal)*) => {
-                    match n {
-                        $($k => dot_row_n::<T, W, $k>(row, a.d, a.vecs, a.ldv, coef, out),)*
-                        _ => dot_row_any::<T, W>(row, a.d, a.vecs, a.ldv, n, coef, out),
+        let w = S::W;
+        let seg = SEG_BYTES / std::mem::size_of::<T>();
+        let d = a.d;
+        let dv = d - d % w;
+        for slot in acc.iter_mut() {
+            *slot = [S::zero(); N];
+        }
+        let mut s0 = 0;
+        while s0 < dv {
+            let s1 = (s0 + seg).min(dv);
+            for (k, m) in (m0..m1).enumerate() {
+                let row = a.rows.0.add(m * a.ld);
+                let mut ac = acc[k];
+                if let Some(cf) = a.coef {
+                    let mut c = [S::zero(); N];
+                    for n in 0..N {
+                        c[n] = S::splat(cf[m * N + n]);
                     }
-                };
-            }
-            go!(1 2 3 4 5 6 7 8 9 10 11 12);
-            if a.scale != T::one() {
-                for o in out.iter_mut() {
-                    *o = *o * a.scale;
+                    let mut i = s0;
+                    while i < s1 {
+                        let r = S::load(row.add(i));
+                        let mut upd = S::zero();
+                        for n in 0..N {
+                            let v = S::load(a.vecs.add(n * a.ldv + i));
+                            ac[n] = S::fma(r, v, ac[n]);
+                            upd = S::fma(c[n], v, upd);
+                        }
+                        S::store(row.add(i), S::sub(r, upd));
+                        i += w;
+                    }
+                } else {
+                    let mut i = s0;
+                    while i < s1 {
+                        let r = S::load(row.add(i));
+                        for n in 0..N {
+                            ac[n] = S::fma(r, S::load(a.vecs.add(n * a.ldv + i)), ac[n]);
+                        }
+                        i += w;
+                    }
                 }
+                acc[k] = ac;
+            }
+            s0 = s1;
+        }
+        // Tails (d % W columns) and the reductions.
+        for (k, m) in (m0..m1).enumerate() {
+            let row = a.rows.0.add(m * a.ld);
+            let mut tail = [T::zero(); N];
+            for i in dv..d {
+                let r = *row.add(i);
+                let mut upd = T::zero();
+                for n in 0..N {
+                    let v = *a.vecs.add(n * a.ldv + i);
+                    tail[n] = r.mul_add(v, tail[n]);
+                    if let Some(cf) = a.coef {
+                        upd = cf[m * N + n].mul_add(v, upd);
+                    }
+                }
+                if a.coef.is_some() {
+                    *row.add(i) = r - upd;
+                }
+            }
+            for n in 0..N {
+                let x = S::reduce(acc[k][n]) + tail[n];
+                *a.out.0.add(m * N + n) = if a.scale != T::one() { x * a.scale } else { x };
             }
         }
     }
 }
 
-struct DotArgs<'a, T> {
+/// Rows per block of the segmented dot kernel (their accumulators live in L1).
+const DOT_ROWS: usize = 16;
+
+#[inline(always)]
+unsafe fn dot_rows_impl<T: Real, S: Vector<T>>(a: &DotArgs<T>, m0: usize, m1: usize) {
+    unsafe {
+        let n = a.n;
+        macro_rules! go {
+            ($($k:literal)*) => {
+                match n {
+                    $($k => {
+                        let mut acc = [[S::zero(); $k]; DOT_ROWS];
+                        let mut b0 = m0;
+                        while b0 < m1 {
+                            let b1 = (b0 + DOT_ROWS).min(m1);
+                            dot_seg_n::<T, S, $k>(a, b0, b1, &mut acc[..b1 - b0]);
+                            b0 = b1;
+                        }
+                    })*
+                    _ => {
+                        for m in m0..m1 {
+                            let row = a.rows.0.add(m * a.ld);
+                            let out = std::slice::from_raw_parts_mut(a.out.0.add(m * n), n);
+                            let coef = a.coef.map(|c| &c[m * n..m * n + n]);
+                            dot_row_any::<T, S>(row, a.d, a.vecs, a.ldv, n, coef, out);
+                            if a.scale != T::one() {
+                                for o in out.iter_mut() {
+                                    *o = *o * a.scale;
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+        }
+        go!(1 2 3 4 5 6 7 8 9 10 11 12);
+    }
+}
+
+#[doc(hidden)]
+pub struct DotArgs<'a, T> {
     rows: Ptr<T>,
     ld: usize,
     d: usize,
@@ -197,65 +430,71 @@ unsafe impl<T> Sync for DotArgs<'_, T> {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
     Avx512,
-    Avx2,
     Generic,
 }
 
-/// The best instruction set of this CPU that the kernels support.
+/// The best instruction set of this CPU that the kernels support (cached).
 pub fn isa() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Isa::Avx512;
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::env::var_os("RESLIM_NO_AVX512").is_none()
+                && std::arch::is_x86_feature_detected!("avx512f")
+            {
+                return Isa::Avx512;
+            }
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return Isa::Avx2;
-        }
-    }
-    Isa::Generic
+        Isa::Generic
+    })
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2")]
-unsafe fn dot_avx512<T: Real, const W: usize>(a: &DotArgs<T>, m0: usize, m1: usize) {
-    unsafe { dot_rows_impl::<T, W>(a, m0, m1) }
-}
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_avx2<T: Real, const W: usize>(a: &DotArgs<T>, m0: usize, m1: usize) {
-    unsafe { dot_rows_impl::<T, W>(a, m0, m1) }
+/// Per-type entry points of the kernels (implemented for f64 and f32).
+#[doc(hidden)]
+pub trait Kernels: Sized {
+    fn run_dot(a: &DotArgs<Self>, m0: usize, m1: usize);
+    fn run_axpy(x: &AxpyArgs<Self>, t0: usize, t1: usize);
 }
 
-fn run_dot<T: Real>(a: &DotArgs<T>, m0: usize, m1: usize) {
-    // SAFETY: the caller checked the extents; the ISA is checked at run time.
-    unsafe {
-        match isa() {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                if std::mem::size_of::<T>() == 8 {
-                    dot_avx512::<T, 8>(a, m0, m1)
-                } else {
-                    dot_avx512::<T, 16>(a, m0, m1)
+macro_rules! kernels_for {
+    ($t:ty, $dot512:ident, $axpy512:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn $dot512(a: &DotArgs<$t>, m0: usize, m1: usize) {
+            unsafe { dot_rows_impl::<$t, Avx512>(a, m0, m1) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn $axpy512(x: &AxpyArgs<$t>, t0: usize, t1: usize) {
+            unsafe { axpy_impl::<$t, Avx512>(x, t0, t1) }
+        }
+        impl Kernels for $t {
+            fn run_dot(a: &DotArgs<Self>, m0: usize, m1: usize) {
+                // SAFETY: the public wrappers checked the extents; the ISA is checked at
+                // run time.
+                unsafe {
+                    #[cfg(target_arch = "x86_64")]
+                    if isa() == Isa::Avx512 {
+                        return $dot512(a, m0, m1);
+                    }
+                    dot_rows_impl::<$t, Portable>(a, m0, m1)
                 }
             }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                if std::mem::size_of::<T>() == 8 {
-                    dot_avx2::<T, 8>(a, m0, m1)
-                } else {
-                    dot_avx2::<T, 16>(a, m0, m1)
-                }
-            }
-            _ => {
-                if std::mem::size_of::<T>() == 8 {
-                    dot_rows_impl::<T, 8>(a, m0, m1)
-                } else {
-                    dot_rows_impl::<T, 16>(a, m0, m1)
+            fn run_axpy(x: &AxpyArgs<Self>, t0: usize, t1: usize) {
+                // SAFETY: as above.
+                unsafe {
+                    #[cfg(target_arch = "x86_64")]
+                    if isa() == Isa::Avx512 {
+                        return $axpy512(x, t0, t1);
+                    }
+                    axpy_impl::<$t, Portable>(x, t0, t1)
                 }
             }
         }
-    }
+    };
 }
+kernels_for!(f64, dot512_f64, axpy512_f64);
+kernels_for!(f32, dot512_f32, axpy512_f32);
 
 /// Parallelism of one call: sequential, or over the current rayon pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,8 +503,7 @@ pub enum Par {
     Rayon,
 }
 
-/// Rows per parallel work item (fixed, so work splitting never depends on thread count;
-/// results do not depend on it either way).
+/// Rows per parallel work item (results never depend on it).
 const ROW_BLOCK: usize = 16;
 
 /// `out[m][n] = scale * <rows_m, vecs_n>` for m < M (out: M x N), and, when `coef`
@@ -301,17 +539,18 @@ pub fn dot_rows<T: Real>(
         scale,
     };
     match par {
-        Par::Seq => run_dot(&args, 0, m),
+        Par::Seq => T::run_dot(&args, 0, m),
         Par::Rayon => {
             let blocks = m.div_ceil(ROW_BLOCK);
             (0..blocks).into_par_iter().for_each(|b| {
-                run_dot(&args, b * ROW_BLOCK, ((b + 1) * ROW_BLOCK).min(m));
+                T::run_dot(&args, b * ROW_BLOCK, ((b + 1) * ROW_BLOCK).min(m));
             })
         }
     }
 }
 
-struct AxpyArgs<'a, T> {
+#[doc(hidden)]
+pub struct AxpyArgs<'a, T> {
     rows: Ptr<T>,
     m: usize,
     d: usize,
@@ -323,99 +562,131 @@ struct AxpyArgs<'a, T> {
 }
 unsafe impl<T> Sync for AxpyArgs<'_, T> {}
 
-/// Columns [c0, c0 + W*2) (or fewer at the end) of every row; accumulators for up to
-/// 12 targets in registers.
+/// Rows [m0, m0 + R) on the columns [c0, c1) of one segment (c1 - c0 a multiple of W):
+/// each target vector is loaded and stored once per R rows, each sample vector loaded
+/// once per R rows, and the rows are read (and written) once, sequentially.
 #[inline(always)]
-unsafe fn axpy_tile_n<T: Real, const W: usize, const N: usize>(x: &AxpyArgs<T>, c0: usize) {
+unsafe fn axpy_blk<T: Real, S: Vector<T>, const R: usize, const N: usize>(
+    x: &AxpyArgs<T>,
+    m0: usize,
+    c0: usize,
+    c1: usize,
+) {
     unsafe {
-        let d = x.d;
-        let full = c0 + 2 * W <= d;
-        if !full {
-            // Ragged end tile: scalar code, same summation order (over m) per entry.
-            for c in c0..d {
-                let mut t = [T::zero(); N];
-                for (n, tn) in t.iter_mut().enumerate() {
-                    *tn = *x.tgt.0.add(n * d + c);
-                }
-                for mm in 0..x.m {
-                    let rp = x.rows.0.add(mm * d + c);
-                    let r = *rp;
-                    let a = &x.a[mm * N..mm * N + N];
-                    for n in 0..N {
-                        t[n] = t[n] + a[n] * r;
-                    }
-                    if let Some(b) = x.b {
-                        let b = &b[mm * N..mm * N + N];
-                        let mut u = T::zero();
-                        for n in 0..N {
-                            u = u + b[n] * *x.vecs.add(n * d + c);
-                        }
-                        *rp = r - u;
-                    }
-                }
-                for (n, tn) in t.iter().enumerate() {
-                    *x.tgt.0.add(n * d + c) = *tn;
-                }
-            }
-            return;
-        }
-        let mut t = [[[T::zero(); W]; 2]; N];
-        for n in 0..N {
-            t[n][0] = load(x.tgt.0.add(n * d + c0));
-            t[n][1] = load(x.tgt.0.add(n * d + c0 + W));
-        }
-        for mm in 0..x.m {
-            let rp = x.rows.0.add(mm * d + c0);
-            let r0: [T; W] = load(rp);
-            let r1: [T; W] = load(rp.add(W));
-            let a = &x.a[mm * N..mm * N + N];
+        let (d, w) = (x.d, S::W);
+        let mut a = [[S::zero(); N]; R];
+        let mut b = [[S::zero(); N]; R];
+        for j in 0..R {
             for n in 0..N {
-                let an = a[n];
-                for k in 0..W {
-                    t[n][0][k] = t[n][0][k] + an * r0[k];
-                    t[n][1][k] = t[n][1][k] + an * r1[k];
+                a[j][n] = S::splat(x.a[(m0 + j) * N + n]);
+                if let Some(bb) = x.b {
+                    b[j][n] = S::splat(bb[(m0 + j) * N + n]);
                 }
-            }
-            if let Some(b) = x.b {
-                let b = &b[mm * N..mm * N + N];
-                let mut u0 = [T::zero(); W];
-                let mut u1 = [T::zero(); W];
-                for n in 0..N {
-                    let bn = b[n];
-                    let v0: [T; W] = load(x.vecs.add(n * d + c0));
-                    let v1: [T; W] = load(x.vecs.add(n * d + c0 + W));
-                    for k in 0..W {
-                        u0[k] = u0[k] + bn * v0[k];
-                        u1[k] = u1[k] + bn * v1[k];
-                    }
-                }
-                let mut n0 = r0;
-                let mut n1 = r1;
-                for k in 0..W {
-                    n0[k] = r0[k] - u0[k];
-                    n1[k] = r1[k] - u1[k];
-                }
-                store(rp, n0);
-                store(rp.add(W), n1);
             }
         }
-        for n in 0..N {
-            store(x.tgt.0.add(n * d + c0), t[n][0]);
-            store(x.tgt.0.add(n * d + c0 + W), t[n][1]);
+        let mut c = c0;
+        while c < c1 {
+            let mut r = [S::zero(); R];
+            for j in 0..R {
+                r[j] = S::load(x.rows.0.add((m0 + j) * d + c));
+            }
+            let mut u = [S::zero(); R];
+            for n in 0..N {
+                let tp = x.tgt.0.add(n * d + c);
+                let mut t = S::load(tp);
+                for j in 0..R {
+                    t = S::fma(a[j][n], r[j], t);
+                }
+                S::store(tp, t);
+                if x.b.is_some() {
+                    let v = S::load(x.vecs.add(n * d + c));
+                    for j in 0..R {
+                        u[j] = S::fma(b[j][n], v, u[j]);
+                    }
+                }
+            }
+            if x.b.is_some() {
+                for j in 0..R {
+                    S::store(x.rows.0.add((m0 + j) * d + c), S::sub(r[j], u[j]));
+                }
+            }
+            c += w;
+        }
+    }
+}
+
+/// Columns per segment of the axpy kernel: the targets' and vectors' segments
+/// (2 N SEG values) stay in L1 while all rows stream past. A multiple of every W.
+const AXPY_SEG_BYTES: usize = 1024;
+
+/// Column segments [k0, k1) (all rows).
+#[inline(always)]
+unsafe fn axpy_segs<T: Real, S: Vector<T>, const N: usize>(x: &AxpyArgs<T>, k0: usize, k1: usize) {
+    unsafe {
+        let seg = AXPY_SEG_BYTES / std::mem::size_of::<T>();
+        let dv = x.d - x.d % S::W;
+        for k in k0..k1 {
+            let c0 = k * seg;
+            let c1 = ((k + 1) * seg).min(dv);
+            if c0 < c1 {
+                let mut m = 0;
+                while m + 4 <= x.m {
+                    axpy_blk::<T, S, 4, N>(x, m, c0, c1);
+                    m += 4;
+                }
+                match x.m - m {
+                    3 => axpy_blk::<T, S, 3, N>(x, m, c0, c1),
+                    2 => axpy_blk::<T, S, 2, N>(x, m, c0, c1),
+                    1 => axpy_blk::<T, S, 1, N>(x, m, c0, c1),
+                    _ => {}
+                }
+            }
+            let end = ((k + 1) * seg).min(x.d);
+            if end > dv.max(c0) {
+                axpy_cols_scalar(x, dv.max(c0), end);
+            }
+        }
+    }
+}
+
+/// Number of column segments of the axpy kernel for D columns.
+fn axpy_segments<T>(d: usize) -> usize {
+    d.div_ceil(AXPY_SEG_BYTES / std::mem::size_of::<T>())
+}
+
+/// The ragged end of the columns: scalar code with the same order (over m) per entry.
+#[inline(always)]
+unsafe fn axpy_cols_scalar<T: Real>(x: &AxpyArgs<T>, c0: usize, c1: usize) {
+    unsafe {
+        let (d, n) = (x.d, x.n);
+        for c in c0..c1 {
+            for mm in 0..x.m {
+                let rp = x.rows.0.add(mm * d + c);
+                let r = *rp;
+                for k in 0..n {
+                    let t = x.tgt.0.add(k * d + c);
+                    *t = x.a[mm * n + k].mul_add(r, *t);
+                }
+                if let Some(b) = x.b {
+                    let mut u = T::zero();
+                    for k in 0..n {
+                        u = b[mm * n + k].mul_add(*x.vecs.add(k * d + c), u);
+                    }
+                    *rp = r - u;
+                }
+            }
         }
     }
 }
 
 #[inline(always)]
-unsafe fn axpy_impl<T: Real, const W: usize>(x: &AxpyArgs<T>, t0: usize, t1: usize) {
+unsafe fn axpy_impl<T: Real, S: Vector<T>>(x: &AxpyArgs<T>, k0: usize, k1: usize) {
     unsafe {
         macro_rules! go {
             ($($k:literal)*) => {
-                for tile in t0..t1 {
-                    match x.n {
-                        $($k => axpy_tile_n::<T, W, $k>(x, tile * 2 * W),)*
-                        _ => unreachable!(),
-                    }
+                match x.n {
+                    $($k => axpy_segs::<T, S, $k>(x, k0, k1),)*
+                    _ => unreachable!("axpy_rows splits N into groups of at most 12"),
                 }
             };
         }
@@ -423,50 +694,8 @@ unsafe fn axpy_impl<T: Real, const W: usize>(x: &AxpyArgs<T>, t0: usize, t1: usi
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2")]
-unsafe fn axpy_avx512<T: Real, const W: usize>(x: &AxpyArgs<T>, t0: usize, t1: usize) {
-    unsafe { axpy_impl::<T, W>(x, t0, t1) }
-}
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn axpy_avx2<T: Real, const W: usize>(x: &AxpyArgs<T>, t0: usize, t1: usize) {
-    unsafe { axpy_impl::<T, W>(x, t0, t1) }
-}
-
-fn run_axpy<T: Real>(x: &AxpyArgs<T>, t0: usize, t1: usize) {
-    // SAFETY: extents checked by the caller; ISA checked at run time.
-    unsafe {
-        match isa() {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                if std::mem::size_of::<T>() == 8 {
-                    axpy_avx512::<T, 8>(x, t0, t1)
-                } else {
-                    axpy_avx512::<T, 16>(x, t0, t1)
-                }
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                if std::mem::size_of::<T>() == 8 {
-                    axpy_avx2::<T, 8>(x, t0, t1)
-                } else {
-                    axpy_avx2::<T, 16>(x, t0, t1)
-                }
-            }
-            _ => {
-                if std::mem::size_of::<T>() == 8 {
-                    axpy_impl::<T, 8>(x, t0, t1)
-                } else {
-                    axpy_impl::<T, 16>(x, t0, t1)
-                }
-            }
-        }
-    }
-}
-
-/// Tiles per parallel work item.
-const TILE_BLOCK: usize = 4;
+/// Column segments per parallel work item.
+const SEG_BLOCK: usize = 1;
 
 /// `tgt_n += sum_m a[m][n] rows_m` for n < N (tgt: N x D; a: M x N), and, when `b`
 /// (M x N) is given, `rows_m -= sum_n b[m][n] vecs_n` (vecs: N x D) in the same pass,
@@ -491,62 +720,7 @@ pub fn axpy_rows<T: Real>(
         return;
     }
     if n > 12 {
-        // Groups of at most 12 targets; the row update goes with the last group so that
-        // every group reads the rows before the update.
-        let mut n0 = 0;
-        let mut a_g = vec![T::zero(); m * 12];
-        let mut b_g = vec![T::zero(); m * 12];
-        while n0 < n {
-            let g = (n - n0).min(12);
-            let last = n0 + g == n;
-            for mm in 0..m {
-                for k in 0..g {
-                    a_g[mm * g + k] = a[mm * n + n0 + k];
-                }
-            }
-            axpy_rows(
-                rows,
-                m,
-                d,
-                &a_g[..m * g],
-                None,
-                vecs,
-                g,
-                &mut tgt[n0 * d..(n0 + g) * d],
-                par,
-            );
-            n0 += g;
-            if last {
-                break;
-            }
-        }
-        if let Some(b) = b {
-            // Row update: rows_m -= sum_n b[m][n] vecs_n, as a zero-target axpy per group.
-            let mut scratch = vec![T::zero(); 12 * d];
-            let mut k0 = 0;
-            while k0 < n {
-                let g = (n - k0).min(12);
-                for mm in 0..m {
-                    for k in 0..g {
-                        b_g[mm * g + k] = b[mm * n + k0 + k];
-                        a_g[mm * g + k] = T::zero();
-                    }
-                }
-                let _ = &mut scratch;
-                axpy_rows(
-                    rows,
-                    m,
-                    d,
-                    &a_g[..m * g],
-                    Some(&b_g[..m * g]),
-                    &vecs[k0 * d..(k0 + g) * d],
-                    g,
-                    &mut scratch[..g * d],
-                    par,
-                );
-                k0 += g;
-            }
-        }
+        axpy_rows_grouped(rows, m, d, a, b, vecs, n, tgt, par);
         return;
     }
     let x = AxpyArgs {
@@ -559,15 +733,61 @@ pub fn axpy_rows<T: Real>(
         tgt: Ptr(tgt.as_mut_ptr()),
         n,
     };
-    let w = 2 * if std::mem::size_of::<T>() == 8 { 8 } else { 16 };
-    let tiles = d.div_ceil(w);
+    let segs = axpy_segments::<T>(d);
     match par {
-        Par::Seq => run_axpy(&x, 0, tiles),
+        Par::Seq => T::run_axpy(&x, 0, segs),
         Par::Rayon => {
-            let blocks = tiles.div_ceil(TILE_BLOCK);
-            (0..blocks).into_par_iter().for_each(|b| {
-                run_axpy(&x, b * TILE_BLOCK, ((b + 1) * TILE_BLOCK).min(tiles));
+            let blocks = segs.div_ceil(SEG_BLOCK);
+            (0..blocks).into_par_iter().for_each(|blk| {
+                T::run_axpy(&x, blk * SEG_BLOCK, ((blk + 1) * SEG_BLOCK).min(segs));
             })
+        }
+    }
+}
+
+/// N > 12: the targets in groups of at most 12 (reading the rows before any update),
+/// then the row update as zero-coefficient passes over groups of the vectors.
+#[allow(clippy::too_many_arguments)]
+fn axpy_rows_grouped<T: Real>(
+    rows: &mut [T],
+    m: usize,
+    d: usize,
+    a: &[T],
+    b: Option<&[T]>,
+    vecs: &[T],
+    n: usize,
+    tgt: &mut [T],
+    par: Par,
+) {
+    let mut a_g = vec![T::zero(); m * 12];
+    let mut b_g = vec![T::zero(); m * 12];
+    let mut n0 = 0;
+    while n0 < n {
+        let g = (n - n0).min(12);
+        for mm in 0..m {
+            for k in 0..g {
+                a_g[mm * g + k] = a[mm * n + n0 + k];
+            }
+        }
+        let t = &mut tgt[n0 * d..(n0 + g) * d];
+        axpy_rows(rows, m, d, &a_g[..m * g], None, vecs, g, t, par);
+        n0 += g;
+    }
+    if let Some(b) = b {
+        let mut scratch = vec![T::zero(); 12 * d];
+        let mut k0 = 0;
+        while k0 < n {
+            let g = (n - k0).min(12);
+            for mm in 0..m {
+                for k in 0..g {
+                    b_g[mm * g + k] = b[mm * n + k0 + k];
+                    a_g[mm * g + k] = T::zero();
+                }
+            }
+            let v = &vecs[k0 * d..(k0 + g) * d];
+            let s = &mut scratch[..g * d];
+            axpy_rows(rows, m, d, &a_g[..m * g], Some(&b_g[..m * g]), v, g, s, par);
+            k0 += g;
         }
     }
 }
@@ -670,6 +890,61 @@ mod tests {
         pool.install(|| axpy_rows(&mut rows2, m, d, &a, bb, &vecs, n, &mut tgt2, Par::Rayon));
         assert_eq!(tgt, tgt2);
         assert_eq!(rows, rows2);
+    }
+
+    /// The AVX-512 and portable paths give the same bits (on CPUs with AVX-512).
+    #[test]
+    fn avx512_and_portable_paths_agree_bitwise() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            for &(m, d, n, upd) in &[
+                (7usize, 45usize, 10usize, true),
+                (6, 53, 3, false),
+                (5, 40, 12, true),
+            ] {
+                let rows0 = rand(m * d, 1);
+                let vecs = rand(n * d, 2);
+                let coef = rand(m * n, 3);
+                let run = |avx: bool| {
+                    let mut rows = rows0.clone();
+                    let mut out = vec![0.0; m * n];
+                    let mut tgt = rand(n * d, 9);
+                    let args = DotArgs {
+                        rows: Ptr(rows.as_mut_ptr()),
+                        ld: d,
+                        d,
+                        vecs: vecs.as_ptr(),
+                        ldv: d,
+                        n,
+                        coef: upd.then_some(&coef[..]),
+                        out: Ptr(out.as_mut_ptr()),
+                        scale: 1.0,
+                    };
+                    let ax = AxpyArgs {
+                        rows: Ptr(rows.as_mut_ptr()),
+                        m,
+                        d,
+                        a: &coef,
+                        b: upd.then_some(&coef[..]),
+                        vecs: vecs.as_ptr(),
+                        tgt: Ptr(tgt.as_mut_ptr()),
+                        n,
+                    };
+                    let tiles = axpy_segments::<f64>(d);
+                    unsafe {
+                        if avx {
+                            dot512_f64(&args, 0, m);
+                            axpy512_f64(&ax, 0, tiles);
+                        } else {
+                            dot_rows_impl::<f64, Portable>(&args, 0, m);
+                            axpy_impl::<f64, Portable>(&ax, 0, tiles);
+                        }
+                    }
+                    (rows, out, tgt)
+                };
+                assert_eq!(run(true), run(false));
+            }
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` for how the modules fit together and
 //! `../shared/spec/PAPERS.md` for the mathematics they implement.
 
+pub mod bench;
 pub mod error;
 pub mod io;
 pub mod kernels;

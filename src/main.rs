@@ -1,1 +1,392 @@
-fn main() {}
+//! The `reslim` command line: a thin layer that parses flags, calls the library, prints.
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use reslim::kernels::Par;
+use reslim::spec::TrainSpec;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "reslim",
+    version,
+    about = "Scaled deep ResNets and their large-scale limits"
+)]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train one ResNet by full-batch GD and write its run directory.
+    Train(TrainArgs),
+    /// Measure the GD step against the machine's roofline (and the NumPy peer if present).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// A TOML spec file; flags override its fields.
+    spec: Option<PathBuf>,
+    /// Parametrization preset: chizat-julia, chizat-python, lazy, standard.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Depth (number of blocks).
+    #[arg(long = "L", allow_negative_numbers = true)]
+    l: Option<i64>,
+    /// Hidden width of each block.
+    #[arg(long = "M", allow_negative_numbers = true)]
+    m: Option<i64>,
+    /// Embedding dimension.
+    #[arg(long = "D", allow_negative_numbers = true)]
+    d: Option<i64>,
+    /// Number of training samples.
+    #[arg(long = "N", allow_negative_numbers = true)]
+    n: Option<i64>,
+    #[arg(long, allow_negative_numbers = true)]
+    din: Option<i64>,
+    #[arg(long, allow_negative_numbers = true)]
+    dout: Option<i64>,
+    /// Number of GD steps K.
+    #[arg(long, allow_negative_numbers = true)]
+    steps: Option<i64>,
+    /// Global learning rate eta.
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f64>,
+    /// Branch scale alpha (overrides the preset's).
+    #[arg(long, allow_negative_numbers = true)]
+    alpha: Option<f64>,
+    /// Activation: tanh, relu, gelu, softplus, linear.
+    #[arg(long)]
+    activation: Option<String>,
+    /// Seed of the block weights (and of the embeddings unless --embed-seed).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    embed_seed: Option<u64>,
+    #[arg(long)]
+    data_seed: Option<u64>,
+    /// f64 or f32.
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Start from X, Y, WE, WU, U, V .npy files of this directory.
+    #[arg(long)]
+    init_npy: Option<PathBuf>,
+    /// Record per-layer coordinate statistics (layers.csv).
+    #[arg(long)]
+    layer_stats: bool,
+    /// Output directory.
+    #[arg(long, default_value = "runs/train")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Depth.
+    #[arg(long = "L", default_value_t = 50)]
+    l: usize,
+    #[arg(long = "N", default_value_t = 10)]
+    n: usize,
+    /// M = D values.
+    #[arg(long, value_delimiter = ',', default_value = "100,500,1000,2000")]
+    sizes: Vec<usize>,
+    /// Timed steps per shape (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    #[arg(long, default_value = "f64")]
+    dtype: String,
+    /// Directory with peer_numpy.py; the peer runs if python3 with numpy and scipy is
+    /// available.
+    #[arg(long, default_value = "../shared/peers")]
+    peers: PathBuf,
+    /// Skip the peer even if available.
+    #[arg(long)]
+    no_peer: bool,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// A progress bar on a terminal, plain occasional lines otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    len: u64,
+    label: String,
+    last_line: std::time::Instant,
+}
+
+impl Progress {
+    fn new(len: u64, label: &str) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(len);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} (eta {eta})",
+                )
+                .expect("valid template"),
+            );
+            b.set_message(label.to_string());
+            b
+        });
+        Progress {
+            bar,
+            len,
+            label: label.to_string(),
+            last_line: std::time::Instant::now(),
+        }
+    }
+    fn set(&mut self, pos: u64, note: &str) {
+        match &self.bar {
+            Some(b) => {
+                b.set_position(pos);
+                if !note.is_empty() {
+                    b.set_message(format!("{} {note}", self.label));
+                }
+            }
+            None => {
+                if pos == self.len || self.last_line.elapsed().as_secs_f64() > 5.0 {
+                    eprintln!("{}: {pos}/{} {note}", self.label, self.len);
+                    self.last_line = std::time::Instant::now();
+                }
+            }
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(t) = cli.threads {
+        if t == 0 {
+            eprintln!("error: --threads must be at least 1, got 0");
+            return ExitCode::from(2);
+        }
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+        {
+            eprintln!("error: cannot start {t} threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let res = match cli.cmd {
+        Cmd::Train(a) => cmd_train(a),
+        Cmd::Bench(a) => cmd_bench(a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    let file = match &a.spec {
+        Some(p) => TrainSpec::from_file(p)?,
+        None => TrainSpec::default(),
+    };
+    let mut flags = TrainSpec {
+        preset: a.preset,
+        activation: a.activation,
+        l: a.l,
+        m: a.m,
+        d: a.d,
+        n: a.n,
+        din: a.din,
+        dout: a.dout,
+        steps: a.steps,
+        lr: a.lr,
+        seed: a.seed,
+        embed_seed: a.embed_seed,
+        data_seed: a.data_seed,
+        dtype: a.dtype,
+        init_npy: a.init_npy,
+        record_hidden: None,
+        layer_stats: a.layer_stats.then_some(true),
+        param: None,
+    };
+    if let Some(alpha) = a.alpha {
+        let mut o = file.param.clone().unwrap_or_default();
+        o.alpha = Some(alpha);
+        flags.param = Some(o);
+    }
+    let cfg = file.overridden_by(flags).check()?;
+    let dims = cfg.dims;
+    eprintln!(
+        "training L={} M={} D={} N={} ({} / {}, {}) for {} steps, eta = {}",
+        dims.l,
+        dims.m,
+        dims.d,
+        dims.n,
+        cfg.param.name,
+        cfg.activation.name(),
+        cfg.dtype_name(),
+        cfg.steps,
+        cfg.eta
+    );
+    let mut prog = Progress::new(cfg.steps as u64, "train");
+    let out = reslim::run::execute(&cfg, Par::Rayon, &mut |k, loss| {
+        prog.set(k as u64 + 1, &format!("loss {loss:.4e}"))
+    })?;
+    prog.finish();
+    reslim::run::write_run_dir(&a.out, &cfg, &out)?;
+    let h = &out.history;
+    println!(
+        "loss {:.6e} -> {:.6e} in {} steps ({:.3} s/step); results in {}",
+        h.losses.first().copied().unwrap_or(f64::NAN),
+        h.losses.last().copied().unwrap_or(f64::NAN),
+        h.losses.len(),
+        out.timings.per_step_s,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    match a.dtype.as_str() {
+        "f64" => bench_t::<f64>(&a),
+        "f32" => bench_t::<f32>(&a),
+        other => anyhow::bail!("--dtype must be f64 or f32, got '{other}'"),
+    }
+}
+
+fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
+    use reslim::bench;
+    let par = Par::Rayon;
+    eprintln!("measuring memory bandwidth and compute peak...");
+    let mach = bench::machine::<T>(par, 256);
+    println!(
+        "machine: {} threads, {}, triad bandwidth {:.1} GB/s, {} multiply-add peak {:.1} GFLOP/s",
+        mach.threads,
+        mach.isa,
+        mach.bandwidth / 1e9,
+        T::NAME,
+        mach.peak_flops / 1e9
+    );
+    println!(
+        "{:>5} {:>5} {:>5} {:>3} {:>11} {:>10} {:>8} {:>8} {:>11} {:>7} {:>9} {:>10}",
+        "L",
+        "M",
+        "D",
+        "N",
+        "s/step",
+        "MB/step",
+        "GB/s",
+        "GFLOP/s",
+        "roofline s",
+        "bound",
+        "fraction",
+        "numpy s"
+    );
+    let mut rows = Vec::new();
+    for &s in &a.sizes {
+        let dims = reslim::param::Dims {
+            l: a.l,
+            m: s,
+            d: s,
+            din: 5,
+            dout: 5,
+            n: a.n,
+        };
+        let need = reslim::model::Weights::<T>::bytes(&dims);
+        if need as f64 > 0.8 * available_memory() {
+            println!(
+                "{:>5} {s:>5} {s:>5}: skipped, needs {:.1} GB",
+                a.l,
+                need as f64 / 1e9
+            );
+            continue;
+        }
+        let r = bench::bench_shape::<T>(&dims, a.steps, par, &mach);
+        let peer = if a.no_peer {
+            None
+        } else {
+            run_peer(&a.peers, &dims, T::NAME, mach.threads)
+        };
+        println!(
+            "{:>5} {:>5} {:>5} {:>3} {:>11.5} {:>10.1} {:>8.1} {:>8.1} {:>11.5} {:>7} {:>8.0}% {:>10}",
+            a.l,
+            s,
+            s,
+            a.n,
+            r.sec_per_step,
+            r.bytes / 1e6,
+            r.achieved_gb_s,
+            r.achieved_gflop_s,
+            r.roofline_s,
+            r.bound,
+            100.0 * r.fraction,
+            match peer {
+                Some(p) => format!("{p:.5} ({:.1}x)", p / r.sec_per_step),
+                None => "-".into(),
+            }
+        );
+        rows.push(serde_json::json!({"bench": r, "numpy_fused_s": peer}));
+    }
+    if let Some(p) = &a.json {
+        let j = serde_json::json!({"machine": mach, "rows": rows});
+        reslim::io::atomic_write(p, serde_json::to_string_pretty(&j)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn available_memory() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb * 1024.0)
+        .unwrap_or(f64::INFINITY)
+}
+
+/// Seconds per step of the NumPy fused peer on the same shape, if it can run here.
+fn run_peer(dir: &Path, dims: &reslim::param::Dims, dtype: &str, threads: usize) -> Option<f64> {
+    let script = dir.join("peer_numpy.py");
+    if !script.is_file() {
+        return None;
+    }
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--impl", "fused", "--json", "--K", "4"])
+        .args([
+            "--L",
+            &dims.l.to_string(),
+            "--M",
+            &dims.m.to_string(),
+            "--D",
+            &dims.d.to_string(),
+        ])
+        .args([
+            "--N",
+            &dims.n.to_string(),
+            "--dtype",
+            dtype,
+            "--threads",
+            &threads.to_string(),
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find_map(|l| l.strip_prefix("JSON "))?;
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    v.get("sec_per_step")?.as_f64()
+}

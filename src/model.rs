@@ -26,6 +26,7 @@ pub trait Real:
     + std::iter::Sum
     + std::ops::AddAssign
     + std::ops::SubAssign
+    + crate::kernels::Kernels
     + 'static
 {
     /// "f64" or "f32".

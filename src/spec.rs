@@ -288,3 +288,12 @@ mod tests {
         assert_eq!(c.param.name, "chizat-python+overrides");
     }
 }
+
+impl TrainConfig {
+    pub fn dtype_name(&self) -> &'static str {
+        match self.dtype {
+            Dtype::F64 => "f64",
+            Dtype::F32 => "f32",
+        }
+    }
+}
