@@ -3,4 +3,6 @@
 //! See `ARCHITECTURE.md` for how the modules fit together and
 //! `../shared/spec/PAPERS.md` for the mathematics they implement.
 
+pub mod fit;
 pub mod io;
+pub mod plot;
