@@ -1484,6 +1484,15 @@ mod tests {
         let min_err2 = noisy.iter().fold(f64::INFINITY, |m, e| m.min(e * e));
         assert!(f.coefs.iter().all(|c| *c >= 0.0));
         assert!(f.coefs[2] / 16.0 < 0.01 * min_err2, "{:?}", f.coefs);
+        // Optimality at the bound: raising any coefficient a little does not help.
+        let data = rate_data(&model, &shapes, &noisy).unwrap();
+        let s0 = log_rss(&data.phi, &data.log_err, &f.coefs).unwrap().0;
+        for (i, step) in [1e-5, 1e-4, 1e-3].into_iter().enumerate() {
+            let mut c = f.coefs.clone();
+            c[i] += step;
+            let s1 = log_rss(&data.phi, &data.log_err, &c).unwrap().0;
+            assert!(s1 >= s0 - 1e-12 * s0, "term {i}: {s1} < {s0}");
+        }
     }
 
     #[test]
