@@ -5,12 +5,15 @@
 
 pub mod bench;
 pub mod error;
+pub mod fit;
 pub mod io;
 pub mod kernels;
 pub mod model;
 pub mod param;
+pub mod plot;
 pub mod rng;
 pub mod run;
 pub mod spec;
 pub mod train;
+
 pub use error::{Error, Result};
