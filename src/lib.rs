@@ -14,6 +14,7 @@ pub mod plot;
 pub mod rng;
 pub mod run;
 pub mod spec;
+pub mod sweep;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -81,6 +81,7 @@ fn execute_t<T: Real>(
         eta: cfg.eta,
         activation: cfg.activation,
         record_hidden: cfg.record_hidden,
+        hidden_steps: None,
         layer_stats: cfg.layer_stats,
     };
     let t1 = Instant::now();

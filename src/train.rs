@@ -44,15 +44,17 @@ pub enum TrainError {
 }
 
 /// Options of a training run.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainOptions {
     /// Number of GD steps K: records 0..K-1 are the networks after 0..K-1 updates.
     pub steps: usize,
     /// The global learning rate eta multiplying every role's rate.
     pub eta: f64,
     pub activation: Activation,
-    /// Record h_L at every step (K x D x N values).
+    /// Record h_L (D x N values per recorded step).
     pub record_hidden: bool,
+    /// With `record_hidden`: only at these steps (None: every step).
+    pub hidden_steps: Option<Vec<usize>>,
     /// Record per-layer coordinate statistics.
     pub layer_stats: bool,
 }
@@ -77,8 +79,10 @@ pub struct History {
     pub losses: Vec<f64>,
     /// K x d_out x N.
     pub outputs: Vec<f64>,
-    /// K x D x N (empty unless `record_hidden`).
+    /// (recorded steps) x D x N (empty unless `record_hidden`).
     pub hidden: Vec<f64>,
+    /// The steps at which `hidden` was recorded.
+    pub hidden_steps: Vec<usize>,
     pub layer_stats: Vec<LayerStat>,
 }
 
@@ -352,12 +356,16 @@ pub fn train<T: Real>(
             0
         }),
         layer_stats: Vec::new(),
+        hidden_steps: Vec::new(),
     };
     for k in 0..opts.steps {
         let loss = forward(w, data, r, opts.activation, &mut ws, par, k)?;
         hist.losses.push(loss);
         hist.outputs.extend_from_slice(&ws.f);
-        if opts.record_hidden {
+        let want_h = opts.record_hidden
+            && opts.hidden_steps.as_ref().is_none_or(|s| s.contains(&k));
+        if want_h {
+            hist.hidden_steps.push(k);
             let h = ws.hidden(dims.l, n, d);
             for dd in 0..d {
                 for s in 0..n {
@@ -538,6 +546,7 @@ mod tests {
             eta: 1e200,
             activation: Activation::Linear,
             record_hidden: false,
+            hidden_steps: None,
             layer_stats: false,
         };
         let e = train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap_err();
@@ -565,6 +574,7 @@ mod tests {
             eta: 1.0,
             activation: Activation::Tanh,
             record_hidden: true,
+            hidden_steps: None,
             layer_stats: true,
         };
         let run = |par| {

@@ -1,0 +1,855 @@
+//! Shape sweeps: train ResNets over grids of (L, M, D), measure their distance to a
+//! reference, and collect tidy tables.
+//!
+//! **Plan.** A sweep is planned into independent tasks, one per (repetition, shape). A
+//! task's id is `r{rep}-L{L}-M{M}-D{D}` and its seeds are derived from the sweep seed and
+//! that id ([`crate::rng::derive_seed`]), never from the order of execution. A task trains
+//! every coupling variant of its shape from the same block weights U, V:
+//! - `coupled`: W_E, W_U are the first D rows of the repetition's embedding draw (the
+//!   reference's rows), PAPERS.md 2.4 "coupled randomness";
+//! - `uncoupled`: W_E, W_U drawn afresh for this shape (the paper's `errs_y2`).
+//!
+//! The reference of repetition r is the reference shape trained with the coupled
+//! embeddings of repetition r (it is itself a task; its `coupled` record is the
+//! reference).
+//!
+//! **Run.** Tasks run in parallel across runs (one worker thread per job, each task with a
+//! single-threaded step), largest first so that the cores stay busy. Each task writes its
+//! records into a temporary directory that is renamed into `tasks/{id}` when complete, so
+//! a task is either absent or complete: re-running a sweep skips finished tasks, and a
+//! killed sweep resumes where it stopped without losing anything.
+//!
+//! **Collect.** Errors at every read step (PAPERS.md 2.4):
+//! - embedding space (coupled only): `msq_h = sum_{n, d<D} (h_L[d,n] - h_L^ref[d,n])^2 / (D N)`
+//!   per repetition, `err_h = sqrt(mean_reps msq_h)` (the Julia `errs_h`);
+//! - output space: `msq_y = mean_{o,n} (f[o,n] - f^ref[o,n])^2`, `err_y = sqrt(mean_reps msq_y)`.
+//!
+//! Step numbering: record k is the network after k updates (k = 0..K-1). The Julia
+//! notebook's 1-based "k = 15" with K = 15 is record 14 here, its "k = 10" record 9.
+
+use crate::io::{self, IoError};
+use crate::kernels::Par;
+use crate::model::{Activation, Data, Real, Weights};
+use crate::param::{Dims, ParamOverride, Parametrization};
+use crate::rng::derive_seed;
+use crate::spec::SpecError;
+use crate::train::{self, TrainOptions};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// A grid axis as written: a list, or `{ logspace = [lo, hi, count] }` meaning
+/// `floor(10^linspace(log10 lo, log10 hi, count))` with duplicates removed (the paper's
+/// grids).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Axis {
+    List(Vec<i64>),
+    Logspace { logspace: (f64, f64, usize) },
+}
+
+impl Axis {
+    fn values(&self, field: &str) -> Result<Vec<usize>, SpecError> {
+        let bad = |v: String, why: &str| SpecError::Invalid {
+            field: field.into(),
+            value: v,
+            why: why.into(),
+        };
+        let mut v: Vec<usize> = match self {
+            Axis::List(xs) => {
+                if xs.is_empty() {
+                    return Err(bad("[]".into(), "must not be empty"));
+                }
+                xs.iter()
+                    .map(|&x| {
+                        if x <= 0 {
+                            Err(bad(x.to_string(), "must hold positive integers"))
+                        } else {
+                            Ok(x as usize)
+                        }
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            Axis::Logspace { logspace: (lo, hi, n) } => {
+                if !(lo.is_finite() && hi.is_finite() && *lo >= 1.0 && hi >= lo && *n >= 1) {
+                    return Err(bad(
+                        format!("[{lo}, {hi}, {n}]"),
+                        "logspace needs 1 <= lo <= hi and count >= 1",
+                    ));
+                }
+                logspace(*lo, *hi, *n)
+            }
+        };
+        v.sort_unstable();
+        v.dedup();
+        Ok(v)
+    }
+}
+
+/// `floor(10^linspace(log10 lo, log10 hi, n))`, as NumPy/Julia compute it.
+pub fn logspace(lo: f64, hi: f64, n: usize) -> Vec<usize> {
+    let (a, b) = (lo.log10(), hi.log10());
+    (0..n)
+        .map(|i| {
+            let t = if n == 1 { 0.0 } else { i as f64 / (n - 1) as f64 };
+            // Guard the endpoints against 10^log10(x) landing just below an integer.
+            let e = if i + 1 == n { b } else { a + (b - a) * t };
+            let x = 10f64.powf(e);
+            let r = x.round();
+            (if (x - r).abs() < 1e-9 * r.max(1.0) { r } else { x.floor() }) as usize
+        })
+        .collect()
+}
+
+/// The data of a sweep: seeded synthetic regression (X, Y standard Gaussian).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    pub din: usize,
+    pub dout: usize,
+    #[serde(rename = "N")]
+    pub n: usize,
+    #[serde(default = "one")]
+    pub seed: u64,
+}
+fn one() -> u64 {
+    1
+}
+
+/// The grids of shapes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridSpec {
+    #[serde(rename = "L")]
+    pub l: Axis,
+    #[serde(rename = "M")]
+    pub m: Axis,
+    #[serde(rename = "D")]
+    pub d: Axis,
+}
+
+/// What the models are compared with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ReferenceSpec {
+    /// The largest shape of the grid (max L, max M, max D).
+    Largest,
+    /// A named shape (need not be in the grid).
+    Shape {
+        #[serde(rename = "L")]
+        l: usize,
+        #[serde(rename = "M")]
+        m: usize,
+        #[serde(rename = "D")]
+        d: usize,
+    },
+}
+
+/// Embedding randomness of the models relative to the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Coupling {
+    Coupled,
+    Uncoupled,
+}
+
+impl Coupling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Coupling::Coupled => "coupled",
+            Coupling::Uncoupled => "uncoupled",
+        }
+    }
+}
+
+/// Which plots and fits the report makes (all optional).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSpec {
+    /// Read step of the slice plots and rate fits (default: the last read step).
+    pub step: Option<usize>,
+    /// Read step of the P plots (default: `step`).
+    pub p_step: Option<usize>,
+    /// M values of the error-vs-D slices (default: four spread over the grid).
+    pub slice_m: Option<Vec<usize>>,
+    /// D values of the error-vs-M slices (default: four spread over the grid).
+    pub slice_d: Option<Vec<usize>>,
+    /// Only shapes with P = L M D below this enter the P plots and P fits.
+    pub p_max: Option<f64>,
+    /// Bootstrap replicates of the joint fits (default 200).
+    pub bootstrap: Option<usize>,
+}
+
+/// A sweep spec as written in TOML. See `experiments/*.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    pub name: String,
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    #[serde(default)]
+    pub param: Option<ParamOverride>,
+    #[serde(default = "default_activation")]
+    pub activation: String,
+    pub data: DataSpec,
+    pub grid: GridSpec,
+    /// GD steps K.
+    pub steps: usize,
+    /// Global learning rate eta.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Repetitions (independent weight draws).
+    #[serde(default = "default_reps")]
+    pub reps: usize,
+    /// Sweep seed: every task's seeds derive from it.
+    #[serde(default = "one")]
+    pub seed: u64,
+    /// Records (0-based, record k = after k updates) at which errors are read
+    /// (default: the last).
+    #[serde(default)]
+    pub read_steps: Option<Vec<usize>>,
+    pub reference: ReferenceSpec,
+    /// Coupling variants (default: both).
+    #[serde(default = "default_couplings")]
+    pub couplings: Vec<Coupling>,
+    #[serde(default)]
+    pub report: ReportSpec,
+}
+fn default_preset() -> String {
+    "chizat-julia".into()
+}
+fn default_activation() -> String {
+    "tanh".into()
+}
+fn default_lr() -> f64 {
+    1.0
+}
+fn default_reps() -> usize {
+    1
+}
+fn default_couplings() -> Vec<Coupling> {
+    vec![Coupling::Coupled, Coupling::Uncoupled]
+}
+
+/// A checked sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sweep {
+    pub spec: SweepSpec,
+    pub param: Parametrization,
+    pub activation: Activation,
+    pub ls: Vec<usize>,
+    pub ms: Vec<usize>,
+    pub ds: Vec<usize>,
+    pub reference: (usize, usize, usize),
+    pub read_steps: Vec<usize>,
+}
+
+impl SweepSpec {
+    pub fn from_file(path: &Path) -> Result<Self, SpecError> {
+        crate::spec::read_toml(path)
+    }
+
+    /// Validates the spec.
+    pub fn check(self) -> Result<Sweep, SpecError> {
+        let inv = |field: &str, value: String, why: &str| SpecError::Invalid {
+            field: field.into(),
+            value,
+            why: why.into(),
+        };
+        let mut param = Parametrization::preset(&self.preset)
+            .map_err(|e| inv("preset", self.preset.clone(), &e.to_string()))?;
+        if let Some(o) = &self.param {
+            o.apply(&mut param);
+        }
+        param
+            .check()
+            .map_err(|e| inv("param", param.name.clone(), &e.to_string()))?;
+        let activation: Activation = self
+            .activation
+            .parse()
+            .map_err(|e: String| inv("activation", self.activation.clone(), &e))?;
+        for (f, v) in [
+            ("data.din", self.data.din),
+            ("data.dout", self.data.dout),
+            ("data.N", self.data.n),
+            ("steps", self.steps),
+            ("reps", self.reps),
+        ] {
+            if v == 0 {
+                return Err(inv(f, "0".into(), "must be positive"));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return Err(inv("lr", self.lr.to_string(), "must be finite and non-negative"));
+        }
+        if self.couplings.is_empty() {
+            return Err(inv("couplings", "[]".into(), "must name at least one variant"));
+        }
+        let ls = self.grid.l.values("grid.L")?;
+        let ms = self.grid.m.values("grid.M")?;
+        let ds = self.grid.d.values("grid.D")?;
+        let reference = match self.reference {
+            ReferenceSpec::Largest => (*ls.last().unwrap(), *ms.last().unwrap(), *ds.last().unwrap()),
+            ReferenceSpec::Shape { l, m, d } => {
+                if l == 0 || m == 0 || d == 0 {
+                    return Err(inv("reference", format!("L={l} M={m} D={d}"), "dimensions must be positive"));
+                }
+                (l, m, d)
+            }
+        };
+        if let Some(&dmax) = ds.last() {
+            if dmax > reference.2 {
+                return Err(inv(
+                    "reference.D",
+                    reference.2.to_string(),
+                    &format!("must be at least the largest D of the grid ({dmax}) for coupled embeddings"),
+                ));
+            }
+        }
+        let read_steps = self.read_steps.clone().unwrap_or_else(|| vec![self.steps - 1]);
+        if let Some(&bad) = read_steps.iter().find(|&&k| k >= self.steps) {
+            return Err(inv(
+                "read_steps",
+                bad.to_string(),
+                &format!("records are 0..{} (record k is after k updates)", self.steps - 1),
+            ));
+        }
+        let mut read_steps = read_steps;
+        read_steps.sort_unstable();
+        read_steps.dedup();
+        Ok(Sweep {
+            spec: self,
+            param,
+            activation,
+            ls,
+            ms,
+            ds,
+            reference,
+            read_steps,
+        })
+    }
+}
+
+/// One unit of work: a shape in one repetition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Task {
+    pub rep: usize,
+    #[serde(rename = "L")]
+    pub l: usize,
+    #[serde(rename = "M")]
+    pub m: usize,
+    #[serde(rename = "D")]
+    pub d: usize,
+    /// Whether this is the reference shape (trained coupled only... and as a grid point).
+    pub is_reference: bool,
+}
+
+impl Task {
+    pub fn id(&self) -> String {
+        format!("r{}-L{}-M{}-D{}", self.rep, self.l, self.m, self.d)
+    }
+    /// Work of the task, for scheduling: parameters times steps.
+    pub fn cost(&self) -> f64 {
+        (self.l * self.m * self.d) as f64
+    }
+}
+
+impl Sweep {
+    /// Every task, reference shapes included, in a deterministic order.
+    pub fn plan(&self) -> Vec<Task> {
+        let mut tasks = Vec::new();
+        let (rl, rm, rd) = self.reference;
+        for rep in 0..self.spec.reps {
+            let mut in_grid = false;
+            for &l in &self.ls {
+                for &m in &self.ms {
+                    for &d in &self.ds {
+                        let is_ref = (l, m, d) == (rl, rm, rd);
+                        in_grid |= is_ref;
+                        tasks.push(Task { rep, l, m, d, is_reference: is_ref });
+                    }
+                }
+            }
+            if !in_grid {
+                tasks.push(Task { rep, l: rl, m: rm, d: rd, is_reference: true });
+            }
+        }
+        tasks
+    }
+
+    fn dims(&self, t: &Task) -> Dims {
+        Dims {
+            l: t.l,
+            m: t.m,
+            d: t.d,
+            din: self.spec.data.din,
+            dout: self.spec.data.dout,
+            n: self.spec.data.n,
+        }
+    }
+
+    /// Seed of the repetition's coupled embeddings (shared by every shape).
+    pub fn embed_seed(&self, rep: usize) -> u64 {
+        derive_seed(self.spec.seed, 0x45_4D_42 ^ ((rep as u64) << 20))
+    }
+
+    /// Seeds of a task: (block weights, uncoupled embeddings), from the task id.
+    pub fn task_seeds(&self, t: &Task) -> (u64, u64) {
+        let h = fnv1a(t.id().as_bytes());
+        (derive_seed(self.spec.seed, h), derive_seed(self.spec.seed, h ^ 0x55_4E_43))
+    }
+
+    /// Couplings a task trains: the reference only needs its coupled run unless it is
+    /// also a grid point.
+    fn couplings_of(&self, t: &Task) -> Vec<Coupling> {
+        let mut c = self.spec.couplings.clone();
+        if t.is_reference && !c.contains(&Coupling::Coupled) {
+            c.insert(0, Coupling::Coupled);
+        }
+        c
+    }
+
+    /// Bytes a task needs at its peak: two copies of the weights (one per variant)
+    /// and the workspace.
+    pub fn task_bytes(&self, t: &Task) -> usize {
+        let dims = self.dims(t);
+        let copies = if self.couplings_of(t).len() > 1 { 2 } else { 1 };
+        copies * Weights::<f64>::bytes(&dims) + train::Workspace::<f64>::bytes(&dims)
+    }
+}
+
+/// FNV-1a, for stable ids -> seeds.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// What one task wrote, per coupling variant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task: Task,
+    pub coupling: Coupling,
+    pub losses: Vec<f64>,
+    /// (read steps) x d_out x N.
+    pub outputs: Vec<f64>,
+    /// (read steps) x D x N, coupled variant only.
+    pub hidden: Vec<f64>,
+    pub seconds: f64,
+}
+
+/// Trains one task: every coupling variant from the same block weights.
+pub fn run_task(sw: &Sweep, t: &Task, data: &Data) -> Result<Vec<TaskRecord>, crate::Error> {
+    let dims = sw.dims(t);
+    let r = sw.param.resolve(&dims);
+    let (block_seed, own_embed) = sw.task_seeds(t);
+    let base = Weights::<f64>::draw(&dims, &r, sw.embed_seed(t.rep), block_seed, false);
+    let couplings = sw.couplings_of(t);
+    let mut out = Vec::new();
+    let mut spare = Some(base);
+    for (i, &c) in couplings.iter().enumerate() {
+        let last = i + 1 == couplings.len();
+        let mut w = if last {
+            spare.take().expect("weights available")
+        } else {
+            spare.as_ref().expect("weights available").clone()
+        };
+        if c == Coupling::Uncoupled {
+            let fresh = Weights::<f64>::draw(
+                &Dims { l: 0, ..dims },
+                &r,
+                own_embed,
+                0,
+                false,
+            );
+            w.we = fresh.we;
+            w.wu = fresh.wu;
+        }
+        let opts = TrainOptions {
+            steps: sw.spec.steps,
+            eta: sw.spec.lr,
+            activation: sw.activation,
+            record_hidden: c == Coupling::Coupled,
+            hidden_steps: Some(sw.read_steps.clone()),
+            layer_stats: false,
+        };
+        let t0 = std::time::Instant::now();
+        let h = train::train(&mut w, data, &r, &opts, Par::Seq, &mut |_, _| {})?;
+        let (dout, n) = (dims.dout, dims.n);
+        let mut outputs = Vec::with_capacity(sw.read_steps.len() * dout * n);
+        for &k in &sw.read_steps {
+            outputs.extend_from_slice(&h.outputs[k * dout * n..(k + 1) * dout * n]);
+        }
+        out.push(TaskRecord {
+            task: *t,
+            coupling: c,
+            losses: h.losses,
+            outputs,
+            hidden: h.hidden,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(out)
+}
+
+/// Where a sweep keeps its files.
+pub struct SweepDir {
+    pub root: PathBuf,
+}
+
+impl SweepDir {
+    pub fn new(root: &Path) -> Self {
+        SweepDir { root: root.to_path_buf() }
+    }
+    pub fn tasks(&self) -> PathBuf {
+        self.root.join("tasks")
+    }
+    pub fn task_dir(&self, t: &Task) -> PathBuf {
+        self.tasks().join(t.id())
+    }
+    pub fn is_done(&self, t: &Task) -> bool {
+        self.task_dir(t).join("records.json").is_file()
+    }
+
+    /// Writes a task's records: into a temporary directory, renamed into place.
+    pub fn write_task(&self, t: &Task, recs: &[TaskRecord]) -> Result<(), IoError> {
+        let final_dir = self.task_dir(t);
+        let tmp = self.tasks().join(format!(".tmp-{}-{}", t.id(), std::process::id()));
+        let os = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| IoError::Os { path, source }
+        };
+        std::fs::create_dir_all(&tmp).map_err(os(&tmp))?;
+        let json = serde_json::to_vec(recs).expect("records serialise");
+        io::atomic_write(&tmp.join("records.json"), &json)?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir).map_err(os(&final_dir))?;
+        }
+        std::fs::rename(&tmp, &final_dir).map_err(os(&final_dir))
+    }
+
+    pub fn read_task(&self, t: &Task) -> Result<Vec<TaskRecord>, IoError> {
+        let p = self.task_dir(t).join("records.json");
+        let bytes = std::fs::read(&p).map_err(|source| IoError::Os { path: p.clone(), source })?;
+        serde_json::from_slice(&bytes).map_err(|e| IoError::BadNpy {
+            path: p,
+            why: format!("unreadable task record: {e}"),
+        })
+    }
+
+    /// Removes temporary directories left by interrupted runs.
+    pub fn clean_stale(&self) {
+        if let Ok(rd) = std::fs::read_dir(self.tasks()) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+}
+
+/// How to run a sweep.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Parallel tasks.
+    pub jobs: usize,
+    /// Stop after this many tasks have finished in this invocation (for tests).
+    pub max_tasks: Option<usize>,
+    /// Bytes of memory the tasks may use together.
+    pub memory_budget: f64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    pub planned: usize,
+    pub skipped: usize,
+    pub ran: usize,
+    pub seconds: f64,
+}
+
+/// A sweep that cannot run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SweepError {
+    #[error("task {task} needs {need_gb:.1} GB of memory but only {have_gb:.1} GB are available")]
+    Memory { task: String, need_gb: f64, have_gb: f64 },
+    #[error("task {task} failed: {source}")]
+    Task {
+        task: String,
+        #[source]
+        source: Box<crate::Error>,
+    },
+}
+
+/// Runs every unfinished task of the sweep in `dir`, largest first, `jobs` at a time.
+/// `progress(done_cost, total_cost, task)` is called after each task.
+pub fn run(
+    sw: &Sweep,
+    dir: &SweepDir,
+    opts: &RunOptions,
+    progress: &(dyn Fn(f64, f64, &Task) + Sync),
+) -> Result<RunSummary, crate::Error> {
+    let t0 = std::time::Instant::now();
+    dir.clean_stale();
+    io::atomic_write(
+        &dir.root.join("sweep.json"),
+        serde_json::to_string_pretty(sw).expect("sweep serialises").as_bytes(),
+    )?;
+    let all = sw.plan();
+    let mut todo: Vec<Task> = all.iter().filter(|t| !dir.is_done(t)).copied().collect();
+    let skipped = all.len() - todo.len();
+    todo.sort_by(|a, b| b.cost().total_cmp(&a.cost()).then(a.id().cmp(&b.id())));
+    // Memory: refuse a task that cannot fit at all; limit concurrency so that the
+    // largest tasks running together fit.
+    let mut jobs = opts.jobs.max(1);
+    if let Some(big) = todo.first() {
+        let need = sw.task_bytes(big) as f64;
+        if need > opts.memory_budget {
+            return Err(crate::Error::Sweep(SweepError::Memory {
+                task: big.id(),
+                need_gb: need / 1e9,
+                have_gb: opts.memory_budget / 1e9,
+            }));
+        }
+        jobs = jobs.min(((opts.memory_budget / need).floor() as usize).max(1));
+    }
+    let data = Data::synthetic(sw.spec.data.din, sw.spec.data.dout, sw.spec.data.n, sw.spec.data.seed);
+    let total: f64 = todo.iter().map(|t| t.cost()).sum();
+    let next = AtomicUsize::new(0);
+    let finished = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let done_cost = Mutex::new(0.0f64);
+    let first_err: Mutex<Option<crate::Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                loop {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(t) = todo.get(i) else { return };
+                    if let Some(max) = opts.max_tasks {
+                        if finished.load(Ordering::SeqCst) >= max {
+                            return;
+                        }
+                    }
+                    let res = run_task(sw, t, &data).and_then(|recs| Ok(dir.write_task(t, &recs)?));
+                    match res {
+                        Ok(()) => {
+                            let n = finished.fetch_add(1, Ordering::SeqCst) + 1;
+                            let mut dc = done_cost.lock().expect("progress lock");
+                            *dc += t.cost();
+                            progress(*dc, total, t);
+                            if opts.max_tasks.is_some_and(|m| n >= m) {
+                                stop.store(true, Ordering::SeqCst);
+                            }
+                        }
+                        Err(e) => {
+                            stop.store(true, Ordering::SeqCst);
+                            let mut fe = first_err.lock().expect("error lock");
+                            if fe.is_none() {
+                                *fe = Some(crate::Error::Sweep(SweepError::Task {
+                                    task: t.id(),
+                                    source: Box::new(e),
+                                }));
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_err.into_inner().expect("error lock") {
+        return Err(e);
+    }
+    Ok(RunSummary {
+        planned: all.len(),
+        skipped,
+        ran: finished.into_inner(),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// One tidy row: a model, a repetition, a coupling variant and a read step.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorRow {
+    pub coupling: &'static str,
+    pub rep: usize,
+    #[serde(rename = "L")]
+    pub l: usize,
+    #[serde(rename = "M")]
+    pub m: usize,
+    #[serde(rename = "D")]
+    pub d: usize,
+    #[serde(rename = "P")]
+    pub p: f64,
+    pub step: usize,
+    pub loss: f64,
+    /// Mean squared embedding-space deviation (NaN when uncoupled).
+    pub msq_h: f64,
+    /// Mean squared output-space deviation.
+    pub msq_y: f64,
+    pub is_reference: bool,
+}
+
+/// Reads every finished task and computes the errors against the references.
+pub fn collect(sw: &Sweep, dir: &SweepDir) -> Result<Vec<ErrorRow>, crate::Error> {
+    let plan = sw.plan();
+    let mut refs: BTreeMap<usize, TaskRecord> = BTreeMap::new();
+    for t in plan.iter().filter(|t| t.is_reference) {
+        if dir.is_done(t) {
+            if let Some(r) = dir.read_task(t)?.into_iter().find(|r| r.coupling == Coupling::Coupled) {
+                refs.insert(t.rep, r);
+            }
+        }
+    }
+    let (din, dout, n) = (sw.spec.data.din, sw.spec.data.dout, sw.spec.data.n);
+    let _ = din;
+    let dref = sw.reference.2;
+    let mut rows = Vec::new();
+    for t in &plan {
+        if !dir.is_done(t) {
+            continue;
+        }
+        let Some(rf) = refs.get(&t.rep) else { continue };
+        let in_grid = sw.ls.contains(&t.l) && sw.ms.contains(&t.m) && sw.ds.contains(&t.d);
+        if !in_grid {
+            continue;
+        }
+        for rec in dir.read_task(t)? {
+            if !sw.spec.couplings.contains(&rec.coupling) {
+                continue;
+            }
+            for (j, &k) in sw.read_steps.iter().enumerate() {
+                let f = &rec.outputs[j * dout * n..(j + 1) * dout * n];
+                let fr = &rf.outputs[j * dout * n..(j + 1) * dout * n];
+                let msq_y = f.iter().zip(fr).map(|(a, b)| (a - b) * (a - b)).sum::<f64>() / (dout * n) as f64;
+                let msq_h = if rec.coupling == Coupling::Coupled {
+                    let h = &rec.hidden[j * t.d * n..(j + 1) * t.d * n];
+                    let hr = &rf.hidden[j * dref * n..(j + 1) * dref * n];
+                    // Both are D x N row-major; compare the first D coordinates.
+                    let mut s = 0.0;
+                    for dd in 0..t.d {
+                        for s_ in 0..n {
+                            let e = h[dd * n + s_] - hr[dd * n + s_];
+                            s += e * e;
+                        }
+                    }
+                    s / (t.d * n) as f64
+                } else {
+                    f64::NAN
+                };
+                rows.push(ErrorRow {
+                    coupling: rec.coupling.name(),
+                    rep: t.rep,
+                    l: t.l,
+                    m: t.m,
+                    d: t.d,
+                    p: (t.l * t.m * t.d) as f64,
+                    step: k,
+                    loss: rec.losses[k],
+                    msq_h,
+                    msq_y,
+                    is_reference: t.is_reference,
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Writes the tidy per-repetition table and the aggregated (RMS over repetitions) one.
+pub fn write_tables(dir: &SweepDir, rows: &[ErrorRow]) -> Result<(), crate::Error> {
+    let csv_err = |e: csv::Error| crate::io::IoError::Os {
+        path: dir.root.join("errors.csv"),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r).map_err(csv_err)?;
+    }
+    let bytes = w.into_inner().map_err(|e| csv_err(e.into_error().into()))?;
+    io::atomic_write(&dir.root.join("errors.csv"), &bytes)?;
+    let agg = aggregate(rows);
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for a in &agg {
+        w.serialize(a).map_err(csv_err)?;
+    }
+    let bytes = w.into_inner().map_err(|e| csv_err(e.into_error().into()))?;
+    io::atomic_write(&dir.root.join("errors_rms.csv"), &bytes)?;
+    Ok(())
+}
+
+/// Errors aggregated over repetitions: RMS, as the paper's `errs_h` and `errs_y`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AggRow {
+    pub coupling: &'static str,
+    #[serde(rename = "L")]
+    pub l: usize,
+    #[serde(rename = "M")]
+    pub m: usize,
+    #[serde(rename = "D")]
+    pub d: usize,
+    #[serde(rename = "P")]
+    pub p: f64,
+    pub step: usize,
+    pub reps: usize,
+    pub loss: f64,
+    pub err_h: f64,
+    pub err_y: f64,
+    pub is_reference: bool,
+}
+
+pub fn aggregate(rows: &[ErrorRow]) -> Vec<AggRow> {
+    let mut groups: BTreeMap<(&'static str, usize, usize, usize, usize), Vec<&ErrorRow>> = BTreeMap::new();
+    for r in rows {
+        groups.entry((r.coupling, r.l, r.m, r.d, r.step)).or_default().push(r);
+    }
+    groups
+        .into_iter()
+        .map(|((c, l, m, d, step), g)| {
+            let k = g.len() as f64;
+            AggRow {
+                coupling: c,
+                l,
+                m,
+                d,
+                p: (l * m * d) as f64,
+                step,
+                reps: g.len(),
+                loss: g.iter().map(|r| r.loss).sum::<f64>() / k,
+                err_h: (g.iter().map(|r| r.msq_h).sum::<f64>() / k).sqrt(),
+                err_y: (g.iter().map(|r| r.msq_y).sum::<f64>() / k).sqrt(),
+                is_reference: g[0].is_reference,
+            }
+        })
+        .collect()
+}
+
+#[allow(dead_code)]
+fn _assert_real<T: Real>() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logspace_matches_the_papers_grids() {
+        assert_eq!(
+            logspace(1.5, 2000.0, 20),
+            vec![1, 2, 3, 4, 6, 9, 14, 21, 31, 45, 66, 96, 141, 206, 301, 439, 642, 937, 1369, 2000]
+        );
+        assert_eq!(
+            logspace(10.0, 500.0, 15),
+            vec![10, 13, 17, 23, 30, 40, 53, 70, 93, 123, 163, 216, 285, 378, 500]
+        );
+    }
+}
