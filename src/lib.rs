@@ -4,3 +4,4 @@
 //! `../shared/spec/PAPERS.md` for the mathematics they implement.
 
 pub mod io;
+pub mod limit;
