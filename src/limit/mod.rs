@@ -8,6 +8,8 @@
 //!   two-layer-perceptron blocks trained by GD on one input ([`solve_linear_limit`]).
 //! - [`coords`]: the per-coordinate limit trajectories `H_k(s)`, `B_k(s)` of that limit,
 //!   batched over many coordinates ([`CoordinateBasis`]).
+//! - [`multi`]: the extension to `N ≥ 1` training inputs ([`solve_linear_limit_multi`]),
+//!   derived in that module's documentation.
 //!
 //! # The finite network
 //!
@@ -123,6 +125,7 @@
 pub mod coords;
 pub mod grid;
 pub mod linear;
+pub mod multi;
 pub mod ode;
 
 pub use coords::{
@@ -130,6 +133,7 @@ pub use coords::{
 };
 pub use grid::{DepthGrid, DepthSeries};
 pub use linear::{LinearLimit, LinearLimitParams, solve_linear_limit};
+pub use multi::{LinearLimitMulti, solve_linear_limit_multi};
 pub use ode::{DenseSolution, Dopri5, SolverReport};
 
 /// Errors of the limit solvers.

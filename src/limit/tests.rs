@@ -352,10 +352,10 @@ mod coord_tests {
         let e: Vec<f64> = (0..n * 3).map(|_| rng.next()).collect();
         let w: Vec<f64> = (0..n * 3).map(|_| rng.next()).collect();
         let tr = coordinate_trajectories(&lim, &e, &w).unwrap();
-        assert_eq!((tr.n, tr.num_s, tr.k_steps), (n, 100, 15));
+        assert_eq!((tr.n, tr.num_s, tr.n_index), (n, 100, 15));
         let mut worst: f64 = 0.0;
         for i in (0..tr.num_s).step_by(11).chain([tr.num_s - 1]) {
-            for k in 0..tr.k_steps {
+            for k in 0..tr.n_index {
                 let (mut h2, mut b2) = (0.0, 0.0);
                 for r in 0..n {
                     h2 += tr.h(r, i, k).powi(2);
@@ -382,7 +382,7 @@ mod coord_tests {
         let last = tr.num_s - 1;
         for r in 0..2 {
             let ex: f64 = (0..3).map(|c| e[r * 3 + c] * X_REF[c]).sum();
-            for k in 0..tr.k_steps {
+            for k in 0..tr.n_index {
                 let wg: f64 = (0..3).map(|c| w[r * 3 + c] * lim.g[k][c]).sum();
                 assert!((tr.h(r, 0, k) - ex).abs() < 1e-12);
                 assert!((tr.b(r, last, k) - wg).abs() < 1e-12);
@@ -577,5 +577,220 @@ mod linear_more {
         assert_eq!(lim.f[0], vec![0.0; 3]);
         let r = lim.report;
         assert!(r.steps > 0 && r.fn_evals > 6 * r.steps && r.max_err_estimate < 1.0);
+    }
+}
+
+mod multi_tests {
+    use super::*;
+
+    fn samples(n: usize, seed: u64) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+        let mut rng = Normals::new(seed);
+        let x: Vec<Vec<f64>> = (0..n)
+            .map(|_| {
+                let v: Vec<f64> = (0..3).map(|_| rng.next()).collect();
+                let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+                v.iter().map(|a| 0.8 * a / norm).collect()
+            })
+            .collect();
+        let y = (0..n)
+            .map(|_| (0..2).map(|_| 0.5 * rng.next()).collect())
+            .collect();
+        (x, y)
+    }
+
+    fn params() -> LinearLimitParams {
+        LinearLimitParams {
+            k_steps: 6,
+            alpha: 1.2,
+            eta_u: 0.25,
+            eta_v: 0.1,
+            sigma_u: 1.2,
+            sigma_v: 0.9,
+            sigma_we: 1.1,
+            sigma_wu: 0.8,
+            num_s: 40,
+            ..LinearLimitParams::default()
+        }
+    }
+
+    #[test]
+    fn multi_n1_reduces_exactly() {
+        for p in [LinearLimitParams::default(), params()] {
+            let single = solve_linear_limit(&X_REF, &Y_REF, &p).unwrap();
+            let multi = solve_linear_limit_multi(&[X_REF.to_vec()], &[Y_REF.to_vec()], &p).unwrap();
+            assert_eq!(multi.n_samples, 1);
+            for k in 0..p.k_steps {
+                assert_eq!(multi.f[k][0], single.f[k]);
+                assert_eq!(multi.g[k][0], single.g[k]);
+            }
+            assert_eq!(multi.loss, single.loss);
+            for (name, a, b) in [
+                ("Gamma_H", &multi.gamma_h, &single.gamma_h),
+                ("Gamma_B", &multi.gamma_b, &single.gamma_b),
+                ("Lambda", &multi.lambda, &single.lambda),
+                ("A", &multi.a, &single.a),
+                ("xi_H_We", &multi.xi_h_we, &single.xi_h_we),
+                ("xi_H_Wu", &multi.xi_h_wu, &single.xi_h_wu),
+                ("xi_B_We", &multi.xi_b_we, &single.xi_b_we),
+                ("xi_B_Wu", &multi.xi_b_wu, &single.xi_b_wu),
+                ("M_F1", &multi.m_f1, &single.m_f1),
+                ("M_F2", &multi.m_f2, &single.m_f2),
+                ("M_G1", &multi.m_g1, &single.m_g1),
+                ("M_G2", &multi.m_g2, &single.m_g2),
+                ("W_h", &multi.w_h, &single.w_h),
+                ("W_b", &multi.w_b, &single.w_b),
+            ] {
+                assert!(a == b, "{name} differs: max |Δ| = {:e}", series_dev(a, b));
+            }
+            assert_eq!(multi.report, single.report);
+        }
+    }
+
+    /// Two copies of one sample train exactly like the sample alone (the loss averages).
+    #[test]
+    fn duplicated_sample_matches_single() {
+        let p = params();
+        let (x, y) = samples(1, 7);
+        let single = solve_linear_limit(&x[0], &y[0], &p).unwrap();
+        let x2 = vec![x[0].clone(), x[0].clone()];
+        let y2 = vec![y[0].clone(), y[0].clone()];
+        let multi = solve_linear_limit_multi(&x2, &y2, &p).unwrap();
+        let mut worst: f64 = 0.0;
+        for k in 0..p.k_steps {
+            for n in 0..2 {
+                for (a, b) in multi.f[k][n].iter().zip(&single.f[k]) {
+                    worst = worst.max((a - b).abs());
+                }
+            }
+            worst = worst.max((multi.loss[k] - single.loss[k]).abs());
+            let (a, b) = (multi.index(k, 0), multi.index(k, 1));
+            let last = p.num_s - 1;
+            worst =
+                worst.max((multi.gamma_h.get(last, a, b) - single.gamma_h.get(last, k, k)).abs());
+        }
+        assert!(worst < 1e-9, "duplicated samples deviate by {worst}");
+    }
+
+    #[test]
+    fn sample_order_is_irrelevant() {
+        let p = params();
+        let (x, y) = samples(3, 11);
+        let perm = [2usize, 0, 1];
+        let xp: Vec<Vec<f64>> = perm.iter().map(|&i| x[i].clone()).collect();
+        let yp: Vec<Vec<f64>> = perm.iter().map(|&i| y[i].clone()).collect();
+        let a = solve_linear_limit_multi(&x, &y, &p).unwrap();
+        let b = solve_linear_limit_multi(&xp, &yp, &p).unwrap();
+        let mut worst: f64 = 0.0;
+        for k in 0..p.k_steps {
+            for (j, &i) in perm.iter().enumerate() {
+                for (u, v) in a.f[k][i].iter().zip(&b.f[k][j]) {
+                    worst = worst.max((u - v).abs());
+                }
+            }
+            worst = worst.max((a.loss[k] - b.loss[k]).abs());
+        }
+        assert!(worst < 1e-8, "permuted samples deviate by {worst}");
+        assert!(a.loss[p.k_steps - 1] < a.loss[0]);
+    }
+
+    /// The Gaussian moments of the per-coordinate trajectories reproduce every block of the
+    /// `KN × KN` correlations, cross-sample and within-step blocks included.
+    #[test]
+    fn multi_exact_moments_reproduce_correlations() {
+        // The residual at tight tolerances is the O(1/num_s²) difference between the two
+        // interpolation conventions (products interpolated vs factors interpolated).
+        for (n, rtol, num_s, tol) in [(2usize, 1e-5, 40, 3e-5), (3, 1e-9, 200, 1e-6)] {
+            let p = LinearLimitParams {
+                rtol,
+                atol: rtol * 1e-2,
+                num_s,
+                ..params()
+            };
+            let (x, y) = samples(n, 3 + n as u64);
+            let lim = solve_linear_limit_multi(&x, &y, &p).unwrap();
+            let basis = CoordinateBasis::from_multi(&lim).unwrap();
+            assert_eq!(basis.n_index(), p.k_steps * n);
+            let m = basis.gaussian_moments();
+            let devs = [
+                ("Γᴴ", series_dev(&m.hh, &lim.gamma_h)),
+                ("Γᴮ", series_dev(&m.bb, &lim.gamma_b)),
+                ("Λ", series_dev(&m.hb, &lim.lambda)),
+                ("ξe", series_dev(&m.eh, &lim.xi_h_we)),
+                ("ξu", series_dev(&m.wh, &lim.xi_h_wu)),
+            ];
+            eprintln!("N = {n}, rtol {rtol:e}: {devs:?}");
+            for (name, d) in devs {
+                assert!(d < tol, "N = {n}: {name} moments deviate by {d}");
+            }
+            // Trajectories of explicit rows have the right boundary values.
+            let e = [0.3, -1.0, 0.5];
+            let w = [1.5, -0.2];
+            let tr = basis.trajectories(&e, &w).unwrap();
+            let last = p.num_s - 1;
+            for k in 0..p.k_steps {
+                for (s, xs) in x.iter().enumerate() {
+                    let a = lim.index(k, s);
+                    let ex: f64 = e.iter().zip(xs).map(|(u, v)| u * v).sum();
+                    let wg: f64 = w.iter().zip(&lim.g[k][s]).map(|(u, v)| u * v).sum();
+                    assert!((tr.h(0, 0, a) - ex).abs() < 1e-12);
+                    assert!((tr.b(0, last, a) - wg).abs() < 1e-12);
+                }
+            }
+        }
+    }
+
+    /// The step recursion for `A` (blocks of `multi.rs`) equals the closed form with
+    /// `c̄ = c/N` over the full `KN × KN` matrix.
+    #[test]
+    fn multi_closed_form_response() {
+        let p = params();
+        let n = 2;
+        let (x, y) = samples(n, 5);
+        let lim = solve_linear_limit_multi(&x, &y, &p).unwrap();
+        let kn = p.k_steps * n;
+        let (cu, cv) = (p.c_u() / n as f64, p.c_v() / n as f64);
+        let (u2, v2) = (p.sigma_u.powi(2), p.sigma_v.powi(2));
+        let mut worst: f64 = 0.0;
+        for i in (0..p.num_s).step_by(7) {
+            let m = |s: &DepthSeries, r: usize, c: usize| s.get(i, r, c);
+            let tgy = |x: &DepthSeries, g: &DepthSeries, y: &DepthSeries, r: usize, c: usize| {
+                let mut acc = 0.0;
+                for a in 0..kn {
+                    for b in 0..kn {
+                        acc += m(x, a, r) * m(g, a, b) * m(y, b, c);
+                    }
+                }
+                acc
+            };
+            for r in 0..kn {
+                for c in 0..kn {
+                    let closed = p.alpha
+                        * (-cu * v2 * m(&lim.m_f2, c, r) - cv * u2 * m(&lim.m_g1, r, c)
+                            + cu * cv
+                                * (u2 * tgy(&lim.m_f1, &lim.gamma_h, &lim.m_g1, r, c)
+                                    + v2 * tgy(&lim.m_f2, &lim.gamma_b, &lim.m_g2, r, c)));
+                    worst = worst.max((closed - m(&lim.a, r, c)).abs());
+                }
+            }
+        }
+        assert!(worst < 1e-13, "closed form and recursion differ by {worst}");
+    }
+
+    #[test]
+    fn multi_rejects_bad_inputs() {
+        let p = params();
+        let (x, y) = samples(2, 1);
+        assert!(solve_linear_limit_multi(&[], &[], &p).is_err());
+        let e = solve_linear_limit_multi(&x, &y[..1], &p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected length 2, got 1"), "{e}");
+        let bad = vec![x[0].clone(), vec![1.0]];
+        assert!(solve_linear_limit_multi(&bad, &y, &p).is_err());
+        let p0 = LinearLimitParams { k_steps: 0, ..p };
+        let e = solve_linear_limit_multi(&x, &y, &p0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("k_steps"), "{e}");
     }
 }
