@@ -113,7 +113,7 @@
 //! given `rtol`, `atol` (no merging of solves, so the step-size sequences are those of the
 //! reference). With the reference's settings (`num_s = 100`, `rtol = 1e-5`, `atol = 1e-7`)
 //! this reproduces `reference.json` to about `5e-13` (test `matches_reference_json`).
-//! That K = 15 solve (450 accepted steps, 2924 right-hand-side evaluations over its 85 ODE
+//! That K = 15 solve (450 accepted steps, 2924 right-hand-side evaluations over its 112 ODE
 //! solves) takes about 5 ms in release mode (`cargo run --release --example linear_limit`,
 //! shared 2-core machine), against about 0.2 s for the authors' SciPy solver.
 //!
