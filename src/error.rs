@@ -15,6 +15,12 @@ pub enum Error {
     Train(#[from] crate::train::TrainError),
     #[error(transparent)]
     Sweep(#[from] crate::sweep::SweepError),
+    #[error(transparent)]
+    Fit(#[from] crate::fit::FitError),
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
+    #[error(transparent)]
+    Limit(#[from] crate::limit::LimitError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

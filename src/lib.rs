@@ -12,6 +12,7 @@ pub mod limit;
 pub mod model;
 pub mod param;
 pub mod plot;
+pub mod report;
 pub mod rng;
 pub mod run;
 pub mod spec;

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use reslim::kernels::Par;
 use reslim::spec::TrainSpec;
+use reslim::sweep::{self, SweepDir, SweepSpec};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,7 +29,42 @@ enum Cmd {
     Train(TrainArgs),
     /// Measure the GD step against the machine's roofline (and the NumPy peer if present).
     Bench(BenchArgs),
+    /// Run a shape sweep (resumable), collect its errors, fit rates, write its report.
+    Sweep(SweepArgs),
+    /// A quick sweep (about a minute): trains a small grid and writes its report and plots.
+    Quickstart(QuickArgs),
 }
+
+#[derive(Args)]
+struct SweepArgs {
+    /// The sweep spec (TOML), e.g. experiments/paper-nonlinear.toml.
+    spec: PathBuf,
+    /// Output directory (default: runs/<sweep name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Parallel tasks (default: --threads or all cores); each task runs single-threaded.
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Print the plan (tasks, memory, work) and exit.
+    #[arg(long)]
+    plan: bool,
+    /// Only collect and report what has finished; train nothing.
+    #[arg(long)]
+    report_only: bool,
+    /// Stop after this many tasks (the sweep resumes later where it stopped).
+    #[arg(long, hide = true)]
+    max_tasks: Option<usize>,
+}
+
+#[derive(Args)]
+struct QuickArgs {
+    /// Output directory.
+    #[arg(long, default_value = "runs/quickstart")]
+    out: PathBuf,
+}
+
+/// The quickstart's sweep spec, shipped in the binary.
+const QUICK_SPEC: &str = include_str!("../experiments/quick.toml");
 
 #[derive(Args)]
 struct TrainArgs {
@@ -182,6 +218,29 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Train(a) => cmd_train(a),
         Cmd::Bench(a) => cmd_bench(a),
+        Cmd::Sweep(a) => {
+            let spec = SweepSpec::from_file(&a.spec);
+            spec.map_err(anyhow::Error::from).and_then(|spec| {
+                let out = a
+                    .out
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("runs").join(&spec.name));
+                cmd_sweep(spec, &out, &a)
+            })
+        }
+        Cmd::Quickstart(q) => {
+            let spec: SweepSpec =
+                toml::from_str(QUICK_SPEC).expect("the shipped quick spec parses");
+            let a = SweepArgs {
+                spec: "experiments/quick.toml".into(),
+                out: Some(q.out.clone()),
+                jobs: None,
+                plan: false,
+                report_only: false,
+                max_tasks: None,
+            };
+            cmd_sweep(spec, &q.out, &a)
+        }
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -339,6 +398,64 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
         let j = serde_json::json!({"machine": mach, "rows": rows});
         reslim::io::atomic_write(p, serde_json::to_string_pretty(&j)?.as_bytes())?;
     }
+    Ok(())
+}
+
+fn cmd_sweep(spec: SweepSpec, out: &Path, a: &SweepArgs) -> Result<()> {
+    let sw = spec.check()?;
+    let dir = SweepDir::new(out);
+    let plan = sw.plan();
+    let done = plan.iter().filter(|t| dir.is_done(t)).count();
+    let work: f64 = plan.iter().map(|t| t.cost()).sum();
+    let biggest = plan.iter().map(|t| sw.task_bytes(t)).max().unwrap_or(0);
+    let jobs = a.jobs.unwrap_or_else(rayon::current_num_threads).max(1);
+    eprintln!(
+        "sweep '{}': {} tasks ({} finished), {:.3e} parameter-steps of work, largest task needs {:.2} GB, {} parallel job(s)",
+        sw.spec.name,
+        plan.len(),
+        done,
+        work * sw.spec.steps as f64,
+        biggest as f64 / 1e9,
+        jobs
+    );
+    if a.plan {
+        for t in &plan {
+            println!(
+                "{}\t{}\t{:.3e} bytes",
+                t.id(),
+                if dir.is_done(t) { "done" } else { "todo" },
+                sw.task_bytes(t) as f64
+            );
+        }
+        return Ok(());
+    }
+    let t0 = std::time::Instant::now();
+    if !a.report_only {
+        let total_units = 1000u64;
+        let prog = std::sync::Mutex::new(Progress::new(total_units, "sweep"));
+        let opts = sweep::RunOptions {
+            jobs,
+            max_tasks: a.max_tasks,
+            memory_budget: 0.85 * available_memory(),
+        };
+        let summary = sweep::run(&sw, &dir, &opts, &|done, total, t| {
+            let pos = if total > 0.0 {
+                (done / total * total_units as f64) as u64
+            } else {
+                total_units
+            };
+            prog.lock().expect("progress").set(pos, &t.id());
+        })?;
+        prog.lock().expect("progress").finish();
+        eprintln!(
+            "ran {} task(s), skipped {} finished, in {:.1} s",
+            summary.ran, summary.skipped, summary.seconds
+        );
+    }
+    let rows = sweep::collect(&sw, &dir)?;
+    sweep::write_tables(&dir, &rows)?;
+    let report = reslim::report::write_report(&sw, &dir, &rows, t0.elapsed().as_secs_f64())?;
+    println!("report: {}", report.display());
     Ok(())
 }
 

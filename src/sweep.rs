@@ -72,7 +72,9 @@ impl Axis {
                     })
                     .collect::<Result<_, _>>()?
             }
-            Axis::Logspace { logspace: (lo, hi, n) } => {
+            Axis::Logspace {
+                logspace: (lo, hi, n),
+            } => {
                 if !(lo.is_finite() && hi.is_finite() && *lo >= 1.0 && hi >= lo && *n >= 1) {
                     return Err(bad(
                         format!("[{lo}, {hi}, {n}]"),
@@ -93,12 +95,20 @@ pub fn logspace(lo: f64, hi: f64, n: usize) -> Vec<usize> {
     let (a, b) = (lo.log10(), hi.log10());
     (0..n)
         .map(|i| {
-            let t = if n == 1 { 0.0 } else { i as f64 / (n - 1) as f64 };
+            let t = if n == 1 {
+                0.0
+            } else {
+                i as f64 / (n - 1) as f64
+            };
             // Guard the endpoints against 10^log10(x) landing just below an integer.
             let e = if i + 1 == n { b } else { a + (b - a) * t };
             let x = 10f64.powf(e);
             let r = x.round();
-            (if (x - r).abs() < 1e-9 * r.max(1.0) { r } else { x.floor() }) as usize
+            (if (x - r).abs() < 1e-9 * r.max(1.0) {
+                r
+            } else {
+                x.floor()
+            }) as usize
         })
         .collect()
 }
@@ -282,19 +292,35 @@ impl SweepSpec {
             }
         }
         if !(self.lr.is_finite() && self.lr >= 0.0) {
-            return Err(inv("lr", self.lr.to_string(), "must be finite and non-negative"));
+            return Err(inv(
+                "lr",
+                self.lr.to_string(),
+                "must be finite and non-negative",
+            ));
         }
         if self.couplings.is_empty() {
-            return Err(inv("couplings", "[]".into(), "must name at least one variant"));
+            return Err(inv(
+                "couplings",
+                "[]".into(),
+                "must name at least one variant",
+            ));
         }
         let ls = self.grid.l.values("grid.L")?;
         let ms = self.grid.m.values("grid.M")?;
         let ds = self.grid.d.values("grid.D")?;
         let reference = match self.reference {
-            ReferenceSpec::Largest => (*ls.last().unwrap(), *ms.last().unwrap(), *ds.last().unwrap()),
+            ReferenceSpec::Largest => (
+                *ls.last().unwrap(),
+                *ms.last().unwrap(),
+                *ds.last().unwrap(),
+            ),
             ReferenceSpec::Shape { l, m, d } => {
                 if l == 0 || m == 0 || d == 0 {
-                    return Err(inv("reference", format!("L={l} M={m} D={d}"), "dimensions must be positive"));
+                    return Err(inv(
+                        "reference",
+                        format!("L={l} M={m} D={d}"),
+                        "dimensions must be positive",
+                    ));
                 }
                 (l, m, d)
             }
@@ -304,16 +330,24 @@ impl SweepSpec {
                 return Err(inv(
                     "reference.D",
                     reference.2.to_string(),
-                    &format!("must be at least the largest D of the grid ({dmax}) for coupled embeddings"),
+                    &format!(
+                        "must be at least the largest D of the grid ({dmax}) for coupled embeddings"
+                    ),
                 ));
             }
         }
-        let read_steps = self.read_steps.clone().unwrap_or_else(|| vec![self.steps - 1]);
+        let read_steps = self
+            .read_steps
+            .clone()
+            .unwrap_or_else(|| vec![self.steps - 1]);
         if let Some(&bad) = read_steps.iter().find(|&&k| k >= self.steps) {
             return Err(inv(
                 "read_steps",
                 bad.to_string(),
-                &format!("records are 0..{} (record k is after k updates)", self.steps - 1),
+                &format!(
+                    "records are 0..{} (record k is after k updates)",
+                    self.steps - 1
+                ),
             ));
         }
         let mut read_steps = read_steps;
@@ -368,12 +402,24 @@ impl Sweep {
                     for &d in &self.ds {
                         let is_ref = (l, m, d) == (rl, rm, rd);
                         in_grid |= is_ref;
-                        tasks.push(Task { rep, l, m, d, is_reference: is_ref });
+                        tasks.push(Task {
+                            rep,
+                            l,
+                            m,
+                            d,
+                            is_reference: is_ref,
+                        });
                     }
                 }
             }
             if !in_grid {
-                tasks.push(Task { rep, l: rl, m: rm, d: rd, is_reference: true });
+                tasks.push(Task {
+                    rep,
+                    l: rl,
+                    m: rm,
+                    d: rd,
+                    is_reference: true,
+                });
             }
         }
         tasks
@@ -398,7 +444,10 @@ impl Sweep {
     /// Seeds of a task: (block weights, uncoupled embeddings), from the task id.
     pub fn task_seeds(&self, t: &Task) -> (u64, u64) {
         let h = fnv1a(t.id().as_bytes());
-        (derive_seed(self.spec.seed, h), derive_seed(self.spec.seed, h ^ 0x55_4E_43))
+        (
+            derive_seed(self.spec.seed, h),
+            derive_seed(self.spec.seed, h ^ 0x55_4E_43),
+        )
     }
 
     /// Couplings a task trains: the reference only needs its coupled run unless it is
@@ -460,13 +509,7 @@ pub fn run_task(sw: &Sweep, t: &Task, data: &Data) -> Result<Vec<TaskRecord>, cr
             spare.as_ref().expect("weights available").clone()
         };
         if c == Coupling::Uncoupled {
-            let fresh = Weights::<f64>::draw(
-                &Dims { l: 0, ..dims },
-                &r,
-                own_embed,
-                0,
-                false,
-            );
+            let fresh = Weights::<f64>::draw(&Dims { l: 0, ..dims }, &r, own_embed, 0, false);
             w.we = fresh.we;
             w.wu = fresh.wu;
         }
@@ -504,7 +547,9 @@ pub struct SweepDir {
 
 impl SweepDir {
     pub fn new(root: &Path) -> Self {
-        SweepDir { root: root.to_path_buf() }
+        SweepDir {
+            root: root.to_path_buf(),
+        }
     }
     pub fn tasks(&self) -> PathBuf {
         self.root.join("tasks")
@@ -519,7 +564,9 @@ impl SweepDir {
     /// Writes a task's records: into a temporary directory, renamed into place.
     pub fn write_task(&self, t: &Task, recs: &[TaskRecord]) -> Result<(), IoError> {
         let final_dir = self.task_dir(t);
-        let tmp = self.tasks().join(format!(".tmp-{}-{}", t.id(), std::process::id()));
+        let tmp = self
+            .tasks()
+            .join(format!(".tmp-{}-{}", t.id(), std::process::id()));
         let os = |path: &Path| {
             let path = path.to_path_buf();
             move |source| IoError::Os { path, source }
@@ -535,7 +582,10 @@ impl SweepDir {
 
     pub fn read_task(&self, t: &Task) -> Result<Vec<TaskRecord>, IoError> {
         let p = self.task_dir(t).join("records.json");
-        let bytes = std::fs::read(&p).map_err(|source| IoError::Os { path: p.clone(), source })?;
+        let bytes = std::fs::read(&p).map_err(|source| IoError::Os {
+            path: p.clone(),
+            source,
+        })?;
         serde_json::from_slice(&bytes).map_err(|e| IoError::BadNpy {
             path: p,
             why: format!("unreadable task record: {e}"),
@@ -579,7 +629,11 @@ pub struct RunSummary {
 #[non_exhaustive]
 pub enum SweepError {
     #[error("task {task} needs {need_gb:.1} GB of memory but only {have_gb:.1} GB are available")]
-    Memory { task: String, need_gb: f64, have_gb: f64 },
+    Memory {
+        task: String,
+        need_gb: f64,
+        have_gb: f64,
+    },
     #[error("task {task} failed: {source}")]
     Task {
         task: String,
@@ -600,7 +654,9 @@ pub fn run(
     dir.clean_stale();
     io::atomic_write(
         &dir.root.join("sweep.json"),
-        serde_json::to_string_pretty(sw).expect("sweep serialises").as_bytes(),
+        serde_json::to_string_pretty(sw)
+            .expect("sweep serialises")
+            .as_bytes(),
     )?;
     let all = sw.plan();
     let mut todo: Vec<Task> = all.iter().filter(|t| !dir.is_done(t)).copied().collect();
@@ -620,7 +676,12 @@ pub fn run(
         }
         jobs = jobs.min(((opts.memory_budget / need).floor() as usize).max(1));
     }
-    let data = Data::synthetic(sw.spec.data.din, sw.spec.data.dout, sw.spec.data.n, sw.spec.data.seed);
+    let data = Data::synthetic(
+        sw.spec.data.din,
+        sw.spec.data.dout,
+        sw.spec.data.n,
+        sw.spec.data.seed,
+    );
     let total: f64 = todo.iter().map(|t| t.cost()).sum();
     let next = AtomicUsize::new(0);
     let finished = AtomicUsize::new(0);
@@ -706,7 +767,11 @@ pub fn collect(sw: &Sweep, dir: &SweepDir) -> Result<Vec<ErrorRow>, crate::Error
     let mut refs: BTreeMap<usize, TaskRecord> = BTreeMap::new();
     for t in plan.iter().filter(|t| t.is_reference) {
         if dir.is_done(t) {
-            if let Some(r) = dir.read_task(t)?.into_iter().find(|r| r.coupling == Coupling::Coupled) {
+            if let Some(r) = dir
+                .read_task(t)?
+                .into_iter()
+                .find(|r| r.coupling == Coupling::Coupled)
+            {
                 refs.insert(t.rep, r);
             }
         }
@@ -731,7 +796,12 @@ pub fn collect(sw: &Sweep, dir: &SweepDir) -> Result<Vec<ErrorRow>, crate::Error
             for (j, &k) in sw.read_steps.iter().enumerate() {
                 let f = &rec.outputs[j * dout * n..(j + 1) * dout * n];
                 let fr = &rf.outputs[j * dout * n..(j + 1) * dout * n];
-                let msq_y = f.iter().zip(fr).map(|(a, b)| (a - b) * (a - b)).sum::<f64>() / (dout * n) as f64;
+                let msq_y = f
+                    .iter()
+                    .zip(fr)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f64>()
+                    / (dout * n) as f64;
                 let msq_h = if rec.coupling == Coupling::Coupled {
                     let h = &rec.hidden[j * t.d * n..(j + 1) * t.d * n];
                     let hr = &rf.hidden[j * dref * n..(j + 1) * dref * n];
@@ -809,9 +879,13 @@ pub struct AggRow {
 }
 
 pub fn aggregate(rows: &[ErrorRow]) -> Vec<AggRow> {
-    let mut groups: BTreeMap<(&'static str, usize, usize, usize, usize), Vec<&ErrorRow>> = BTreeMap::new();
+    let mut groups: BTreeMap<(&'static str, usize, usize, usize, usize), Vec<&ErrorRow>> =
+        BTreeMap::new();
     for r in rows {
-        groups.entry((r.coupling, r.l, r.m, r.d, r.step)).or_default().push(r);
+        groups
+            .entry((r.coupling, r.l, r.m, r.d, r.step))
+            .or_default()
+            .push(r);
     }
     groups
         .into_iter()
@@ -845,11 +919,15 @@ mod tests {
     fn logspace_matches_the_papers_grids() {
         assert_eq!(
             logspace(1.5, 2000.0, 20),
-            vec![1, 2, 3, 4, 6, 9, 14, 21, 31, 45, 66, 96, 141, 206, 301, 439, 642, 937, 1369, 2000]
+            vec![
+                1, 2, 3, 4, 6, 9, 14, 21, 31, 45, 66, 96, 141, 206, 301, 439, 642, 937, 1369, 2000
+            ]
         );
         assert_eq!(
             logspace(10.0, 500.0, 15),
-            vec![10, 13, 17, 23, 30, 40, 53, 70, 93, 123, 163, 216, 285, 378, 500]
+            vec![
+                10, 13, 17, 23, 30, 40, 53, 70, 93, 123, 163, 216, 285, 378, 500
+            ]
         );
     }
 }

@@ -362,8 +362,8 @@ pub fn train<T: Real>(
         let loss = forward(w, data, r, opts.activation, &mut ws, par, k)?;
         hist.losses.push(loss);
         hist.outputs.extend_from_slice(&ws.f);
-        let want_h = opts.record_hidden
-            && opts.hidden_steps.as_ref().is_none_or(|s| s.contains(&k));
+        let want_h =
+            opts.record_hidden && opts.hidden_steps.as_ref().is_none_or(|s| s.contains(&k));
         if want_h {
             hist.hidden_steps.push(k);
             let h = ws.hidden(dims.l, n, d);

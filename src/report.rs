@@ -1,0 +1,647 @@
+//! The report of a shape sweep: honest rate fits, figures and a Markdown summary.
+//!
+//! For each error space (embedding: coupled runs; output: uncoupled runs, and coupled if
+//! present) at the report's read step:
+//! - **slices**: log-log OLS of the RMS error against D at fixed (L, M), against M at
+//!   fixed (L, D), against L at fixed (M, D), with the slope's standard error, 95% interval
+//!   (Student t) and p-value ([`crate::fit::loglog_fit`]);
+//! - **joint fit** of the paper's rate model (PAPERS.md 2.4, "Fitted laws"):
+//!   err^2 = a D/(LM) + b/D + c/L^2 (embedding) or a (D/(LM))^2 + b/D (output), with
+//!   non-negative coefficients fitted in log space, and percentile intervals from a
+//!   bootstrap over repetitions ([`crate::fit::bootstrap_rate_fit`]); beside it the
+//!   authors' hand-drawn constants (`fit_h`, `fit_y`, PAPERS.md 2.5) and their log-space
+//!   residual on the same data;
+//! - **P scaling**: the fitted error along the shapes that minimise it at each P
+//!   ([`crate::fit::p_scaling`]; the paper's -1/6 and -1/5) and the empirical exponent of
+//!   the lower envelope (the best grid shape in each half-decade of P).
+//!
+//! The reference shape itself (error 0 by construction) never enters a fit.
+
+use crate::fit::{self, LinearFit, RateFit, RateModel, Shape};
+use crate::io;
+use crate::plot::{self, Figure, Scale, Series, Style};
+use crate::sweep::{Coupling, ErrorRow, Sweep, SweepDir};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// One fitted slice.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SliceFit {
+    pub space: String,
+    /// "D", "M" or "L": the varying dimension.
+    pub against: &'static str,
+    /// The fixed dimensions, e.g. "L=50, M=937".
+    pub fixed: String,
+    pub fit: LinearFit,
+}
+
+/// Everything the report states, also written as `fits.json`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub step: usize,
+    pub p_step: usize,
+    pub slices: Vec<SliceFit>,
+    pub joint: Vec<JointFit>,
+    pub headline: Vec<Headline>,
+    pub wall_s: f64,
+}
+
+/// A joint rate-model fit of one space.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JointFit {
+    pub space: String,
+    pub names: Vec<String>,
+    pub coefs: Vec<f64>,
+    pub ci95: Vec<(f64, f64)>,
+    pub n_boot: usize,
+    pub rss_log: f64,
+    pub authors_coefs: Vec<f64>,
+    pub authors_rss_log: f64,
+    /// Exponent of the fitted error along optimal shapes over the grid's P range.
+    pub p_exponent_fitted: Option<f64>,
+    /// OLS exponent of the lower envelope of the measured errors against P.
+    pub p_exponent_envelope: Option<LinearFit>,
+}
+
+/// A headline number beside the paper's.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Headline {
+    pub what: String,
+    pub value: f64,
+    pub ci95: (f64, f64),
+    pub paper: f64,
+}
+
+struct Space {
+    name: &'static str,
+    key: &'static str,
+    coupling: Coupling,
+    model: RateModel,
+    authors: RateFit,
+}
+
+/// Per shape: the per-repetition mean squared errors of one space at one step.
+type PerShape = BTreeMap<(usize, usize, usize), BTreeMap<usize, f64>>;
+
+fn per_shape(rows: &[ErrorRow], sp: &Space, step: usize) -> PerShape {
+    let mut m: PerShape = BTreeMap::new();
+    for r in rows {
+        if r.coupling != sp.coupling.name() || r.step != step || r.is_reference {
+            continue;
+        }
+        let v = if sp.key == "h" { r.msq_h } else { r.msq_y };
+        if v.is_finite() && v > 0.0 {
+            m.entry((r.l, r.m, r.d)).or_default().insert(r.rep, v);
+        }
+    }
+    m
+}
+
+fn rms(reps: &BTreeMap<usize, f64>) -> f64 {
+    (reps.values().sum::<f64>() / reps.len() as f64).sqrt()
+}
+
+fn pick_spread(v: &[usize], k: usize) -> Vec<usize> {
+    if v.len() <= k {
+        return v.to_vec();
+    }
+    let n = v.len();
+    let mut out: Vec<usize> = (0..k)
+        .map(|i| v[((0.3 + 0.65 * i as f64 / (k - 1) as f64) * (n - 1) as f64).round() as usize])
+        .collect();
+    out.dedup();
+    out
+}
+
+/// Fits, draws and writes the report of a sweep. Returns the path of `report.md`.
+pub fn write_report(
+    sw: &Sweep,
+    dir: &SweepDir,
+    rows: &[ErrorRow],
+    wall_s: f64,
+) -> crate::Result<PathBuf> {
+    let step = sw
+        .spec
+        .report
+        .step
+        .unwrap_or(*sw.read_steps.last().expect("read steps"));
+    let p_step = sw.spec.report.p_step.unwrap_or(step);
+    let n_boot = sw.spec.report.bootstrap.unwrap_or(200);
+    let lmax = *sw.ls.last().expect("grid");
+    let slice_m = sw
+        .spec
+        .report
+        .slice_m
+        .clone()
+        .unwrap_or_else(|| pick_spread(&sw.ms, 4));
+    let slice_d = sw
+        .spec
+        .report
+        .slice_d
+        .clone()
+        .unwrap_or_else(|| pick_spread(&sw.ds, 4));
+    let mut spaces = Vec::new();
+    let has = |c: Coupling| sw.spec.couplings.contains(&c);
+    if has(Coupling::Coupled) {
+        spaces.push(Space {
+            name: "embedding",
+            key: "h",
+            coupling: Coupling::Coupled,
+            model: RateModel::embedding(),
+            authors: RateFit::hand_tuned_embedding(),
+        });
+    }
+    let out_coupling = if has(Coupling::Uncoupled) {
+        Coupling::Uncoupled
+    } else {
+        Coupling::Coupled
+    };
+    spaces.push(Space {
+        name: "output",
+        key: "y",
+        coupling: out_coupling,
+        model: RateModel::output(),
+        authors: RateFit::hand_tuned_output(),
+    });
+    let figdir = dir.root.join("figures");
+    let mut summary = Summary {
+        step,
+        p_step,
+        slices: Vec::new(),
+        joint: Vec::new(),
+        headline: Vec::new(),
+        wall_s,
+    };
+    let mut figures: Vec<(String, PathBuf)> = Vec::new();
+    for sp in &spaces {
+        let data = per_shape(rows, sp, step);
+        if data.is_empty() {
+            continue;
+        }
+        let label = format!("{} error ({}, k={step})", sp.name, sp.coupling.name());
+        // Joint fit, with bootstrap over repetitions where every shape has every rep.
+        let shapes: Vec<(usize, usize, usize)> = data.keys().copied().collect();
+        let shp: Vec<Shape> = shapes
+            .iter()
+            .map(|&(l, m, d)| Shape::new(l as f64, m as f64, d as f64))
+            .collect();
+        let errs: Vec<f64> = shapes.iter().map(|k| rms(&data[k])).collect();
+        let reps: Vec<usize> = (0..sw.spec.reps).collect();
+        let complete = shapes
+            .iter()
+            .all(|k| reps.iter().all(|r| data[k].contains_key(r)));
+        let (joint, ci, nb) =
+            if complete && sw.spec.reps >= 2 && shapes.len() > sp.model.terms.len() {
+                let per_rep: Vec<Vec<f64>> = reps
+                    .iter()
+                    .map(|r| shapes.iter().map(|k| data[k][r]).collect())
+                    .collect();
+                match fit::bootstrap_rate_fit(&sp.model, &shp, &per_rep, n_boot, sw.spec.seed) {
+                    Ok(b) => (Some(b.fit), b.coef_ci95, n_boot),
+                    Err(_) => (fit::fit_rate_model(&sp.model, &shp, &errs).ok(), vec![], 0),
+                }
+            } else {
+                (fit::fit_rate_model(&sp.model, &shp, &errs).ok(), vec![], 0)
+            };
+        let resid = |f: &RateFit| -> f64 {
+            shp.iter()
+                .zip(&errs)
+                .map(|(s, e)| (e.ln() - f.predict(*s).ln()).powi(2))
+                .sum()
+        };
+        // Slices.
+        let mut slice =
+            |against: &'static str, fixed: String, pts: Vec<(f64, f64)>| -> Option<LinearFit> {
+                let f = slice_fit(&pts)?;
+                summary.slices.push(SliceFit {
+                    space: sp.name.into(),
+                    against,
+                    fixed,
+                    fit: f.clone(),
+                });
+                Some(f)
+            };
+        let mut fig_d = Figure::new(
+            format!("{label} vs D"),
+            "D",
+            "RMS error",
+            Scale::Log,
+            Scale::Log,
+        );
+        for (ci, &m) in slice_m.iter().enumerate() {
+            let pts: Vec<(f64, f64)> = sw
+                .ds
+                .iter()
+                .filter_map(|&d| data.get(&(lmax, m, d)).map(|r| (d as f64, rms(r))))
+                .collect();
+            if pts.is_empty() {
+                continue;
+            }
+            let f = slice("D", format!("L={lmax}, M={m}"), pts.clone());
+            let (x, y): (Vec<f64>, Vec<f64>) = pts.into_iter().unzip();
+            let lab = match &f {
+                Some(f) => format!("M={m} (slope {:.2})", f.slope),
+                None => format!("M={m}"),
+            };
+            if let Some(j) = &joint {
+                let yf: Vec<f64> = x
+                    .iter()
+                    .map(|&d| j.predict(Shape::new(lmax as f64, m as f64, d)))
+                    .collect();
+                fig_d
+                    .series
+                    .push(Series::new("", x.clone(), yf, Style::Dashed).with_color(ci));
+            }
+            fig_d
+                .series
+                .push(Series::new(lab, x, y, Style::LinePoints).with_color(ci));
+        }
+        let mut fig_m = Figure::new(
+            format!("{label} vs M"),
+            "M",
+            "RMS error",
+            Scale::Log,
+            Scale::Log,
+        );
+        for (ci, &d) in slice_d.iter().enumerate() {
+            let pts: Vec<(f64, f64)> = sw
+                .ms
+                .iter()
+                .filter_map(|&m| data.get(&(lmax, m, d)).map(|r| (m as f64, rms(r))))
+                .collect();
+            if pts.is_empty() {
+                continue;
+            }
+            let f = slice("M", format!("L={lmax}, D={d}"), pts.clone());
+            let (x, y): (Vec<f64>, Vec<f64>) = pts.into_iter().unzip();
+            let lab = match &f {
+                Some(f) => format!("D={d} (slope {:.2})", f.slope),
+                None => format!("D={d}"),
+            };
+            if let Some(j) = &joint {
+                let yf: Vec<f64> = x
+                    .iter()
+                    .map(|&m| j.predict(Shape::new(lmax as f64, m, d as f64)))
+                    .collect();
+                fig_m
+                    .series
+                    .push(Series::new("", x.clone(), yf, Style::Dashed).with_color(ci));
+            }
+            fig_m
+                .series
+                .push(Series::new(lab, x, y, Style::LinePoints).with_color(ci));
+        }
+        // Headline slices: at the largest M (against D), the largest D (against M).
+        let mmax = *sw.ms.last().expect("grid");
+        let dmax = *sw.ds.last().expect("grid");
+        let hd: Vec<(f64, f64)> = sw
+            .ds
+            .iter()
+            .filter_map(|&d| data.get(&(lmax, mmax, d)).map(|r| (d as f64, rms(r))))
+            .collect();
+        let hm: Vec<(f64, f64)> = sw
+            .ms
+            .iter()
+            .filter_map(|&m| data.get(&(lmax, m, dmax)).map(|r| (m as f64, rms(r))))
+            .collect();
+        let fd = if slice_m.contains(&mmax) {
+            slice_fit(&hd)
+        } else {
+            slice("D", format!("L={lmax}, M={mmax}"), hd)
+        };
+        let fm = if slice_d.contains(&dmax) {
+            slice_fit(&hm)
+        } else {
+            slice("M", format!("L={lmax}, D={dmax}"), hm)
+        };
+        let mut heads = Vec::new();
+        if let Some(f) = fd {
+            heads.push(Headline {
+                what: format!("{} slope vs D at L={lmax}, M={mmax}", sp.name),
+                value: f.slope,
+                ci95: f.slope_ci95,
+                paper: -0.5,
+            });
+        }
+        if let Some(f) = fm {
+            heads.push(Headline {
+                what: format!("{} slope vs M at L={lmax}, D={dmax}", sp.name),
+                value: f.slope,
+                ci95: f.slope_ci95,
+                paper: -0.5,
+            });
+        }
+        if sw.ls.len() >= 3 {
+            let pts: Vec<(f64, f64)> = sw
+                .ls
+                .iter()
+                .filter_map(|&l| data.get(&(l, mmax, dmax)).map(|r| (l as f64, rms(r))))
+                .collect();
+            slice("L", format!("M={mmax}, D={dmax}"), pts);
+        }
+        summary.headline.extend(heads);
+        // P scaling at p_step.
+        let pdata = per_shape(rows, sp, p_step);
+        let p_max = sw.spec.report.p_max.unwrap_or(f64::INFINITY);
+        let pts: Vec<(f64, f64)> = pdata
+            .iter()
+            .map(|(&(l, m, d), r)| ((l * m * d) as f64, rms(r)))
+            .filter(|&(p, _)| p < p_max)
+            .collect();
+        let envelope = lower_envelope(&pts);
+        let env_fit = if envelope.len() >= 3 {
+            let (x, y): (Vec<f64>, Vec<f64>) = envelope.iter().copied().unzip();
+            fit::loglog_fit(&x, &y).ok()
+        } else {
+            None
+        };
+        let pjoint = if p_step == step {
+            joint.clone()
+        } else {
+            let sh: Vec<(usize, usize, usize)> = pdata.keys().copied().collect();
+            let s2: Vec<Shape> = sh
+                .iter()
+                .map(|&(l, m, d)| Shape::new(l as f64, m as f64, d as f64))
+                .collect();
+            let e2: Vec<f64> = sh.iter().map(|k| rms(&pdata[k])).collect();
+            fit::fit_rate_model(&sp.model, &s2, &e2).ok()
+        };
+        let (pmin, pmax) = pts.iter().fold((f64::INFINITY, 0.0f64), |(a, b), &(p, _)| {
+            (a.min(p), b.max(p))
+        });
+        let pgrid: Vec<f64> = if pmax > pmin {
+            (0..24)
+                .map(|i| pmin * (pmax / pmin).powf(i as f64 / 23.0))
+                .collect()
+        } else {
+            vec![]
+        };
+        let pscal = pjoint.as_ref().and_then(|j| fit::p_scaling(j, &pgrid).ok());
+        let mut fig_p = Figure::new(
+            format!(
+                "{} error ({}, k={p_step}) vs P",
+                sp.name,
+                sp.coupling.name()
+            ),
+            "P = L M D",
+            "RMS error",
+            Scale::Log,
+            Scale::Log,
+        );
+        let (x, y): (Vec<f64>, Vec<f64>) = pts.iter().copied().unzip();
+        fig_p
+            .series
+            .push(Series::new("grid shapes", x, y, Style::Points).with_color(7));
+        if !envelope.is_empty() {
+            let (x, y): (Vec<f64>, Vec<f64>) = envelope.iter().copied().unzip();
+            let lab = match &env_fit {
+                Some(f) => format!("best shape per half-decade (slope {:.3})", f.slope),
+                None => "best shape per half-decade".into(),
+            };
+            fig_p
+                .series
+                .push(Series::new(lab, x, y, Style::LinePoints).with_color(3));
+        }
+        if let Some(ps) = &pscal {
+            fig_p.series.push(
+                Series::new(
+                    format!("fitted model at optimal shapes (slope {:.3})", ps.fit.slope),
+                    ps.p.clone(),
+                    ps.errors.clone(),
+                    Style::Line,
+                )
+                .with_color(0),
+            );
+        }
+        let paper_exp = if sp.key == "h" {
+            -1.0 / 6.0
+        } else {
+            -1.0 / 5.0
+        };
+        if let Some(ps) = &pscal {
+            // The model's asymptotic exponent is fixed by its form; over the finite P range
+            // of the grid it can differ. No interval: it is a property of the fitted curve.
+            summary.headline.push(Headline {
+                what: format!(
+                    "{} P exponent (fitted model at optimal shapes, over the grid's P range)",
+                    sp.name
+                ),
+                value: ps.fit.slope,
+                ci95: (f64::NAN, f64::NAN),
+                paper: paper_exp,
+            });
+        }
+        if let Some(f) = &env_fit {
+            summary.headline.push(Headline {
+                what: format!("{} P exponent (lower envelope of the grid)", sp.name),
+                value: f.slope,
+                ci95: f.slope_ci95,
+                paper: paper_exp,
+            });
+        }
+        for (name, fig) in [("vs_D", fig_d), ("vs_M", fig_m), ("vs_P", fig_p)] {
+            if fig.series.is_empty() {
+                continue;
+            }
+            let stem = figdir.join(format!("{}_{}", sp.name, name));
+            plot::save(&fig, &stem)?;
+            figures.push((fig.title.clone(), stem.with_extension("png")));
+        }
+        if let Some(j) = &joint {
+            summary.joint.push(JointFit {
+                space: sp.name.into(),
+                names: j.names.clone(),
+                coefs: j.coefs.clone(),
+                ci95: ci,
+                n_boot: nb,
+                rss_log: resid(j),
+                authors_coefs: sp.authors.coefs.clone(),
+                authors_rss_log: resid(&sp.authors),
+                p_exponent_fitted: pscal.as_ref().map(|p| p.fit.slope),
+                p_exponent_envelope: env_fit.clone(),
+            });
+        }
+    }
+    // Loss curves of repetition 0 for a few shapes.
+    let mut fig_l = Figure::new(
+        "training loss (repetition 0, coupled)",
+        "step",
+        "loss",
+        Scale::Linear,
+        Scale::Log,
+    );
+    let mut loss_shapes: Vec<(usize, usize, usize)> = Vec::new();
+    for &m in slice_m.iter().rev().take(2) {
+        for &d in [sw.ds[0], *sw.ds.last().expect("grid")].iter() {
+            loss_shapes.push((lmax, m, d));
+        }
+    }
+    loss_shapes.push(sw.reference);
+    loss_shapes.dedup();
+    for (ci, &(l, m, d)) in loss_shapes.iter().enumerate() {
+        let t = sw
+            .plan()
+            .into_iter()
+            .find(|t| t.rep == 0 && (t.l, t.m, t.d) == (l, m, d));
+        if let Some(t) = t.filter(|t| dir.is_done(t)) {
+            if let Some(rec) = dir.read_task(&t)?.into_iter().next() {
+                let x: Vec<f64> = (0..rec.losses.len()).map(|k| k as f64).collect();
+                fig_l.series.push(
+                    Series::new(
+                        format!("L={l} M={m} D={d}"),
+                        x,
+                        rec.losses,
+                        Style::LinePoints,
+                    )
+                    .with_color(ci),
+                );
+            }
+        }
+    }
+    if !fig_l.series.is_empty() {
+        let stem = figdir.join("loss");
+        plot::save(&fig_l, &stem)?;
+        figures.push((fig_l.title.clone(), stem.with_extension("png")));
+    }
+    io::atomic_write(
+        &dir.root.join("fits.json"),
+        serde_json::to_string_pretty(&summary)
+            .expect("summary serialises")
+            .as_bytes(),
+    )?;
+    let md = markdown(sw, &summary, &figures, &dir.root);
+    let path = dir.root.join("report.md");
+    io::atomic_write(&path, md.as_bytes())?;
+    Ok(path)
+}
+
+/// Log-log OLS of a slice with at least 3 points.
+fn slice_fit(pts: &[(f64, f64)]) -> Option<LinearFit> {
+    if pts.len() < 3 {
+        return None;
+    }
+    let (x, y): (Vec<f64>, Vec<f64>) = pts.iter().copied().unzip();
+    fit::loglog_fit(&x, &y).ok()
+}
+
+/// The best (lowest-error) point in each half-decade of P.
+fn lower_envelope(pts: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut bins: BTreeMap<i64, (f64, f64)> = BTreeMap::new();
+    for &(p, e) in pts {
+        let b = (2.0 * p.log10()).floor() as i64;
+        let slot = bins.entry(b).or_insert((p, e));
+        if e < slot.1 {
+            *slot = (p, e);
+        }
+    }
+    bins.into_values().collect()
+}
+
+fn fmt_ci(c: (f64, f64)) -> String {
+    if c.0.is_finite() && c.1.is_finite() {
+        format!("[{:.3}, {:.3}]", c.0, c.1)
+    } else {
+        "n/a".into()
+    }
+}
+
+fn markdown(sw: &Sweep, s: &Summary, figures: &[(String, PathBuf)], root: &Path) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Sweep `{}`\n", sw.spec.name);
+    let _ = writeln!(
+        md,
+        "Preset `{}`, activation `{}`, K = {} steps at eta = {}, {} repetition(s), data d_in = {}, d_out = {}, N = {}. \
+         Grid: L in {:?}, M in {:?}, D in {:?}. Reference: L = {}, M = {}, D = {}. Wall time of the last run: {:.1} s.\n",
+        sw.param.name,
+        sw.activation.name(),
+        sw.spec.steps,
+        sw.spec.lr,
+        sw.spec.reps,
+        sw.spec.data.din,
+        sw.spec.data.dout,
+        sw.spec.data.n,
+        sw.ls,
+        sw.ms,
+        sw.ds,
+        sw.reference.0,
+        sw.reference.1,
+        sw.reference.2,
+        s.wall_s
+    );
+    let _ = writeln!(
+        md,
+        "Errors are read at record k = {} (the network after k updates; the Julia notebook's 1-based k is one more); P plots at k = {}.\n",
+        s.step, s.p_step
+    );
+    let _ = writeln!(
+        md,
+        "## Headline\n\n| quantity | reslim | 95% interval | paper |\n|---|---|---|---|"
+    );
+    for h in &s.headline {
+        let _ = writeln!(
+            md,
+            "| {} | {:.3} | {} | {:.3} |",
+            h.what,
+            h.value,
+            fmt_ci(h.ci95),
+            h.paper
+        );
+    }
+    let _ = writeln!(md, "\n## Joint rate fits\n");
+    for j in &s.joint {
+        let _ = writeln!(
+            md,
+            "**{}** (log-space residual {:.3}; authors' hand-drawn constants give {:.3} on the same data)\n",
+            j.space, j.rss_log, j.authors_rss_log
+        );
+        let _ = writeln!(
+            md,
+            "| term | coefficient | 95% bootstrap interval ({} replicates) | authors |\n|---|---|---|---|",
+            j.n_boot
+        );
+        for (i, n) in j.names.iter().enumerate() {
+            let ci = j
+                .ci95
+                .get(i)
+                .map(|&c| fmt_ci(c))
+                .unwrap_or_else(|| "n/a".into());
+            let a = j
+                .authors_coefs
+                .get(i)
+                .map(|a| format!("{a:.4}"))
+                .unwrap_or_default();
+            let _ = writeln!(md, "| {n} | {:.4} | {ci} | {a} |", j.coefs[i]);
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(
+        md,
+        "## Slices (log-log OLS)\n\n| space | against | fixed | slope | SE | 95% interval | R^2 | points |\n|---|---|---|---|---|---|---|---|"
+    );
+    for sl in &s.slices {
+        let f = &sl.fit;
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.3} | {:.3} | {} | {:.3} | {} |",
+            sl.space,
+            sl.against,
+            sl.fixed,
+            f.slope,
+            f.slope_se,
+            fmt_ci(f.slope_ci95),
+            f.r2,
+            f.n
+        );
+    }
+    let _ = writeln!(md, "\n## Figures\n");
+    for (title, p) in figures {
+        let rel = p.strip_prefix(root).unwrap_or(p);
+        let _ = writeln!(md, "![{title}]({})\n", rel.display());
+    }
+    let _ = writeln!(
+        md,
+        "Tables: `errors.csv` (one row per model, repetition, coupling and read step), `errors_rms.csv` (RMS over repetitions); fits: `fits.json`."
+    );
+    md
+}
