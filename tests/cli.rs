@@ -1,0 +1,198 @@
+//! The `reslim` binary end to end: reference reproduction, clear errors on bad input,
+//! and sweeps that survive interruption.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn reslim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_reslim"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("the binary runs")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("reslim-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn train_writes_the_reference_trajectories() {
+    let out = tmp("train");
+    let inputs = shared().join("chizat_julia_small/inputs");
+    let o = reslim(&[
+        "train", "--preset", "chizat-julia", "--activation", "tanh", "--init-npy",
+        inputs.to_str().unwrap(), "--steps", "15", "--lr", "1", "--out", out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for name in ["losses", "outputs", "hL"] {
+        let got = reslim::io::read_npy(&out.join(format!("{name}.npy"))).unwrap();
+        let want = reslim::io::read_npy(&shared().join(format!("chizat_julia_small/expected/{name}.npy"))).unwrap();
+        assert_eq!(got.shape, want.shape, "{name}");
+        let scale = want.data.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        for (a, b) in got.data.iter().zip(&want.data) {
+            assert!((a - b).abs() <= 1e-10 * b.abs().max(1e-3 * scale), "{name}: {a} vs {b}");
+        }
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metadata.json")).unwrap()).unwrap();
+    assert_eq!(meta["config"]["param"]["name"], "chizat-julia");
+    assert!(meta["resolved"]["U"]["lr"].as_f64().unwrap() > 0.0);
+    assert!(std::fs::read_to_string(out.join("steps.csv")).unwrap().starts_with("step,loss"));
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_nonzero_exit() {
+    let o = reslim(&["train", "--M", "-3", "--steps", "1"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("'M'") && stderr(&o).contains("-3"), "{}", stderr(&o));
+
+    let dir = tmp("badspec");
+    let spec = dir.join("bad.toml");
+    std::fs::write(&spec, "L = 5\nwidth = 3\n").unwrap();
+    let o = reslim(&["train", spec.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("bad.toml") && stderr(&o).contains("width"), "{}", stderr(&o));
+
+    let o = reslim(&["train", "/no/such/spec.toml"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/no/such/spec.toml"), "{}", stderr(&o));
+
+    // A mis-shaped NPY file is named.
+    let npy = dir.join("npy");
+    std::fs::create_dir_all(&npy).unwrap();
+    let src = shared().join("chizat_julia_small/inputs");
+    for f in ["X", "Y", "WU", "U", "V"] {
+        std::fs::copy(src.join(format!("{f}.npy")), npy.join(format!("{f}.npy"))).unwrap();
+    }
+    reslim::io::write_npy(&npy.join("WE.npy"), &[4, 5], &[0.0f64; 20]).unwrap();
+    let o = reslim(&["train", "--init-npy", npy.to_str().unwrap(), "--steps", "1", "--out", dir.join("o").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("WE.npy"), "{}", stderr(&o));
+
+    // NaN in data is named.
+    let mut x = reslim::io::read_npy(&src.join("X.npy")).unwrap();
+    x.data[3] = f64::NAN;
+    reslim::io::write_npy(&npy.join("X.npy"), &x.shape, &x.data).unwrap();
+    std::fs::copy(src.join("WE.npy"), npy.join("WE.npy")).unwrap();
+    let o = reslim(&["train", "--init-npy", npy.to_str().unwrap(), "--steps", "1"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("X.npy") && stderr(&o).contains("NaN"), "{}", stderr(&o));
+
+    // Divergence names the step.
+    let o = reslim(&["train", "--preset", "standard", "--lr", "1e200", "--steps", "20", "--L", "3", "--M", "4", "--D", "4", "--out", dir.join("div").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("diverged at step"), "{}", stderr(&o));
+}
+
+const SMALL_SWEEP: &str = r#"
+name = "resume-test"
+steps = 4
+reps = 2
+read_steps = [3]
+[data]
+din = 3
+dout = 2
+N = 4
+[grid]
+L = [3]
+M = [4, 8, 16]
+D = [5, 10, 20]
+[reference]
+kind = "largest"
+[report]
+bootstrap = 20
+"#;
+
+fn task_files(dir: &Path) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("tasks"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .map(|e| {
+                    let p = e.path().join("records.json");
+                    let meta = std::fs::metadata(&p).unwrap();
+                    (e.file_name().to_string_lossy().into_owned(), std::fs::read(&p).unwrap(), meta.modified().unwrap())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn an_interrupted_sweep_resumes_without_redoing_or_losing_tasks() {
+    let dir = tmp("resume");
+    let spec = dir.join("s.toml");
+    std::fs::write(&spec, SMALL_SWEEP).unwrap();
+    let out = dir.join("out");
+    let (s, o) = (spec.to_str().unwrap(), out.to_str().unwrap());
+    // Interrupted after 5 of the 18 tasks.
+    let r = reslim(&["sweep", s, "--out", o, "--max-tasks", "5", "--jobs", "1"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let first = task_files(&out);
+    assert_eq!(first.len(), 5);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let r = reslim(&["sweep", s, "--out", o]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stderr(&r).contains("ran 13 task(s), skipped 5 finished"), "{}", stderr(&r));
+    let second = task_files(&out);
+    assert_eq!(second.len(), 18);
+    for f in &first {
+        let again = second.iter().find(|s| s.0 == f.0).expect("finished task kept");
+        assert_eq!(again.1, f.1, "{} rewritten", f.0);
+        assert_eq!(again.2, f.2, "{} redone", f.0);
+    }
+    // A third run has nothing left to do; the report is there.
+    let r = reslim(&["sweep", s, "--out", o]);
+    assert!(stderr(&r).contains("ran 0 task(s), skipped 18 finished"), "{}", stderr(&r));
+    assert!(out.join("report.md").is_file() && out.join("errors.csv").is_file());
+}
+
+#[test]
+fn a_killed_sweep_resumes() {
+    let dir = tmp("kill");
+    let spec = dir.join("s.toml");
+    // Enough work per task that the kill lands mid-sweep.
+    std::fs::write(
+        &spec,
+        SMALL_SWEEP.replace("M = [4, 8, 16]", "M = [40, 80, 160, 320]").replace("D = [5, 10, 20]", "D = [50, 100, 200, 400]").replace("steps = 4", "steps = 40").replace("read_steps = [3]", "read_steps = [39]"),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reslim"))
+        .args(["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--jobs", "2"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while task_files(&out).len() < 2 && t0.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = task_files(&out);
+    assert!(!before.is_empty() && before.len() < 32, "{} tasks finished before the kill", before.len());
+    let r = reslim(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let after = task_files(&out);
+    assert_eq!(after.len(), 32);
+    for f in &before {
+        let again = after.iter().find(|s| s.0 == f.0).expect("kept");
+        assert_eq!((&again.1, again.2), (&f.1, f.2), "{} redone", f.0);
+    }
+    // No temporary directories are left behind.
+    assert!(std::fs::read_dir(out.join("tasks")).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with('.')));
+}
