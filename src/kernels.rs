@@ -22,6 +22,8 @@
 //! fallback and the AVX-512 path give identical bits: both use fused multiply-adds
 //! (`_mm512_fmadd_pd` and `mul_add`, each correctly rounded).
 
+#![allow(clippy::needless_range_loop)] // SIMD lanes and register arrays are indexed.
+
 use crate::model::Real;
 use rayon::prelude::*;
 
@@ -176,7 +178,8 @@ fn tree_sum<T: Real, const W: usize>(mut a: [T; W]) -> T {
     while w > 1 {
         w /= 2;
         for k in 0..w {
-            a[k] = a[k] + a[k + w];
+            let x = a[k + w];
+            a[k] += x;
         }
     }
     a[0]
@@ -280,7 +283,7 @@ unsafe fn dot_row_any<T: Real, S: Vector<T>>(
             for i in 0..d {
                 let mut upd = T::zero();
                 for (k, &c) in cf.iter().enumerate().take(n) {
-                    upd = upd + c * *vecs.add(k * ldv + i);
+                    upd += c * *vecs.add(k * ldv + i);
                 }
                 *row.add(i) = *row.add(i) - upd;
             }

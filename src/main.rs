@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Train one ResNet by full-batch GD and write its run directory.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Measure the GD step against the machine's roofline (and the NumPy peer if present).
     Bench(BenchArgs),
     /// Run a shape sweep (resumable), collect its errors, fit rates, write its report.
@@ -216,7 +216,7 @@ fn main() -> ExitCode {
         }
     }
     let res = match cli.cmd {
-        Cmd::Train(a) => cmd_train(a),
+        Cmd::Train(a) => cmd_train(*a),
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Sweep(a) => {
             let spec = SweepSpec::from_file(&a.spec);

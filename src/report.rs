@@ -484,19 +484,19 @@ pub fn write_report(
             .plan()
             .into_iter()
             .find(|t| t.rep == 0 && (t.l, t.m, t.d) == (l, m, d));
-        if let Some(t) = t.filter(|t| dir.is_done(t)) {
-            if let Some(rec) = dir.read_task(&t)?.into_iter().next() {
-                let x: Vec<f64> = (0..rec.losses.len()).map(|k| k as f64).collect();
-                fig_l.series.push(
-                    Series::new(
-                        format!("L={l} M={m} D={d}"),
-                        x,
-                        rec.losses,
-                        Style::LinePoints,
-                    )
-                    .with_color(ci),
-                );
-            }
+        if let Some(t) = t.filter(|t| dir.is_done(t))
+            && let Some(rec) = dir.read_task(&t)?.into_iter().next()
+        {
+            let x: Vec<f64> = (0..rec.losses.len()).map(|k| k as f64).collect();
+            fig_l.series.push(
+                Series::new(
+                    format!("L={l} M={m} D={d}"),
+                    x,
+                    rec.losses,
+                    Style::LinePoints,
+                )
+                .with_color(ci),
+            );
         }
     }
     if !fig_l.series.is_empty() {

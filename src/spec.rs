@@ -169,14 +169,14 @@ impl TrainSpec {
                 ("dout", self.dout, data.dout),
                 ("N", self.n, data.n),
             ] {
-                if let Some(g) = given {
-                    if g != found as i64 {
-                        return Err(invalid(
-                            field,
-                            g,
-                            &format!("disagrees with the arrays of {} ({found})", dir.display()),
-                        ));
-                    }
+                if let Some(g) = given
+                    && g != found as i64
+                {
+                    return Err(invalid(
+                        field,
+                        g,
+                        &format!("disagrees with the arrays of {} ({found})", dir.display()),
+                    ));
                 }
             }
             dims = from_files;
@@ -233,6 +233,15 @@ pub struct TrainConfig {
     pub layer_stats: bool,
 }
 
+impl TrainConfig {
+    pub fn dtype_name(&self) -> &'static str {
+        match self.dtype {
+            Dtype::F64 => "f64",
+            Dtype::F32 => "f32",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,14 +295,5 @@ mod tests {
         assert_eq!(c.param.alpha, 3.0);
         assert!(!c.param.u.trained);
         assert_eq!(c.param.name, "chizat-python+overrides");
-    }
-}
-
-impl TrainConfig {
-    pub fn dtype_name(&self) -> &'static str {
-        match self.dtype {
-            Dtype::F64 => "f64",
-            Dtype::F32 => "f32",
-        }
     }
 }

@@ -29,7 +29,7 @@
 
 use crate::io::{self, IoError};
 use crate::kernels::Par;
-use crate::model::{Activation, Data, Real, Weights};
+use crate::model::{Activation, Data, Weights};
 use crate::param::{Dims, ParamOverride, Parametrization};
 use crate::rng::derive_seed;
 use crate::spec::SpecError;
@@ -325,16 +325,16 @@ impl SweepSpec {
                 (l, m, d)
             }
         };
-        if let Some(&dmax) = ds.last() {
-            if dmax > reference.2 {
-                return Err(inv(
-                    "reference.D",
-                    reference.2.to_string(),
-                    &format!(
-                        "must be at least the largest D of the grid ({dmax}) for coupled embeddings"
-                    ),
-                ));
-            }
+        if let Some(&dmax) = ds.last()
+            && dmax > reference.2
+        {
+            return Err(inv(
+                "reference.D",
+                reference.2.to_string(),
+                &format!(
+                    "must be at least the largest D of the grid ({dmax}) for coupled embeddings"
+                ),
+            ));
         }
         let read_steps = self
             .read_steps
@@ -697,10 +697,11 @@ pub fn run(
                     }
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(t) = todo.get(i) else { return };
-                    if let Some(max) = opts.max_tasks {
-                        if finished.load(Ordering::SeqCst) >= max {
-                            return;
-                        }
+                    if opts
+                        .max_tasks
+                        .is_some_and(|max| finished.load(Ordering::SeqCst) >= max)
+                    {
+                        return;
                     }
                     let res = run_task(sw, t, &data).and_then(|recs| Ok(dir.write_task(t, &recs)?));
                     match res {
@@ -766,18 +767,16 @@ pub fn collect(sw: &Sweep, dir: &SweepDir) -> Result<Vec<ErrorRow>, crate::Error
     let plan = sw.plan();
     let mut refs: BTreeMap<usize, TaskRecord> = BTreeMap::new();
     for t in plan.iter().filter(|t| t.is_reference) {
-        if dir.is_done(t) {
-            if let Some(r) = dir
+        if dir.is_done(t)
+            && let Some(r) = dir
                 .read_task(t)?
                 .into_iter()
                 .find(|r| r.coupling == Coupling::Coupled)
-            {
-                refs.insert(t.rep, r);
-            }
+        {
+            refs.insert(t.rep, r);
         }
     }
-    let (din, dout, n) = (sw.spec.data.din, sw.spec.data.dout, sw.spec.data.n);
-    let _ = din;
+    let (dout, n) = (sw.spec.data.dout, sw.spec.data.n);
     let dref = sw.reference.2;
     let mut rows = Vec::new();
     for t in &plan {
@@ -907,9 +906,6 @@ pub fn aggregate(rows: &[ErrorRow]) -> Vec<AggRow> {
         })
         .collect()
 }
-
-#[allow(dead_code)]
-fn _assert_real<T: Real>() {}
 
 #[cfg(test)]
 mod tests {

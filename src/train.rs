@@ -227,6 +227,7 @@ fn check_data(dims: &crate::param::Dims, data: &Data) -> Result<(), TrainError> 
 }
 
 /// The backward pass fused with the update (after [`forward`] on the same workspace).
+#[allow(clippy::too_many_arguments)]
 pub fn backward_update<T: Real>(
     w: &mut Weights<T>,
     data: &Data,

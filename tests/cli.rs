@@ -32,38 +32,66 @@ fn train_writes_the_reference_trajectories() {
     let out = tmp("train");
     let inputs = shared().join("chizat_julia_small/inputs");
     let o = reslim(&[
-        "train", "--preset", "chizat-julia", "--activation", "tanh", "--init-npy",
-        inputs.to_str().unwrap(), "--steps", "15", "--lr", "1", "--out", out.to_str().unwrap(),
+        "train",
+        "--preset",
+        "chizat-julia",
+        "--activation",
+        "tanh",
+        "--init-npy",
+        inputs.to_str().unwrap(),
+        "--steps",
+        "15",
+        "--lr",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     for name in ["losses", "outputs", "hL"] {
         let got = reslim::io::read_npy(&out.join(format!("{name}.npy"))).unwrap();
-        let want = reslim::io::read_npy(&shared().join(format!("chizat_julia_small/expected/{name}.npy"))).unwrap();
+        let want =
+            reslim::io::read_npy(&shared().join(format!("chizat_julia_small/expected/{name}.npy")))
+                .unwrap();
         assert_eq!(got.shape, want.shape, "{name}");
         let scale = want.data.iter().fold(0.0f64, |m, x| m.max(x.abs()));
         for (a, b) in got.data.iter().zip(&want.data) {
-            assert!((a - b).abs() <= 1e-10 * b.abs().max(1e-3 * scale), "{name}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-10 * b.abs().max(1e-3 * scale),
+                "{name}: {a} vs {b}"
+            );
         }
     }
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metadata.json")).unwrap()).unwrap();
     assert_eq!(meta["config"]["param"]["name"], "chizat-julia");
     assert!(meta["resolved"]["U"]["lr"].as_f64().unwrap() > 0.0);
-    assert!(std::fs::read_to_string(out.join("steps.csv")).unwrap().starts_with("step,loss"));
+    assert!(
+        std::fs::read_to_string(out.join("steps.csv"))
+            .unwrap()
+            .starts_with("step,loss")
+    );
 }
 
 #[test]
 fn bad_input_gets_a_clear_error_and_nonzero_exit() {
     let o = reslim(&["train", "--M", "-3", "--steps", "1"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("'M'") && stderr(&o).contains("-3"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("'M'") && stderr(&o).contains("-3"),
+        "{}",
+        stderr(&o)
+    );
 
     let dir = tmp("badspec");
     let spec = dir.join("bad.toml");
     std::fs::write(&spec, "L = 5\nwidth = 3\n").unwrap();
     let o = reslim(&["train", spec.to_str().unwrap()]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("bad.toml") && stderr(&o).contains("width"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("bad.toml") && stderr(&o).contains("width"),
+        "{}",
+        stderr(&o)
+    );
 
     let o = reslim(&["train", "/no/such/spec.toml"]);
     assert!(!o.status.success());
@@ -77,7 +105,15 @@ fn bad_input_gets_a_clear_error_and_nonzero_exit() {
         std::fs::copy(src.join(format!("{f}.npy")), npy.join(format!("{f}.npy"))).unwrap();
     }
     reslim::io::write_npy(&npy.join("WE.npy"), &[4, 5], &[0.0f64; 20]).unwrap();
-    let o = reslim(&["train", "--init-npy", npy.to_str().unwrap(), "--steps", "1", "--out", dir.join("o").to_str().unwrap()]);
+    let o = reslim(&[
+        "train",
+        "--init-npy",
+        npy.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--out",
+        dir.join("o").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("WE.npy"), "{}", stderr(&o));
 
@@ -88,10 +124,30 @@ fn bad_input_gets_a_clear_error_and_nonzero_exit() {
     std::fs::copy(src.join("WE.npy"), npy.join("WE.npy")).unwrap();
     let o = reslim(&["train", "--init-npy", npy.to_str().unwrap(), "--steps", "1"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("X.npy") && stderr(&o).contains("NaN"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("X.npy") && stderr(&o).contains("NaN"),
+        "{}",
+        stderr(&o)
+    );
 
     // Divergence names the step.
-    let o = reslim(&["train", "--preset", "standard", "--lr", "1e200", "--steps", "20", "--L", "3", "--M", "4", "--D", "4", "--out", dir.join("div").to_str().unwrap()]);
+    let o = reslim(&[
+        "train",
+        "--preset",
+        "standard",
+        "--lr",
+        "1e200",
+        "--steps",
+        "20",
+        "--L",
+        "3",
+        "--M",
+        "4",
+        "--D",
+        "4",
+        "--out",
+        dir.join("div").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("diverged at step"), "{}", stderr(&o));
 }
@@ -123,7 +179,11 @@ fn task_files(dir: &Path) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
                 .map(|e| {
                     let p = e.path().join("records.json");
                     let meta = std::fs::metadata(&p).unwrap();
-                    (e.file_name().to_string_lossy().into_owned(), std::fs::read(&p).unwrap(), meta.modified().unwrap())
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read(&p).unwrap(),
+                        meta.modified().unwrap(),
+                    )
                 })
                 .collect()
         })
@@ -147,17 +207,28 @@ fn an_interrupted_sweep_resumes_without_redoing_or_losing_tasks() {
     std::thread::sleep(std::time::Duration::from_millis(20));
     let r = reslim(&["sweep", s, "--out", o]);
     assert!(r.status.success(), "{}", stderr(&r));
-    assert!(stderr(&r).contains("ran 13 task(s), skipped 5 finished"), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("ran 13 task(s), skipped 5 finished"),
+        "{}",
+        stderr(&r)
+    );
     let second = task_files(&out);
     assert_eq!(second.len(), 18);
     for f in &first {
-        let again = second.iter().find(|s| s.0 == f.0).expect("finished task kept");
+        let again = second
+            .iter()
+            .find(|s| s.0 == f.0)
+            .expect("finished task kept");
         assert_eq!(again.1, f.1, "{} rewritten", f.0);
         assert_eq!(again.2, f.2, "{} redone", f.0);
     }
     // A third run has nothing left to do; the report is there.
     let r = reslim(&["sweep", s, "--out", o]);
-    assert!(stderr(&r).contains("ran 0 task(s), skipped 18 finished"), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("ran 0 task(s), skipped 18 finished"),
+        "{}",
+        stderr(&r)
+    );
     assert!(out.join("report.md").is_file() && out.join("errors.csv").is_file());
 }
 
@@ -168,12 +239,23 @@ fn a_killed_sweep_resumes() {
     // Enough work per task that the kill lands mid-sweep.
     std::fs::write(
         &spec,
-        SMALL_SWEEP.replace("M = [4, 8, 16]", "M = [40, 80, 160, 320]").replace("D = [5, 10, 20]", "D = [50, 100, 200, 400]").replace("steps = 4", "steps = 40").replace("read_steps = [3]", "read_steps = [39]"),
+        SMALL_SWEEP
+            .replace("M = [4, 8, 16]", "M = [40, 80, 160, 320]")
+            .replace("D = [5, 10, 20]", "D = [50, 100, 200, 400]")
+            .replace("steps = 4", "steps = 40")
+            .replace("read_steps = [3]", "read_steps = [39]"),
     )
     .unwrap();
     let out = dir.join("out");
     let mut child = Command::new(env!("CARGO_BIN_EXE_reslim"))
-        .args(["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--jobs", "2"])
+        .args([
+            "sweep",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--jobs",
+            "2",
+        ])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -184,8 +266,17 @@ fn a_killed_sweep_resumes() {
     child.kill().unwrap();
     child.wait().unwrap();
     let before = task_files(&out);
-    assert!(!before.is_empty() && before.len() < 32, "{} tasks finished before the kill", before.len());
-    let r = reslim(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(
+        !before.is_empty() && before.len() < 32,
+        "{} tasks finished before the kill",
+        before.len()
+    );
+    let r = reslim(&[
+        "sweep",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(r.status.success(), "{}", stderr(&r));
     let after = task_files(&out);
     assert_eq!(after.len(), 32);
@@ -194,5 +285,10 @@ fn a_killed_sweep_resumes() {
         assert_eq!((&again.1, again.2), (&f.1, f.2), "{} redone", f.0);
     }
     // No temporary directories are left behind.
-    assert!(std::fs::read_dir(out.join("tasks")).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with('.')));
+    assert!(
+        std::fs::read_dir(out.join("tasks"))
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with('.'))
+    );
 }

@@ -323,7 +323,7 @@ impl CoordinateBasis {
         w_rows: &[f64],
     ) -> Result<CoordinateTrajectories, LimitError> {
         let (di, d_o) = (self.d_in(), self.d_out());
-        if e_rows.len() % di != 0 {
+        if !e_rows.len().is_multiple_of(di) {
             return Err(LimitError::Dimension {
                 what: "e_rows (a multiple of d_in)",
                 expected: e_rows.len() / di * di,
