@@ -3,8 +3,8 @@
 //! - Memory bandwidth: a STREAM-style triad `a = b + s c` over arrays much larger than the
 //!   caches, on the current rayon pool; bytes counted as STREAM does (3 arrays x 8 bytes
 //!   per element; write-allocate traffic is not counted). Best of several repetitions.
-//! - Compute peak: independent multiply-add chains held in registers (the kernels use
-//!   separate multiply and add), in the precision of the step, on every thread.
+//! - Compute peak: independent fused multiply-add chains held in registers, with the
+//!   kernels' vector width and precision, on every thread.
 //! - The step: seconds per GD step (median of the timed steps after one warm-up) for
 //!   the given shapes. Bytes moved per step: each of U and V read once forward and read
 //!   and written once backward, `6 L M D` values (the activations, O(L N (M + D)),
@@ -64,67 +64,28 @@ pub fn triad_bandwidth(len: usize, reps: usize, par: Par) -> f64 {
     (3 * 8 * len) as f64 / best
 }
 
-#[inline(never)]
-fn madd_chains<T: Real>(iters: usize, seed: T) -> T {
-    // 16 independent chains of W lanes: enough to hide the add latency.
-    const C: usize = 16;
-    const W: usize = 8;
-    let mut acc = [[seed; W]; C];
-    let m = [[T::of(0.999_999); W]; C];
-    let add = [[T::of(1e-9); W]; C];
-    for _ in 0..iters {
-        for c in 0..C {
-            for k in 0..W {
-                acc[c][k] = acc[c][k] * m[c][k] + add[c][k];
-            }
-        }
-        std::hint::black_box(&mut acc);
-    }
-    acc.iter().flatten().copied().fold(T::zero(), |a, b| a + b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2")]
-unsafe fn madd_avx512<T: Real>(iters: usize, seed: T) -> T {
-    madd_chains(iters, seed)
-}
-
-/// Multiply-add peak in FLOP/s on every thread of the pool.
+/// Fused multiply-add peak in FLOP/s (2 per FMA) on every thread of the pool, with the
+/// kernels' own vector width: 12 independent register-resident chains per thread.
 pub fn peak_flops<T: Real>(par: Par) -> f64 {
-    let iters = 2_000_000;
-    let threads = if par == Par::Rayon {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
-    let per_call = (iters * 16 * 8 * 2) as f64;
+    let iters = 20_000_000;
+    let threads = if par == Par::Rayon { rayon::current_num_threads() } else { 1 };
     let run = || {
-        let t = Instant::now();
-        #[cfg(target_arch = "x86_64")]
-        let r = if kernels::isa() == kernels::Isa::Avx512 {
-            // SAFETY: the CPU has AVX-512 (checked at run time).
-            unsafe { madd_avx512(iters, T::of(1.0)) }
-        } else {
-            madd_chains(iters, T::of(1.0))
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let r = madd_chains(iters, T::of(1.0));
+        let (r, lanes) = T::fma_probe(iters);
         std::hint::black_box(r);
-        t.elapsed().as_secs_f64()
+        lanes
     };
     let mut best = f64::INFINITY;
+    let mut lanes = 1;
     for _ in 0..3 {
         let t = Instant::now();
-        if threads > 1 {
-            (0..threads).into_par_iter().for_each(|_| {
-                run();
-            });
+        lanes = if threads > 1 {
+            (0..threads).into_par_iter().map(|_| run()).max().unwrap_or(1)
         } else {
-            run();
-        }
+            run()
+        };
         best = best.min(t.elapsed().as_secs_f64());
     }
-    per_call * threads as f64 / best
+    (iters * 12 * lanes * 2) as f64 * threads as f64 / best
 }
 
 /// Measures the machine (bandwidth over `mib` MiB per array).

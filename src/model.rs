@@ -158,6 +158,18 @@ impl Activation {
         }
     }
 
+    /// (sigma(x), sigma'(x)) with one evaluation of the expensive part.
+    #[inline]
+    pub fn f_d1<T: Real>(self, x: T) -> (T, T) {
+        match self {
+            Activation::Tanh => {
+                let t = x.tanh();
+                (t, T::one() - t * t)
+            }
+            _ => (self.f(x), self.d1(x)),
+        }
+    }
+
     /// sigma''(x).
     #[inline]
     pub fn d2<T: Real>(self, x: T) -> T {

@@ -90,8 +90,11 @@ pub struct History {
 pub struct Workspace<T> {
     /// (L+1) x N x D: h_l for every layer, sample-major.
     h: Vec<T>,
-    /// L x M x N: pre-activations.
+    /// L x M x N: pre-activations, and sigma, sigma' at them (kept for the backward
+    /// pass so each activation is evaluated once per step).
     p: Vec<T>,
+    s: Vec<T>,
+    ds: Vec<T>,
     /// M x N scratch coefficient blocks.
     ca: Vec<T>,
     cb: Vec<T>,
@@ -110,6 +113,8 @@ impl<T: Real> Workspace<T> {
         Workspace {
             h: vec![T::zero(); (d.l + 1) * n * d.d],
             p: vec![T::zero(); d.l * d.m * n],
+            s: vec![T::zero(); d.l * d.m * n],
+            ds: vec![T::zero(); d.l * d.m * n],
             ca: vec![T::zero(); d.m * n],
             cb: vec![T::zero(); d.m * n],
             q: vec![T::zero(); d.m * n],
@@ -123,7 +128,7 @@ impl<T: Real> Workspace<T> {
     /// Bytes of scratch a run of this shape needs.
     pub fn bytes(dims: &crate::param::Dims) -> usize {
         let n = dims.n;
-        ((dims.l + 1) * n * dims.d + dims.l * dims.m * n + 3 * dims.m * n + 2 * n * dims.d)
+        ((dims.l + 1) * n * dims.d + 3 * dims.l * dims.m * n + 3 * dims.m * n + 2 * n * dims.d)
             * std::mem::size_of::<T>()
     }
 
@@ -175,9 +180,9 @@ pub fn forward<T: Real>(
         let p = &mut ws.p[l * m * n..(l + 1) * m * n];
         let ut = &mut w.ut[l * m * d..(l + 1) * m * d];
         kernels::dot_rows(ut, m, d, h_l, n, None, mu, p, par);
-        for (c, &pv) in ws.ca.iter_mut().zip(p.iter()) {
-            *c = mv * act.f(pv);
-        }
+        let sl = &mut ws.s[l * m * n..(l + 1) * m * n];
+        let dsl = &mut ws.ds[l * m * n..(l + 1) * m * n];
+        activate(act, mv, p, sl, dsl, &mut ws.ca, par);
         h_next.copy_from_slice(h_l);
         let vt = &mut w.vt[l * m * d..(l + 1) * m * d];
         kernels::axpy_rows(vt, m, d, &ws.ca, None, &[], n, h_next, par);
@@ -214,6 +219,30 @@ pub fn forward<T: Real>(
         });
     }
     Ok(loss)
+}
+
+/// `s = sigma(p)`, `ds = sigma'(p)`, `ca = m_V s`, elementwise, in parallel chunks.
+fn activate<T: Real>(act: Activation, mv: T, p: &[T], s: &mut [T], ds: &mut [T], ca: &mut [T], par: Par) {
+    let job = |(((pc, sc), dc), cc): (((&[T], &mut [T]), &mut [T]), &mut [T])| {
+        for (((&pv, sv), dv), cv) in pc.iter().zip(sc.iter_mut()).zip(dc.iter_mut()).zip(cc.iter_mut()) {
+            let (f, d1) = act.f_d1(pv);
+            *sv = f;
+            *dv = d1;
+            *cv = mv * f;
+        }
+    };
+    const CHUNK: usize = 1024;
+    match par {
+        Par::Seq => job((((p, s), ds), ca)),
+        Par::Rayon => {
+            use rayon::prelude::*;
+            p.par_chunks(CHUNK)
+                .zip(s.par_chunks_mut(CHUNK))
+                .zip(ds.par_chunks_mut(CHUNK))
+                .zip(ca.par_chunks_mut(CHUNK))
+                .for_each(job)
+        }
+    }
 }
 
 fn check_data(dims: &crate::param::Dims, data: &Data) -> Result<(), TrainError> {
@@ -267,13 +296,15 @@ pub fn backward_update<T: Real>(
     let (mu, mv) = (T::of(r.u.mult), T::of(r.v.mult));
     let cv = T::of(eta * r.v.lr * r.v.mult);
     let cu = T::of(eta * r.u.lr * r.u.mult);
+    let _ = act;
     for l in (0..l_n).rev() {
-        let p = &ws.p[l * m * n..(l + 1) * m * n];
+        let sl = &ws.s[l * m * n..(l + 1) * m * n];
+        let dsl = &ws.ds[l * m * n..(l + 1) * m * n];
         // V pass: q = m_V V^T g, V -= eta lr_V m_V g sigma(p)^T.
         let vt = &mut w.vt[l * m * d..(l + 1) * m * d];
         let coef = if r.v.trained {
-            for (c, &pv) in ws.cb.iter_mut().zip(p.iter()) {
-                *c = cv * act.f(pv);
+            for (c, &sv) in ws.cb.iter_mut().zip(sl.iter()) {
+                *c = cv * sv;
             }
             Some(&ws.cb[..])
         } else {
@@ -281,13 +312,13 @@ pub fn backward_update<T: Real>(
         };
         kernels::dot_rows(vt, m, d, &ws.g, n, coef, mv, &mut ws.q, par);
         // G = sigma'(p) q; U pass: g_l = g + m_U U G, U -= eta lr_U m_U h G^T.
-        for ((a, b), (&pv, &qv)) in ws
+        for ((a, b), (&dv, &qv)) in ws
             .ca
             .iter_mut()
             .zip(ws.cb.iter_mut())
-            .zip(p.iter().zip(ws.q.iter()))
+            .zip(dsl.iter().zip(ws.q.iter()))
         {
-            let gv = act.d1(pv) * qv;
+            let gv = dv * qv;
             *a = mu * gv;
             *b = cu * gv;
         }
