@@ -68,7 +68,11 @@ pub fn triad_bandwidth(len: usize, reps: usize, par: Par) -> f64 {
 /// kernels' own vector width: 12 independent register-resident chains per thread.
 pub fn peak_flops<T: Real>(par: Par) -> f64 {
     let iters = 20_000_000;
-    let threads = if par == Par::Rayon { rayon::current_num_threads() } else { 1 };
+    let threads = if par == Par::Rayon {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
     let run = || {
         let (r, lanes) = T::fma_probe(iters);
         std::hint::black_box(r);
@@ -79,7 +83,11 @@ pub fn peak_flops<T: Real>(par: Par) -> f64 {
     for _ in 0..3 {
         let t = Instant::now();
         lanes = if threads > 1 {
-            (0..threads).into_par_iter().map(|_| run()).max().unwrap_or(1)
+            (0..threads)
+                .into_par_iter()
+                .map(|_| run())
+                .max()
+                .unwrap_or(1)
         } else {
             run()
         };

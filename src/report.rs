@@ -552,7 +552,7 @@ fn markdown(sw: &Sweep, s: &Summary, figures: &[(String, PathBuf)], root: &Path)
     let _ = writeln!(
         md,
         "Preset `{}`, activation `{}`, K = {} steps at eta = {}, {} repetition(s), data d_in = {}, d_out = {}, N = {}. \
-         Grid: L in {:?}, M in {:?}, D in {:?}. Reference: L = {}, M = {}, D = {}. Wall time of the last run: {:.1} s.\n",
+         Grid: L in {:?}, M in {:?}, D in {:?}. Reference: L = {}, M = {}, D = {}. Wall time of this invocation: {:.1} s.\n",
         sw.param.name,
         sw.activation.name(),
         sw.spec.steps,
@@ -568,6 +568,14 @@ fn markdown(sw: &Sweep, s: &Summary, figures: &[(String, PathBuf)], root: &Path)
         sw.reference.1,
         sw.reference.2,
         s.wall_s
+    );
+    let log = crate::sweep::read_run_log(&SweepDir::new(root));
+    let _ = writeln!(
+        md,
+        "Training wall time over {} invocation(s): {:.1} s ({} tasks trained in all).\n",
+        log.len(),
+        log.iter().map(|r| r.seconds).sum::<f64>(),
+        log.iter().map(|r| r.ran).sum::<usize>()
     );
     let _ = writeln!(
         md,
@@ -639,6 +647,11 @@ fn markdown(sw: &Sweep, s: &Summary, figures: &[(String, PathBuf)], root: &Path)
         let rel = p.strip_prefix(root).unwrap_or(p);
         let _ = writeln!(md, "![{title}]({})\n", rel.display());
     }
+    let _ = writeln!(
+        md,
+        "## Spec\n\n```toml\n{}```\n",
+        toml::to_string(&sw.spec).unwrap_or_else(|e| format!("# not serialisable: {e}\n"))
+    );
     let _ = writeln!(
         md,
         "Tables: `errors.csv` (one row per model, repetition, coupling and read step), `errors_rms.csv` (RMS over repetitions); fits: `fits.json`."

@@ -226,6 +226,10 @@ pub struct SweepSpec {
     pub couplings: Vec<Coupling>,
     #[serde(default)]
     pub report: ReportSpec,
+    /// Precision of the training runs: "f64" (default) or "f32". Errors are computed in
+    /// f64 either way.
+    #[serde(default)]
+    pub dtype: crate::model::Dtype,
 }
 fn default_preset() -> String {
     "chizat-julia".into()
@@ -465,7 +469,17 @@ impl Sweep {
     pub fn task_bytes(&self, t: &Task) -> usize {
         let dims = self.dims(t);
         let copies = if self.couplings_of(t).len() > 1 { 2 } else { 1 };
-        copies * Weights::<f64>::bytes(&dims) + train::Workspace::<f64>::bytes(&dims)
+        let (w, ws) = match self.spec.dtype {
+            crate::model::Dtype::F64 => (
+                Weights::<f64>::bytes(&dims),
+                train::Workspace::<f64>::bytes(&dims),
+            ),
+            crate::model::Dtype::F32 => (
+                Weights::<f32>::bytes(&dims),
+                train::Workspace::<f32>::bytes(&dims),
+            ),
+        };
+        copies * w + ws
     }
 }
 
@@ -494,10 +508,21 @@ pub struct TaskRecord {
 
 /// Trains one task: every coupling variant from the same block weights.
 pub fn run_task(sw: &Sweep, t: &Task, data: &Data) -> Result<Vec<TaskRecord>, crate::Error> {
+    match sw.spec.dtype {
+        crate::model::Dtype::F64 => run_task_t::<f64>(sw, t, data),
+        crate::model::Dtype::F32 => run_task_t::<f32>(sw, t, data),
+    }
+}
+
+fn run_task_t<T: crate::model::Real>(
+    sw: &Sweep,
+    t: &Task,
+    data: &Data,
+) -> Result<Vec<TaskRecord>, crate::Error> {
     let dims = sw.dims(t);
     let r = sw.param.resolve(&dims);
     let (block_seed, own_embed) = sw.task_seeds(t);
-    let base = Weights::<f64>::draw(&dims, &r, sw.embed_seed(t.rep), block_seed, false);
+    let base = Weights::<T>::draw(&dims, &r, sw.embed_seed(t.rep), block_seed, false);
     let couplings = sw.couplings_of(t);
     let mut out = Vec::new();
     let mut spare = Some(base);
@@ -509,7 +534,7 @@ pub fn run_task(sw: &Sweep, t: &Task, data: &Data) -> Result<Vec<TaskRecord>, cr
             spare.as_ref().expect("weights available").clone()
         };
         if c == Coupling::Uncoupled {
-            let fresh = Weights::<f64>::draw(&Dims { l: 0, ..dims }, &r, own_embed, 0, false);
+            let fresh = Weights::<T>::draw(&Dims { l: 0, ..dims }, &r, own_embed, 0, false);
             w.we = fresh.we;
             w.wu = fresh.wu;
         }
@@ -616,7 +641,7 @@ pub struct RunOptions {
 }
 
 /// What a run did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunSummary {
     pub planned: usize,
     pub skipped: usize,
@@ -732,12 +757,29 @@ pub fn run(
     if let Some(e) = first_err.into_inner().expect("error lock") {
         return Err(e);
     }
-    Ok(RunSummary {
+    let summary = RunSummary {
         planned: all.len(),
         skipped,
         ran: finished.into_inner(),
         seconds: t0.elapsed().as_secs_f64(),
-    })
+    };
+    let mut log = read_run_log(dir);
+    log.push(summary.clone());
+    io::atomic_write(
+        &dir.root.join("runs.json"),
+        serde_json::to_string_pretty(&log)
+            .expect("run log serialises")
+            .as_bytes(),
+    )?;
+    Ok(summary)
+}
+
+/// Every invocation's summary so far (`runs.json`), oldest first.
+pub fn read_run_log(dir: &SweepDir) -> Vec<RunSummary> {
+    std::fs::read(dir.root.join("runs.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 /// One tidy row: a model, a repetition, a coupling variant and a read step.

@@ -222,9 +222,22 @@ pub fn forward<T: Real>(
 }
 
 /// `s = sigma(p)`, `ds = sigma'(p)`, `ca = m_V s`, elementwise, in parallel chunks.
-fn activate<T: Real>(act: Activation, mv: T, p: &[T], s: &mut [T], ds: &mut [T], ca: &mut [T], par: Par) {
+fn activate<T: Real>(
+    act: Activation,
+    mv: T,
+    p: &[T],
+    s: &mut [T],
+    ds: &mut [T],
+    ca: &mut [T],
+    par: Par,
+) {
     let job = |(((pc, sc), dc), cc): (((&[T], &mut [T]), &mut [T]), &mut [T])| {
-        for (((&pv, sv), dv), cv) in pc.iter().zip(sc.iter_mut()).zip(dc.iter_mut()).zip(cc.iter_mut()) {
+        for (((&pv, sv), dv), cv) in pc
+            .iter()
+            .zip(sc.iter_mut())
+            .zip(dc.iter_mut())
+            .zip(cc.iter_mut())
+        {
             let (f, d1) = act.f_d1(pv);
             *sv = f;
             *dv = d1;
