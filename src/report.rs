@@ -3,8 +3,8 @@
 //! For each error space (embedding: coupled runs; output: uncoupled runs, and coupled if
 //! present) at the report's read step:
 //! - **slices**: log-log OLS of the RMS error against D at fixed (L, M), against M at
-//!   fixed (L, D), against L at fixed (M, D), with the slope's standard error, 95% interval
-//!   (Student t) and p-value ([`crate::fit::loglog_fit`]);
+//!   fixed (L, D), against L at fixed (M, D) (when L varies), with the slope's standard
+//!   error, 95% interval (Student t) and p-value ([`crate::fit::loglog_fit`]);
 //! - **joint fit** of the paper's rate model (PAPERS.md 2.4, "Fitted laws"):
 //!   err^2 = a D/(LM) + b/D + c/L^2 (embedding) or a (D/(LM))^2 + b/D (output), with
 //!   non-negative coefficients fitted in log space, and percentile intervals from a
@@ -344,13 +344,47 @@ pub fn write_report(
                 paper: -0.5,
             });
         }
+        // Against L (when L varies): at the largest M, for the D slices and the largest D.
+        let mut fig_l = Figure::new(
+            format!("{label} vs L"),
+            "L",
+            "RMS error",
+            Scale::Log,
+            Scale::Log,
+        );
         if sw.ls.len() >= 3 {
-            let pts: Vec<(f64, f64)> = sw
-                .ls
-                .iter()
-                .filter_map(|&l| data.get(&(l, mmax, dmax)).map(|r| (l as f64, rms(r))))
-                .collect();
-            slice("L", format!("M={mmax}, D={dmax}"), pts);
+            let mut ds_l = slice_d.clone();
+            if !ds_l.contains(&dmax) {
+                ds_l.push(dmax);
+            }
+            for (ci, &d) in ds_l.iter().enumerate() {
+                let pts: Vec<(f64, f64)> = sw
+                    .ls
+                    .iter()
+                    .filter_map(|&l| data.get(&(l, mmax, d)).map(|r| (l as f64, rms(r))))
+                    .collect();
+                if pts.is_empty() {
+                    continue;
+                }
+                let f = slice("L", format!("M={mmax}, D={d}"), pts.clone());
+                let (x, y): (Vec<f64>, Vec<f64>) = pts.into_iter().unzip();
+                let lab = match &f {
+                    Some(f) => format!("D={d} (slope {:.2})", f.slope),
+                    None => format!("D={d}"),
+                };
+                if let Some(j) = &joint {
+                    let yf: Vec<f64> = x
+                        .iter()
+                        .map(|&l| j.predict(Shape::new(l, mmax as f64, d as f64)))
+                        .collect();
+                    fig_l
+                        .series
+                        .push(Series::new("", x.clone(), yf, Style::Dashed).with_color(ci));
+                }
+                fig_l
+                    .series
+                    .push(Series::new(lab, x, y, Style::LinePoints).with_color(ci));
+            }
         }
         summary.headline.extend(heads);
         // P scaling at p_step.
@@ -452,7 +486,12 @@ pub fn write_report(
                 paper: paper_exp,
             });
         }
-        for (name, fig) in [("vs_D", fig_d), ("vs_M", fig_m), ("vs_P", fig_p)] {
+        for (name, fig) in [
+            ("vs_D", fig_d),
+            ("vs_M", fig_m),
+            ("vs_L", fig_l),
+            ("vs_P", fig_p),
+        ] {
             if fig.series.is_empty() {
                 continue;
             }

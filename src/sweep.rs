@@ -1125,4 +1125,19 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn explicit_data_is_column_per_sample_and_checked() {
+        let spec: DataSpec =
+            toml::from_str("din = 2\ndout = 1\nN = 2\nx = [[1, 2], [3, 4]]\ny = [[5], [6]]")
+                .unwrap();
+        let d = spec.data().unwrap();
+        assert_eq!((d.x, d.y), (vec![1.0, 3.0, 2.0, 4.0], vec![5.0, 6.0]));
+        let one: DataSpec =
+            toml::from_str("din = 2\ndout = 1\nN = 1\nx = [0.5, -1]\ny = [2]").unwrap();
+        assert_eq!(one.data().unwrap().x, vec![0.5, -1.0]);
+        let no_y = DataSpec { y: None, ..one };
+        let e = no_y.data().unwrap_err().to_string();
+        assert!(e.contains("'data.y'"), "{e}");
+    }
 }

@@ -160,7 +160,7 @@ pub fn limit_params(
         c("param.V.mult", &param.v.mult, (-1.0, -1.0, 0.0))?,
     )?;
     let loss = c("param.loss", &param.loss, (0.0, 0.0, 0.0))?;
-    if !(loss > 0.0) {
+    if !(loss.is_finite() && loss > 0.0) {
         return Err(invalid("param.loss", loss, "must be positive"));
     }
     let rate = |field: &str, rp: &crate::param::RoleParams| -> Result<f64, SpecError> {
