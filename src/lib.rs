@@ -18,5 +18,6 @@ pub mod run;
 pub mod spec;
 pub mod sweep;
 pub mod train;
+pub mod vslimit;
 
 pub use error::{Error, Result};

@@ -33,6 +33,51 @@ enum Cmd {
     Sweep(SweepArgs),
     /// A quick sweep (about a minute): trains a small grid and writes its report and plots.
     Quickstart(QuickArgs),
+    /// Coordinates of one linear network beside their large-D limit (PAPERS.md 2.5, E3):
+    /// trajectories of h and D b against depth, histograms against N(0, Gamma_kk).
+    Coords(CoordsArgs),
+}
+
+#[derive(Args)]
+struct CoordsArgs {
+    /// Depth.
+    #[arg(long = "L", default_value_t = 200)]
+    l: usize,
+    /// Hidden width.
+    #[arg(long = "M", default_value_t = 1000)]
+    m: usize,
+    /// Embedding dimension.
+    #[arg(long = "D", default_value_t = 1000)]
+    d: usize,
+    /// Seed of U, V (and of W_E, W_U unless --embed-seed).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long)]
+    embed_seed: Option<u64>,
+    /// GD steps K of the run and of the limit.
+    #[arg(long, default_value_t = 15)]
+    steps: usize,
+    /// Global learning rate eta.
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+    /// Branch scale alpha.
+    #[arg(long, default_value_t = 1.0)]
+    alpha: f64,
+    /// Step of the trajectory plots.
+    #[arg(long, default_value_t = 8)]
+    step: usize,
+    /// Steps of the histograms.
+    #[arg(long, value_delimiter = ',', default_value = "0,4,8")]
+    hist_steps: Vec<usize>,
+    /// The input x (default: the paper's, PAPERS.md 2.5 E2).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    x: Option<Vec<f64>>,
+    /// The target y (default: the paper's).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    y: Option<Vec<f64>>,
+    /// Output directory.
+    #[arg(long, default_value = "runs/coords")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -241,6 +286,7 @@ fn main() -> ExitCode {
             };
             cmd_sweep(spec, &q.out, &a)
         }
+        Cmd::Coords(a) => cmd_coords(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -454,8 +500,60 @@ fn cmd_sweep(spec: SweepSpec, out: &Path, a: &SweepArgs) -> Result<()> {
     }
     let rows = sweep::collect(&sw, &dir)?;
     sweep::write_tables(&dir, &rows)?;
+    if sw.limit.is_some() {
+        sweep::write_limit_table(&sw, &dir)?;
+    }
     let report = reslim::report::write_report(&sw, &dir, &rows, t0.elapsed().as_secs_f64())?;
     println!("report: {}", report.display());
+    Ok(())
+}
+
+fn cmd_coords(a: CoordsArgs) -> Result<()> {
+    use reslim::vslimit::{CoordsSpec, coordinates};
+    let d = CoordsSpec::default();
+    let spec = CoordsSpec {
+        l: a.l,
+        m: a.m,
+        d: a.d,
+        seed: a.seed,
+        embed_seed: a.embed_seed.unwrap_or(a.seed),
+        steps: a.steps,
+        eta: a.lr,
+        alpha: a.alpha,
+        traj_step: a.step,
+        hist_steps: a.hist_steps,
+        x: a.x.unwrap_or(d.x),
+        y: a.y.unwrap_or(d.y),
+        ..d
+    };
+    eprintln!(
+        "coordinates of L={} M={} D={} (chizat-python, linear) at k={}, histograms at k={:?}",
+        spec.l, spec.m, spec.d, spec.traj_step, spec.hist_steps
+    );
+    let s = coordinates(&spec, &a.out)?;
+    for st in &s.stats {
+        println!(
+            "k={:2} l={:4}: mean h^2 {:.4} (limit {:.4}), mean (Db)^2 {:.4} (limit {:.4}), mean|h-H| {:.4}, mean|Db-B| {:.4}",
+            st.step,
+            st.layer,
+            st.mean_sq_h,
+            st.gamma_h,
+            st.mean_sq_b,
+            st.gamma_b,
+            st.mad_h,
+            st.mad_b
+        );
+    }
+    println!(
+        "k={}: max_l mean|h-H| {:.4}, max_l mean|Db-B| {:.4}; f {:?} vs limit {:?}; {:.1} s; figures in {}",
+        spec.traj_step,
+        s.traj_mad_h,
+        s.traj_mad_b,
+        s.f,
+        s.f_limit,
+        s.seconds,
+        a.out.display()
+    );
     Ok(())
 }
 

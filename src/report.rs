@@ -3,14 +3,15 @@
 //! For each error space (embedding: coupled runs; output: uncoupled runs, and coupled if
 //! present) at the report's read step:
 //! - **slices**: log-log OLS of the RMS error against D at fixed (L, M), against M at
-//!   fixed (L, D), against L at fixed (M, D), with the slope's standard error, 95% interval
-//!   (Student t) and p-value ([`crate::fit::loglog_fit`]);
+//!   fixed (L, D), against L at fixed (M, D) (when L varies), with the slope's standard
+//!   error, 95% interval (Student t) and p-value ([`crate::fit::loglog_fit`]);
 //! - **joint fit** of the paper's rate model (PAPERS.md 2.4, "Fitted laws"):
 //!   err^2 = a D/(LM) + b/D + c/L^2 (embedding) or a (D/(LM))^2 + b/D (output), with
 //!   non-negative coefficients fitted in log space, and percentile intervals from a
 //!   bootstrap over repetitions ([`crate::fit::bootstrap_rate_fit`]); beside it the
-//!   authors' hand-drawn constants (`fit_h`, `fit_y`, PAPERS.md 2.5) and their log-space
-//!   residual on the same data;
+//!   authors' hand-drawn constants (`fit_h`, `fit_y`, PAPERS.md 2.5; against a limit
+//!   reference, their fitted E2 constants a = 0.673, b = 0.437 and a = 0.0265, b = 0.250)
+//!   and their log-space residual on the same data;
 //! - **P scaling**: the fitted error along the shapes that minimise it at each P
 //!   ([`crate::fit::p_scaling`]; the paper's -1/6 and -1/5) and the empirical exponent of
 //!   the lower envelope (the best grid shape in each half-decade of P).
@@ -143,13 +144,24 @@ pub fn write_report(
         .unwrap_or_else(|| pick_spread(&sw.ds, 4));
     let mut spaces = Vec::new();
     let has = |c: Coupling| sw.spec.couplings.contains(&c);
+    // Against the limit, the authors' constants are their fits of E2 (PAPERS.md 2.5).
+    let (authors_h, authors_y) = match sw.limit {
+        Some(_) => (
+            RateFit::with_coefs(RateModel::embedding(), vec![0.673, 0.437, 0.0])?,
+            RateFit::with_coefs(RateModel::output(), vec![0.0265, 0.250])?,
+        ),
+        None => (
+            RateFit::hand_tuned_embedding(),
+            RateFit::hand_tuned_output(),
+        ),
+    };
     if has(Coupling::Coupled) {
         spaces.push(Space {
             name: "embedding",
             key: "h",
             coupling: Coupling::Coupled,
             model: RateModel::embedding(),
-            authors: RateFit::hand_tuned_embedding(),
+            authors: authors_h,
         });
     }
     let out_coupling = if has(Coupling::Uncoupled) {
@@ -162,7 +174,7 @@ pub fn write_report(
         key: "y",
         coupling: out_coupling,
         model: RateModel::output(),
-        authors: RateFit::hand_tuned_output(),
+        authors: authors_y,
     });
     let figdir = dir.root.join("figures");
     let mut summary = Summary {
@@ -332,13 +344,47 @@ pub fn write_report(
                 paper: -0.5,
             });
         }
+        // Against L (when L varies): at the largest M, for the D slices and the largest D.
+        let mut fig_l = Figure::new(
+            format!("{label} vs L"),
+            "L",
+            "RMS error",
+            Scale::Log,
+            Scale::Log,
+        );
         if sw.ls.len() >= 3 {
-            let pts: Vec<(f64, f64)> = sw
-                .ls
-                .iter()
-                .filter_map(|&l| data.get(&(l, mmax, dmax)).map(|r| (l as f64, rms(r))))
-                .collect();
-            slice("L", format!("M={mmax}, D={dmax}"), pts);
+            let mut ds_l = slice_d.clone();
+            if !ds_l.contains(&dmax) {
+                ds_l.push(dmax);
+            }
+            for (ci, &d) in ds_l.iter().enumerate() {
+                let pts: Vec<(f64, f64)> = sw
+                    .ls
+                    .iter()
+                    .filter_map(|&l| data.get(&(l, mmax, d)).map(|r| (l as f64, rms(r))))
+                    .collect();
+                if pts.is_empty() {
+                    continue;
+                }
+                let f = slice("L", format!("M={mmax}, D={d}"), pts.clone());
+                let (x, y): (Vec<f64>, Vec<f64>) = pts.into_iter().unzip();
+                let lab = match &f {
+                    Some(f) => format!("D={d} (slope {:.2})", f.slope),
+                    None => format!("D={d}"),
+                };
+                if let Some(j) = &joint {
+                    let yf: Vec<f64> = x
+                        .iter()
+                        .map(|&l| j.predict(Shape::new(l, mmax as f64, d as f64)))
+                        .collect();
+                    fig_l
+                        .series
+                        .push(Series::new("", x.clone(), yf, Style::Dashed).with_color(ci));
+                }
+                fig_l
+                    .series
+                    .push(Series::new(lab, x, y, Style::LinePoints).with_color(ci));
+            }
         }
         summary.headline.extend(heads);
         // P scaling at p_step.
@@ -440,7 +486,12 @@ pub fn write_report(
                 paper: paper_exp,
             });
         }
-        for (name, fig) in [("vs_D", fig_d), ("vs_M", fig_m), ("vs_P", fig_p)] {
+        for (name, fig) in [
+            ("vs_D", fig_d),
+            ("vs_M", fig_m),
+            ("vs_L", fig_l),
+            ("vs_P", fig_p),
+        ] {
             if fig.series.is_empty() {
                 continue;
             }
@@ -552,7 +603,7 @@ fn markdown(sw: &Sweep, s: &Summary, figures: &[(String, PathBuf)], root: &Path)
     let _ = writeln!(
         md,
         "Preset `{}`, activation `{}`, K = {} steps at eta = {}, {} repetition(s), data d_in = {}, d_out = {}, N = {}. \
-         Grid: L in {:?}, M in {:?}, D in {:?}. Reference: L = {}, M = {}, D = {}. Wall time of this invocation: {:.1} s.\n",
+         Grid: L in {:?}, M in {:?}, D in {:?}. Reference: {}. Wall time of this invocation: {:.1} s.\n",
         sw.param.name,
         sw.activation.name(),
         sw.spec.steps,
@@ -564,9 +615,18 @@ fn markdown(sw: &Sweep, s: &Summary, figures: &[(String, PathBuf)], root: &Path)
         sw.ls,
         sw.ms,
         sw.ds,
-        sw.reference.0,
-        sw.reference.1,
-        sw.reference.2,
+        match &sw.limit {
+            Some(l) => format!(
+                "the linear large-D limit (PAPERS.md 2.3; rtol = {:e}, atol = {:e}, num_s = {}); \
+                 embedding error max_l mean_d |h_d(l) - H_d(l/L)| (PAPERS.md 2.4, Python), \
+                 more limit errors in `errors_limit.csv`",
+                l.params.rtol, l.params.atol, l.params.num_s
+            ),
+            None => format!(
+                "L = {}, M = {}, D = {}",
+                sw.reference.0, sw.reference.1, sw.reference.2
+            ),
+        },
         s.wall_s
     );
     let log = crate::sweep::read_run_log(&SweepDir::new(root));
@@ -600,7 +660,7 @@ fn markdown(sw: &Sweep, s: &Summary, figures: &[(String, PathBuf)], root: &Path)
     for j in &s.joint {
         let _ = writeln!(
             md,
-            "**{}** (log-space residual {:.3}; authors' hand-drawn constants give {:.3} on the same data)\n",
+            "**{}** (log-space residual {:.3}; the authors' constants give {:.3} on the same data)\n",
             j.space, j.rss_log, j.authors_rss_log
         );
         let _ = writeln!(

@@ -83,6 +83,7 @@ fn execute_t<T: Real>(
         record_hidden: cfg.record_hidden,
         hidden_steps: None,
         layer_stats: cfg.layer_stats,
+        layer_steps: Vec::new(),
     };
     let t1 = Instant::now();
     let history = train::train(&mut w, &data, &resolved, &opts, par, on_step)?;

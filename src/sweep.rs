@@ -34,6 +34,7 @@ use crate::param::{Dims, ParamOverride, Parametrization};
 use crate::rng::derive_seed;
 use crate::spec::SpecError;
 use crate::train::{self, TrainOptions};
+use crate::vslimit::{LimitReference, StepErrors};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -113,7 +114,8 @@ pub fn logspace(lo: f64, hi: f64, n: usize) -> Vec<usize> {
         .collect()
 }
 
-/// The data of a sweep: seeded synthetic regression (X, Y standard Gaussian).
+/// The data of a sweep: seeded synthetic regression (X, Y standard Gaussian), or the
+/// explicit samples `x`, `y` when given (both; e.g. the input of PAPERS.md 2.5, E2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
@@ -123,9 +125,80 @@ pub struct DataSpec {
     pub n: usize,
     #[serde(default = "one")]
     pub seed: u64,
+    /// Explicit inputs: one list of `din` numbers when N = 1, or N such lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x: Option<Samples>,
+    /// Explicit targets: one list of `dout` numbers when N = 1, or N such lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<Samples>,
 }
 fn one() -> u64 {
     1
+}
+
+/// Explicit samples: one vector (N = 1) or one vector per sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Samples {
+    One(Vec<f64>),
+    Many(Vec<Vec<f64>>),
+}
+
+impl DataSpec {
+    /// The training data: the explicit samples, or the synthetic draw of `seed`.
+    pub fn data(&self) -> Result<Data, SpecError> {
+        let (x, y) = match (&self.x, &self.y) {
+            (None, None) => return Ok(Data::synthetic(self.din, self.dout, self.n, self.seed)),
+            (Some(x), Some(y)) => (x, y),
+            (Some(_), None) => return Err(inv_data("data.y", "missing", "give y with x")),
+            (None, Some(_)) => return Err(inv_data("data.x", "missing", "give x with y")),
+        };
+        let cols = |field: &str, s: &Samples, dim: usize| -> Result<Vec<f64>, SpecError> {
+            let rows: Vec<&Vec<f64>> = match s {
+                Samples::One(v) => vec![v],
+                Samples::Many(v) => v.iter().collect(),
+            };
+            if rows.len() != self.n {
+                return Err(inv_data(
+                    field,
+                    format!("{} sample(s)", rows.len()),
+                    &format!("data.N = {} samples expected", self.n),
+                ));
+            }
+            let mut out = vec![0.0; dim * self.n];
+            for (sm, r) in rows.iter().enumerate() {
+                if r.len() != dim {
+                    return Err(inv_data(
+                        field,
+                        format!("{r:?}"),
+                        &format!("each sample needs {dim} numbers (data.din / data.dout)"),
+                    ));
+                }
+                if let Some(v) = r.iter().find(|v| !v.is_finite()) {
+                    return Err(inv_data(field, v, "entries must be finite"));
+                }
+                for (i, v) in r.iter().enumerate() {
+                    out[i * self.n + sm] = *v;
+                }
+            }
+            Ok(out)
+        };
+        Ok(Data {
+            din: self.din,
+            dout: self.dout,
+            n: self.n,
+            x: cols("data.x", x, self.din)?,
+            y: cols("data.y", y, self.dout)?,
+        })
+    }
+}
+
+fn inv_data(field: &str, value: impl ToString, why: &str) -> SpecError {
+    SpecError::Invalid {
+        field: field.into(),
+        value: value.to_string(),
+        why: why.into(),
+    }
 }
 
 /// The grids of shapes.
@@ -154,6 +227,14 @@ pub enum ReferenceSpec {
         m: usize,
         #[serde(rename = "D")]
         d: usize,
+    },
+    /// The linear large-D limit (PAPERS.md 2.3; [`crate::vslimit`]): linear blocks, the
+    /// chizat-python family; errors of PAPERS.md 2.4 "Python errors". Optional solver
+    /// settings (defaults: the authors' rtol = 1e-5, atol = 1e-7, num_s = 100).
+    Limit {
+        rtol: Option<f64>,
+        atol: Option<f64>,
+        num_s: Option<usize>,
     },
 }
 
@@ -256,8 +337,12 @@ pub struct Sweep {
     pub ls: Vec<usize>,
     pub ms: Vec<usize>,
     pub ds: Vec<usize>,
+    /// The reference shape; (0, 0, 0) for a limit reference.
     pub reference: (usize, usize, usize),
     pub read_steps: Vec<usize>,
+    /// The solved limit of a `kind = "limit"` reference.
+    #[serde(skip)]
+    pub limit: Option<std::sync::Arc<LimitReference>>,
 }
 
 impl SweepSpec {
@@ -328,9 +413,11 @@ impl SweepSpec {
                 }
                 (l, m, d)
             }
+            ReferenceSpec::Limit { .. } => (0, 0, 0),
         };
         if let Some(&dmax) = ds.last()
             && dmax > reference.2
+            && reference != (0, 0, 0)
         {
             return Err(inv(
                 "reference.D",
@@ -357,6 +444,20 @@ impl SweepSpec {
         let mut read_steps = read_steps;
         read_steps.sort_unstable();
         read_steps.dedup();
+        let data = self.data.data()?;
+        let limit = match self.reference {
+            ReferenceSpec::Limit { rtol, atol, num_s } => {
+                let settings = crate::vslimit::SolverSettings { rtol, atol, num_s };
+                let dd = (data.din, data.dout, data.n);
+                let lp = crate::vslimit::limit_params(
+                    &param, activation, dd, self.steps, self.lr, settings,
+                )?;
+                let lim = LimitReference::solve(&data, &lp)
+                    .map_err(|e| inv("reference", "limit".into(), &e.to_string()))?;
+                Some(std::sync::Arc::new(lim))
+            }
+            _ => None,
+        };
         Ok(Sweep {
             spec: self,
             param,
@@ -366,6 +467,7 @@ impl SweepSpec {
             ds,
             reference,
             read_steps,
+            limit,
         })
     }
 }
@@ -416,7 +518,7 @@ impl Sweep {
                     }
                 }
             }
-            if !in_grid {
+            if !in_grid && self.limit.is_none() {
                 tasks.push(Task {
                     rep,
                     l: rl,
@@ -501,9 +603,12 @@ pub struct TaskRecord {
     pub losses: Vec<f64>,
     /// (read steps) x d_out x N.
     pub outputs: Vec<f64>,
-    /// (read steps) x D x N, coupled variant only.
+    /// (read steps) x D x N, coupled variant only (empty with a limit reference).
     pub hidden: Vec<f64>,
     pub seconds: f64,
+    /// With a limit reference: the errors at each read step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<Vec<StepErrors>>,
 }
 
 /// Trains one task: every coupling variant from the same block weights.
@@ -542,12 +647,23 @@ fn run_task_t<T: crate::model::Real>(
             steps: sw.spec.steps,
             eta: sw.spec.lr,
             activation: sw.activation,
-            record_hidden: c == Coupling::Coupled,
+            record_hidden: c == Coupling::Coupled && sw.limit.is_none(),
             hidden_steps: Some(sw.read_steps.clone()),
             layer_stats: false,
+            layer_steps: match sw.limit {
+                Some(_) => sw.read_steps.clone(),
+                None => Vec::new(),
+            },
         };
         let t0 = std::time::Instant::now();
         let h = train::train(&mut w, data, &r, &opts, Par::Seq, &mut |_, _| {})?;
+        let limit = match &sw.limit {
+            Some(lim) => {
+                let f64s = |v: &[T]| v.iter().map(|x| x.to()).collect::<Vec<f64>>();
+                Some(lim.step_errors(&dims, &f64s(&w.we), &f64s(&w.wu), &h, &sw.read_steps)?)
+            }
+            None => None,
+        };
         let (dout, n) = (dims.dout, dims.n);
         let mut outputs = Vec::with_capacity(sw.read_steps.len() * dout * n);
         for &k in &sw.read_steps {
@@ -560,6 +676,7 @@ fn run_task_t<T: crate::model::Real>(
             outputs,
             hidden: h.hidden,
             seconds: t0.elapsed().as_secs_f64(),
+            limit,
         });
     }
     Ok(out)
@@ -701,12 +818,7 @@ pub fn run(
         }
         jobs = jobs.min(((opts.memory_budget / need).floor() as usize).max(1));
     }
-    let data = Data::synthetic(
-        sw.spec.data.din,
-        sw.spec.data.dout,
-        sw.spec.data.n,
-        sw.spec.data.seed,
-    );
+    let data = sw.spec.data.data()?;
     let total: f64 = todo.iter().map(|t| t.cost()).sum();
     let next = AtomicUsize::new(0);
     let finished = AtomicUsize::new(0);
@@ -806,6 +918,9 @@ pub struct ErrorRow {
 
 /// Reads every finished task and computes the errors against the references.
 pub fn collect(sw: &Sweep, dir: &SweepDir) -> Result<Vec<ErrorRow>, crate::Error> {
+    if sw.limit.is_some() {
+        return collect_limit(sw, dir).map(|t| t.into_iter().map(|(row, _)| row).collect());
+    }
     let plan = sw.plan();
     let mut refs: BTreeMap<usize, TaskRecord> = BTreeMap::new();
     for t in plan.iter().filter(|t| t.is_reference) {
@@ -875,6 +990,93 @@ pub fn collect(sw: &Sweep, dir: &SweepDir) -> Result<Vec<ErrorRow>, crate::Error
         }
     }
     Ok(rows)
+}
+
+/// With a limit reference (PAPERS.md 2.4, "Python errors"): per finished model, repetition,
+/// coupling and read step, the row (`msq_h` the square of the embedding error
+/// `max_l mean_d |h - H|`, `msq_y` the mean squared output deviation, so that `err_h`,
+/// `err_y` are RMS over repetitions) and every limit error.
+pub fn collect_limit(
+    sw: &Sweep,
+    dir: &SweepDir,
+) -> Result<Vec<(ErrorRow, StepErrors)>, crate::Error> {
+    let mut rows = Vec::new();
+    for t in sw.plan().iter().filter(|t| dir.is_done(t)) {
+        for rec in dir.read_task(t)? {
+            let Some(errs) = rec.limit.as_ref() else {
+                continue;
+            };
+            if !sw.spec.couplings.contains(&rec.coupling) {
+                continue;
+            }
+            for e in errs.iter().filter(|e| sw.read_steps.contains(&e.step)) {
+                let row = ErrorRow {
+                    coupling: rec.coupling.name(),
+                    rep: t.rep,
+                    l: t.l,
+                    m: t.m,
+                    d: t.d,
+                    p: (t.l * t.m * t.d) as f64,
+                    step: e.step,
+                    loss: e.loss,
+                    msq_h: e.h_mad_max * e.h_mad_max,
+                    msq_y: e.y_rms * e.y_rms,
+                    is_reference: false,
+                };
+                rows.push((row, *e));
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Writes `errors_limit.csv`: every limit error of [`collect_limit`], one row per model,
+/// repetition, coupling and read step.
+pub fn write_limit_table(sw: &Sweep, dir: &SweepDir) -> Result<(), crate::Error> {
+    #[derive(Serialize)]
+    struct Row {
+        coupling: &'static str,
+        rep: usize,
+        #[serde(rename = "L")]
+        l: usize,
+        #[serde(rename = "M")]
+        m: usize,
+        #[serde(rename = "D")]
+        d: usize,
+        step: usize,
+        h_mad_max: f64,
+        h_mad_mean: f64,
+        h_rms_last: f64,
+        y_rms: f64,
+        loss: f64,
+        loss_limit: f64,
+    }
+    let path = dir.root.join("errors_limit.csv");
+    let csv_err = |e: csv::Error| crate::io::IoError::Os {
+        path: path.clone(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for (r, e) in collect_limit(sw, dir)? {
+        w.serialize(Row {
+            coupling: r.coupling,
+            rep: r.rep,
+            l: r.l,
+            m: r.m,
+            d: r.d,
+            step: e.step,
+            h_mad_max: e.h_mad_max,
+            h_mad_mean: e.h_mad_mean,
+            h_rms_last: e.h_rms_last,
+            y_rms: e.y_rms,
+            loss: e.loss,
+            loss_limit: e.loss_limit,
+        })
+        .map_err(csv_err)?;
+    }
+    let bytes = w.into_inner().map_err(|e| csv_err(e.into_error().into()))?;
+    io::atomic_write(&path, &bytes)?;
+    Ok(())
 }
 
 /// Writes the tidy per-repetition table and the aggregated (RMS over repetitions) one.
@@ -967,5 +1169,20 @@ mod tests {
                 10, 13, 17, 23, 30, 40, 53, 70, 93, 123, 163, 216, 285, 378, 500
             ]
         );
+    }
+
+    #[test]
+    fn explicit_data_is_column_per_sample_and_checked() {
+        let spec: DataSpec =
+            toml::from_str("din = 2\ndout = 1\nN = 2\nx = [[1, 2], [3, 4]]\ny = [[5], [6]]")
+                .unwrap();
+        let d = spec.data().unwrap();
+        assert_eq!((d.x, d.y), (vec![1.0, 3.0, 2.0, 4.0], vec![5.0, 6.0]));
+        let one: DataSpec =
+            toml::from_str("din = 2\ndout = 1\nN = 1\nx = [0.5, -1]\ny = [2]").unwrap();
+        assert_eq!(one.data().unwrap().x, vec![0.5, -1.0]);
+        let no_y = DataSpec { y: None, ..one };
+        let e = no_y.data().unwrap_err().to_string();
+        assert!(e.contains("'data.y'"), "{e}");
     }
 }

@@ -57,6 +57,9 @@ pub struct TrainOptions {
     pub hidden_steps: Option<Vec<usize>>,
     /// Record per-layer coordinate statistics.
     pub layer_stats: bool,
+    /// Steps at which h_l of every layer l = 0..=L is recorded into `History::layers`
+    /// (the finite-vs-limit errors of PAPERS.md 2.4 need every depth); empty: none.
+    pub layer_steps: Vec<usize>,
 }
 
 /// Per-layer coordinate statistics at one step (for coordinate checks).
@@ -84,6 +87,10 @@ pub struct History {
     /// The steps at which `hidden` was recorded.
     pub hidden_steps: Vec<usize>,
     pub layer_stats: Vec<LayerStat>,
+    /// (steps in `layer_steps`) x (L+1) x D x N: h_l of every layer at those steps.
+    pub layers: Vec<f64>,
+    /// The steps at which `layers` was recorded.
+    pub layer_steps: Vec<usize>,
 }
 
 /// Scratch memory of the step, allocated once per run.
@@ -402,6 +409,8 @@ pub fn train<T: Real>(
         }),
         layer_stats: Vec::new(),
         hidden_steps: Vec::new(),
+        layers: Vec::new(),
+        layer_steps: Vec::new(),
     };
     for k in 0..opts.steps {
         let loss = forward(w, data, r, opts.activation, &mut ws, par, k)?;
@@ -416,6 +425,14 @@ pub fn train<T: Real>(
                 for s in 0..n {
                     hist.hidden.push(h[s * d + dd].to());
                 }
+            }
+        }
+        if opts.layer_steps.contains(&k) {
+            hist.layer_steps.push(k);
+            for l in 0..=dims.l {
+                let h = ws.hidden(l, n, d);
+                hist.layers
+                    .extend((0..d * n).map(|i| h[(i % n) * d + i / n].to()));
             }
         }
         if let Some(w0) = &init {
@@ -593,6 +610,7 @@ mod tests {
             record_hidden: false,
             hidden_steps: None,
             layer_stats: false,
+            layer_steps: Vec::new(),
         };
         let e = train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap_err();
         let msg = e.to_string();
@@ -621,6 +639,7 @@ mod tests {
             record_hidden: true,
             hidden_steps: None,
             layer_stats: true,
+            layer_steps: vec![1, 3],
         };
         let run = |par| {
             let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
@@ -635,6 +654,12 @@ mod tests {
         assert_eq!(a.losses, b.losses);
         assert_eq!(a.hidden, b.hidden);
         assert_eq!(a.layer_stats.len(), 4 * 5);
+        assert_eq!(a.layers, b.layers);
+        assert_eq!(a.layer_steps, vec![1, 3]);
+        // The last layer of a recorded step is the recorded h_L of that step.
+        let per = (dims.l + 1) * dims.d * dims.n;
+        let last = &a.layers[per + dims.l * dims.d * dims.n..2 * per];
+        assert_eq!(last, &a.hidden[3 * dims.d * dims.n..4 * dims.d * dims.n]);
         let mut w = Weights::<f32>::draw(&dims, &r, 1, 2, false);
         let c = train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap();
         for (x, y) in a.losses.iter().zip(&c.losses) {

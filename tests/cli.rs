@@ -292,3 +292,128 @@ fn a_killed_sweep_resumes() {
             .all(|e| !e.file_name().to_string_lossy().starts_with('.'))
     );
 }
+
+const LIMIT_SWEEP: &str = r#"
+name = "limit-test"
+preset = "chizat-python"
+activation = "linear"
+steps = 6
+lr = 0.1
+reps = 2
+read_steps = [5]
+couplings = ["coupled"]
+[data]
+din = 3
+dout = 3
+N = 1
+x = [0.4800016366501795, -0.13361224046088563, 0.6258963157042639]
+y = [0.627895235604804, 0.2659797617857747, -0.05539644339098687]
+[grid]
+L = [4, 8, 16]
+M = [8, 16, 32]
+D = [8, 16, 32]
+[reference]
+kind = "limit"
+num_s = 50
+[report]
+bootstrap = 20
+"#;
+
+#[test]
+fn a_sweep_against_the_linear_limit_reports_its_errors() {
+    let dir = tmp("limit");
+    let spec = dir.join("s.toml");
+    std::fs::write(&spec, LIMIT_SWEEP).unwrap();
+    let out = dir.join("out");
+    let r = reslim(&[
+        "sweep",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    // 27 shapes x 2 repetitions, no reference task.
+    assert!(stderr(&r).contains("ran 54 task(s)"), "{}", stderr(&r));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("linear large-D limit") && md.contains("| D/(LM) |"),
+        "{md}"
+    );
+    assert!(md.contains("| embedding | L |"), "{md}");
+    let table = std::fs::read_to_string(out.join("errors_limit.csv")).unwrap();
+    let mut lines = table.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "coupling,rep,L,M,D,step,h_mad_max,h_mad_mean,h_rms_last,y_rms,loss,loss_limit"
+    );
+    assert_eq!(lines.count(), 54);
+    assert!(out.join("figures/embedding_vs_M.png").is_file());
+}
+
+#[test]
+fn a_limit_reference_needs_the_linear_python_family_and_good_data() {
+    let dir = tmp("limitbad");
+    let spec = dir.join("s.toml");
+    let run = |text: String| {
+        std::fs::write(&spec, text).unwrap();
+        let r = reslim(&["sweep", spec.to_str().unwrap(), "--plan"]);
+        assert!(!r.status.success());
+        stderr(&r)
+    };
+    let e = run(LIMIT_SWEEP.replace("\"linear\"", "\"tanh\""));
+    assert!(e.contains("'activation'") && e.contains("tanh"), "{e}");
+    let e = run(LIMIT_SWEEP.replace("\"chizat-python\"", "\"standard\""));
+    assert!(e.contains("param.W_E.trained"), "{e}");
+    let e = run(LIMIT_SWEEP.replace("num_s = 50", "num_s = 1"));
+    assert!(e.contains("reference.num_s") && e.contains("got 1"), "{e}");
+    let e = run(LIMIT_SWEEP.replace("num_s = 50", "tol = 1"));
+    assert!(e.contains("tol"), "{e}");
+    let e = run(LIMIT_SWEEP.replace("x = [0.4800016366501795, ", "x = ["));
+    assert!(e.contains("'data.x'") && e.contains("3 numbers"), "{e}");
+    let e = run(LIMIT_SWEEP.replace("N = 1", "N = 2"));
+    assert!(e.contains("'data.x'") && e.contains("N = 2"), "{e}");
+}
+
+#[test]
+fn coords_draws_trajectories_and_histograms() {
+    let out = tmp("coords");
+    let r = reslim(&[
+        "coords",
+        "--L",
+        "6",
+        "--M",
+        "40",
+        "--D",
+        "50",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    for f in [
+        "coord_trajectory_h",
+        "coord_trajectory_b",
+        "coord_histogram_h",
+        "coord_histogram_b",
+    ] {
+        for ext in ["png", "svg"] {
+            assert!(out.join(format!("{f}.{ext}")).is_file(), "{f}.{ext}");
+        }
+    }
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("coords.json")).unwrap()).unwrap();
+    // (k, l) in {0, 4, 8} x {0, L}; at l = 0, h = W_E x is the limit's H exactly.
+    let stats = s["stats"].as_array().unwrap();
+    assert_eq!(stats.len(), 6);
+    assert!(
+        stats
+            .iter()
+            .filter(|st| st["layer"] == 0)
+            .all(|st| st["mad_h"] == 0.0)
+    );
+    let r = reslim(&["coords", "--D", "0", "--out", out.to_str().unwrap()]);
+    assert!(
+        !r.status.success() && stderr(&r).contains("'D'"),
+        "{}",
+        stderr(&r)
+    );
+}

@@ -11,6 +11,10 @@
 //! - [`multi`]: the extension to `N ≥ 1` training inputs ([`solve_linear_limit_multi`]),
 //!   derived in that module's documentation.
 //!
+//! Finite networks are compared with these limits in [`crate::vslimit`] (errors of
+//! PAPERS.md §2.4, limit sweeps, coordinate plots); `tests/limit_convergence.rs` checks that
+//! they approach them as `D`, `M`, `L` grow, for `N = 1` and `N = 4`.
+//!
 //! # The finite network
 //!
 //! One input `x ∈ ℝ^{d_in}`, target `y ∈ ℝ^{d_out}`. Embedding `h_0 = W_e x`
