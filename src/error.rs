@@ -13,6 +13,8 @@ pub enum Error {
     Spec(#[from] crate::spec::SpecError),
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
+    #[error(transparent)]
+    MeanField(#[from] crate::meanfield::experiment::MeanFieldError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

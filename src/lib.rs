@@ -8,6 +8,7 @@ pub mod error;
 pub mod fit;
 pub mod io;
 pub mod kernels;
+pub mod meanfield;
 pub mod model;
 pub mod param;
 pub mod plot;
