@@ -146,6 +146,8 @@ pub struct RunResult {
     pub n: usize,
     /// Repetition index.
     pub k: usize,
+    /// Size of the test set.
+    pub n_test: usize,
     pub data_seed: u64,
     pub model_seed: u64,
     pub beta: f64,
@@ -289,6 +291,7 @@ pub fn run_one(
     Ok(RunResult {
         n,
         k,
+        n_test: test.n(),
         data_seed,
         model_seed,
         beta,

@@ -229,7 +229,7 @@ fn extreme_eigenvalues_with(g: &[f64], n: usize, dense_max: usize) -> Spectrum {
     }
     let gm = mr(g, n, n);
     let mut y = Mat::<f64>::zeros(n, 1);
-    let (max, it1) = lanczos_max(n, |v, out| {
+    let (max, it1) = lanczos_max(n, f64::INFINITY, |v, out| {
         matmul(y.as_mut(), Accum::Replace, gm, mr(v, n, 1), 1.0, Par::Seq);
         out.copy_from_slice(y.col_as_slice(0));
     });
@@ -245,7 +245,8 @@ fn extreme_eigenvalues_with(g: &[f64], n: usize, dense_max: usize) -> Spectrum {
             continue;
         }
         let mut rhs = Mat::<f64>::zeros(n, 1);
-        let (theta, it2) = lanczos_max(n, |v, out| {
+        // lambda_min(G) <= floor once 1/theta - shift <= floor.
+        let (theta, it2) = lanczos_max(n, 1.0 / (shift + floor), |v, out| {
             rhs.col_as_slice_mut(0).copy_from_slice(v);
             faer::linalg::triangular_solve::solve_lower_triangular_in_place(
                 l.as_ref(),
@@ -335,9 +336,13 @@ pub fn sym_eigen(a: MatRef<'_, f64>, vectors: bool) -> (Vec<f64>, Option<Mat<f64
 
 /// The largest eigenvalue of a symmetric operator by Lanczos with full
 /// reorthogonalization, to a residual of `1e-10` relative (or an invariant subspace, or
-/// `min(n, 400)` iterations). Deterministic start vector. Returns the value and the
-/// iterations used.
-fn lanczos_max(n: usize, mut apply: impl FnMut(&[f64], &mut [f64])) -> (f64, usize) {
+/// `min(n, 400)` iterations, or a Ritz value at least `stop_above`). Deterministic start
+/// vector. Returns the value and the iterations used.
+fn lanczos_max(
+    n: usize,
+    stop_above: f64,
+    mut apply: impl FnMut(&[f64], &mut [f64]),
+) -> (f64, usize) {
     let max_iter = n.min(400);
     let s = crate::rng::Stream::new(0x4d46_4c41, crate::rng::Tensor::Other(0x4d46_4c41), 0);
     let mut v0: Vec<f64> = (0..n).map(|i| s.normal(0, i as u64)).collect();
@@ -373,7 +378,13 @@ fn lanczos_max(n: usize, mut apply: impl FnMut(&[f64], &mut [f64])) -> (f64, usi
             let (ev, vecs) = sym_eigen(t.as_ref(), true);
             theta = ev[k - 1];
             let last = vecs.map(|u| u[(k - 1, k - 1)]).unwrap_or(1.0);
-            if b * last.abs() <= 1e-10 * theta.abs() || b <= 1e-300 || k == max_iter {
+            // Ritz values increase towards the largest eigenvalue: past `stop_above` the
+            // answer is already known to be out of the resolved range.
+            if b * last.abs() <= 1e-10 * theta.abs()
+                || b <= 1e-300
+                || k == max_iter
+                || theta >= stop_above
+            {
                 return (theta, k);
             }
         }

@@ -21,7 +21,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use serde::{Deserialize, Serialize};
 
 /// Samples per tile of the fused pass.
-pub const TILE: usize = 64;
+pub const TILE: usize = 32;
 
 /// RNG stream of the stack particles: particle (l, m) is row m of stream
 /// `(seed, Other(STACK_STREAM), l)`, columns `0..d` = u, `d..2d` = w.
@@ -191,7 +191,7 @@ impl Net {
         f
     }
 
-    /// Forward pass of samples `i0..i0+t`: fills `ws.z`, `ws.p`, `ws.s`, `ws.ph`, `ws.sh`
+    /// Forward pass of samples `i0..i0+t`: fills `ws.z`, `ws.keep`, `ws.ph`, `ws.sh`
     /// and `ws.f`.
     ///
     /// `z_{l+1} = z_l + (alpha/(LM)) sum_m u_m sigma(w_m^T z_l)` and
@@ -210,22 +210,30 @@ impl Net {
         } = self.arch;
         let c = self.arch.branch();
         ws.z[0][..d * t].copy_from_slice(&x[i0 * d..(i0 + t) * d]);
+        let tanh = act == Activation::Tanh;
         for l in 0..depth {
             gemm(
-                mm(&mut ws.p[l], m, t),
+                mm(&mut ws.pre, m, t),
                 Accum::Replace,
                 mr(&self.w[l], m, d),
                 mr(&ws.z[l], d, t),
                 1.0,
             );
-            elementwise::forward(act, &ws.p[l][..m * t], &mut ws.s[l][..m * t]);
+            // Keep sigma(P) (tanh: its derivatives follow from it) or P (others).
+            if tanh {
+                elementwise::tanh_slice(&ws.pre[..m * t], &mut ws.keep[l][..m * t]);
+            } else {
+                ws.keep[l][..m * t].copy_from_slice(&ws.pre[..m * t]);
+                elementwise::forward(act, &ws.pre[..m * t], &mut ws.sbuf[..m * t]);
+            }
+            let s = if tanh { &ws.keep[l] } else { &ws.sbuf };
             let (lo, hi) = ws.z.split_at_mut(l + 1);
             hi[0][..d * t].copy_from_slice(&lo[l][..d * t]);
             gemm(
                 mm(&mut hi[0], d, t),
                 Accum::Add,
                 mr(&self.u[l], m, d).transpose(),
-                mr(&ws.s[l], m, t),
+                mr(s, m, t),
                 c,
             );
         }
@@ -279,6 +287,7 @@ impl Net {
         let c = self.arch.branch();
         let ds = self.arch.dsym();
         let (ks, kh) = (alpha / n as f64, beta / n as f64);
+        let tanh = act == Activation::Tanh;
         der.clear();
         // B scaled by a (rows): p_L = (beta/M0) (a . B)^T sigma'(B z).
         for col in 0..d {
@@ -341,18 +350,13 @@ impl Net {
                     mr(&ws.g, d, t),
                     1.0,
                 );
-                elementwise::backward(
-                    act,
-                    &mut ws.p[l][..m * t],
-                    &ws.s[l][..m * t],
-                    &mut ws.am[..m * t],
-                    &mut ws.bm[..m * t],
-                );
+                ws.layer_backward(act, l, m * t);
+                let s = if tanh { &ws.keep[l] } else { &ws.sbuf };
                 fill_rz(&ws.r, &ws.g, d, t, &mut ws.rz);
                 gemm(
                     mm(&mut der.grad_u[l], m, d),
                     Accum::Add,
-                    mr(&ws.s[l], m, t),
+                    mr(s, m, t),
                     mr(&ws.rz, t, d),
                     ks,
                 );
@@ -360,7 +364,7 @@ impl Net {
                 gemm(
                     mm(&mut der.huw[l], m, d * d),
                     Accum::Add,
-                    mr(&ws.p[l], m, t),
+                    mr(&ws.pre, m, t),
                     mr(&ws.r9, t, d * d),
                     ks,
                 );
@@ -525,13 +529,7 @@ impl Net {
                     mr(&ws.g, d, t),
                     1.0,
                 );
-                elementwise::backward(
-                    act,
-                    &mut ws.p[l][..m * t],
-                    &ws.s[l][..m * t],
-                    &mut ws.am[..m * t],
-                    &mut ws.bm[..m * t],
-                );
+                ws.layer_backward(act, l, m * t);
                 gemm(
                     mm(&mut ws.g, d, t),
                     Accum::Add,
@@ -685,8 +683,12 @@ impl Derivatives {
 /// Scratch of the fused pass (one tile), allocated once per run.
 pub struct Workspace {
     z: Vec<Vec<f64>>,
-    p: Vec<Vec<f64>>,
-    s: Vec<Vec<f64>>,
+    /// Per layer: sigma(P_l) for tanh (whose derivatives follow from it), P_l otherwise.
+    keep: Vec<Vec<f64>>,
+    /// Scratch: P_l in the forward pass, sigma'(P_l) in the backward pass.
+    pre: Vec<f64>,
+    /// Scratch: sigma(P_l) for activations other than tanh.
+    sbuf: Vec<f64>,
     ph: Vec<f64>,
     sh: Vec<f64>,
     sh2: Vec<f64>,
@@ -702,13 +704,38 @@ pub struct Workspace {
 }
 
 impl Workspace {
+    /// The elementwise backward pass of layer l (`len = M t` entries): on entry `am`
+    /// holds `U_l p_{l+1}`; on exit `pre = sigma'(P_l)`, `am = sigma'(P_l) . U_l p_{l+1}`,
+    /// `bm = sigma''(P_l) . U_l p_{l+1}`, and sigma(P_l) is in `keep[l]` (tanh) or `sbuf`.
+    fn layer_backward(&mut self, act: Activation, l: usize, len: usize) {
+        if act == Activation::Tanh {
+            elementwise::tanh_backward(
+                &self.keep[l][..len],
+                &mut self.pre[..len],
+                &mut self.am[..len],
+                &mut self.bm[..len],
+            );
+        } else {
+            self.pre[..len].copy_from_slice(&self.keep[l][..len]);
+            elementwise::forward(act, &self.pre[..len], &mut self.sbuf[..len]);
+            elementwise::backward(
+                act,
+                &mut self.pre[..len],
+                &self.sbuf[..len],
+                &mut self.am[..len],
+                &mut self.bm[..len],
+            );
+        }
+    }
+
     pub fn new(arch: &Arch) -> Self {
         let Arch { d, l, m, m0, .. } = *arch;
         let t = TILE;
         Workspace {
             z: vec![vec![0.0; d * t]; l + 1],
-            p: vec![vec![0.0; m * t]; l],
-            s: vec![vec![0.0; m * t]; l],
+            keep: vec![vec![0.0; m * t]; l],
+            pre: vec![0.0; m * t],
+            sbuf: vec![0.0; m * t],
             ph: vec![0.0; m0 * t],
             sh: vec![0.0; m0 * t],
             sh2: vec![0.0; m0 * t],
