@@ -308,16 +308,15 @@ fn cmd_spirals(a: SpiralsArgs) -> Result<()> {
     prog.lock().unwrap_or_else(|e| e.into_inner()).1.finish();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let wall = t0.elapsed().as_secs_f64();
-    meanfield::report::write_report(&cfg, &runs, &a.out, &command, wall)?;
-    let s = meanfield::report::summarize(&cfg, &runs)?;
+    let s = meanfield::report::write_report(&cfg, &runs, &a.out, &command, wall)?;
+    if let Some(f) = &s.fit {
+        println!(
+            "test error ~ n^b: b = {:.3} ± {:.3} (95% CI [{:.3}, {:.3}], p = {:.2e}, R^2 = {:.3})",
+            f.slope, f.slope_se, f.slope_ci95.0, f.slope_ci95.1, f.p_value, f.r2
+        );
+    }
     println!(
-        "test error ~ n^b: b = {:.3} ± {:.3} (95% CI [{:.3}, {:.3}], p = {:.2e}, R^2 = {:.3}); {:.1} s; report in {}",
-        s.fit.slope,
-        s.fit.slope_se,
-        s.fit.slope_ci95.0,
-        s.fit.slope_ci95.1,
-        s.fit.p_value,
-        s.fit.r2,
+        "{:.1} s; report in {}",
         wall,
         a.out.join("report.md").display()
     );

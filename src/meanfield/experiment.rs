@@ -214,14 +214,8 @@ pub fn zero_one_error(f: &[f64], y: &[f64]) -> f64 {
     f.iter().zip(y).filter(|(f, y)| **f * **y <= 0.0).count() as f64 / y.len().max(1) as f64
 }
 
-/// Trains and measures the model of repetition k on n training samples. `kernel` is the
-/// tabulated K0 of the config's activation (computed once per experiment).
-pub fn run_one(
-    cfg: &ExperimentConfig,
-    kernel: Option<&InitKernel>,
-    n: usize,
-    k: usize,
-) -> Result<RunResult, MeanFieldError> {
+/// Trains and measures the model of repetition k on n training samples.
+pub fn run_one(cfg: &ExperimentConfig, n: usize, k: usize) -> Result<RunResult, MeanFieldError> {
     let t_start = Instant::now();
     let (train, test) = cfg.datasets(n, k)?;
     let (data_seed, model_seed) = cfg.seeds_of(k);
@@ -231,13 +225,10 @@ pub fn run_one(
     let mut net = Net::init(arch, cfg.init, model_seed);
     let mut measure_s = 0.0;
     let t0 = Instant::now();
-    let lambda0 = match kernel {
-        Some(kern) if cfg.normalized() => Some(gram::extreme_eigenvalues(
-            &kern.matrix(&train.x, train.d),
-            n,
-        )),
-        _ => None,
-    };
+    let lambda0 = cfg.normalized().then(|| {
+        let k0 = InitKernel::shared(cfg.activation).matrix(&train.x, train.d);
+        gram::extreme_eigenvalues(&k0, n)
+    });
     measure_s += t0.elapsed().as_secs_f64();
     let big_lambda = lambda0.map(|s| s.min).unwrap_or(f64::NAN);
     let mut ws = Workspace::new(&arch);
@@ -410,14 +401,18 @@ pub enum RunStatus {
 }
 
 /// Runs every (n, k) of the config that has no stored result with the same config under
-/// `out/runs/`, in parallel (larger n first), writing each result atomically as soon as
-/// it is done; returns all results, sorted by (n, k). `on_run` is called after each run.
+/// `out/runs/`, in parallel (one worker per rayon thread, larger n first), writing each
+/// result atomically as soon as it is done; returns all results, sorted by (n, k).
+/// `on_run` is called after each run. The first failing run stops the workers (runs
+/// already written stay on disk) and its error is returned.
 pub fn run_experiment(
     cfg: &ExperimentConfig,
     out: &Path,
     on_run: &(dyn Fn(&RunResult, RunStatus) + Sync),
 ) -> Result<Vec<RunResult>, MeanFieldError> {
     use rayon::prelude::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let key = run_key(cfg);
     let mut jobs: Vec<(usize, usize)> = cfg
         .n_train
@@ -425,26 +420,45 @@ pub fn run_experiment(
         .flat_map(|&n| (0..cfg.seeds).map(move |k| (n, k)))
         .collect();
     jobs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let kernel = cfg.normalized().then(|| InitKernel::new(cfg.activation));
-    let mut results: Vec<RunResult> = jobs
-        .par_iter()
-        .with_max_len(1)
-        .map(|&(n, k)| -> Result<RunResult, MeanFieldError> {
-            let path = run_path(out, n, k);
-            if let Some(r) = load_run(&path).filter(|r| r.config == key && r.n == n && r.k == k) {
-                on_run(&r, RunStatus::Reused);
-                return Ok(r);
-            }
-            let r = run_one(cfg, kernel.as_ref(), n, k)?;
-            let json = serde_json::to_string(&r).map_err(|e| MeanFieldError::Json {
-                path: path.clone(),
-                msg: e.to_string(),
-            })?;
-            io::atomic_write(&path, json.as_bytes())?;
-            on_run(&r, RunStatus::Done);
-            Ok(r)
-        })
-        .collect::<Result<_, _>>()?;
+    let one = |&(n, k): &(usize, usize)| -> Result<RunResult, MeanFieldError> {
+        let path = run_path(out, n, k);
+        if let Some(r) = load_run(&path).filter(|r| r.config == key && r.n == n && r.k == k) {
+            on_run(&r, RunStatus::Reused);
+            return Ok(r);
+        }
+        let r = run_one(cfg, n, k)?;
+        let json = serde_json::to_string(&r).map_err(|e| MeanFieldError::Json {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+        io::atomic_write(&path, json.as_bytes())?;
+        on_run(&r, RunStatus::Done);
+        Ok(r)
+    };
+    // One worker per thread takes the next job in order (largest n first), so the long
+    // runs start first and the last ones to finish are short.
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let slots: Vec<Mutex<Option<Result<RunResult, MeanFieldError>>>> =
+        jobs.iter().map(|_| Mutex::new(None)).collect();
+    let workers = rayon::current_num_threads().min(jobs.len()).max(1);
+    (0..workers).into_par_iter().for_each(|_| {
+        while !failed.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(job) = jobs.get(i) else { break };
+            let r = one(job);
+            failed.fetch_or(r.is_err(), Ordering::Relaxed);
+            *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        }
+    });
+    let mut results = Vec::with_capacity(jobs.len());
+    for slot in slots {
+        match slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(Ok(r)) => results.push(r),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
     results.sort_by_key(|r| (r.n, r.k));
     Ok(results)
 }

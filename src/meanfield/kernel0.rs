@@ -74,6 +74,20 @@ impl InitKernel {
         }
     }
 
+    /// The table of `act`, computed once per process.
+    pub fn shared(act: Activation) -> &'static InitKernel {
+        use std::sync::OnceLock;
+        static TABLES: [OnceLock<InitKernel>; 5] = [const { OnceLock::new() }; 5];
+        let slot = match act {
+            Activation::Tanh => 0,
+            Activation::Relu => 1,
+            Activation::Gelu => 2,
+            Activation::Softplus => 3,
+            Activation::Linear => 4,
+        };
+        TABLES[slot].get_or_init(|| InitKernel::new(act))
+    }
+
     /// `k(rho)` by quadrature (no table): value and derivative.
     pub fn direct(act: Activation, rho: f64) -> (f64, f64) {
         let (x, w) = gauss_hermite(GH_NODES);

@@ -53,8 +53,8 @@ pub struct SizeSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub name: String,
-    /// Fit over all runs.
-    pub fit: LinearFit,
+    /// Fit over all runs (absent with fewer than two training-set sizes).
+    pub fit: Option<LinearFit>,
     /// Fit over the per-n mean test errors.
     pub fit_means: Option<LinearFit>,
     /// Runs whose zero test error was floored at `1/(2 n_test)`.
@@ -96,8 +96,15 @@ pub fn summarize(cfg: &ExperimentConfig, runs: &[RunResult]) -> Result<Summary, 
             }
         })
         .collect();
-    let fit = fit::loglog_fit(&xs, &ys)
-        .map_err(|e| MeanFieldError::Report(format!("log-log fit of the test error: {e}")))?;
+    let distinct = runs.windows(2).filter(|w| w[0].n != w[1].n).count() + 1;
+    let fit =
+        if distinct >= 2 {
+            Some(fit::loglog_fit(&xs, &ys).map_err(|e| {
+                MeanFieldError::Report(format!("log-log fit of the test error: {e}"))
+            })?)
+        } else {
+            None
+        };
     let mut sizes = Vec::new();
     let mut ns: Vec<usize> = runs.iter().map(|r| r.n).collect();
     ns.dedup();
@@ -182,29 +189,25 @@ fn opt(x: Option<f64>) -> String {
 }
 
 /// Writes `report.md`, the figures, `summary.json` and `runs.csv` into `out`; returns the
-/// paths written. `command` and `wall_s` (the experiment's wall time) go into the report.
+/// summary. `command` and `wall_s` (the experiment's wall time) go into the report.
 pub fn write_report(
     cfg: &ExperimentConfig,
     runs: &[RunResult],
     out: &Path,
     command: &str,
     wall_s: f64,
-) -> Result<Vec<PathBuf>, MeanFieldError> {
+) -> Result<Summary, MeanFieldError> {
     let s = summarize(cfg, runs)?;
-    let mut files = Vec::new();
-    files.extend(figures(cfg, runs, &s, out)?);
+    figures(cfg, runs, &s, out)?;
     let json =
         serde_json::to_string_pretty(&s).map_err(|e| MeanFieldError::Report(e.to_string()))?;
-    let p = out.join("summary.json");
-    io::atomic_write(&p, json.as_bytes())?;
-    files.push(p);
-    let p = out.join("runs.csv");
-    io::atomic_write(&p, runs_csv(runs).as_bytes())?;
-    files.push(p);
-    let p = out.join("report.md");
-    io::atomic_write(&p, markdown(cfg, runs, &s, command, wall_s).as_bytes())?;
-    files.push(p);
-    Ok(files)
+    io::atomic_write(&out.join("summary.json"), json.as_bytes())?;
+    io::atomic_write(&out.join("runs.csv"), runs_csv(runs).as_bytes())?;
+    io::atomic_write(
+        &out.join("report.md"),
+        markdown(cfg, runs, &s, command, wall_s).as_bytes(),
+    )?;
+    Ok(s)
 }
 
 fn runs_csv(runs: &[RunResult]) -> String {
@@ -260,16 +263,14 @@ fn figures(
     let mut files = Vec::new();
     let ns: Vec<f64> = s.sizes.iter().map(|z| z.n as f64).collect();
     // Test error against n with the OLS line.
-    let mut fig = Figure::new(
-        format!(
+    let title = match &s.fit {
+        Some(f) => format!(
             "{}: test 0-1 error, slope {:.3} ± {:.3} (p = {:.2e})",
-            cfg.name, s.fit.slope, s.fit.slope_se, s.fit.p_value
+            cfg.name, f.slope, f.slope_se, f.p_value
         ),
-        "n_train",
-        "test 0-1 error",
-        Log,
-        Log,
-    );
+        None => format!("{}: test 0-1 error", cfg.name),
+    };
+    let mut fig = Figure::new(title, "n_train", "test 0-1 error", Log, Log);
     fig.series.push(
         Series::new(
             "runs",
@@ -288,19 +289,21 @@ fn figures(
         )
         .with_color(1),
     );
-    let (lo, hi) = (ns[0], ns[ns.len() - 1]);
-    let xs: Vec<f64> = (0..=20)
-        .map(|k| lo * (hi / lo).powf(k as f64 / 20.0))
-        .collect();
-    fig.series.push(
-        Series::new(
-            format!("OLS: {:.3} n^{:.3}", s.fit.intercept.exp(), s.fit.slope),
-            xs.clone(),
-            xs.iter().map(|&x| s.fit.predict(x.ln()).exp()).collect(),
-            Style::Dashed,
-        )
-        .with_color(0),
-    );
+    if let Some(f) = &s.fit {
+        let (lo, hi) = (ns[0], ns[ns.len() - 1]);
+        let xs: Vec<f64> = (0..=20)
+            .map(|k| lo * (hi / lo).powf(k as f64 / 20.0))
+            .collect();
+        fig.series.push(
+            Series::new(
+                format!("OLS: {:.3} n^{:.3}", f.intercept.exp(), f.slope),
+                xs.clone(),
+                xs.iter().map(|&x| f.predict(x.ln()).exp()).collect(),
+                Style::Dashed,
+            )
+            .with_color(0),
+        );
+    }
     files.extend(plot::save(&fig, &out.join("test_error")).map_err(perr)?);
     // Loss curves, lambda_min(t), KL(t): repetition 0 of every n.
     let first: Vec<&RunResult> = s
@@ -458,7 +461,6 @@ fn markdown(
     wall_s: f64,
 ) -> String {
     let mut m = String::new();
-    let f = &s.fit;
     let _ = writeln!(
         m,
         "# {}: generalization of a mean-field ResNet (PAPERS.md, paper 1)\n",
@@ -470,13 +472,20 @@ fn markdown(
         s.runs, wall_s, s.run_seconds_total
     );
     let _ = writeln!(m, "## Result\n");
-    let _ = writeln!(
-        m,
-        "OLS of log(test 0-1 error) on log(n_train) over all {} runs: **slope {:.3} ± {:.3}** (standard error), \
+    match &s.fit {
+        Some(f) => {
+            let _ = writeln!(
+                m,
+                "OLS of log(test 0-1 error) on log(n_train) over all {} runs: **slope {:.3} ± {:.3}** (standard error), \
          95% interval [{:.3}, {:.3}], R² = {:.3}, p-value of the slope {:.2e}.",
-        f.n, f.slope, f.slope_se, f.slope_ci95.0, f.slope_ci95.1, f.r2, f.p_value
-    );
-    if let Some(fm) = &s.fit_means {
+                f.n, f.slope, f.slope_se, f.slope_ci95.0, f.slope_ci95.1, f.r2, f.p_value
+            );
+        }
+        None => {
+            let _ = writeln!(m, "The log-log fit needs at least two training-set sizes.");
+        }
+    }
+    if let Some(fm) = s.fit_means.as_ref().filter(|_| s.sizes.len() >= 3) {
         let _ = writeln!(
             m,
             "Over the {} per-n means: slope {:.3} ± {:.3}, 95% interval [{:.3}, {:.3}], R² = {:.3}, p = {:.2e}.",

@@ -510,7 +510,7 @@ fn spirals_are_balanced_prefix_nested_and_separable_without_noise() {
 
 #[test]
 fn initial_kernel_matches_quadrature_and_monte_carlo() {
-    let kern = InitKernel::new(Activation::Tanh);
+    let kern = InitKernel::shared(Activation::Tanh);
     for rho in [-1.0, -0.73, -0.1, 0.0, 0.377, 0.9, 0.99991, 1.0] {
         let (v, _) = InitKernel::direct(Activation::Tanh, rho);
         assert!(
@@ -582,7 +582,7 @@ fn lanczos_extreme_eigenvalues_match_the_dense_solver() {
                 / (2 * n) as f64;
         }
     }
-    let kern = InitKernel::new(Activation::Tanh);
+    let kern = InitKernel::shared(Activation::Tanh);
     let sp = Spirals::default()
         .sample(n, 1, 1)
         .lift(1.0)
@@ -613,4 +613,178 @@ fn lanczos_extreme_eigenvalues_match_the_dense_solver() {
     }
     let gd = extreme_eigenvalues_for_test(&g, n, n);
     assert!(gd.resolved && gd.min > 0.01, "{gd:?}");
+}
+
+#[test]
+fn spec_errors_name_the_field_and_value() {
+    let base = std::path::Path::new(".");
+    let check = |text: &str| -> String {
+        let spec: ExperimentSpec = match toml::from_str(text) {
+            Ok(s) => s,
+            Err(e) => return e.to_string(),
+        };
+        match spec.check(base) {
+            Ok(_) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    };
+    assert_eq!(check(""), "ok");
+    let e = check("[model]\nM = 7\n");
+    assert!(
+        e.contains("model.M") && e.contains('7') && e.contains("even"),
+        "{e}"
+    );
+    let e = check("n_train = [50, 1]\n");
+    assert!(e.contains("n_train") && e.contains('1'), "{e}");
+    let e = check("[data]\nsource = \"moons\"\n");
+    assert!(e.contains("data.source") && e.contains("moons"), "{e}");
+    let e = check("[data]\nsource = \"csv\"\n");
+    assert!(e.contains("data.train") && e.contains("required"), "{e}");
+    let e = check("[train]\nlr = -1.0\n");
+    assert!(e.contains("train.lr") && e.contains("-1"), "{e}");
+    let e = check("[model]\nbeta = { c = 0.0 }\n");
+    assert!(e.contains("model.beta"), "{e}");
+    let e = check("[measure]\ndelta = 1.5\n");
+    assert!(e.contains("measure.delta") && e.contains("1.5"), "{e}");
+    let e = check("[model]\nwidth = 3\n");
+    assert!(e.contains("width"), "{e}");
+    let e = check("[model]\nactivation = \"sigmoidal\"\n");
+    assert!(
+        e.contains("model.activation") && e.contains("sigmoidal"),
+        "{e}"
+    );
+    // The defaults are the documented protocol.
+    let cfg = ExperimentSpec::default().check(base).unwrap();
+    assert_eq!(cfg.n_train, vec![50, 100, 200, 400, 800, 1600, 3200]);
+    assert_eq!(
+        (cfg.d, cfg.l, cfg.m, cfg.m0, cfg.seeds),
+        (3, 20, 500, 1000, 5)
+    );
+    assert!((cfg.beta_at(400) - 20.0).abs() < 1e-12);
+    assert_eq!(cfg.checkpoint_steps(), vec![0, 5, 21, 96, 437, 2000]);
+}
+
+#[test]
+fn csv_data_are_read_with_errors_naming_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("reslim-mf-csv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("train.csv");
+    let mut text = String::from("x1,x2,y\n");
+    for i in 0..40 {
+        let t = i as f64 * 0.3;
+        text.push_str(&format!(
+            "{},{},{}\n",
+            t.cos(),
+            t.sin(),
+            if i % 2 == 0 { 1 } else { 0 }
+        ));
+    }
+    std::fs::write(&good, &text).unwrap();
+    let ds = data::read_csv(&good).unwrap();
+    assert_eq!((ds.d, ds.n()), (2, 40));
+    assert_eq!(ds.positive_fraction(), 0.5);
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, "1,2,1\n3,oops,-1\n").unwrap();
+    let e = data::read_csv(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("bad.csv") && e.contains("line 2") && e.contains("oops"),
+        "{e}"
+    );
+    std::fs::write(&bad, "1,2,1\n3,4,2\n").unwrap();
+    let e = data::read_csv(&bad).unwrap_err().to_string();
+    assert!(e.contains("line 2") && e.contains("label"), "{e}");
+    // A CSV experiment: lifted to d = 3, n_train rows drawn per repetition.
+    let spec: ExperimentSpec = toml::from_str(&format!(
+        "n_train = [10, 20]\n[data]\nsource = \"csv\"\ntrain = \"{}\"\ntest = \"{}\"\nlift = 1.0\n",
+        good.display(),
+        good.display()
+    ))
+    .unwrap();
+    let cfg = spec.check(&dir).unwrap();
+    assert_eq!(cfg.d, 3);
+    let (tr, te) = cfg.datasets(20, 0).unwrap();
+    assert_eq!((tr.n(), te.n(), tr.d), (20, 40, 3));
+    let (tr10, _) = cfg.datasets(10, 0).unwrap();
+    assert_eq!(tr10, tr.head(10), "nested subsets");
+    let spec: ExperimentSpec = toml::from_str(&format!(
+        "n_train = [50]\n[data]\nsource = \"csv\"\ntrain = \"{}\"\ntest = \"{}\"\n",
+        good.display(),
+        good.display()
+    ))
+    .unwrap();
+    let e = spec.check(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("n_train") && e.contains("50") && e.contains("40 rows"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn experiment_runs_resume_and_report() {
+    let dir = std::env::temp_dir().join(format!("reslim-mf-exp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spec: ExperimentSpec = toml::from_str(
+        "name = \"tiny\"\nseeds = 2\nn_train = [12, 24]\nn_test = 50\n\
+         [model]\nL = 2\nM = 8\nM0 = 16\n[train]\nmax_steps = 20\n[measure]\ncheckpoints = 3\n",
+    )
+    .unwrap();
+    let cfg = spec.check(&dir).unwrap();
+    let count = std::sync::atomic::AtomicUsize::new(0);
+    let runs = run_experiment(&cfg, &dir, &|_, s| {
+        assert_eq!(s, experiment::RunStatus::Done);
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    })
+    .unwrap();
+    assert_eq!(count.into_inner(), 4);
+    assert_eq!(
+        runs.iter().map(|r| (r.n, r.k)).collect::<Vec<_>>(),
+        vec![(12, 0), (12, 1), (24, 0), (24, 1)]
+    );
+    for r in &runs {
+        assert_eq!(r.losses.len(), r.steps + 1);
+        assert_eq!(r.checkpoints.first().unwrap().step, 0);
+        assert_eq!(r.last().step, r.steps);
+        assert!(r.last().g.is_some() && r.lambda0.is_some());
+        assert!(r.losses.last().unwrap() < &r.losses[0]);
+    }
+    // A second call reuses every stored run; a changed config recomputes.
+    let again = run_experiment(&cfg, &dir, &|_, s| {
+        assert_eq!(s, experiment::RunStatus::Reused)
+    })
+    .unwrap();
+    assert!(again == runs, "stored runs must reload exactly");
+    let mut other = cfg.clone();
+    other.lr = 0.5;
+    let n_done = std::sync::atomic::AtomicUsize::new(0);
+    run_experiment(&other, &dir, &|_, s| {
+        if s == experiment::RunStatus::Done {
+            n_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    assert_eq!(n_done.into_inner(), 4);
+    // The result does not depend on the thread count.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let one = pool.install(|| run_one(&cfg, 24, 1).unwrap());
+    assert_eq!(one.losses, runs[3].losses);
+    let s = report::write_report(&cfg, &runs, &dir, "test", 0.0).unwrap();
+    assert!(s.fit.is_some());
+    for f in [
+        "report.md",
+        "test_error.png",
+        "test_error.svg",
+        "loss.png",
+        "kl.png",
+        "lambda_min.png",
+        "bound.png",
+        "summary.json",
+        "runs.csv",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
