@@ -67,7 +67,7 @@ impl Dataset {
         let mut x = self.x.clone();
         for (i, xi) in x.chunks_mut(d).enumerate() {
             let nrm = xi.iter().map(|v| v * v).sum::<f64>().sqrt();
-            if !(nrm > 0.0) || !nrm.is_finite() {
+            if nrm.is_nan() || nrm <= 0.0 || nrm.is_infinite() {
                 return Err(DataError::ZeroInput { index: i });
             }
             xi.iter_mut().for_each(|v| *v /= nrm);

@@ -423,12 +423,12 @@ impl Net {
                     }
                     kl.push_stack(l * m + k, det_small(&mut s, d));
                 }
-                for b in 0..d {
-                    gw[b] = (0..d).map(|a| self.u[l][a * m + k] * cm[a * d + b]).sum();
+                for (b, g) in gw.iter_mut().enumerate() {
+                    *g = (0..d).map(|a| self.u[l][a * m + k] * cm[a * d + b]).sum();
                 }
-                for a in 0..d {
+                for (a, g) in gw.iter().enumerate() {
                     self.u[l][a * m + k] -= eta * der.grad_u[l][a * m + k];
-                    self.w[l][a * m + k] -= eta * gw[a];
+                    self.w[l][a * m + k] -= eta * g;
                 }
             }
         }

@@ -73,7 +73,7 @@ fn gradients_match_central_finite_differences() {
         let der = derivs(&net, &x, &y);
         assert!(close(der.loss, loss(&net, &x, &y), 1e-13, 0.0));
         let Arch {
-            d, l: depth, m, m0, ..
+            l: depth, m, m0, ..
         } = net.arch;
         let h = 1e-5;
         let fd = |edit: &dyn Fn(&mut Net, f64)| {
@@ -87,7 +87,7 @@ fn gradients_match_central_finite_differences() {
         for l in 0..depth {
             for k in [0, m - 1] {
                 let gw = der.grad_w(&net, l, k);
-                for c in 0..d {
+                for (c, &gwc) in gw.iter().enumerate() {
                     let gu = rs * fd(&|n: &mut Net, e| n.u[l][c * m + k] += e);
                     assert!(
                         close(gu, der.grad_u[l][c * m + k], 1e-6, 1e-9),
@@ -95,9 +95,8 @@ fn gradients_match_central_finite_differences() {
                     );
                     let g = rs * fd(&|n: &mut Net, e| n.w[l][c * m + k] += e);
                     assert!(
-                        close(g, gw[c], 1e-6, 1e-9),
-                        "{act:?} w l{l} m{k} c{c}: {g} vs {}",
-                        gw[c]
+                        close(g, gwc, 1e-6, 1e-9),
+                        "{act:?} w l{l} m{k} c{c}: {g} vs {gwc}"
                     );
                 }
             }
@@ -106,9 +105,9 @@ fn gradients_match_central_finite_differences() {
             let ga = rh * fd(&|n: &mut Net, e| n.a[j] += e);
             assert!(close(ga, der.grad_a[j], 1e-6, 1e-9), "{act:?} a{j}");
             let gb = der.grad_b(&net, j);
-            for c in 0..d {
+            for (c, &gbc) in gb.iter().enumerate() {
                 let g = rh * fd(&|n: &mut Net, e| n.b[c * m0 + j] += e);
-                assert!(close(g, gb[c], 1e-6, 1e-9), "{act:?} b{j} c{c}");
+                assert!(close(g, gbc, 1e-6, 1e-9), "{act:?} b{j} c{c}");
             }
         }
     }
@@ -553,12 +552,11 @@ fn initial_kernel_matches_quadrature_and_monte_carlo() {
     let x = [x1, x2].concat();
     let g = grams(&net, &x);
     let k0 = kern.matrix(&x, 3);
-    for k in 0..4 {
+    for (gk, kk) in g.g2.iter().zip(&k0) {
         assert!(
-            (g.g2[k] / 4.0 - k0[k]).abs() < 0.02,
-            "G2/beta^2 {} vs K0 {}",
-            g.g2[k] / 4.0,
-            k0[k]
+            (gk / 4.0 - kk).abs() < 0.02,
+            "G2/beta^2 {} vs K0 {kk}",
+            gk / 4.0
         );
     }
     assert!(
