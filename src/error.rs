@@ -21,6 +21,8 @@ pub enum Error {
     Plot(#[from] crate::plot::PlotError),
     #[error(transparent)]
     Limit(#[from] crate::limit::LimitError),
+    #[error(transparent)]
+    MeanField(#[from] crate::meanfield::experiment::MeanFieldError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

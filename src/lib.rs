@@ -9,6 +9,7 @@ pub mod fit;
 pub mod io;
 pub mod kernels;
 pub mod limit;
+pub mod meanfield;
 pub mod model;
 pub mod param;
 pub mod plot;

@@ -23,6 +23,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once; the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Train one ResNet by full-batch GD and write its run directory.
@@ -36,6 +38,19 @@ enum Cmd {
     /// Coordinates of one linear network beside their large-D limit (PAPERS.md 2.5, E3):
     /// trajectories of h and D b against depth, histograms against N(0, Gamma_kk).
     Coords(CoordsArgs),
+    /// Mean-field generalization experiment (PAPERS.md paper 1): train scaled ResNets on
+    /// two spirals (or CSV data) for every n_train and seed, then write the report.
+    Spirals(SpiralsArgs),
+}
+
+#[derive(Args)]
+struct SpiralsArgs {
+    /// The experiment spec (TOML), e.g. experiments/spirals-quick.toml.
+    spec: PathBuf,
+    /// Output directory: runs/*.json (one per run; finished runs are reused), report.md,
+    /// figures, summary.json, runs.csv.
+    #[arg(long, default_value = "out/spirals")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -287,6 +302,7 @@ fn main() -> ExitCode {
             cmd_sweep(spec, &q.out, &a)
         }
         Cmd::Coords(a) => cmd_coords(a),
+        Cmd::Spirals(a) => cmd_spirals(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -355,6 +371,61 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         h.losses.len(),
         out.timings.per_step_s,
         a.out.display()
+    );
+    Ok(())
+}
+
+fn cmd_spirals(a: SpiralsArgs) -> Result<()> {
+    use reslim::meanfield::{self, experiment::RunStatus};
+    let spec = meanfield::ExperimentSpec::from_file(&a.spec)?;
+    let base = a.spec.parent().unwrap_or(Path::new("."));
+    let cfg = spec.check(base)?;
+    let total = cfg.n_train.len() * cfg.seeds;
+    eprintln!(
+        "{}: {} runs (n_train {:?} x {} seeds), L={} M={} M0={}, {} threads",
+        cfg.name,
+        total,
+        cfg.n_train,
+        cfg.seeds,
+        cfg.l,
+        cfg.m,
+        cfg.m0,
+        rayon::current_num_threads()
+    );
+    let t0 = std::time::Instant::now();
+    let prog = std::sync::Mutex::new((0u64, Progress::new(total as u64, &cfg.name)));
+    let runs = meanfield::run_experiment(&cfg, &a.out, &|r, status| {
+        let mut p = prog.lock().unwrap_or_else(|e| e.into_inner());
+        p.0 += 1;
+        let note = format!(
+            "n={} k={}: test error {:.4}, {} steps{}",
+            r.n,
+            r.k,
+            r.last().test_error,
+            r.steps,
+            if status == RunStatus::Reused {
+                " (stored)"
+            } else {
+                ""
+            }
+        );
+        let done = p.0;
+        p.1.set(done, &note);
+    })?;
+    prog.lock().unwrap_or_else(|e| e.into_inner()).1.finish();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let wall = t0.elapsed().as_secs_f64();
+    let s = meanfield::report::write_report(&cfg, &runs, &a.out, &command, wall)?;
+    if let Some(f) = &s.fit {
+        println!(
+            "test error ~ n^b: b = {:.3} ± {:.3} (95% CI [{:.3}, {:.3}], p = {:.2e}, R^2 = {:.3})",
+            f.slope, f.slope_se, f.slope_ci95.0, f.slope_ci95.1, f.p_value, f.r2
+        );
+    }
+    println!(
+        "{:.1} s; report in {}",
+        wall,
+        a.out.join("report.md").display()
     );
     Ok(())
 }

@@ -1,0 +1,470 @@
+//! The runs of an experiment: one model per (training-set size n, repetition k), trained
+//! and measured along training; results written one JSON file per run, atomically, so an
+//! interrupted experiment resumes where it stopped.
+//!
+//! A run (PAPERS.md 1.4, "Recommended protocol"):
+//! 1. draws its training set (n samples) and test set, and its particles;
+//! 2. computes K0 on the training inputs and `Lambda = lambda_min(K0)` (PAPERS.md 1.3);
+//! 3. runs GD with step `eta = lr / beta^2` until the training loss is at most
+//!    `target_loss` or `max_steps` steps are done, recording the loss and the KL
+//!    estimates at every step;
+//! 4. at the checkpoint steps and at the last step, measures the training and test 0-1
+//!    errors, the Gram matrices and their smallest eigenvalues, the instantaneous decay
+//!    rate `2 r^T G r / (n |r|^2)`, and the terms of the generalization bound.
+//!
+//! Runs are independent and run in parallel (rayon over runs, each run sequential
+//! inside); a run's result depends only on the config, n and k, never on the thread
+//! count.
+
+use super::data::{DataError, Dataset};
+use super::gram::{self, Spectrum};
+use super::kernel0::InitKernel;
+use super::kl::{FlowKl, KlEstimate};
+use super::net::{Derivatives, Net, Workspace};
+use super::spec::ExperimentConfig;
+use crate::io::{self, IoError};
+use crate::train::TrainError;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Errors of the mean-field experiment.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeanFieldError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("run n = {n}, repetition {k}: {source}")]
+    Train {
+        n: usize,
+        k: usize,
+        #[source]
+        source: TrainError,
+    },
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error("{path}: {msg}")]
+    Json { path: PathBuf, msg: String },
+    #[error("report: {0}")]
+    Report(String),
+}
+
+/// NaN-tolerant f64 fields in JSON (NaN is written as null and read back as NaN).
+pub(crate) mod nullable {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            s.serialize_f64(*x)
+        } else {
+            s.serialize_none()
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
+/// The terms of the generalization bound (PAPERS.md 1.3, "Rademacher / generalization"),
+/// with the unknown constants set to 1:
+/// `P[y f(x) < 0] <= surrogate + 2 beta sqrt(r/n) + 3 sqrt(log(2/delta) / (2n))`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Bound {
+    /// KL radius `r = KL(tau) + KL(nu)` (negative estimates clamped to 0).
+    pub r: f64,
+    /// Empirical surrogate loss: the mean clipped squared loss `min(1, (f - y)^2)`, an upper
+    /// bound of the 0-1 loss for labels ±1 (reslim's choice; the paper's surrogate is not
+    /// known).
+    pub surrogate: f64,
+    /// `beta sqrt(r / n)`.
+    pub rademacher: f64,
+    /// `3 sqrt(log(2/delta) / (2n))`.
+    pub confidence: f64,
+    /// `surrogate + 2 rademacher + confidence`.
+    pub total: f64,
+}
+
+impl Bound {
+    pub fn new(beta: f64, n: usize, delta: f64, kl: KlEstimate, surrogate: f64) -> Self {
+        let r = kl.total().max(0.0);
+        let rademacher = beta * (r / n as f64).sqrt();
+        let confidence = 3.0 * ((2.0 / delta).ln() / (2.0 * n as f64)).sqrt();
+        Bound {
+            r,
+            surrogate,
+            rademacher,
+            confidence,
+            total: surrogate + 2.0 * rademacher + confidence,
+        }
+    }
+}
+
+/// What is measured at a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub step: usize,
+    /// Time `t = step * eta`.
+    pub t: f64,
+    pub loss: f64,
+    pub train_error: f64,
+    pub test_error: f64,
+    pub kl: KlEstimate,
+    pub bound: Bound,
+    /// Spectra of G2 and G1 + G2 (absent when the Gram matrices are off or n is above
+    /// `gram_max_n`).
+    pub g2: Option<Spectrum>,
+    pub g: Option<Spectrum>,
+    /// `lambda_min(G) / (beta^2 Lambda)`: the claim is that it stays at least 1/2.
+    #[serde(with = "nullable")]
+    pub ratio: f64,
+    /// Instantaneous decay rate of the loss under the flow, `2 r^T G r / (n |r|^2)`.
+    #[serde(with = "nullable")]
+    pub rayleigh_rate: f64,
+}
+
+/// Linear-convergence rates of the loss, per unit time `t` (PAPERS.md 1.3:
+/// `L(t) <= exp(-2 lambda t / n) L(0)` when `lambda_min(G) >= lambda`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    /// `-slope` of the OLS fit of `log L` against t over the whole run.
+    #[serde(with = "nullable")]
+    pub fitted: f64,
+    /// `-slope` over the second half of the run.
+    #[serde(with = "nullable")]
+    pub fitted_tail: f64,
+    /// `2 min_t lambda_min(G(t)) / n` over the checkpoints: the rate the Gram matrix
+    /// guarantees.
+    #[serde(with = "nullable")]
+    pub gram: f64,
+    /// `beta^2 Lambda / n`: the rate of the paper's bound with lambda = beta^2 Lambda / 2.
+    #[serde(with = "nullable")]
+    pub paper: f64,
+}
+
+/// The result of one run, written as `runs/n{n}-k{k}.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub n: usize,
+    /// Repetition index.
+    pub k: usize,
+    /// Size of the test set.
+    pub n_test: usize,
+    pub data_seed: u64,
+    pub model_seed: u64,
+    pub beta: f64,
+    pub eta: f64,
+    /// Steps taken (updates applied).
+    pub steps: usize,
+    /// "target_loss" or "max_steps".
+    pub stopped: String,
+    /// `Lambda = lambda_min(K0)` on the training inputs (absent for unnormalised inputs).
+    pub lambda0: Option<Spectrum>,
+    /// Training loss after 0..=steps updates.
+    pub losses: Vec<f64>,
+    /// KL estimates after 0..=steps updates.
+    pub kl_stack: Vec<f64>,
+    pub kl_head: Vec<f64>,
+    /// Particle steps where `det(I - eta H) <= 0`.
+    pub kl_folds: u64,
+    pub checkpoints: Vec<Checkpoint>,
+    pub rates: Rates,
+    pub seconds: Seconds,
+    /// The config the run was made with (minus the list of sizes and repetitions), to
+    /// decide whether a stored run can be reused.
+    pub config: serde_json::Value,
+}
+
+/// Wall-clock seconds of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Seconds {
+    pub train: f64,
+    pub measure: f64,
+    pub total: f64,
+}
+
+impl RunResult {
+    /// The last checkpoint (the end of training).
+    pub fn last(&self) -> &Checkpoint {
+        self.checkpoints
+            .last()
+            .expect("a run has at least one checkpoint")
+    }
+
+    /// `min_t lambda_min(G(t)) / (beta^2 Lambda)` over the checkpoints.
+    pub fn min_ratio(&self) -> f64 {
+        self.checkpoints
+            .iter()
+            .map(|c| c.ratio)
+            .fold(f64::NAN, f64::min)
+    }
+}
+
+/// The part of the config a single run depends on.
+pub fn run_key(cfg: &ExperimentConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(cfg).expect("config serialises");
+    if let Some(o) = v.as_object_mut() {
+        for k in ["name", "seeds", "n_train"] {
+            o.remove(k);
+        }
+    }
+    v
+}
+
+/// Fraction of samples where `sign(f) != y` (f = 0 counts as an error).
+pub fn zero_one_error(f: &[f64], y: &[f64]) -> f64 {
+    f.iter().zip(y).filter(|(f, y)| **f * **y <= 0.0).count() as f64 / y.len().max(1) as f64
+}
+
+/// Trains and measures the model of repetition k on n training samples.
+pub fn run_one(cfg: &ExperimentConfig, n: usize, k: usize) -> Result<RunResult, MeanFieldError> {
+    let t_start = Instant::now();
+    let (train, test) = cfg.datasets(n, k)?;
+    let (data_seed, model_seed) = cfg.seeds_of(k);
+    let arch = cfg.arch(n);
+    let beta = arch.beta;
+    let eta = cfg.lr / (beta * beta);
+    let mut net = Net::init(arch, cfg.init, model_seed);
+    let mut measure_s = 0.0;
+    let t0 = Instant::now();
+    let lambda0 = cfg.normalized().then(|| {
+        let k0 = InitKernel::shared(cfg.activation).matrix(&train.x, train.d);
+        gram::extreme_eigenvalues(&k0, n)
+    });
+    measure_s += t0.elapsed().as_secs_f64();
+    let big_lambda = lambda0.map(|s| s.min).unwrap_or(f64::NAN);
+    let mut ws = Workspace::new(&arch);
+    let mut der = Derivatives::new(&arch);
+    let mut kl = FlowKl::new(&net);
+    let plan = cfg.checkpoint_steps();
+    let (mut losses, mut kl_stack, mut kl_head) = (Vec::new(), Vec::new(), Vec::new());
+    let mut checkpoints = Vec::new();
+    let mut step = 0;
+    let stopped = loop {
+        net.derivatives(&train.x, &train.y, &mut ws, &mut der);
+        if !der.loss.is_finite() {
+            return Err(MeanFieldError::Train {
+                n,
+                k,
+                source: TrainError::Diverged {
+                    step,
+                    layer: None,
+                    what: "loss",
+                },
+            });
+        }
+        let est = kl.estimate(&net);
+        losses.push(der.loss);
+        kl_stack.push(est.stack);
+        kl_head.push(est.head);
+        let done = if der.loss <= cfg.target_loss {
+            Some("target_loss")
+        } else if step == cfg.max_steps {
+            Some("max_steps")
+        } else {
+            None
+        };
+        if done.is_some() || plan.contains(&step) {
+            let t0 = Instant::now();
+            checkpoints.push(measure(
+                cfg, &net, &train, &test, step, eta, der.loss, est, big_lambda,
+            ));
+            measure_s += t0.elapsed().as_secs_f64();
+        }
+        if let Some(why) = done {
+            break why.to_string();
+        }
+        net.apply(&der, eta, Some(&mut kl));
+        step += 1;
+        net.check_finite(step)
+            .map_err(|source| MeanFieldError::Train { n, k, source })?;
+    };
+    let total = t_start.elapsed().as_secs_f64();
+    let rates = rates(&losses, eta, n, beta, big_lambda, &checkpoints);
+    Ok(RunResult {
+        n,
+        k,
+        n_test: test.n(),
+        data_seed,
+        model_seed,
+        beta,
+        eta,
+        steps: step,
+        stopped,
+        lambda0,
+        losses,
+        kl_stack,
+        kl_head,
+        kl_folds: kl.folds,
+        checkpoints,
+        rates,
+        seconds: Seconds {
+            train: total - measure_s,
+            measure: measure_s,
+            total,
+        },
+        config: run_key(cfg),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    cfg: &ExperimentConfig,
+    net: &Net,
+    train: &Dataset,
+    test: &Dataset,
+    step: usize,
+    eta: f64,
+    loss: f64,
+    kl: KlEstimate,
+    big_lambda: f64,
+) -> Checkpoint {
+    let n = train.n();
+    let beta = net.arch.beta;
+    let f = net.predict(&train.x);
+    let ft = net.predict(&test.x);
+    let r: Vec<f64> = f.iter().zip(&train.y).map(|(f, y)| f - y).collect();
+    let surrogate = r.iter().map(|e| (e * e).min(1.0)).sum::<f64>() / n as f64;
+    let (mut g2s, mut gs, mut ratio, mut rayleigh_rate) = (None, None, f64::NAN, f64::NAN);
+    if cfg.gram && n <= cfg.gram_max_n {
+        let gm = gram::grams(net, &train.x);
+        let g = gm.total();
+        g2s = Some(gram::extreme_eigenvalues(&gm.g2, n));
+        let s = gram::extreme_eigenvalues(&g, n);
+        ratio = s.min / (beta * beta * big_lambda);
+        gs = Some(s);
+        let rr: f64 = r.iter().map(|x| x * x).sum();
+        let mut rgr = 0.0;
+        for j in 0..n {
+            let col = &g[j * n..(j + 1) * n];
+            rgr += r[j] * col.iter().zip(&r).map(|(a, b)| a * b).sum::<f64>();
+        }
+        rayleigh_rate = 2.0 * rgr / (n as f64 * rr);
+    }
+    Checkpoint {
+        step,
+        t: step as f64 * eta,
+        loss,
+        train_error: zero_one_error(&f, &train.y),
+        test_error: zero_one_error(&ft, &test.y),
+        kl,
+        bound: Bound::new(beta, n, cfg.delta, kl, surrogate),
+        g2: g2s,
+        g: gs,
+        ratio,
+        rayleigh_rate,
+    }
+}
+
+fn rates(
+    losses: &[f64],
+    eta: f64,
+    n: usize,
+    beta: f64,
+    big_lambda: f64,
+    cps: &[Checkpoint],
+) -> Rates {
+    let fit = |from: usize| -> f64 {
+        let (t, l): (Vec<f64>, Vec<f64>) = losses
+            .iter()
+            .enumerate()
+            .skip(from)
+            .filter(|(_, l)| **l > 0.0)
+            .map(|(k, l)| (k as f64 * eta, l.ln()))
+            .unzip();
+        crate::fit::ols(&t, &l)
+            .map(|f| -f.slope)
+            .unwrap_or(f64::NAN)
+    };
+    let min_g = cps
+        .iter()
+        .filter_map(|c| c.g.map(|s| s.min))
+        .fold(f64::NAN, f64::min);
+    Rates {
+        fitted: fit(0),
+        fitted_tail: fit(losses.len() / 2),
+        gram: 2.0 * min_g / n as f64,
+        paper: beta * beta * big_lambda / n as f64,
+    }
+}
+
+/// Where the result of run (n, k) is stored under the output directory.
+pub fn run_path(out: &Path, n: usize, k: usize) -> PathBuf {
+    out.join("runs").join(format!("n{n:05}-k{k}.json"))
+}
+
+/// What happened to one run of [`run_experiment`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Trained now.
+    Done,
+    /// A stored result with the same config was reused.
+    Reused,
+}
+
+/// Runs every (n, k) of the config that has no stored result with the same config under
+/// `out/runs/`, in parallel (one worker per rayon thread, larger n first), writing each
+/// result atomically as soon as it is done; returns all results, sorted by (n, k).
+/// `on_run` is called after each run. The first failing run stops the workers (runs
+/// already written stay on disk) and its error is returned.
+pub fn run_experiment(
+    cfg: &ExperimentConfig,
+    out: &Path,
+    on_run: &(dyn Fn(&RunResult, RunStatus) + Sync),
+) -> Result<Vec<RunResult>, MeanFieldError> {
+    use rayon::prelude::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let key = run_key(cfg);
+    let mut jobs: Vec<(usize, usize)> = cfg
+        .n_train
+        .iter()
+        .flat_map(|&n| (0..cfg.seeds).map(move |k| (n, k)))
+        .collect();
+    jobs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let one = |&(n, k): &(usize, usize)| -> Result<RunResult, MeanFieldError> {
+        let path = run_path(out, n, k);
+        if let Some(r) = load_run(&path).filter(|r| r.config == key && r.n == n && r.k == k) {
+            on_run(&r, RunStatus::Reused);
+            return Ok(r);
+        }
+        let r = run_one(cfg, n, k)?;
+        let json = serde_json::to_string(&r).map_err(|e| MeanFieldError::Json {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+        io::atomic_write(&path, json.as_bytes())?;
+        on_run(&r, RunStatus::Done);
+        Ok(r)
+    };
+    // One worker per thread takes the next job in order (largest n first), so the long
+    // runs start first and the last ones to finish are short.
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let slots: Vec<Mutex<Option<Result<RunResult, MeanFieldError>>>> =
+        jobs.iter().map(|_| Mutex::new(None)).collect();
+    let workers = rayon::current_num_threads().min(jobs.len()).max(1);
+    (0..workers).into_par_iter().for_each(|_| {
+        while !failed.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(job) = jobs.get(i) else { break };
+            let r = one(job);
+            failed.fetch_or(r.is_err(), Ordering::Relaxed);
+            *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        }
+    });
+    let mut results = Vec::with_capacity(jobs.len());
+    for slot in slots {
+        match slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(Ok(r)) => results.push(r),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    results.sort_by_key(|r| (r.n, r.k));
+    Ok(results)
+}
+
+/// Reads a stored run; `None` if absent or unreadable (it is then recomputed).
+pub fn load_run(path: &Path) -> Option<RunResult> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}

@@ -1,0 +1,524 @@
+//! The experiment spec (TOML) and its validated form [`ExperimentConfig`].
+//!
+//! ```toml
+//! name = "spirals"            # report title
+//! seed = 1                    # base seed; repetition k uses seeds derived from (seed, k)
+//! seeds = 5                   # repetitions per training-set size
+//! n_train = [50, 100, 200, 400, 800, 1600, 3200]
+//! n_test = 10000              # test points (spirals; a CSV test set is used whole)
+//!
+//! [data]
+//! source = "spirals"          # "spirals" | "csv"
+//! turns = 2.1667              # spirals: turns of each arm (default 780/360)
+//! noise = 0.5                 # spirals: uniform noise, in the generator's units
+//! lift = 1.0                  # append this constant coordinate, then normalise (d = 3)
+//! # train = "train.csv"       # csv: x_1..x_d, label (+1/-1); n_train rows drawn from it
+//! # test = "test.csv"         # csv
+//! # normalize = true          # csv: put inputs on the unit sphere (default true)
+//!
+//! [model]
+//! L = 20                      # depth
+//! M = 500                     # particles per block
+//! M0 = 1000                   # head particles
+//! alpha = 1.0                 # branch scale
+//! beta = { c = 1.0, n = 0.5 } # output scale, a power law in n (and L, M, ...)
+//! activation = "tanh"
+//! init = "symmetric"          # "symmetric" (antithetic pairs) | "iid"
+//!
+//! [train]
+//! lr = 1.0                    # step size eta = lr / beta^2
+//! max_steps = 2000            # step budget
+//! target_loss = 1e-3          # stop once the training loss is at most this
+//!
+//! [measure]
+//! checkpoints = 6             # Gram, eigenvalues, errors, bound at 6 log-spaced steps + the last
+//! gram = true                 # compute G1, G2 (false: only loss, KL, errors)
+//! gram_max_n = 3200           # skip the Gram matrices above this n
+//! delta = 0.05                # confidence of the generalization bound
+//! ```
+//!
+//! Every field has the default shown. [`ExperimentSpec::check`] turns a spec into an
+//! [`ExperimentConfig`]; its errors name the field and the bad value.
+
+use super::data::{self, Dataset, Spirals};
+use super::net::Init;
+use crate::model::Activation;
+use crate::param::{Dims, Scale};
+use crate::spec::{SpecError, read_toml};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+fn invalid(field: &str, value: impl std::fmt::Display, why: &str) -> SpecError {
+    SpecError::Invalid {
+        field: field.into(),
+        value: value.to_string(),
+        why: why.into(),
+    }
+}
+
+/// An experiment spec as written: every field optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSpec {
+    pub name: Option<String>,
+    pub seed: Option<u64>,
+    pub seeds: Option<i64>,
+    pub n_train: Option<Vec<i64>>,
+    pub n_test: Option<i64>,
+    pub data: Option<DataSpec>,
+    pub model: Option<ModelSpec>,
+    pub train: Option<TrainSection>,
+    pub measure: Option<MeasureSpec>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    pub source: Option<String>,
+    pub turns: Option<f64>,
+    pub noise: Option<f64>,
+    pub lift: Option<f64>,
+    pub train: Option<PathBuf>,
+    pub test: Option<PathBuf>,
+    pub normalize: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    #[serde(rename = "L")]
+    pub l: Option<i64>,
+    #[serde(rename = "M")]
+    pub m: Option<i64>,
+    #[serde(rename = "M0")]
+    pub m0: Option<i64>,
+    pub alpha: Option<f64>,
+    pub beta: Option<Scale>,
+    pub activation: Option<String>,
+    pub init: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    pub lr: Option<f64>,
+    pub max_steps: Option<i64>,
+    pub target_loss: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasureSpec {
+    pub checkpoints: Option<i64>,
+    pub gram: Option<bool>,
+    pub gram_max_n: Option<i64>,
+    pub delta: Option<f64>,
+}
+
+/// Where the data come from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub enum DataSource {
+    /// Two spirals, lifted by `lift` and normalised.
+    Spirals { spirals: Spirals, lift: f64 },
+    /// A user's CSV files; `lift` (if any) is appended before normalising.
+    Csv {
+        train: PathBuf,
+        test: PathBuf,
+        lift: Option<f64>,
+        normalize: bool,
+        train_rows: usize,
+    },
+}
+
+/// A checked experiment configuration: the only thing the runs see.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExperimentConfig {
+    pub name: String,
+    pub seed: u64,
+    pub seeds: usize,
+    pub n_train: Vec<usize>,
+    pub n_test: usize,
+    pub data: DataSource,
+    /// Input dimension after lifting.
+    pub d: usize,
+    #[serde(rename = "L")]
+    pub l: usize,
+    #[serde(rename = "M")]
+    pub m: usize,
+    #[serde(rename = "M0")]
+    pub m0: usize,
+    pub alpha: f64,
+    pub beta: Scale,
+    pub activation: Activation,
+    pub init: Init,
+    pub lr: f64,
+    pub max_steps: usize,
+    pub target_loss: f64,
+    pub checkpoints: usize,
+    pub gram: bool,
+    pub gram_max_n: usize,
+    pub delta: f64,
+}
+
+/// Stream tags of the data.
+pub const TRAIN_STREAM: u32 = 0x4d46_0010;
+pub const TEST_STREAM: u32 = 0x4d46_0011;
+pub const SUBSET_STREAM: u32 = 0x4d46_0012;
+
+impl ExperimentSpec {
+    pub fn from_file(path: &Path) -> Result<Self, SpecError> {
+        read_toml(path)
+    }
+
+    /// Validates the spec. Relative CSV paths are taken relative to `base` (the spec's
+    /// directory).
+    pub fn check(&self, base: &Path) -> Result<ExperimentConfig, SpecError> {
+        let pos = |field: &str, v: Option<i64>, default: i64| -> Result<usize, SpecError> {
+            let x = v.unwrap_or(default);
+            if x <= 0 {
+                return Err(invalid(field, x, "must be a positive integer"));
+            }
+            Ok(x as usize)
+        };
+        let finite_pos = |field: &str, v: Option<f64>, default: f64| -> Result<f64, SpecError> {
+            let x = v.unwrap_or(default);
+            if !(x.is_finite() && x > 0.0) {
+                return Err(invalid(field, x, "must be a finite positive number"));
+            }
+            Ok(x)
+        };
+        let seeds = pos("seeds", self.seeds, 5)?;
+        let n_train_raw = self
+            .n_train
+            .clone()
+            .unwrap_or_else(|| vec![50, 100, 200, 400, 800, 1600, 3200]);
+        if n_train_raw.is_empty() {
+            return Err(invalid("n_train", "[]", "must list at least one size"));
+        }
+        let mut n_train = Vec::new();
+        for &n in &n_train_raw {
+            if n < 2 {
+                return Err(invalid("n_train", n, "every size must be at least 2"));
+            }
+            if n_train.contains(&(n as usize)) {
+                return Err(invalid("n_train", n, "sizes must be distinct"));
+            }
+            n_train.push(n as usize);
+        }
+        let n_test = pos("n_test", self.n_test, 10_000)?;
+        let ds = self.data.clone().unwrap_or_default();
+        let source = ds.source.as_deref().unwrap_or("spirals");
+        let (data, d) = match source {
+            "spirals" => {
+                for (f, v) in [("data.train", &ds.train), ("data.test", &ds.test)] {
+                    if let Some(p) = v {
+                        return Err(invalid(f, p.display(), "only for source = \"csv\""));
+                    }
+                }
+                if let Some(nz) = ds.normalize {
+                    return Err(invalid(
+                        "data.normalize",
+                        nz,
+                        "spirals are always normalised; only for source = \"csv\"",
+                    ));
+                }
+                let def = Spirals::default();
+                let turns = finite_pos("data.turns", ds.turns, def.turns)?;
+                let noise = ds.noise.unwrap_or(def.noise);
+                if !(noise.is_finite() && noise >= 0.0) {
+                    return Err(invalid(
+                        "data.noise",
+                        noise,
+                        "must be a finite non-negative number",
+                    ));
+                }
+                let lift = finite_pos("data.lift", ds.lift, 1.0)?;
+                (
+                    DataSource::Spirals {
+                        spirals: Spirals { turns, noise },
+                        lift,
+                    },
+                    3,
+                )
+            }
+            "csv" => {
+                for (f, v) in [("data.turns", ds.turns), ("data.noise", ds.noise)] {
+                    if let Some(x) = v {
+                        return Err(invalid(f, x, "only for source = \"spirals\""));
+                    }
+                }
+                let path = |field: &str, p: &Option<PathBuf>| -> Result<PathBuf, SpecError> {
+                    let p = p.as_ref().ok_or_else(|| {
+                        invalid(
+                            field,
+                            "(missing)",
+                            "a CSV path is required for source = \"csv\"",
+                        )
+                    })?;
+                    Ok(if p.is_absolute() {
+                        p.clone()
+                    } else {
+                        base.join(p)
+                    })
+                };
+                let train = path("data.train", &ds.train)?;
+                let test = path("data.test", &ds.test)?;
+                let read = |field: &str, p: &Path| {
+                    data::read_csv(p).map_err(|e| invalid(field, p.display(), &e.to_string()))
+                };
+                let (tr, te) = (read("data.train", &train)?, read("data.test", &test)?);
+                if tr.d != te.d {
+                    return Err(invalid(
+                        "data.test",
+                        test.display(),
+                        &format!("has {} input columns, the training file {}", te.d, tr.d),
+                    ));
+                }
+                let lift = match ds.lift {
+                    Some(c) if !c.is_finite() => {
+                        return Err(invalid("data.lift", c, "must be finite"));
+                    }
+                    other => other,
+                };
+                if let Some(&n) = n_train.iter().find(|&&n| n > tr.n()) {
+                    return Err(invalid(
+                        "n_train",
+                        n,
+                        &format!("exceeds the {} rows of {}", tr.n(), train.display()),
+                    ));
+                }
+                let d = tr.d + usize::from(lift.is_some());
+                let normalize = ds.normalize.unwrap_or(true);
+                (
+                    DataSource::Csv {
+                        train,
+                        test,
+                        lift,
+                        normalize,
+                        train_rows: tr.n(),
+                    },
+                    d,
+                )
+            }
+            other => {
+                return Err(invalid(
+                    "data.source",
+                    other,
+                    "must be \"spirals\" or \"csv\"",
+                ));
+            }
+        };
+        let ms = self.model.clone().unwrap_or_default();
+        let init = match ms.init.as_deref().unwrap_or("symmetric") {
+            "symmetric" => Init::Symmetric,
+            "iid" => Init::Iid,
+            other => {
+                return Err(invalid(
+                    "model.init",
+                    other,
+                    "must be \"symmetric\" or \"iid\"",
+                ));
+            }
+        };
+        let l = pos("model.L", ms.l, 20)?;
+        let m = pos("model.M", ms.m, 500)?;
+        let m0 = pos("model.M0", ms.m0, 1000)?;
+        if init == Init::Symmetric {
+            for (f, v) in [("model.M", m), ("model.M0", m0)] {
+                if v % 2 == 1 {
+                    return Err(invalid(
+                        f,
+                        v,
+                        "must be even with init = \"symmetric\" (antithetic pairs)",
+                    ));
+                }
+            }
+        }
+        let alpha = ms.alpha.unwrap_or(1.0);
+        if !alpha.is_finite() {
+            return Err(invalid("model.alpha", alpha, "must be finite"));
+        }
+        let beta = ms.beta.unwrap_or(Scale::constant(1.0).n(0.5));
+        let activation: Activation =
+            ms.activation
+                .as_deref()
+                .unwrap_or("tanh")
+                .parse()
+                .map_err(|e: String| {
+                    invalid(
+                        "model.activation",
+                        ms.activation.as_deref().unwrap_or(""),
+                        &e,
+                    )
+                })?;
+        let ts = self.train.clone().unwrap_or_default();
+        let lr = finite_pos("train.lr", ts.lr, 1.0)?;
+        let max_steps = pos("train.max_steps", ts.max_steps, 2000)?;
+        let target_loss = ts.target_loss.unwrap_or(1e-3);
+        if !(target_loss.is_finite() && target_loss >= 0.0) {
+            return Err(invalid(
+                "train.target_loss",
+                target_loss,
+                "must be a finite non-negative number",
+            ));
+        }
+        let me = self.measure.clone().unwrap_or_default();
+        let checkpoints = pos("measure.checkpoints", me.checkpoints, 6)?;
+        if checkpoints < 2 {
+            return Err(invalid(
+                "measure.checkpoints",
+                checkpoints,
+                "must be at least 2 (the first and the last step)",
+            ));
+        }
+        let gram_max_n = pos("measure.gram_max_n", me.gram_max_n, 3200)?;
+        let delta = me.delta.unwrap_or(0.05);
+        if !(delta > 0.0 && delta < 1.0) {
+            return Err(invalid(
+                "measure.delta",
+                delta,
+                "must lie strictly between 0 and 1",
+            ));
+        }
+        let cfg = ExperimentConfig {
+            name: self.name.clone().unwrap_or_else(|| "spirals".into()),
+            seed: self.seed.unwrap_or(1),
+            seeds,
+            n_train,
+            n_test,
+            data,
+            d,
+            l,
+            m,
+            m0,
+            alpha,
+            beta,
+            activation,
+            init,
+            lr,
+            max_steps,
+            target_loss,
+            checkpoints,
+            gram: me.gram.unwrap_or(true),
+            gram_max_n,
+            delta,
+        };
+        for &n in &cfg.n_train {
+            let b = cfg.beta_at(n);
+            if !(b.is_finite() && b > 0.0) {
+                return Err(invalid(
+                    "model.beta",
+                    cfg.beta,
+                    &format!("gives beta = {b} at n = {n}; must be finite and positive"),
+                ));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+impl ExperimentConfig {
+    /// beta at training-set size n (the Scale evaluated at L, M, D = d, N = n).
+    pub fn beta_at(&self, n: usize) -> f64 {
+        let dims = Dims {
+            l: self.l,
+            m: self.m,
+            d: self.d,
+            din: self.d,
+            dout: 1,
+            n,
+        };
+        self.beta.eval(&dims, self.alpha)
+    }
+
+    /// The architecture of the runs with n training samples.
+    pub fn arch(&self, n: usize) -> super::net::Arch {
+        super::net::Arch {
+            d: self.d,
+            l: self.l,
+            m: self.m,
+            m0: self.m0,
+            alpha: self.alpha,
+            beta: self.beta_at(n),
+            activation: self.activation,
+        }
+    }
+
+    /// Data and model seeds of repetition k.
+    pub fn seeds_of(&self, k: usize) -> (u64, u64) {
+        (
+            crate::rng::derive_seed(self.seed, 2 * k as u64),
+            crate::rng::derive_seed(self.seed, 2 * k as u64 + 1),
+        )
+    }
+
+    /// The training set (n samples) and test set of repetition k. Spirals: the training
+    /// samples of a smaller n are a prefix of a larger one's, and the test set depends on
+    /// k only. CSV: n training rows drawn without replacement (a seeded shuffle, nested
+    /// in n); the whole test file.
+    pub fn datasets(&self, n: usize, k: usize) -> Result<(Dataset, Dataset), data::DataError> {
+        let (data_seed, _) = self.seeds_of(k);
+        match &self.data {
+            DataSource::Spirals { spirals, lift } => {
+                let tr = spirals
+                    .sample(n, data_seed, TRAIN_STREAM)
+                    .lift(*lift)
+                    .normalize()?;
+                let te = spirals
+                    .sample(self.n_test, data_seed, TEST_STREAM)
+                    .lift(*lift)
+                    .normalize()?;
+                Ok((tr, te))
+            }
+            DataSource::Csv {
+                train,
+                test,
+                lift,
+                normalize,
+                ..
+            } => {
+                let all = data::read_csv(train)?;
+                let s =
+                    crate::rng::Stream::new(data_seed, crate::rng::Tensor::Other(SUBSET_STREAM), 0);
+                let mut keys: Vec<(f64, usize)> =
+                    (0..all.n()).map(|i| (s.uniform(i as u64, 0), i)).collect();
+                keys.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let idx: Vec<usize> = keys.iter().take(n).map(|&(_, i)| i).collect();
+                let prep = |ds: Dataset| -> Result<Dataset, data::DataError> {
+                    let ds = match lift {
+                        Some(c) => ds.lift(*c),
+                        None => ds,
+                    };
+                    if *normalize { ds.normalize() } else { Ok(ds) }
+                };
+                Ok((prep(all.select(&idx))?, prep(data::read_csv(test)?)?))
+            }
+        }
+    }
+
+    /// Whether the inputs lie on the unit sphere (needed for K0's closed form).
+    pub fn normalized(&self) -> bool {
+        match &self.data {
+            DataSource::Spirals { .. } => true,
+            DataSource::Csv { normalize, .. } => *normalize,
+        }
+    }
+
+    /// The steps at which the Gram matrices, errors and the bound are measured:
+    /// 0 and `checkpoints - 1` log-spaced steps up to `max_steps` (the last step of a run
+    /// is always measured too).
+    pub fn checkpoint_steps(&self) -> Vec<usize> {
+        let c = self.checkpoints;
+        let mut v = vec![0];
+        for j in 1..c {
+            let s = (self.max_steps as f64)
+                .powf(j as f64 / (c - 1) as f64)
+                .round() as usize;
+            if s > *v.last().unwrap_or(&0) {
+                v.push(s.min(self.max_steps));
+            }
+        }
+        v
+    }
+}
