@@ -529,7 +529,7 @@ unsafe fn fma_chains<T: Real, S: Vector<T>>(iters: usize) -> (T, usize) {
         }
         let mut s = T::zero();
         for k in 0..12 {
-            s = s + S::reduce(a[k]);
+            s += S::reduce(a[k]);
         }
         (s, S::W)
     }

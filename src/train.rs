@@ -228,6 +228,9 @@ pub fn forward<T: Real>(
     Ok(loss)
 }
 
+/// Matching chunks of p, sigma(p), sigma'(p) and m_V sigma(p).
+type ActChunks<'a, T> = (((&'a [T], &'a mut [T]), &'a mut [T]), &'a mut [T]);
+
 /// `s = sigma(p)`, `ds = sigma'(p)`, `ca = m_V s`, elementwise, in parallel chunks.
 fn activate<T: Real>(
     act: Activation,
@@ -238,7 +241,7 @@ fn activate<T: Real>(
     ca: &mut [T],
     par: Par,
 ) {
-    let job = |(((pc, sc), dc), cc): (((&[T], &mut [T]), &mut [T]), &mut [T])| {
+    let job = |(((pc, sc), dc), cc): ActChunks<T>| {
         for (((&pv, sv), dv), cv) in pc
             .iter()
             .zip(sc.iter_mut())
