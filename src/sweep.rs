@@ -586,13 +586,15 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 pub struct TaskRecord {
     pub task: Task,
     pub coupling: Coupling,
+    /// One per step done (fewer than K when a run against the limit diverged).
     pub losses: Vec<f64>,
-    /// (read steps) x d_out x N.
+    /// (read steps) x d_out x N (empty with a limit reference).
     pub outputs: Vec<f64>,
     /// (read steps) x D x N, coupled variant only (empty with a limit reference).
     pub hidden: Vec<f64>,
     pub seconds: f64,
-    /// With a limit reference: the errors at each read step.
+    /// With a limit reference: the errors at each read step (NaN at and after a
+    /// divergence, which is recorded rather than fatal, as in PAPERS.md 2.5 E2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<Vec<StepErrors>>,
 }
@@ -618,24 +620,32 @@ pub fn run_task(sw: &Sweep, t: &Task, data: &Data) -> Result<Vec<TaskRecord>, cr
             w.we = fresh.we;
             w.wu = fresh.wu;
         }
+        if let Some(lim) = &sw.limit {
+            let t0 = std::time::Instant::now();
+            let (eta, k) = (sw.spec.lr, sw.spec.steps);
+            let a = lim.train_against(&mut w, data, &r, eta, k, &sw.read_steps)?;
+            out.push(TaskRecord {
+                task: *t,
+                coupling: c,
+                losses: a.losses,
+                outputs: Vec::new(),
+                hidden: Vec::new(),
+                seconds: t0.elapsed().as_secs_f64(),
+                limit: Some(a.errors),
+            });
+            continue;
+        }
         let opts = TrainOptions {
             steps: sw.spec.steps,
             eta: sw.spec.lr,
             activation: sw.activation,
-            record_hidden: c == Coupling::Coupled && sw.limit.is_none(),
+            record_hidden: c == Coupling::Coupled,
             hidden_steps: Some(sw.read_steps.clone()),
             layer_stats: false,
-            layer_steps: match sw.limit {
-                Some(_) => sw.read_steps.clone(),
-                None => Vec::new(),
-            },
+            layer_steps: Vec::new(),
         };
         let t0 = std::time::Instant::now();
         let h = train::train(&mut w, data, &r, &opts, Par::Seq, &mut |_, _| {})?;
-        let limit = match &sw.limit {
-            Some(lim) => Some(lim.step_errors(&dims, &w.we, &w.wu, &h, &sw.read_steps)?),
-            None => None,
-        };
         let (dout, n) = (dims.dout, dims.n);
         let mut outputs = Vec::with_capacity(sw.read_steps.len() * dout * n);
         for &k in &sw.read_steps {
@@ -648,7 +658,7 @@ pub fn run_task(sw: &Sweep, t: &Task, data: &Data) -> Result<Vec<TaskRecord>, cr
             outputs,
             hidden: h.hidden,
             seconds: t0.elapsed().as_secs_f64(),
-            limit,
+            limit: None,
         });
     }
     Ok(out)
