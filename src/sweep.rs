@@ -957,10 +957,15 @@ pub fn collect(sw: &Sweep, dir: &SweepDir) -> Result<Vec<ErrorRow>, crate::Error
     Ok(rows)
 }
 
+/// Against the limit, a run whose error exceeds this counts as diverged, as in the authors'
+/// analysis (PAPERS.md 2.5, E2: "runs with error > 1e3 are set to 0 (diverged)"); here its
+/// row gets NaN, so it leaves the fits and plots (`errors_limit.csv` keeps the value).
+pub const DIVERGED_ERROR: f64 = 1e3;
+
 /// With a limit reference (PAPERS.md 2.4, "Python errors"): per finished model, repetition,
 /// coupling and read step, the row (`msq_h` the square of the embedding error
 /// `max_l mean_d |h - H|`, `msq_y` the mean squared output deviation, so that `err_h`,
-/// `err_y` are RMS over repetitions) and every limit error.
+/// `err_y` are RMS over repetitions; NaN beyond [`DIVERGED_ERROR`]) and every limit error.
 pub fn collect_limit(
     sw: &Sweep,
     dir: &SweepDir,
@@ -984,8 +989,8 @@ pub fn collect_limit(
                     p: (t.l * t.m * t.d) as f64,
                     step: e.step,
                     loss: e.loss,
-                    msq_h: e.h_mad_max * e.h_mad_max,
-                    msq_y: e.y_rms * e.y_rms,
+                    msq_h: diverged_nan(e.h_mad_max.max(e.y_rms), e.h_mad_max.powi(2)),
+                    msq_y: diverged_nan(e.h_mad_max.max(e.y_rms), e.y_rms.powi(2)),
                     is_reference: false,
                 };
                 rows.push((row, *e));
@@ -993,6 +998,10 @@ pub fn collect_limit(
         }
     }
     Ok(rows)
+}
+
+fn diverged_nan(err: f64, v: f64) -> f64 {
+    if err > DIVERGED_ERROR { f64::NAN } else { v }
 }
 
 /// Writes `errors_limit.csv`: every limit error of [`collect_limit`], one row per model,

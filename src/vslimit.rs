@@ -520,21 +520,34 @@ pub struct AgainstLimit {
     pub diverged_at: Option<usize>,
 }
 
+/// A number that JSON writes as `null` when it is NaN (serde_json's convention) read back.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// The distance of one finite network to the limit at one step (PAPERS.md §2.4, Python).
+/// NaN (written `null` in JSON) where the run diverged before the step.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct StepErrors {
     /// Record `k` (the network after `k` updates).
     pub step: usize,
     /// `max_l mean_{d,n} |h(l) − H(l/L)|` (the paper's embedding error).
+    #[serde(deserialize_with = "nan_if_null")]
     pub h_mad_max: f64,
     /// `mean_l mean_{d,n} |h(l) − H(l/L)|`.
+    #[serde(deserialize_with = "nan_if_null")]
     pub h_mad_mean: f64,
     /// `√(mean_{d,n} (h(L) − H(1))²)`.
+    #[serde(deserialize_with = "nan_if_null")]
     pub h_rms_last: f64,
     /// `√(mean_{o,n} (f − f^lim)²)` (the paper's output error).
+    #[serde(deserialize_with = "nan_if_null")]
     pub y_rms: f64,
     /// The finite network's loss and the limit's.
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss_limit: f64,
 }
 
@@ -1230,5 +1243,10 @@ mod tests {
         assert!(a.errors[0].h_mad_max.is_finite() && a.errors[0].y_rms.is_finite());
         assert!(a.errors[1].h_mad_max.is_nan() && a.errors[1].step == 5);
         assert_eq!(a.losses.len(), 1);
+        // NaN errors survive the task records (JSON writes them as null).
+        let back: Vec<StepErrors> =
+            serde_json::from_str(&serde_json::to_string(&a.errors).unwrap()).unwrap();
+        assert!(back[1].y_rms.is_nan() && back[1].loss_limit == a.errors[1].loss_limit);
+        assert!((back[0].h_mad_max - a.errors[0].h_mad_max).abs() < 1e-14);
     }
 }
