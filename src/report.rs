@@ -200,22 +200,24 @@ pub fn write_report(
             .collect();
         let errs: Vec<f64> = shapes.iter().map(|k| rms(&data[k])).collect();
         let reps: Vec<usize> = (0..sw.spec.reps).collect();
-        let complete = shapes
-            .iter()
-            .all(|k| reps.iter().all(|r| data[k].contains_key(r)));
-        let (joint, ci, nb) =
-            if complete && sw.spec.reps >= 2 && shapes.len() > sp.model.terms.len() {
-                let per_rep: Vec<Vec<f64>> = reps
-                    .iter()
-                    .map(|r| shapes.iter().map(|k| data[k][r]).collect())
-                    .collect();
-                match fit::bootstrap_rate_fit(&sp.model, &shp, &per_rep, n_boot, sw.spec.seed) {
-                    Ok(b) => (Some(b.fit), b.coef_ci95, n_boot),
-                    Err(_) => (fit::fit_rate_model(&sp.model, &shp, &errs).ok(), vec![], 0),
-                }
-            } else {
-                (fit::fit_rate_model(&sp.model, &shp, &errs).ok(), vec![], 0)
-            };
+        // The bootstrap resamples repetitions: it uses the shapes that have every one (all
+        // of them, unless some runs are missing or diverged).
+        let full: Vec<usize> = (0..shapes.len())
+            .filter(|&i| reps.iter().all(|r| data[&shapes[i]].contains_key(r)))
+            .collect();
+        let (joint, ci, nb) = if sw.spec.reps >= 2 && full.len() > sp.model.terms.len() {
+            let per_rep: Vec<Vec<f64>> = reps
+                .iter()
+                .map(|r| full.iter().map(|&i| data[&shapes[i]][r]).collect())
+                .collect();
+            let shp_full: Vec<Shape> = full.iter().map(|&i| shp[i]).collect();
+            match fit::bootstrap_rate_fit(&sp.model, &shp_full, &per_rep, n_boot, sw.spec.seed) {
+                Ok(b) => (Some(b.fit), b.coef_ci95, n_boot),
+                Err(_) => (fit::fit_rate_model(&sp.model, &shp, &errs).ok(), vec![], 0),
+            }
+        } else {
+            (fit::fit_rate_model(&sp.model, &shp, &errs).ok(), vec![], 0)
+        };
         let resid = |f: &RateFit| -> f64 {
             shp.iter()
                 .zip(&errs)

@@ -600,13 +600,15 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 pub struct TaskRecord {
     pub task: Task,
     pub coupling: Coupling,
+    /// One per step done (fewer than K when a run against the limit diverged).
     pub losses: Vec<f64>,
-    /// (read steps) x d_out x N.
+    /// (read steps) x d_out x N (empty with a limit reference).
     pub outputs: Vec<f64>,
     /// (read steps) x D x N, coupled variant only (empty with a limit reference).
     pub hidden: Vec<f64>,
     pub seconds: f64,
-    /// With a limit reference: the errors at each read step.
+    /// With a limit reference: the errors at each read step (NaN at and after a
+    /// divergence, which is recorded rather than fatal, as in PAPERS.md 2.5 E2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<Vec<StepErrors>>,
 }
@@ -643,27 +645,32 @@ fn run_task_t<T: crate::model::Real>(
             w.we = fresh.we;
             w.wu = fresh.wu;
         }
+        if let Some(lim) = &sw.limit {
+            let t0 = std::time::Instant::now();
+            let (eta, k) = (sw.spec.lr, sw.spec.steps);
+            let a = lim.train_against(&mut w, data, &r, eta, k, &sw.read_steps)?;
+            out.push(TaskRecord {
+                task: *t,
+                coupling: c,
+                losses: a.losses,
+                outputs: Vec::new(),
+                hidden: Vec::new(),
+                seconds: t0.elapsed().as_secs_f64(),
+                limit: Some(a.errors),
+            });
+            continue;
+        }
         let opts = TrainOptions {
             steps: sw.spec.steps,
             eta: sw.spec.lr,
             activation: sw.activation,
-            record_hidden: c == Coupling::Coupled && sw.limit.is_none(),
+            record_hidden: c == Coupling::Coupled,
             hidden_steps: Some(sw.read_steps.clone()),
             layer_stats: false,
-            layer_steps: match sw.limit {
-                Some(_) => sw.read_steps.clone(),
-                None => Vec::new(),
-            },
+            layer_steps: Vec::new(),
         };
         let t0 = std::time::Instant::now();
         let h = train::train(&mut w, data, &r, &opts, Par::Seq, &mut |_, _| {})?;
-        let limit = match &sw.limit {
-            Some(lim) => {
-                let f64s = |v: &[T]| v.iter().map(|x| x.to()).collect::<Vec<f64>>();
-                Some(lim.step_errors(&dims, &f64s(&w.we), &f64s(&w.wu), &h, &sw.read_steps)?)
-            }
-            None => None,
-        };
         let (dout, n) = (dims.dout, dims.n);
         let mut outputs = Vec::with_capacity(sw.read_steps.len() * dout * n);
         for &k in &sw.read_steps {
@@ -676,7 +683,7 @@ fn run_task_t<T: crate::model::Real>(
             outputs,
             hidden: h.hidden,
             seconds: t0.elapsed().as_secs_f64(),
-            limit,
+            limit: None,
         });
     }
     Ok(out)
@@ -992,10 +999,15 @@ pub fn collect(sw: &Sweep, dir: &SweepDir) -> Result<Vec<ErrorRow>, crate::Error
     Ok(rows)
 }
 
+/// Against the limit, a run whose error exceeds this counts as diverged, as in the authors'
+/// analysis (PAPERS.md 2.5, E2: "runs with error > 1e3 are set to 0 (diverged)"); here its
+/// row gets NaN, so it leaves the fits and plots (`errors_limit.csv` keeps the value).
+pub const DIVERGED_ERROR: f64 = 1e3;
+
 /// With a limit reference (PAPERS.md 2.4, "Python errors"): per finished model, repetition,
 /// coupling and read step, the row (`msq_h` the square of the embedding error
 /// `max_l mean_d |h - H|`, `msq_y` the mean squared output deviation, so that `err_h`,
-/// `err_y` are RMS over repetitions) and every limit error.
+/// `err_y` are RMS over repetitions; NaN beyond [`DIVERGED_ERROR`]) and every limit error.
 pub fn collect_limit(
     sw: &Sweep,
     dir: &SweepDir,
@@ -1019,8 +1031,8 @@ pub fn collect_limit(
                     p: (t.l * t.m * t.d) as f64,
                     step: e.step,
                     loss: e.loss,
-                    msq_h: e.h_mad_max * e.h_mad_max,
-                    msq_y: e.y_rms * e.y_rms,
+                    msq_h: diverged_nan(e.h_mad_max.max(e.y_rms), e.h_mad_max.powi(2)),
+                    msq_y: diverged_nan(e.h_mad_max.max(e.y_rms), e.y_rms.powi(2)),
                     is_reference: false,
                 };
                 rows.push((row, *e));
@@ -1028,6 +1040,10 @@ pub fn collect_limit(
         }
     }
     Ok(rows)
+}
+
+fn diverged_nan(err: f64, v: f64) -> f64 {
+    if err > DIVERGED_ERROR { f64::NAN } else { v }
 }
 
 /// Writes `errors_limit.csv`: every limit error of [`collect_limit`], one row per model,

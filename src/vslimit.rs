@@ -333,25 +333,12 @@ impl LimitReference {
         hist: &History,
         steps: &[usize],
     ) -> Result<Vec<StepErrors>, LimitError> {
-        let (l_n, d, n, d_o) = (dims.l, dims.d, dims.n, dims.dout);
-        if n != self.n || d_o != self.d_out || dims.din != self.d_in {
-            return Err(LimitError::invalid(
-                "dims",
-                format!("d_in={} d_out={d_o} N={n}", dims.din),
-                "the network and the limit have different data dimensions",
-            ));
-        }
+        self.check_dims(dims)?;
         let traj = self.trajectories(we, wu)?;
-        let per = (l_n + 1) * d * n;
+        let per = (dims.l + 1) * dims.d * dims.n;
+        let w = dims.dout * dims.n;
         let mut out = Vec::with_capacity(steps.len());
         for &k in steps {
-            if k >= self.params.k_steps {
-                return Err(LimitError::invalid(
-                    "step",
-                    k,
-                    "beyond the passes the limit was solved for",
-                ));
-            }
             let Some(j) = hist.layer_steps.iter().position(|&s| s == k) else {
                 return Err(LimitError::invalid(
                     "step",
@@ -359,46 +346,163 @@ impl LimitReference {
                     "the training history did not record every layer at this step",
                 ));
             };
-            let layers = &hist.layers[j * per..(j + 1) * per];
-            let (mut mad_max, mut mad_sum, mut rms_last) = (0.0f64, 0.0, 0.0);
-            for l in 0..=l_n {
-                let s = if l_n == 0 { 0.0 } else { l as f64 / l_n as f64 };
-                let (i, t) = self.grid().locate(s);
-                let h = &layers[l * d * n..(l + 1) * d * n];
-                let (mut abs, mut sq) = (0.0, 0.0);
-                for r in 0..d {
-                    for sm in 0..n {
-                        let a = k * n + sm;
-                        let lo = traj.h(r, i, a);
-                        let lim = lo + t * (traj.h(r, i + 1, a) - lo);
-                        let e = h[r * n + sm] - lim;
-                        abs += e.abs();
-                        sq += e * e;
-                    }
-                }
-                let mad = abs / (d * n) as f64;
-                mad_max = mad_max.max(mad);
-                mad_sum += mad;
-                if l == l_n {
-                    rms_last = (sq / (d * n) as f64).sqrt();
+            out.push(self.errors_at(
+                dims,
+                &traj,
+                k,
+                &hist.layers[j * per..(j + 1) * per],
+                &hist.outputs[k * w..(k + 1) * w],
+                hist.losses[k],
+            )?);
+        }
+        Ok(out)
+    }
+
+    fn check_dims(&self, dims: &Dims) -> Result<(), LimitError> {
+        if dims.n != self.n || dims.dout != self.d_out || dims.din != self.d_in {
+            return Err(LimitError::invalid(
+                "dims",
+                format!("d_in={} d_out={} N={}", dims.din, dims.dout, dims.n),
+                "the network and the limit have different data dimensions",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The errors at pass `k` from the layers `(L+1) × D × N`, outputs `d_out × N` and loss
+    /// of the finite network at that pass, with the coupled trajectories `traj`.
+    fn errors_at(
+        &self,
+        dims: &Dims,
+        traj: &CoordinateTrajectories,
+        k: usize,
+        layers: &[f64],
+        f: &[f64],
+        loss: f64,
+    ) -> Result<StepErrors, LimitError> {
+        let (l_n, d, n) = (dims.l, dims.d, dims.n);
+        if k >= self.params.k_steps {
+            return Err(LimitError::invalid(
+                "step",
+                k,
+                "beyond the passes the limit was solved for",
+            ));
+        }
+        let (mut mad_max, mut mad_sum, mut rms_last) = (0.0f64, 0.0, 0.0);
+        for l in 0..=l_n {
+            let s = if l_n == 0 { 0.0 } else { l as f64 / l_n as f64 };
+            let (i, t) = self.grid().locate(s);
+            let h = &layers[l * d * n..(l + 1) * d * n];
+            let (mut abs, mut sq) = (0.0, 0.0);
+            for r in 0..d {
+                for sm in 0..n {
+                    let a = k * n + sm;
+                    let lo = traj.h(r, i, a);
+                    let lim = lo + t * (traj.h(r, i + 1, a) - lo);
+                    let e = h[r * n + sm] - lim;
+                    abs += e.abs();
+                    sq += e * e;
                 }
             }
-            let w = d_o * n;
-            let f = &hist.outputs[k * w..(k + 1) * w];
-            let y_rms = (f
-                .iter()
-                .zip(self.output(k))
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum::<f64>()
-                / w as f64)
-                .sqrt();
-            out.push(StepErrors {
+            let mad = abs / (d * n) as f64;
+            mad_max = mad_max.max(mad);
+            mad_sum += mad;
+            if l == l_n {
+                rms_last = (sq / (d * n) as f64).sqrt();
+            }
+        }
+        let y_rms = (f
+            .iter()
+            .zip(self.output(k))
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f64>()
+            / f.len() as f64)
+            .sqrt();
+        Ok(StepErrors {
+            step: k,
+            h_mad_max: mad_max,
+            h_mad_mean: mad_sum / (l_n + 1) as f64,
+            h_rms_last: rms_last,
+            y_rms,
+            loss,
+            loss_limit: self.losses[k],
+        })
+    }
+
+    /// Trains `w` (linear blocks, parametrization resolved as `r`) for `steps` GD steps at
+    /// rate `eta` and measures its errors to the limit at each of `read_steps`.
+    ///
+    /// The run goes in segments that end at the read steps (GD has no state besides the
+    /// weights, so this is the same run), so a run that diverges later keeps its errors at
+    /// the earlier read steps, as in the paper (PAPERS.md 2.5, E2: `k = 5` is read from runs
+    /// whose later steps blow up). Divergence is data: the read steps at or after it get
+    /// NaN errors and `diverged_at` says where it happened.
+    pub fn train_against<T: crate::model::Real>(
+        &self,
+        w: &mut Weights<T>,
+        data: &Data,
+        r: &Resolved,
+        eta: f64,
+        steps: usize,
+        read_steps: &[usize],
+    ) -> crate::Result<AgainstLimit> {
+        let dims = w.dims;
+        self.check_dims(&dims)?;
+        let f64s = |v: &[T]| v.iter().map(|x| x.to()).collect::<Vec<f64>>();
+        let traj = self.trajectories(&f64s(&w.we), &f64s(&w.wu))?;
+        let mut reads: Vec<usize> = read_steps.to_vec();
+        reads.sort_unstable();
+        reads.dedup();
+        let mut out = AgainstLimit::default();
+        let mut done = 0;
+        // Segment ends: every read step (recording its layers), then the last step.
+        let mut ends: Vec<(usize, bool)> = reads.iter().map(|&k| (k + 1, true)).collect();
+        if steps > ends.last().map_or(0, |e| e.0) {
+            ends.push((steps, false));
+        }
+        for (end, read) in ends {
+            let opts = TrainOptions {
+                steps: end - done,
+                eta,
+                activation: Activation::Linear,
+                record_hidden: false,
+                hidden_steps: None,
+                layer_stats: false,
+                layer_steps: if read { vec![end - 1 - done] } else { vec![] },
+            };
+            match train::train(w, data, r, &opts, Par::Seq, &mut |_, _| {}) {
+                Ok(h) => {
+                    out.losses.extend_from_slice(&h.losses);
+                    if read {
+                        let k = end - 1;
+                        let wd = dims.dout * dims.n;
+                        let last = h.losses.len() - 1;
+                        out.errors.push(self.errors_at(
+                            &dims,
+                            &traj,
+                            k,
+                            &h.layers,
+                            &h.outputs[last * wd..(last + 1) * wd],
+                            h.losses[last],
+                        )?);
+                    }
+                }
+                Err(train::TrainError::Diverged { step, .. }) => {
+                    out.diverged_at = Some(done + step);
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            done = end;
+        }
+        for &k in reads.iter().filter(|&&k| k >= done) {
+            out.errors.push(StepErrors {
                 step: k,
-                h_mad_max: mad_max,
-                h_mad_mean: mad_sum / (l_n + 1) as f64,
-                h_rms_last: rms_last,
-                y_rms,
-                loss: hist.losses[k],
+                h_mad_max: f64::NAN,
+                h_mad_mean: f64::NAN,
+                h_rms_last: f64::NAN,
+                y_rms: f64::NAN,
+                loss: f64::NAN,
                 loss_limit: self.losses[k],
             });
         }
@@ -406,21 +510,45 @@ impl LimitReference {
     }
 }
 
+/// What [`LimitReference::train_against`] measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgainstLimit {
+    /// The losses of the steps done (all `K` unless the run diverged).
+    pub losses: Vec<f64>,
+    /// The errors at the read steps (NaN at and after a divergence).
+    pub errors: Vec<StepErrors>,
+    /// The step at which the run diverged, if it did.
+    pub diverged_at: Option<usize>,
+}
+
+/// A number that JSON writes as `null` when it is NaN (serde_json's convention) read back.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// The distance of one finite network to the limit at one step (PAPERS.md §2.4, Python).
+/// NaN (written `null` in JSON) where the run diverged before the step.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct StepErrors {
     /// Record `k` (the network after `k` updates).
     pub step: usize,
     /// `max_l mean_{d,n} |h(l) − H(l/L)|` (the paper's embedding error).
+    #[serde(deserialize_with = "nan_if_null")]
     pub h_mad_max: f64,
     /// `mean_l mean_{d,n} |h(l) − H(l/L)|`.
+    #[serde(deserialize_with = "nan_if_null")]
     pub h_mad_mean: f64,
     /// `√(mean_{d,n} (h(L) − H(1))²)`.
+    #[serde(deserialize_with = "nan_if_null")]
     pub h_rms_last: f64,
     /// `√(mean_{o,n} (f − f^lim)²)` (the paper's output error).
+    #[serde(deserialize_with = "nan_if_null")]
     pub y_rms: f64,
     /// The finite network's loss and the limit's.
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss_limit: f64,
 }
 
@@ -1058,5 +1186,68 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("step") && err.contains('2'), "{err}");
+        // Training in segments ending at the read steps is the same run.
+        let mut w2 = Weights::<f64>::draw(&dims, &r, 3, 4, false);
+        let a = lim
+            .train_against(&mut w2, &data, &r, 0.1, 4, &[3, 0])
+            .unwrap();
+        assert_eq!(a.losses, hist.losses);
+        assert_eq!(a.errors, e);
+        assert_eq!((a.diverged_at, w2.ut), (None, w.ut));
+    }
+
+    #[test]
+    fn divergence_after_a_read_step_keeps_its_errors() {
+        let dims = Dims {
+            l: 3,
+            m: 5,
+            d: 6,
+            din: 3,
+            dout: 3,
+            n: 1,
+        };
+        let p = Parametrization::preset("chizat-python").unwrap();
+        let r = p.resolve(&dims);
+        let data = Data {
+            din: 3,
+            dout: 3,
+            n: 1,
+            x: PAPER_X.to_vec(),
+            y: PAPER_Y.to_vec(),
+        };
+        let eta = 1e30;
+        let lp = limit_params(
+            &p,
+            Activation::Linear,
+            (3, 3, 1),
+            6,
+            eta,
+            SolverSettings::default(),
+        )
+        .unwrap();
+        // The limit itself is solved at a sane rate: only the finite run must blow up.
+        let lim = LimitReference::solve(
+            &data,
+            &LinearLimitParams {
+                eta_u: 0.1,
+                eta_v: 0.1,
+                ..lp
+            },
+        )
+        .unwrap();
+        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+        let a = lim
+            .train_against(&mut w, &data, &r, eta, 6, &[0, 5])
+            .unwrap();
+        let at = a.diverged_at.expect("diverges");
+        assert!((1..5).contains(&at), "{at}");
+        assert!(a.errors[0].h_mad_max.is_finite() && a.errors[0].y_rms.is_finite());
+        assert!(a.errors[1].h_mad_max.is_nan() && a.errors[1].step == 5);
+        assert_eq!(a.losses.len(), 1);
+        // NaN errors survive the task records (JSON writes them as null).
+        let back: Vec<StepErrors> =
+            serde_json::from_str(&serde_json::to_string(&a.errors).unwrap()).unwrap();
+        assert!(back[1].y_rms.is_nan() && back[1].loss_limit == a.errors[1].loss_limit);
+        assert!((back[0].h_mad_max - a.errors[0].h_mad_max).abs() < 1e-14);
     }
 }
