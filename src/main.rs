@@ -394,6 +394,7 @@ fn cmd_spirals(a: SpiralsArgs) -> Result<()> {
     );
     let t0 = std::time::Instant::now();
     let prog = std::sync::Mutex::new((0u64, Progress::new(total as u64, &cfg.name)));
+    let reused = std::sync::atomic::AtomicUsize::new(0);
     let runs = meanfield::run_experiment(&cfg, &a.out, &|r, status| {
         let mut p = prog.lock().unwrap_or_else(|e| e.into_inner());
         p.0 += 1;
@@ -409,13 +410,17 @@ fn cmd_spirals(a: SpiralsArgs) -> Result<()> {
                 ""
             }
         );
+        if status == RunStatus::Reused {
+            reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let done = p.0;
         p.1.set(done, &note);
     })?;
     prog.lock().unwrap_or_else(|e| e.into_inner()).1.finish();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let wall = t0.elapsed().as_secs_f64();
-    let s = meanfield::report::write_report(&cfg, &runs, &a.out, &command, wall)?;
+    let s =
+        meanfield::report::write_report(&cfg, &runs, &a.out, &command, wall, reused.into_inner())?;
     if let Some(f) = &s.fit {
         println!(
             "test error ~ n^b: b = {:.3} ± {:.3} (95% CI [{:.3}, {:.3}], p = {:.2e}, R^2 = {:.3})",

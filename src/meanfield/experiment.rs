@@ -325,9 +325,9 @@ fn measure(
     let surrogate = r.iter().map(|e| (e * e).min(1.0)).sum::<f64>() / n as f64;
     let (mut g2s, mut gs, mut ratio, mut rayleigh_rate) = (None, None, f64::NAN, f64::NAN);
     if cfg.gram && n <= cfg.gram_max_n {
-        let gm = gram::grams(net, &train.x);
-        let g = gm.total();
-        g2s = Some(gram::extreme_eigenvalues(&gm.g2, n));
+        let gram::Grams { g1: mut g, g2, .. } = gram::grams(net, &train.x);
+        g2s = Some(gram::extreme_eigenvalues(&g2, n));
+        g.iter_mut().zip(&g2).for_each(|(a, b)| *a += b);
         let s = gram::extreme_eigenvalues(&g, n);
         ratio = s.min / (beta * beta * big_lambda);
         gs = Some(s);

@@ -36,6 +36,19 @@
 //! beta's dependence on n, the data generator and its lifting, the widths, the stopping
 //! rule, the surrogate loss of the bound), it is a spec field, and its default is
 //! documented as reslim's choice.
+//!
+//! # reslim's choices (not the paper's)
+//!
+//! - initialization: antithetic particle pairs ([`Init::Symmetric`]), so that the network
+//!   starts exactly at the limit's state (identity stack, zero output); `iid` on request;
+//! - step size `eta = lr / beta^2`: GD in function space moves at a beta-independent
+//!   speed and is stable for `lr` below about 1.8 (the top eigenvalue of G is about
+//!   `0.55 n beta^2` for tanh);
+//! - beta = sqrt(n) (the reviewers' scaling), a [`crate::param::Scale`] in n;
+//! - spirals scaled by `1/(2 pi turns)`, lifted by a constant coordinate and normalised;
+//! - Lambda from the dual-activation closed form evaluated by quadrature; an eigenvalue
+//!   counts as resolved only above `n eps lambda_max`;
+//! - the bound's surrogate loss is the clipped squared loss and its unknown constants are 1.
 
 pub mod data;
 pub mod elementwise;

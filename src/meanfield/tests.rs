@@ -769,7 +769,7 @@ fn experiment_runs_resume_and_report() {
         .unwrap();
     let one = pool.install(|| run_one(&cfg, 24, 1).unwrap());
     assert_eq!(one.losses, runs[3].losses);
-    let s = report::write_report(&cfg, &runs, &dir, "test", 0.0).unwrap();
+    let s = report::write_report(&cfg, &runs, &dir, "test", 0.0, 0).unwrap();
     assert!(s.fit.is_some());
     for f in [
         "report.md",
