@@ -30,7 +30,7 @@ fn main() {
     let time = |name: &str, rw: f64, f: &mut dyn FnMut()| {
         f();
         let t = Instant::now();
-        let reps = 5;
+        let reps = env("REPS", 5);
         for _ in 0..reps {
             f();
         }
