@@ -1,7 +1,10 @@
 //! Sweep-task breakdown: `cargo bench --bench task`. Times drawing the weights of one
-//! sweep task and its K GD steps, single-threaded as the sweep runs them. Shape and
-//! precision from the environment: `L=50 M=1000 D=1000 N=10 K=15 DTYPE=f32`.
+//! sweep task and its K GD steps for two variants (coupled and uncoupled), single-threaded
+//! as the sweep runs them: with the dense step (one after the other) and with the low-rank
+//! step (together). Shape and precision from the environment:
+//! `L=50 M=1000 D=1000 N=10 K=15 DTYPE=f32`; `DENSE=0` skips the dense runs.
 
+use reslim::factored::{self, Variant};
 use reslim::kernels::Par;
 use reslim::model::{Activation, Data, Real, Weights};
 use reslim::param::{Dims, Parametrization};
@@ -19,7 +22,7 @@ fn run<T: Real>(dims: Dims, k: usize) {
     let data = Data::synthetic(dims.din, dims.dout, dims.n, 1);
     let r = Parametrization::preset("chizat-julia").expect("preset").resolve(&dims);
     let t = Instant::now();
-    let mut w = Weights::<T>::draw(&dims, &r, 1, 2, false);
+    let w = Weights::<T>::draw(&dims, &r, 1, 2, false);
     let draw = t.elapsed().as_secs_f64();
     let opts = TrainOptions {
         steps: k,
@@ -30,19 +33,36 @@ fn run<T: Real>(dims: Dims, k: usize) {
         layer_stats: false,
         layer_steps: Vec::new(),
     };
+    let dense = if env("DENSE", 1) == 1 {
+        let t = Instant::now();
+        for _ in 0..2 {
+            let mut wc = w.clone();
+            train::train(&mut wc, &data, &r, &opts, Par::Seq, &mut |_, _| {}).expect("trains");
+        }
+        t.elapsed().as_secs_f64()
+    } else {
+        f64::NAN
+    };
+    let mut vars: Vec<Variant<T>> = (0..2)
+        .map(|_| Variant {
+            we: w.we.clone(),
+            wu: w.wu.clone(),
+            record_hidden: true,
+        })
+        .collect();
     let t = Instant::now();
-    train::train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).expect("trains");
-    let steps = t.elapsed().as_secs_f64();
+    factored::train_shared(&dims, &w.ut, &w.vt, &mut vars, &data, &r, &opts, Par::Seq)
+        .expect("trains");
+    let lowrank = t.elapsed().as_secs_f64();
     let normals = 2 * dims.l * dims.m * dims.d;
     println!(
-        "L={} M={} D={} N={} K={k} {}: draw {draw:.3} s ({:.2} ns/normal), train {steps:.3} s ({:.4} s/step)",
+        "L={} M={} D={} N={} K={k} {}: draw {draw:.3} s ({:.2} ns/normal); two variants: dense {dense:.3} s, low-rank {lowrank:.3} s",
         dims.l,
         dims.m,
         dims.d,
         dims.n,
         std::any::type_name::<T>(),
         draw / normals as f64 * 1e9,
-        steps / k as f64
     );
 }
 

@@ -311,7 +311,7 @@ const SEG_BYTES: usize = 1 << 16;
 /// How far ahead of its reads a kernel prefetches the weight rows. Ten FMAs per cache
 /// line keep too few demand misses in flight to cover the memory latency; prefetching
 /// about 2 KiB ahead does.
-const PREFETCH_BYTES: usize = 2048;
+const PREFETCH_BYTES: usize = 4096;
 
 /// Rows of [m0, m1) against N vectors, D processed in segments so that the vectors'
 /// segment stays in L1; each row's N lane-accumulators persist across segments in `acc`.
@@ -341,13 +341,8 @@ unsafe fn dot_seg_n<T: Real, S: Vector<T>, const N: usize>(
         let mut s0 = 0;
         while s0 < dv {
             let s1 = (s0 + seg).min(dv);
-            let mut skip_next = false;
             for (k, m) in (m0..m1).enumerate() {
-                if std::mem::take(&mut skip_next) {
-                    continue;
-                }
                 let row = a.rows.0.add(m * a.ld);
-                let pair_next = a.coef.is_none() && m + 1 < m1;
                 let mut ac = acc[k];
                 if let Some(cf) = a.coef {
                     let mut c = [S::zero(); N];
@@ -367,40 +362,8 @@ unsafe fn dot_seg_n<T: Real, S: Vector<T>, const N: usize>(
                         S::store(row.add(i), S::sub(r, upd));
                         i += w;
                     }
-                } else if pair_next {
-                    // Two rows per pass: each vector load feeds two FMAs. Each row's
-                    // lanes see the same operations in the same order as alone.
-                    let row1 = row.add(a.ld);
-                    let mut ac1 = acc[k + 1];
-                    let mut i = s0;
-                    while i < s1 {
-                        S::prefetch(row.wrapping_add(i + pf));
-                        S::prefetch(row1.wrapping_add(i + pf));
-                        let r0 = S::load(row.add(i));
-                        let r1 = S::load(row1.add(i));
-                        for n in 0..N {
-                            let v = S::load(a.vecs.add(n * a.ldv + i));
-                            ac[n] = S::fma(r0, v, ac[n]);
-                            ac1[n] = S::fma(r1, v, ac1[n]);
-                        }
-                        i += w;
-                    }
-                    acc[k + 1] = ac1;
-                } else {
-                    let mut i = s0;
-                    while i < s1 {
-                        S::prefetch(row.wrapping_add(i + pf));
-                        let r = S::load(row.add(i));
-                        for n in 0..N {
-                            ac[n] = S::fma(r, S::load(a.vecs.add(n * a.ldv + i)), ac[n]);
-                        }
-                        i += w;
-                    }
                 }
                 acc[k] = ac;
-                if pair_next {
-                    skip_next = true;
-                }
             }
             s0 = s1;
         }
@@ -469,6 +432,216 @@ unsafe fn dot_rows_impl<T: Real, S: Vector<T>>(a: &DotArgs<T>, m0: usize, m1: us
     }
 }
 
+/// Read-only dot products of R (1 or 2) consecutive rows from `m` against G <= 12 of the
+/// vectors starting at vector `g0`: the R x G lane accumulators live in registers, each
+/// vector load feeds R multiply-adds. Per entry the same operations in the same order as
+/// [`dot_seg_n`] (lane-wise over D in chunks of W, then the tree and the scalar tail).
+#[inline(always)]
+unsafe fn dot_ro_tile<T: Real, S: Vector<T>, const R: usize, const G: usize>(
+    a: &DotArgs<T>,
+    m: usize,
+    g0: usize,
+) {
+    unsafe {
+        let w = S::W;
+        let d = a.d;
+        let dv = d - d % w;
+        let pf = PREFETCH_BYTES / std::mem::size_of::<T>();
+        let vecs = a.vecs.add(g0 * a.ldv);
+        // Two named accumulator arrays (not [[V; G]; R]): LLVM keeps these in registers.
+        let row0 = a.rows.0.add(m * a.ld) as *const T;
+        let row1 = if R == 2 { row0.add(a.ld) } else { row0 };
+        // A zero LLVM cannot see as a constant: its zero idiom (VEX vxorpd) confines the
+        // accumulators to zmm0-15, and the tile then spills.
+        let z = S::splat(std::hint::black_box(T::zero()));
+        let mut acc0 = [z; G];
+        let mut acc1 = [z; G];
+        let mut i = 0;
+        while i < dv {
+            S::prefetch(row0.wrapping_add(i + pf));
+            let r0 = S::load(row0.add(i));
+            let r1 = if R == 2 {
+                S::prefetch(row1.wrapping_add(i + pf));
+                S::load(row1.add(i))
+            } else {
+                r0
+            };
+            for g in 0..G {
+                let v = S::load(vecs.add(g * a.ldv + i));
+                acc0[g] = S::fma(r0, v, acc0[g]);
+                if R == 2 {
+                    acc1[g] = S::fma(r1, v, acc1[g]);
+                }
+            }
+            i += w;
+        }
+        for j in 0..R {
+            let (row, acc) = if j == 0 { (row0, &acc0) } else { (row1, &acc1) };
+            let mut tail = [T::zero(); G];
+            for i in dv..d {
+                let r = *row.add(i);
+                for g in 0..G {
+                    tail[g] = r.mul_add(*vecs.add(g * a.ldv + i), tail[g]);
+                }
+            }
+            for g in 0..G {
+                let x = S::reduce(acc[g]) + tail[g];
+                *a.out.0.add((m + j) * a.n + g0 + g) =
+                    if a.scale != T::one() { x * a.scale } else { x };
+            }
+        }
+    }
+}
+
+/// Vectors per register tile of the read-only kernels.
+const RO_GROUP: usize = 12;
+
+/// Read-only [`dot_rows`] over rows [m0, m1): rows in pairs, the vectors in groups of at
+/// most [`RO_GROUP`] (a pair's rows are re-read from cache for each further group).
+#[inline(always)]
+unsafe fn dot_ro_impl<T: Real, S: Vector<T>>(a: &DotArgs<T>, m0: usize, m1: usize) {
+    unsafe {
+        macro_rules! tile {
+            ($r:literal, $m:expr, $g0:expr, $g:expr) => {
+                match $g {
+                    12 => dot_ro_tile::<T, S, $r, 12>(a, $m, $g0),
+                    11 => dot_ro_tile::<T, S, $r, 11>(a, $m, $g0),
+                    10 => dot_ro_tile::<T, S, $r, 10>(a, $m, $g0),
+                    9 => dot_ro_tile::<T, S, $r, 9>(a, $m, $g0),
+                    8 => dot_ro_tile::<T, S, $r, 8>(a, $m, $g0),
+                    7 => dot_ro_tile::<T, S, $r, 7>(a, $m, $g0),
+                    6 => dot_ro_tile::<T, S, $r, 6>(a, $m, $g0),
+                    5 => dot_ro_tile::<T, S, $r, 5>(a, $m, $g0),
+                    4 => dot_ro_tile::<T, S, $r, 4>(a, $m, $g0),
+                    3 => dot_ro_tile::<T, S, $r, 3>(a, $m, $g0),
+                    2 => dot_ro_tile::<T, S, $r, 2>(a, $m, $g0),
+                    _ => dot_ro_tile::<T, S, $r, 1>(a, $m, $g0),
+                }
+            };
+        }
+        // Balanced groups: 20 vectors as 10 + 10, not 12 + 8.
+        let groups = a.n.div_ceil(RO_GROUP);
+        let mut m = m0;
+        while m < m1 {
+            let pair = m + 1 < m1;
+            let mut g0 = 0;
+            for k in 0..groups {
+                let g1 = a.n * (k + 1) / groups;
+                if pair {
+                    tile!(2, m, g0, g1 - g0);
+                } else {
+                    tile!(1, m, g0, g1 - g0);
+                }
+                g0 = g1;
+            }
+            m += if pair { 2 } else { 1 };
+        }
+    }
+}
+
+/// Rows per block of the read-only axpy kernel: a tile's targets stay in registers while
+/// this many rows stream past.
+const AXPY_RO_ROWS: usize = 32;
+
+/// Read-only axpy on C chunks of columns from `c` for rows [m0, m1): the G x C target
+/// vectors live in registers, each broadcast coefficient feeds C multiply-adds. Every
+/// target entry sums over m in increasing order, as [`axpy_blk`] does.
+#[inline(always)]
+unsafe fn axpy_ro_tile<T: Real, S: Vector<T>, const C: usize, const G: usize>(
+    x: &AxpyArgs<T>,
+    g0: usize,
+    m0: usize,
+    m1: usize,
+    c: usize,
+) {
+    unsafe {
+        let (d, w, n) = (x.d, S::W, x.n);
+        let mut t = [[S::zero(); C]; G];
+        for g in 0..G {
+            for k in 0..C {
+                t[g][k] = S::load(x.tgt.0.add((g0 + g) * d + c + k * w));
+            }
+        }
+        for m in m0..m1 {
+            let row = x.rows.0.add(m * x.ld + c);
+            let mut r = [S::zero(); C];
+            for k in 0..C {
+                S::prefetch(row.wrapping_add(AXPY_RO_ROWS * x.ld + k * w));
+                r[k] = S::load(row.add(k * w));
+            }
+            let coef = x.a.as_ptr().add(m * n + g0);
+            for g in 0..G {
+                let s = S::splat(*coef.add(g));
+                for k in 0..C {
+                    t[g][k] = S::fma(s, r[k], t[g][k]);
+                }
+            }
+        }
+        for g in 0..G {
+            for k in 0..C {
+                S::store(x.tgt.0.add((g0 + g) * d + c + k * w), t[g][k]);
+            }
+        }
+    }
+}
+
+/// Read-only [`axpy_rows`] on the column segments [k0, k1) (segments of
+/// [`AXPY_SEG_BYTES`]): per segment, row blocks of [`AXPY_RO_ROWS`], column tiles of two
+/// chunks (one for the last odd chunk), targets in groups of at most [`RO_GROUP`].
+#[inline(always)]
+unsafe fn axpy_ro_impl<T: Real, S: Vector<T>>(x: &AxpyArgs<T>, k0: usize, k1: usize) {
+    unsafe {
+        macro_rules! tile {
+            ($c:literal, $g0:expr, $g:expr, $m0:expr, $m1:expr, $col:expr) => {
+                match $g {
+                    12 => axpy_ro_tile::<T, S, $c, 12>(x, $g0, $m0, $m1, $col),
+                    11 => axpy_ro_tile::<T, S, $c, 11>(x, $g0, $m0, $m1, $col),
+                    10 => axpy_ro_tile::<T, S, $c, 10>(x, $g0, $m0, $m1, $col),
+                    9 => axpy_ro_tile::<T, S, $c, 9>(x, $g0, $m0, $m1, $col),
+                    8 => axpy_ro_tile::<T, S, $c, 8>(x, $g0, $m0, $m1, $col),
+                    7 => axpy_ro_tile::<T, S, $c, 7>(x, $g0, $m0, $m1, $col),
+                    6 => axpy_ro_tile::<T, S, $c, 6>(x, $g0, $m0, $m1, $col),
+                    5 => axpy_ro_tile::<T, S, $c, 5>(x, $g0, $m0, $m1, $col),
+                    4 => axpy_ro_tile::<T, S, $c, 4>(x, $g0, $m0, $m1, $col),
+                    3 => axpy_ro_tile::<T, S, $c, 3>(x, $g0, $m0, $m1, $col),
+                    2 => axpy_ro_tile::<T, S, $c, 2>(x, $g0, $m0, $m1, $col),
+                    _ => axpy_ro_tile::<T, S, $c, 1>(x, $g0, $m0, $m1, $col),
+                }
+            };
+        }
+        let seg = AXPY_SEG_BYTES / std::mem::size_of::<T>();
+        let w = S::W;
+        let dv = x.d - x.d % w;
+        let groups = x.n.div_ceil(RO_GROUP);
+        for k in k0..k1 {
+            let c0 = k * seg;
+            let c1 = ((k + 1) * seg).min(dv);
+            let mut m0 = 0;
+            while m0 < x.m {
+                let m1 = (m0 + AXPY_RO_ROWS).min(x.m);
+                let mut g0 = 0;
+                for q in 0..groups {
+                    let g1 = x.n * (q + 1) / groups;
+                    let mut c = c0;
+                    while c + 2 * w <= c1 {
+                        tile!(2, g0, g1 - g0, m0, m1, c);
+                        c += 2 * w;
+                    }
+                    if c < c1 {
+                        tile!(1, g0, g1 - g0, m0, m1, c);
+                    }
+                    g0 = g1;
+                }
+                m0 = m1;
+            }
+            let end = ((k + 1) * seg).min(x.d);
+            if end > dv.max(c0) {
+                axpy_cols_scalar(x, dv.max(c0), end);
+            }
+        }
+    }
+}
+
 #[doc(hidden)]
 pub struct DotArgs<'a, T> {
     rows: Ptr<T>,
@@ -498,6 +671,7 @@ pub fn isa() -> Isa {
         {
             if std::env::var_os("RESLIM_NO_AVX512").is_none()
                 && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vl")
             {
                 return Isa::Avx512;
             }
@@ -536,19 +710,31 @@ unsafe fn fma_chains<T: Real, S: Vector<T>>(iters: usize) -> (T, usize) {
 }
 
 macro_rules! kernels_for {
-    ($t:ty, $dot512:ident, $axpy512:ident, $probe512:ident) => {
+    ($t:ty, $dot512:ident, $axpy512:ident, $dotro512:ident, $axpyro512:ident, $probe512:ident) => {
+        // The read-only kernels are separate functions: inlined together with the
+        // updating ones, LLVM spilled the register tiles.
         #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
+        #[target_feature(enable = "avx512f,avx512vl")]
+        unsafe fn $dotro512(a: &DotArgs<$t>, m0: usize, m1: usize) {
+            unsafe { dot_ro_impl::<$t, Avx512>(a, m0, m1) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512vl")]
+        unsafe fn $axpyro512(x: &AxpyArgs<$t>, t0: usize, t1: usize) {
+            unsafe { axpy_ro_impl::<$t, Avx512>(x, t0, t1) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512vl")]
         unsafe fn $dot512(a: &DotArgs<$t>, m0: usize, m1: usize) {
             unsafe { dot_rows_impl::<$t, Avx512>(a, m0, m1) }
         }
         #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
+        #[target_feature(enable = "avx512f,avx512vl")]
         unsafe fn $axpy512(x: &AxpyArgs<$t>, t0: usize, t1: usize) {
             unsafe { axpy_impl::<$t, Avx512>(x, t0, t1) }
         }
         #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
+        #[target_feature(enable = "avx512f,avx512vl")]
         unsafe fn $probe512(iters: usize) -> ($t, usize) {
             unsafe { fma_chains::<$t, Avx512>(iters) }
         }
@@ -557,21 +743,31 @@ macro_rules! kernels_for {
                 // SAFETY: the public wrappers checked the extents; the ISA is checked at
                 // run time.
                 unsafe {
+                    let ro = a.coef.is_none();
                     #[cfg(target_arch = "x86_64")]
                     if isa() == Isa::Avx512 {
-                        return $dot512(a, m0, m1);
+                        return if ro { $dotro512(a, m0, m1) } else { $dot512(a, m0, m1) };
                     }
-                    dot_rows_impl::<$t, Portable>(a, m0, m1)
+                    if ro {
+                        dot_ro_impl::<$t, Portable>(a, m0, m1)
+                    } else {
+                        dot_rows_impl::<$t, Portable>(a, m0, m1)
+                    }
                 }
             }
             fn run_axpy(x: &AxpyArgs<Self>, t0: usize, t1: usize) {
                 // SAFETY: as above.
                 unsafe {
+                    let ro = x.b.is_none();
                     #[cfg(target_arch = "x86_64")]
                     if isa() == Isa::Avx512 {
-                        return $axpy512(x, t0, t1);
+                        return if ro { $axpyro512(x, t0, t1) } else { $axpy512(x, t0, t1) };
                     }
-                    axpy_impl::<$t, Portable>(x, t0, t1)
+                    if ro {
+                        axpy_ro_impl::<$t, Portable>(x, t0, t1)
+                    } else {
+                        axpy_impl::<$t, Portable>(x, t0, t1)
+                    }
                 }
             }
             fn fma_probe(iters: usize) -> ($t, usize) {
@@ -587,8 +783,8 @@ macro_rules! kernels_for {
         }
     };
 }
-kernels_for!(f64, dot512_f64, axpy512_f64, probe512_f64);
-kernels_for!(f32, dot512_f32, axpy512_f32, probe512_f32);
+kernels_for!(f64, dot512_f64, axpy512_f64, dotro512_f64, axpyro512_f64, probe512_f64);
+kernels_for!(f32, dot512_f32, axpy512_f32, dotro512_f32, axpyro512_f32, probe512_f32);
 
 /// Parallelism of one call: sequential, or over the current rayon pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -646,6 +842,8 @@ pub fn dot_rows<T: Real>(
 #[doc(hidden)]
 pub struct AxpyArgs<'a, T> {
     rows: Ptr<T>,
+    /// Row stride of `rows` (the targets' is `d`).
+    ld: usize,
     m: usize,
     d: usize,
     a: &'a [T],
@@ -678,15 +876,15 @@ unsafe fn axpy_blk<T: Real, S: Vector<T>, const R: usize, const N: usize>(
                 }
             }
         }
-        let ahead = x.rows.0.wrapping_add((m0 + 2 * R) * d);
+        let ahead = x.rows.0.wrapping_add((m0 + 2 * R) * x.ld);
         let mut c = c0;
         while c < c1 {
             for j in 0..R {
-                S::prefetch(ahead.wrapping_add(j * d + c));
+                S::prefetch(ahead.wrapping_add(j * x.ld + c));
             }
             let mut r = [S::zero(); R];
             for j in 0..R {
-                r[j] = S::load(x.rows.0.add((m0 + j) * d + c));
+                r[j] = S::load(x.rows.0.add((m0 + j) * x.ld + c));
             }
             let mut u = [S::zero(); R];
             for n in 0..N {
@@ -705,7 +903,7 @@ unsafe fn axpy_blk<T: Real, S: Vector<T>, const R: usize, const N: usize>(
             }
             if x.b.is_some() {
                 for j in 0..R {
-                    S::store(x.rows.0.add((m0 + j) * d + c), S::sub(r[j], u[j]));
+                    S::store(x.rows.0.add((m0 + j) * x.ld + c), S::sub(r[j], u[j]));
                 }
             }
             c += w;
@@ -759,7 +957,7 @@ unsafe fn axpy_cols_scalar<T: Real>(x: &AxpyArgs<T>, c0: usize, c1: usize) {
         let (d, n) = (x.d, x.n);
         for c in c0..c1 {
             for mm in 0..x.m {
-                let rp = x.rows.0.add(mm * d + c);
+                let rp = x.rows.0.add(mm * x.ld + c);
                 let r = *rp;
                 for k in 0..n {
                     let t = x.tgt.0.add(k * d + c);
@@ -817,12 +1015,13 @@ pub fn axpy_rows<T: Real>(
     if m == 0 || n == 0 || d == 0 {
         return;
     }
-    if n > 12 {
+    if n > 12 && b.is_some() {
         axpy_rows_grouped(rows, m, d, a, b, vecs, n, tgt, par);
         return;
     }
     let x = AxpyArgs {
         rows: Ptr(rows.as_mut_ptr()),
+        ld: d,
         m,
         d,
         a,
@@ -886,6 +1085,91 @@ fn axpy_rows_grouped<T: Real>(
             let s = &mut scratch[..g * d];
             axpy_rows(rows, m, d, &a_g[..m * g], Some(&b_g[..m * g]), v, g, s, par);
             k0 += g;
+        }
+    }
+}
+
+/// Read-only [`dot_rows`] with strides: `out[m][n] = scale * <rows[m*ld ..][..d],
+/// vecs[n*ldv ..][..d]>` for m < M, n < N (out: M x N). The rows are only read.
+#[allow(clippy::too_many_arguments)]
+pub fn dot_ro<T: Real>(
+    rows: &[T],
+    m: usize,
+    d: usize,
+    ld: usize,
+    vecs: &[T],
+    ldv: usize,
+    n: usize,
+    scale: T,
+    out: &mut [T],
+    par: Par,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ld >= d && ldv >= d && rows.len() >= (m - 1) * ld + d);
+    assert!(vecs.len() >= (n - 1) * ldv + d && out.len() >= m * n);
+    let args = DotArgs {
+        // Never written: the read-only kernel only loads through it.
+        rows: Ptr(rows.as_ptr() as *mut T),
+        ld,
+        d,
+        vecs: vecs.as_ptr(),
+        ldv,
+        n,
+        coef: None,
+        out: Ptr(out.as_mut_ptr()),
+        scale,
+    };
+    match par {
+        Par::Seq => T::run_dot(&args, 0, m),
+        Par::Rayon => {
+            let blocks = m.div_ceil(ROW_BLOCK);
+            (0..blocks).into_par_iter().for_each(|b| {
+                T::run_dot(&args, b * ROW_BLOCK, ((b + 1) * ROW_BLOCK).min(m));
+            })
+        }
+    }
+}
+
+/// Read-only [`axpy_rows`] with a row stride: `tgt_n += sum_m a[m][n] rows[m*ld ..][..d]`
+/// (tgt: N x D contiguous; a: M x N). The rows are only read.
+#[allow(clippy::too_many_arguments)]
+pub fn axpy_ro<T: Real>(
+    rows: &[T],
+    m: usize,
+    d: usize,
+    ld: usize,
+    a: &[T],
+    n: usize,
+    tgt: &mut [T],
+    par: Par,
+) {
+    if m == 0 || n == 0 || d == 0 {
+        return;
+    }
+    assert!(ld >= d && rows.len() >= (m - 1) * ld + d);
+    assert!(a.len() >= m * n && tgt.len() >= n * d);
+    let x = AxpyArgs {
+        // Never written: the read-only kernel only loads through it.
+        rows: Ptr(rows.as_ptr() as *mut T),
+        ld,
+        m,
+        d,
+        a,
+        b: None,
+        vecs: std::ptr::null(),
+        tgt: Ptr(tgt.as_mut_ptr()),
+        n,
+    };
+    let segs = axpy_segments::<T>(d);
+    match par {
+        Par::Seq => T::run_axpy(&x, 0, segs),
+        Par::Rayon => {
+            let blocks = segs.div_ceil(SEG_BLOCK);
+            (0..blocks).into_par_iter().for_each(|blk| {
+                T::run_axpy(&x, blk * SEG_BLOCK, ((blk + 1) * SEG_BLOCK).min(segs));
+            })
         }
     }
 }
@@ -999,6 +1283,8 @@ mod tests {
                 (7usize, 45usize, 10usize, true),
                 (6, 53, 3, false),
                 (5, 40, 12, true),
+                (9, 150, 20, false),
+                (8, 77, 24, false),
             ] {
                 let rows0 = rand(m * d, 1);
                 let vecs = rand(n * d, 2);
@@ -1020,6 +1306,7 @@ mod tests {
                     };
                     let ax = AxpyArgs {
                         rows: Ptr(rows.as_mut_ptr()),
+                        ld: d,
                         m,
                         d,
                         a: &coef,
@@ -1030,12 +1317,23 @@ mod tests {
                     };
                     let tiles = axpy_segments::<f64>(d);
                     unsafe {
-                        if avx {
-                            dot512_f64(&args, 0, m);
-                            axpy512_f64(&ax, 0, tiles);
-                        } else {
-                            dot_rows_impl::<f64, Portable>(&args, 0, m);
-                            axpy_impl::<f64, Portable>(&ax, 0, tiles);
+                        match (avx, upd) {
+                            (true, true) => {
+                                dot512_f64(&args, 0, m);
+                                axpy512_f64(&ax, 0, tiles);
+                            }
+                            (true, false) => {
+                                dotro512_f64(&args, 0, m);
+                                axpyro512_f64(&ax, 0, tiles);
+                            }
+                            (false, true) => {
+                                dot_rows_impl::<f64, Portable>(&args, 0, m);
+                                axpy_impl::<f64, Portable>(&ax, 0, tiles);
+                            }
+                            (false, false) => {
+                                dot_ro_impl::<f64, Portable>(&args, 0, m);
+                                axpy_ro_impl::<f64, Portable>(&ax, 0, tiles);
+                            }
                         }
                     }
                     (rows, out, tgt)

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod error;
+pub mod factored;
 pub mod fit;
 pub mod io;
 pub mod kernels;

@@ -570,7 +570,19 @@ impl Sweep {
     /// and the workspace.
     pub fn task_bytes(&self, t: &Task) -> usize {
         let dims = self.dims(t);
-        let copies = if self.couplings_of(t).len() > 1 { 2 } else { 1 };
+        let variants = self.couplings_of(t).len();
+        if self.limit.is_none() && crate::factored::worth_it(&dims, self.spec.steps, variants) {
+            let (k, w) = (self.spec.steps, variants);
+            return match self.spec.dtype {
+                crate::model::Dtype::F64 => {
+                    Weights::<f64>::bytes(&dims) + crate::factored::bytes::<f64>(&dims, k, w)
+                }
+                crate::model::Dtype::F32 => {
+                    Weights::<f32>::bytes(&dims) + crate::factored::bytes::<f32>(&dims, k, w)
+                }
+            };
+        }
+        let copies = if variants > 1 { 2 } else { 1 };
         let (w, ws) = match self.spec.dtype {
             crate::model::Dtype::F64 => (
                 Weights::<f64>::bytes(&dims),
@@ -631,6 +643,9 @@ fn run_task_t<T: crate::model::Real>(
     let (block_seed, own_embed) = sw.task_seeds(t);
     let base = Weights::<T>::draw(&dims, &r, sw.embed_seed(t.rep), block_seed, false);
     let couplings = sw.couplings_of(t);
+    if sw.limit.is_none() && crate::factored::worth_it(&dims, sw.spec.steps, couplings.len()) {
+        return run_task_lowrank(sw, t, data, &r, base, &couplings, own_embed);
+    }
     let mut out = Vec::new();
     let mut spare = Some(base);
     for (i, &c) in couplings.iter().enumerate() {
@@ -687,6 +702,77 @@ fn run_task_t<T: crate::model::Real>(
         });
     }
     Ok(out)
+}
+
+/// [`run_task_t`] with the low-rank step ([`crate::factored`]): every variant trained
+/// together from one read-only copy of the block weights.
+fn run_task_lowrank<T: crate::model::Real>(
+    sw: &Sweep,
+    t: &Task,
+    data: &Data,
+    r: &crate::param::Resolved,
+    base: Weights<T>,
+    couplings: &[Coupling],
+    own_embed: u64,
+) -> Result<Vec<TaskRecord>, crate::Error> {
+    let dims = base.dims;
+    let mut variants: Vec<crate::factored::Variant<T>> = couplings
+        .iter()
+        .map(|&c| {
+            let (we, wu) = if c == Coupling::Uncoupled {
+                let fresh = Weights::<T>::draw(&Dims { l: 0, ..dims }, r, own_embed, 0, false);
+                (fresh.we, fresh.wu)
+            } else {
+                (base.we.clone(), base.wu.clone())
+            };
+            crate::factored::Variant {
+                we,
+                wu,
+                record_hidden: c == Coupling::Coupled,
+            }
+        })
+        .collect();
+    let opts = TrainOptions {
+        steps: sw.spec.steps,
+        eta: sw.spec.lr,
+        activation: sw.activation,
+        record_hidden: true,
+        hidden_steps: Some(sw.read_steps.clone()),
+        layer_stats: false,
+        layer_steps: Vec::new(),
+    };
+    let t0 = std::time::Instant::now();
+    let hs = crate::factored::train_shared(
+        &dims,
+        &base.ut,
+        &base.vt,
+        &mut variants,
+        data,
+        r,
+        &opts,
+        Par::Seq,
+    )?;
+    let seconds = t0.elapsed().as_secs_f64() / couplings.len() as f64;
+    let (dout, n) = (dims.dout, dims.n);
+    Ok(couplings
+        .iter()
+        .zip(hs)
+        .map(|(&c, h)| {
+            let mut outputs = Vec::with_capacity(sw.read_steps.len() * dout * n);
+            for &k in &sw.read_steps {
+                outputs.extend_from_slice(&h.outputs[k * dout * n..(k + 1) * dout * n]);
+            }
+            TaskRecord {
+                task: *t,
+                coupling: c,
+                losses: h.losses,
+                outputs,
+                hidden: h.hidden,
+                seconds,
+                limit: None,
+            }
+        })
+        .collect())
 }
 
 /// Where a sweep keeps its files.

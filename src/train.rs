@@ -145,8 +145,114 @@ impl<T: Real> Workspace<T> {
     }
 }
 
-fn all_finite<T: Real>(v: &[T]) -> bool {
+pub(crate) fn all_finite<T: Real>(v: &[T]) -> bool {
     v.iter().all(|x| x.is_finite())
+}
+
+/// The embedding, `h_0[n][d] = m_E sum_i W_E[d][i] x[i][n]` (h0: N x D).
+pub(crate) fn embed<T: Real>(we: &[T], data: &Data, r: &Resolved, d: usize, h0: &mut [T]) {
+    let (n, din) = (data.n, data.din);
+    for s in 0..n {
+        for dd in 0..d {
+            let mut acc = 0.0;
+            for i in 0..din {
+                acc += we[dd * din + i].to() * data.x[i * n + s];
+            }
+            h0[s * d + dd] = T::of(r.we.mult * acc);
+        }
+    }
+}
+
+/// The read-out `f[o][n] = m_W sum_d W_U[d][o] h_L[n][d]`, dloss/df and the loss
+/// `c sum (f - y)^2`.
+pub(crate) fn readout<T: Real>(
+    wu: &[T],
+    data: &Data,
+    r: &Resolved,
+    h_last: &[T],
+    d: usize,
+    f: &mut [f64],
+    dldf: &mut [f64],
+) -> f64 {
+    let (n, dout) = (data.n, data.dout);
+    let mut loss = 0.0;
+    for o in 0..dout {
+        for s in 0..n {
+            let mut acc = 0.0;
+            for dd in 0..d {
+                acc += wu[dd * dout + o].to() * h_last[s * d + dd].to();
+            }
+            let fv = r.wu.mult * acc;
+            f[o * n + s] = fv;
+            let e = fv - data.y[o * n + s];
+            loss += e * e;
+            dldf[o * n + s] = 2.0 * r.loss * e;
+        }
+    }
+    r.loss * loss
+}
+
+/// `g_L[n][d] = m_W sum_o W_U[d][o] dloss/df[o][n]`, then the W_U update when it trains.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn head_backward<T: Real>(
+    wu: &mut [T],
+    data: &Data,
+    r: &Resolved,
+    eta: f64,
+    dldf: &[f64],
+    h_last: &[T],
+    d: usize,
+    g: &mut [T],
+) {
+    let (n, dout) = (data.n, data.dout);
+    for s in 0..n {
+        for dd in 0..d {
+            let mut acc = 0.0;
+            for o in 0..dout {
+                acc += wu[dd * dout + o].to() * dldf[o * n + s];
+            }
+            g[s * d + dd] = T::of(r.wu.mult * acc);
+        }
+    }
+    if r.wu.trained {
+        let c = eta * r.wu.lr * r.wu.mult;
+        for dd in 0..d {
+            for o in 0..dout {
+                let mut acc = 0.0;
+                for s in 0..n {
+                    acc += h_last[s * d + dd].to() * dldf[o * n + s];
+                }
+                let e = &mut wu[dd * dout + o];
+                *e = T::of(e.to() - c * acc);
+            }
+        }
+    }
+}
+
+/// The W_E update when it trains: `dloss/dW_E[d][i] = m_E sum_n g_0[n][d] x[i][n]`.
+pub(crate) fn embed_update<T: Real>(
+    we: &mut [T],
+    data: &Data,
+    r: &Resolved,
+    eta: f64,
+    g0: &[T],
+    d: usize,
+) {
+    if !r.we.trained {
+        return;
+    }
+    let (n, din) = (data.n, data.din);
+    let c = eta * r.we.lr * r.we.mult;
+    for dd in 0..d {
+        for i in 0..din {
+            let mut acc = 0.0;
+            for s in 0..n {
+                acc += g0[s * d + dd].to() * data.x[i * n + s];
+            }
+            let e = &mut we[dd * din + i];
+            *e = T::of(e.to() - c * acc);
+        }
+    }
 }
 
 /// The forward pass: fills `ws.h`, `ws.p`, `ws.f` and returns the loss.
@@ -162,16 +268,7 @@ pub fn forward<T: Real>(
     let dims = w.dims;
     let (l_n, m, d, n) = (dims.l, dims.m, dims.d, data.n);
     check_data(&dims, data)?;
-    // h_0[n][d] = m_E sum_i W_E[d][i] x[i][n].
-    for s in 0..n {
-        for dd in 0..d {
-            let mut acc = 0.0;
-            for i in 0..dims.din {
-                acc += w.we[dd * dims.din + i].to() * data.x[i * n + s];
-            }
-            ws.h[s * d + dd] = T::of(r.we.mult * acc);
-        }
-    }
+    embed(&w.we, data, r, d, &mut ws.h[..n * d]);
     if !all_finite(&ws.h[..n * d]) {
         return Err(TrainError::Diverged {
             step,
@@ -201,23 +298,8 @@ pub fn forward<T: Real>(
             });
         }
     }
-    // f[o][n] = m_W sum_d W_U[d][o] h_L[n][d].
     let h_last = &ws.h[l_n * n * d..];
-    let mut loss = 0.0;
-    for o in 0..dims.dout {
-        for s in 0..n {
-            let mut acc = 0.0;
-            for dd in 0..d {
-                acc += w.wu[dd * dims.dout + o].to() * h_last[s * d + dd].to();
-            }
-            let f = r.wu.mult * acc;
-            ws.f[o * n + s] = f;
-            let e = f - data.y[o * n + s];
-            loss += e * e;
-            ws.dldf[o * n + s] = 2.0 * r.loss * e;
-        }
-    }
-    let loss = r.loss * loss;
+    let loss = readout(&w.wu, data, r, h_last, d, &mut ws.f, &mut ws.dldf);
     if !loss.is_finite() {
         return Err(TrainError::Diverged {
             step,
@@ -232,7 +314,7 @@ pub fn forward<T: Real>(
 type ActChunks<'a, T> = (((&'a [T], &'a mut [T]), &'a mut [T]), &'a mut [T]);
 
 /// `s = sigma(p)`, `ds = sigma'(p)`, `ca = m_V s`, elementwise, in parallel chunks.
-fn activate<T: Real>(
+pub(crate) fn activate<T: Real>(
     act: Activation,
     mv: T,
     p: &[T],
@@ -268,7 +350,7 @@ fn activate<T: Real>(
     }
 }
 
-fn check_data(dims: &crate::param::Dims, data: &Data) -> Result<(), TrainError> {
+pub(crate) fn check_data(dims: &crate::param::Dims, data: &Data) -> Result<(), TrainError> {
     if data.din != dims.din || data.dout != dims.dout {
         return Err(TrainError::Mismatch(format!(
             "data has d_in = {}, d_out = {}; the model has d_in = {}, d_out = {}",
@@ -292,30 +374,8 @@ pub fn backward_update<T: Real>(
 ) -> Result<(), TrainError> {
     let dims = w.dims;
     let (l_n, m, d, n) = (dims.l, dims.m, dims.d, data.n);
-    let h_last_off = l_n * n * d;
-    // g_L[n][d] = m_W sum_o W_U[d][o] dloss/df[o][n].
-    for s in 0..n {
-        for dd in 0..d {
-            let mut acc = 0.0;
-            for o in 0..dims.dout {
-                acc += w.wu[dd * dims.dout + o].to() * ws.dldf[o * n + s];
-            }
-            ws.g[s * d + dd] = T::of(r.wu.mult * acc);
-        }
-    }
-    if r.wu.trained {
-        let c = eta * r.wu.lr * r.wu.mult;
-        for dd in 0..d {
-            for o in 0..dims.dout {
-                let mut acc = 0.0;
-                for s in 0..n {
-                    acc += ws.h[h_last_off + s * d + dd].to() * ws.dldf[o * n + s];
-                }
-                let e = &mut w.wu[dd * dims.dout + o];
-                *e = T::of(e.to() - c * acc);
-            }
-        }
-    }
+    let h_last = &ws.h[l_n * n * d..(l_n + 1) * n * d];
+    head_backward(&mut w.wu, data, r, eta, &ws.dldf, h_last, d, &mut ws.g);
     let (mu, mv) = (T::of(r.u.mult), T::of(r.v.mult));
     let cv = T::of(eta * r.v.lr * r.v.mult);
     let cu = T::of(eta * r.u.lr * r.u.mult);
@@ -359,20 +419,7 @@ pub fn backward_update<T: Real>(
             });
         }
     }
-    if r.we.trained {
-        // dloss/dW_E[d][i] = m_E sum_n g_0[n][d] x[i][n].
-        let c = eta * r.we.lr * r.we.mult;
-        for dd in 0..d {
-            for i in 0..dims.din {
-                let mut acc = 0.0;
-                for s in 0..n {
-                    acc += ws.g[s * d + dd].to() * data.x[i * n + s];
-                }
-                let e = &mut w.we[dd * dims.din + i];
-                *e = T::of(e.to() - c * acc);
-            }
-        }
-    }
+    embed_update(&mut w.we, data, r, eta, &ws.g, d);
     let bad = |v: &[T]| !all_finite(v);
     if bad(&w.we) || bad(&w.wu) {
         return Err(TrainError::Diverged {

@@ -1,0 +1,458 @@
+//! Low-rank gradient descent: the block weights kept as their initialization plus the sum
+//! of the rank-N updates, shared by networks that differ only in their embeddings.
+//!
+//! Every GD update of the dense step ([`crate::train`]) is rank N (N samples):
+//!
+//! ```text
+//! U_l^T <- U_l^T - c_U G_l h_l^T            c_U = eta lr_U m_U   (M x N times N x D)
+//! V_l^T <- V_l^T - c_V sigma(p_l) g_{l+1}^T c_V = eta lr_V m_V
+//! ```
+//!
+//! so after k steps `U_l^T(k) = U_l^T(0) - A_l B_l`, with A_l (M x kN) the stacked
+//! `c_U G_l` and B_l (kN x D) the stacked h_l (likewise for V with `c_V sigma(p_l)` and
+//! g_{l+1}; A is stored transposed). Each product of the step splits into a pass over the initial weights and a
+//! product with the factors:
+//!
+//! ```text
+//! U^T(k) h            = U^T(0) h - A (B h)                   MDN + (M + D) kN^2 flops
+//! sum_m a_m U^T(k)_m  = sum_m a_m U^T(0)_m - (a^T A) B
+//! ```
+//!
+//! The initial weights are then only read (two passes per step instead of the dense
+//! step's read, read and write), and networks that share them, such as a sweep's coupled
+//! and uncoupled variants (PAPERS.md 2.4: same U, V, different W_E, W_U), read them once
+//! for all: each pass runs over all variants' samples together. The update after the last
+//! recorded forward pass is not made (nothing observes it). In exact arithmetic the
+//! records are those of the dense step; in floating point they differ by rounding.
+//! Cheaper than the dense step when the rank stays small against M and D
+//! ([`worth_it`]).
+
+use crate::kernels::{self, Par};
+use crate::model::{Data, Real};
+use crate::param::{Dims, Resolved};
+use crate::train::{self, History, TrainError, TrainOptions};
+
+/// One network sharing the initial block weights: its own embedding and unembedding.
+#[derive(Debug, Clone)]
+pub struct Variant<T> {
+    /// D x d_in.
+    pub we: Vec<T>,
+    /// D x d_out.
+    pub wu: Vec<T>,
+    /// Record h_L (at `TrainOptions::hidden_steps`).
+    pub record_hidden: bool,
+}
+
+/// Whether the low-rank step beats the dense one for K steps of N samples shared by
+/// `variants` networks. Per step and layer the dense step moves 3 MD values per network
+/// (and makes 3 MDN multiply-adds); the low-rank one moves 2 MD values in all, plus
+/// factors of about (M + D) kN / 2 values per network and pass.
+pub fn worth_it(dims: &Dims, steps: usize, variants: usize) -> bool {
+    let (m, d) = (dims.m as f64, dims.d as f64);
+    let rank = (steps.saturating_sub(1) * dims.n) as f64;
+    let dense = 3.0 * m * d * variants as f64;
+    let lowrank = 2.0 * m * d + variants as f64 * 4.0 * (m + d) * rank / 2.0;
+    lowrank < dense
+}
+
+/// Bytes the low-rank run needs besides the initial weights.
+pub fn bytes<T>(dims: &Dims, steps: usize, variants: usize) -> usize {
+    let (l, m, d, n) = (dims.l, dims.m, dims.d, dims.n);
+    let rmax = steps.saturating_sub(1) * n;
+    let vn = variants * n;
+    let factors = variants * 2 * l * (m + d) * rmax;
+    let ws = (l + 1) * vn * d + 3 * l * m * vn + 3 * m * vn + 2 * vn * d;
+    (factors + ws + 4 * rmax * n + 2 * m * n) * std::mem::size_of::<T>()
+}
+
+/// The factors of one tensor role for one network: per layer A^T (rmax x M, row j the
+/// j-th column of A) and B (rmax x D), of which the first `rank` rows are filled. Both
+/// are stored as rows so that every factor product streams long rows of M or D.
+struct Factors<T> {
+    at: Vec<T>,
+    b: Vec<T>,
+    rank: usize,
+}
+
+impl<T: Real> Factors<T> {
+    fn new(l: usize, m: usize, d: usize, rmax: usize) -> Self {
+        Factors {
+            at: vec![T::zero(); l * rmax * m],
+            b: vec![T::zero(); l * rmax * d],
+            rank: 0,
+        }
+    }
+}
+
+/// Scratch for the factor products (sizes for rank <= rmax, N samples).
+struct Small<T> {
+    /// rank x N.
+    z: Vec<T>,
+    /// N x M.
+    nm: Vec<T>,
+}
+
+/// Geometry shared by the helpers.
+#[derive(Clone, Copy)]
+struct Geo {
+    m: usize,
+    d: usize,
+    n: usize,
+    vn: usize,
+}
+
+/// `out[m][off + n] -= scale * sum_j A[m][j] (B x^T)[j][n]` for x (N x D): the factor part
+/// of a dot pass (`out` is M x VN).
+#[allow(clippy::too_many_arguments)]
+fn factor_dot<T: Real>(
+    g: Geo,
+    at: &[T],
+    b: &[T],
+    rank: usize,
+    x: &[T],
+    scale: T,
+    out: &mut [T],
+    off: usize,
+    sm: &mut Small<T>,
+) {
+    if rank == 0 {
+        return;
+    }
+    let n = g.n;
+    // z = B x^T (rank x N); (A z)^T = sum_j z[j] A^T_j (N x M).
+    kernels::dot_ro(b, rank, g.d, g.d, x, g.d, n, T::one(), &mut sm.z, Par::Seq);
+    sm.nm.fill(T::zero());
+    kernels::axpy_ro(at, rank, g.m, g.m, &sm.z, n, &mut sm.nm, Par::Seq);
+    for mm in 0..g.m {
+        for k in 0..n {
+            let o = &mut out[mm * g.vn + off + k];
+            *o = *o - scale * sm.nm[k * g.m + mm];
+        }
+    }
+}
+
+/// `tgt_n -= sum_j (sum_m coef[m][off + n] A[m][j]) B_j` (tgt: N x D; coef: M x VN): the
+/// factor part of an axpy pass.
+#[allow(clippy::too_many_arguments)]
+fn factor_axpy<T: Real>(
+    g: Geo,
+    at: &[T],
+    b: &[T],
+    rank: usize,
+    coef: &[T],
+    off: usize,
+    tgt: &mut [T],
+    sm: &mut Small<T>,
+) {
+    if rank == 0 {
+        return;
+    }
+    let n = g.n;
+    for mm in 0..g.m {
+        for k in 0..n {
+            sm.nm[k * g.m + mm] = coef[mm * g.vn + off + k];
+        }
+    }
+    // z[j][n] = <A^T_j, coef_n> (rank x N), then tgt_n -= sum_j z[j][n] B_j.
+    kernels::dot_ro(at, rank, g.m, g.m, &sm.nm, g.m, n, -T::one(), &mut sm.z, Par::Seq);
+    kernels::axpy_ro(b, rank, g.d, g.d, &sm.z, n, tgt, Par::Seq);
+}
+
+/// K steps of GD for every variant, from the shared initial block weights `ut0`, `vt0`
+/// (L x M x D each, row-major U_l^T, V_l^T; only read). Records as [`train::train`]
+/// (`opts.record_hidden` is taken per variant); layer statistics need the dense step.
+pub fn train_shared<T: Real>(
+    dims: &Dims,
+    ut0: &[T],
+    vt0: &[T],
+    variants: &mut [Variant<T>],
+    data: &Data,
+    r: &Resolved,
+    opts: &TrainOptions,
+    par: Par,
+) -> Result<Vec<History>, TrainError> {
+    train::check_data(dims, data)?;
+    if opts.layer_stats {
+        return Err(TrainError::Mismatch(
+            "layer statistics need the dense step".into(),
+        ));
+    }
+    let (l_n, m, d, n) = (dims.l, dims.m, dims.d, data.n);
+    let nv = variants.len();
+    let vn = nv * n;
+    assert_eq!(ut0.len(), l_n * m * d);
+    assert_eq!(vt0.len(), l_n * m * d);
+    let rmax = opts.steps.saturating_sub(1) * n;
+    let geo = Geo { m, d, n, vn };
+    let mut fu: Vec<Factors<T>> = (0..nv).map(|_| Factors::new(l_n, m, d, rmax)).collect();
+    let mut fv: Vec<Factors<T>> = (0..nv).map(|_| Factors::new(l_n, m, d, rmax)).collect();
+    let mut sm = Small {
+        z: vec![T::zero(); rmax * n],
+        nm: vec![T::zero(); n * m],
+    };
+    let mut h = vec![T::zero(); (l_n + 1) * vn * d];
+    let mut p = vec![T::zero(); l_n * m * vn];
+    let mut sg = vec![T::zero(); l_n * m * vn];
+    let mut ds = vec![T::zero(); l_n * m * vn];
+    let mut ca = vec![T::zero(); m * vn];
+    let mut q = vec![T::zero(); m * vn];
+    let mut g = vec![T::zero(); vn * d];
+    let mut g2 = vec![T::zero(); vn * d];
+    let (dout, din) = (dims.dout, dims.din);
+    let mut f = vec![vec![0.0; dout * n]; nv];
+    let mut dldf = vec![vec![0.0; dout * n]; nv];
+    let mut hist: Vec<History> = variants
+        .iter()
+        .map(|v| History {
+            losses: Vec::with_capacity(opts.steps),
+            outputs: Vec::with_capacity(opts.steps * dout * n),
+            hidden: Vec::with_capacity(if v.record_hidden {
+                opts.steps * d * n
+            } else {
+                0
+            }),
+            ..History::default()
+        })
+        .collect();
+    let (mu, mv) = (T::of(r.u.mult), T::of(r.v.mult));
+    let cu = T::of(opts.eta * r.u.lr * r.u.mult);
+    let cv = T::of(opts.eta * r.v.lr * r.v.mult);
+    let layer = |l: usize| l * m * d..(l + 1) * m * d;
+    let fa = |l: usize| l * rmax * m..(l + 1) * rmax * m;
+    let fb = |l: usize| l * rmax * d..(l + 1) * rmax * d;
+    let diverged = |step, layer, what| TrainError::Diverged { step, layer, what };
+    for k in 0..opts.steps {
+        // Forward, all variants together.
+        for (v, var) in variants.iter().enumerate() {
+            assert_eq!(var.we.len(), d * din);
+            train::embed(&var.we, data, r, d, &mut h[v * n * d..(v + 1) * n * d]);
+        }
+        if !train::all_finite(&h[..vn * d]) {
+            return Err(diverged(k, Some(0), "h"));
+        }
+        for l in 0..l_n {
+            let (lo, hi) = h.split_at_mut((l + 1) * vn * d);
+            let h_l = &lo[l * vn * d..];
+            let h_next = &mut hi[..vn * d];
+            let pl = &mut p[l * m * vn..(l + 1) * m * vn];
+            kernels::dot_ro(&ut0[layer(l)], m, d, d, h_l, d, vn, mu, pl, par);
+            for v in 0..nv {
+                let x = &h_l[v * n * d..(v + 1) * n * d];
+                let fuv = &fu[v];
+                factor_dot(geo, &fuv.at[fa(l)], &fuv.b[fb(l)], fuv.rank, x, mu, pl, v * n, &mut sm);
+            }
+            let sl = &mut sg[l * m * vn..(l + 1) * m * vn];
+            let dsl = &mut ds[l * m * vn..(l + 1) * m * vn];
+            train::activate(opts.activation, mv, pl, sl, dsl, &mut ca, par);
+            h_next.copy_from_slice(h_l);
+            kernels::axpy_ro(&vt0[layer(l)], m, d, d, &ca, vn, h_next, par);
+            for v in 0..nv {
+                let fvv = &fv[v];
+                let t = &mut h_next[v * n * d..(v + 1) * n * d];
+                factor_axpy(geo, &fvv.at[fa(l)], &fvv.b[fb(l)], fvv.rank, &ca, v * n, t, &mut sm);
+            }
+            if !train::all_finite(h_next) {
+                return Err(diverged(k, Some(l + 1), "h"));
+            }
+        }
+        let h_last = &h[l_n * vn * d..];
+        for (v, var) in variants.iter().enumerate() {
+            let hv = &h_last[v * n * d..(v + 1) * n * d];
+            let loss = train::readout(&var.wu, data, r, hv, d, &mut f[v], &mut dldf[v]);
+            if !loss.is_finite() {
+                return Err(diverged(k, None, "loss"));
+            }
+            let hs = &mut hist[v];
+            hs.losses.push(loss);
+            hs.outputs.extend_from_slice(&f[v]);
+            let want = var.record_hidden
+                && opts.hidden_steps.as_ref().is_none_or(|s| s.contains(&k));
+            if want {
+                hs.hidden_steps.push(k);
+                for dd in 0..d {
+                    for s in 0..n {
+                        hs.hidden.push(hv[s * d + dd].to());
+                    }
+                }
+            }
+            if opts.layer_steps.contains(&k) {
+                hs.layer_steps.push(k);
+                for ll in 0..=l_n {
+                    let hl = &h[ll * vn * d + v * n * d..][..n * d];
+                    hs.layers.extend((0..d * n).map(|i| hl[(i % n) * d + i / n].to()));
+                }
+            }
+        }
+        if k + 1 == opts.steps {
+            break;
+        }
+        // Backward: the same recursion as the dense step, the updates appended to the
+        // factors after their layer's products.
+        for (v, var) in variants.iter_mut().enumerate() {
+            let hv = &h[l_n * vn * d + v * n * d..][..n * d];
+            let gv = &mut g[v * n * d..(v + 1) * n * d];
+            train::head_backward(&mut var.wu, data, r, opts.eta, &dldf[v], hv, d, gv);
+        }
+        for l in (0..l_n).rev() {
+            let sl = &sg[l * m * vn..(l + 1) * m * vn];
+            let dsl = &ds[l * m * vn..(l + 1) * m * vn];
+            // q = m_V V^T(k) g.
+            kernels::dot_ro(&vt0[layer(l)], m, d, d, &g, d, vn, mv, &mut q, par);
+            for v in 0..nv {
+                let x = &g[v * n * d..(v + 1) * n * d];
+                let f = &fv[v];
+                factor_dot(geo, &f.at[fa(l)], &f.b[fb(l)], f.rank, x, mv, &mut q, v * n, &mut sm);
+            }
+            if r.v.trained {
+                for (v, f) in fv.iter_mut().enumerate() {
+                    let rk = f.rank;
+                    let at = &mut f.at[fa(l)];
+                    for mm in 0..m {
+                        for s in 0..n {
+                            at[(rk + s) * m + mm] = cv * sl[mm * vn + v * n + s];
+                        }
+                    }
+                    f.b[fb(l)][rk * d..(rk + n) * d].copy_from_slice(&g[v * n * d..][..n * d]);
+                }
+            }
+            // G = sigma'(p) q; g_l = g_{l+1} + m_U U(k) G.
+            for ((c, gq), &dv) in ca.iter_mut().zip(q.iter_mut()).zip(dsl.iter()) {
+                *gq = dv * *gq;
+                *c = mu * *gq;
+            }
+            g2.copy_from_slice(&g);
+            kernels::axpy_ro(&ut0[layer(l)], m, d, d, &ca, vn, &mut g2, par);
+            for v in 0..nv {
+                let f = &fu[v];
+                let t = &mut g2[v * n * d..(v + 1) * n * d];
+                factor_axpy(geo, &f.at[fa(l)], &f.b[fb(l)], f.rank, &ca, v * n, t, &mut sm);
+            }
+            if r.u.trained {
+                for (v, f) in fu.iter_mut().enumerate() {
+                    let rk = f.rank;
+                    let at = &mut f.at[fa(l)];
+                    for mm in 0..m {
+                        for s in 0..n {
+                            at[(rk + s) * m + mm] = cu * q[mm * vn + v * n + s];
+                        }
+                    }
+                    let hl = &h[l * vn * d + v * n * d..][..n * d];
+                    f.b[fb(l)][rk * d..(rk + n) * d].copy_from_slice(hl);
+                }
+            }
+            std::mem::swap(&mut g, &mut g2);
+            if !train::all_finite(&g) {
+                return Err(diverged(k, Some(l), "the gradient"));
+            }
+        }
+        for (v, var) in variants.iter_mut().enumerate() {
+            train::embed_update(&mut var.we, data, r, opts.eta, &g[v * n * d..][..n * d], d);
+            if !train::all_finite(&var.we) || !train::all_finite(&var.wu) {
+                return Err(diverged(k, None, "an embedding weight"));
+            }
+        }
+        for f in fu.iter_mut().filter(|_| r.u.trained) {
+            f.rank += n;
+        }
+        for f in fv.iter_mut().filter(|_| r.v.trained) {
+            f.rank += n;
+        }
+    }
+    Ok(hist)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Activation, Weights};
+    use crate::param::Parametrization;
+
+    fn dense_and_lowrank(preset: &str, act: Activation, dims: Dims, steps: usize) {
+        let data = Data::synthetic(dims.din, dims.dout, dims.n, 3);
+        let mut table = Parametrization::preset(preset).unwrap();
+        table.alpha = table.alpha.max(1.0);
+        let r = table.resolve(&dims);
+        let base = Weights::<f64>::draw(&dims, &r, 11, 12, false);
+        let other = Weights::<f64>::draw(&Dims { l: 0, ..dims }, &r, 13, 0, false);
+        let opts = TrainOptions {
+            steps,
+            // Stable for each preset (standard and lazy blow up at eta ~ 1 on this data,
+            // which would amplify rounding).
+            eta: if preset.starts_with("chizat") { 0.7 } else { 0.01 },
+            activation: act,
+            record_hidden: true,
+            hidden_steps: None,
+            layer_stats: false,
+            layer_steps: vec![0, steps - 1],
+        };
+        let mut want = Vec::new();
+        for emb in [&base, &other] {
+            let mut w = base.clone();
+            w.we = emb.we.clone();
+            w.wu = emb.wu.clone();
+            want.push(train::train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap());
+        }
+        let mut vars = vec![
+            Variant {
+                we: base.we.clone(),
+                wu: base.wu.clone(),
+                record_hidden: true,
+            },
+            Variant {
+                we: other.we.clone(),
+                wu: other.wu.clone(),
+                record_hidden: true,
+            },
+        ];
+        let got =
+            train_shared(&dims, &base.ut, &base.vt, &mut vars, &data, &r, &opts, Par::Seq).unwrap();
+        let close = |a: &[f64], b: &[f64], what: &str| {
+            assert_eq!(a.len(), b.len(), "{what}");
+            let scale = b.iter().fold(0.0f64, |s, x| s.max(x.abs())).max(1e-300);
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= 1e-11 * scale, "{preset} {what}: {x} vs {y}");
+            }
+        };
+        for (g, w) in got.iter().zip(&want) {
+            close(&g.losses, &w.losses, "losses");
+            close(&g.outputs, &w.outputs, "outputs");
+            close(&g.hidden, &w.hidden, "hidden");
+            close(&g.layers, &w.layers, "layers");
+        }
+    }
+
+    #[test]
+    fn lowrank_step_matches_the_dense_step() {
+        let dims = Dims {
+            l: 3,
+            m: 37,
+            d: 29,
+            din: 4,
+            dout: 3,
+            n: 5,
+        };
+        for preset in ["chizat-julia", "chizat-python", "standard", "lazy"] {
+            for act in [Activation::Tanh, Activation::Relu] {
+                dense_and_lowrank(preset, act, dims, 6);
+            }
+        }
+        // Ranks past the register tiles (N = 13 samples, 20 shared vectors in a pass).
+        dense_and_lowrank("chizat-julia", Activation::Gelu, Dims { n: 13, ..dims }, 4);
+    }
+
+    #[test]
+    fn worth_it_only_for_large_blocks() {
+        let dims = |m, d| Dims {
+            l: 50,
+            m,
+            d,
+            din: 5,
+            dout: 5,
+            n: 10,
+        };
+        assert!(worth_it(&dims(2000, 2000), 15, 2));
+        assert!(worth_it(&dims(500, 500), 15, 2));
+        assert!(!worth_it(&dims(14, 2000), 15, 2));
+        assert!(!worth_it(&dims(9, 9), 15, 1));
+    }
+}
