@@ -126,7 +126,7 @@ fn factor_dot<T: Real>(
     for mm in 0..g.m {
         for k in 0..n {
             let o = &mut out[mm * g.vn + off + k];
-            *o = *o - scale * sm.nm[k * g.m + mm];
+            *o -= scale * sm.nm[k * g.m + mm];
         }
     }
 }
@@ -154,13 +154,25 @@ fn factor_axpy<T: Real>(
         }
     }
     // z[j][n] = <A^T_j, coef_n> (rank x N), then tgt_n -= sum_j z[j][n] B_j.
-    kernels::dot_ro(at, rank, g.m, g.m, &sm.nm, g.m, n, -T::one(), &mut sm.z, Par::Seq);
+    kernels::dot_ro(
+        at,
+        rank,
+        g.m,
+        g.m,
+        &sm.nm,
+        g.m,
+        n,
+        -T::one(),
+        &mut sm.z,
+        Par::Seq,
+    );
     kernels::axpy_ro(b, rank, g.d, g.d, &sm.z, n, tgt, Par::Seq);
 }
 
 /// K steps of GD for every variant, from the shared initial block weights `ut0`, `vt0`
 /// (L x M x D each, row-major U_l^T, V_l^T; only read). Records as [`train::train`]
 /// (`opts.record_hidden` is taken per variant); layer statistics need the dense step.
+#[allow(clippy::too_many_arguments)]
 pub fn train_shared<T: Real>(
     dims: &Dims,
     ut0: &[T],
@@ -239,7 +251,17 @@ pub fn train_shared<T: Real>(
             for v in 0..nv {
                 let x = &h_l[v * n * d..(v + 1) * n * d];
                 let fuv = &fu[v];
-                factor_dot(geo, &fuv.at[fa(l)], &fuv.b[fb(l)], fuv.rank, x, mu, pl, v * n, &mut sm);
+                factor_dot(
+                    geo,
+                    &fuv.at[fa(l)],
+                    &fuv.b[fb(l)],
+                    fuv.rank,
+                    x,
+                    mu,
+                    pl,
+                    v * n,
+                    &mut sm,
+                );
             }
             let sl = &mut sg[l * m * vn..(l + 1) * m * vn];
             let dsl = &mut ds[l * m * vn..(l + 1) * m * vn];
@@ -249,7 +271,16 @@ pub fn train_shared<T: Real>(
             for v in 0..nv {
                 let fvv = &fv[v];
                 let t = &mut h_next[v * n * d..(v + 1) * n * d];
-                factor_axpy(geo, &fvv.at[fa(l)], &fvv.b[fb(l)], fvv.rank, &ca, v * n, t, &mut sm);
+                factor_axpy(
+                    geo,
+                    &fvv.at[fa(l)],
+                    &fvv.b[fb(l)],
+                    fvv.rank,
+                    &ca,
+                    v * n,
+                    t,
+                    &mut sm,
+                );
             }
             if !train::all_finite(h_next) {
                 return Err(diverged(k, Some(l + 1), "h"));
@@ -265,8 +296,8 @@ pub fn train_shared<T: Real>(
             let hs = &mut hist[v];
             hs.losses.push(loss);
             hs.outputs.extend_from_slice(&f[v]);
-            let want = var.record_hidden
-                && opts.hidden_steps.as_ref().is_none_or(|s| s.contains(&k));
+            let want =
+                var.record_hidden && opts.hidden_steps.as_ref().is_none_or(|s| s.contains(&k));
             if want {
                 hs.hidden_steps.push(k);
                 for dd in 0..d {
@@ -279,7 +310,8 @@ pub fn train_shared<T: Real>(
                 hs.layer_steps.push(k);
                 for ll in 0..=l_n {
                     let hl = &h[ll * vn * d + v * n * d..][..n * d];
-                    hs.layers.extend((0..d * n).map(|i| hl[(i % n) * d + i / n].to()));
+                    hs.layers
+                        .extend((0..d * n).map(|i| hl[(i % n) * d + i / n].to()));
                 }
             }
         }
@@ -301,7 +333,17 @@ pub fn train_shared<T: Real>(
             for v in 0..nv {
                 let x = &g[v * n * d..(v + 1) * n * d];
                 let f = &fv[v];
-                factor_dot(geo, &f.at[fa(l)], &f.b[fb(l)], f.rank, x, mv, &mut q, v * n, &mut sm);
+                factor_dot(
+                    geo,
+                    &f.at[fa(l)],
+                    &f.b[fb(l)],
+                    f.rank,
+                    x,
+                    mv,
+                    &mut q,
+                    v * n,
+                    &mut sm,
+                );
             }
             if r.v.trained {
                 for (v, f) in fv.iter_mut().enumerate() {
@@ -325,7 +367,16 @@ pub fn train_shared<T: Real>(
             for v in 0..nv {
                 let f = &fu[v];
                 let t = &mut g2[v * n * d..(v + 1) * n * d];
-                factor_axpy(geo, &f.at[fa(l)], &f.b[fb(l)], f.rank, &ca, v * n, t, &mut sm);
+                factor_axpy(
+                    geo,
+                    &f.at[fa(l)],
+                    &f.b[fb(l)],
+                    f.rank,
+                    &ca,
+                    v * n,
+                    t,
+                    &mut sm,
+                );
             }
             if r.u.trained {
                 for (v, f) in fu.iter_mut().enumerate() {
@@ -378,7 +429,11 @@ mod tests {
             steps,
             // Stable for each preset (standard and lazy blow up at eta ~ 1 on this data,
             // which would amplify rounding).
-            eta: if preset.starts_with("chizat") { 0.7 } else { 0.01 },
+            eta: if preset.starts_with("chizat") {
+                0.7
+            } else {
+                0.01
+            },
             activation: act,
             record_hidden: true,
             hidden_steps: None,
@@ -404,13 +459,25 @@ mod tests {
                 record_hidden: true,
             },
         ];
-        let got =
-            train_shared(&dims, &base.ut, &base.vt, &mut vars, &data, &r, &opts, Par::Seq).unwrap();
+        let got = train_shared(
+            &dims,
+            &base.ut,
+            &base.vt,
+            &mut vars,
+            &data,
+            &r,
+            &opts,
+            Par::Seq,
+        )
+        .unwrap();
         let close = |a: &[f64], b: &[f64], what: &str| {
             assert_eq!(a.len(), b.len(), "{what}");
             let scale = b.iter().fold(0.0f64, |s, x| s.max(x.abs())).max(1e-300);
             for (x, y) in a.iter().zip(b) {
-                assert!((x - y).abs() <= 1e-11 * scale, "{preset} {what}: {x} vs {y}");
+                assert!(
+                    (x - y).abs() <= 1e-11 * scale,
+                    "{preset} {what}: {x} vs {y}"
+                );
             }
         };
         for (g, w) in got.iter().zip(&want) {

@@ -746,7 +746,11 @@ macro_rules! kernels_for {
                     let ro = a.coef.is_none();
                     #[cfg(target_arch = "x86_64")]
                     if isa() == Isa::Avx512 {
-                        return if ro { $dotro512(a, m0, m1) } else { $dot512(a, m0, m1) };
+                        return if ro {
+                            $dotro512(a, m0, m1)
+                        } else {
+                            $dot512(a, m0, m1)
+                        };
                     }
                     if ro {
                         dot_ro_impl::<$t, Portable>(a, m0, m1)
@@ -761,7 +765,11 @@ macro_rules! kernels_for {
                     let ro = x.b.is_none();
                     #[cfg(target_arch = "x86_64")]
                     if isa() == Isa::Avx512 {
-                        return if ro { $axpyro512(x, t0, t1) } else { $axpy512(x, t0, t1) };
+                        return if ro {
+                            $axpyro512(x, t0, t1)
+                        } else {
+                            $axpy512(x, t0, t1)
+                        };
                     }
                     if ro {
                         axpy_ro_impl::<$t, Portable>(x, t0, t1)
@@ -783,8 +791,22 @@ macro_rules! kernels_for {
         }
     };
 }
-kernels_for!(f64, dot512_f64, axpy512_f64, dotro512_f64, axpyro512_f64, probe512_f64);
-kernels_for!(f32, dot512_f32, axpy512_f32, dotro512_f32, axpyro512_f32, probe512_f32);
+kernels_for!(
+    f64,
+    dot512_f64,
+    axpy512_f64,
+    dotro512_f64,
+    axpyro512_f64,
+    probe512_f64
+);
+kernels_for!(
+    f32,
+    dot512_f32,
+    axpy512_f32,
+    dotro512_f32,
+    axpyro512_f32,
+    probe512_f32
+);
 
 /// Parallelism of one call: sequential, or over the current rayon pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1339,6 +1361,43 @@ mod tests {
                     (rows, out, tgt)
                 };
                 assert_eq!(run(true), run(false));
+            }
+        }
+    }
+
+    #[test]
+    fn strided_read_only_kernels_match_the_naive_loops() {
+        // Rows of length d inside a wider matrix (ld > d), up to 24 vectors in one pass.
+        for &(m, d, ld, n) in &[
+            (5usize, 19usize, 23usize, 20usize),
+            (16, 64, 70, 24),
+            (3, 9, 9, 7),
+        ] {
+            let rows = rand(m * ld, 11);
+            let vecs = rand(n * ld, 12);
+            let a = rand(m * n, 13);
+            let mut out = vec![0.0; m * n];
+            dot_ro(&rows, m, d, ld, &vecs, ld, n, 2.0, &mut out, Par::Seq);
+            for mm in 0..m {
+                for k in 0..n {
+                    let want: f64 = 2.0
+                        * (0..d)
+                            .map(|i| rows[mm * ld + i] * vecs[k * ld + i])
+                            .sum::<f64>();
+                    assert!((out[mm * n + k] - want).abs() < 1e-12 * (1.0 + want.abs()));
+                }
+            }
+            let tgt0 = rand(n * d, 14);
+            let mut tgt = tgt0.clone();
+            axpy_ro(&rows, m, d, ld, &a, n, &mut tgt, Par::Seq);
+            for k in 0..n {
+                for i in 0..d {
+                    let want = tgt0[k * d + i]
+                        + (0..m)
+                            .map(|mm| a[mm * n + k] * rows[mm * ld + i])
+                            .sum::<f64>();
+                    assert!((tgt[k * d + i] - want).abs() < 1e-12 * (1.0 + want.abs()));
+                }
             }
         }
     }
