@@ -417,3 +417,76 @@ fn coords_draws_trajectories_and_histograms() {
         stderr(&r)
     );
 }
+
+#[test]
+fn spirals_trains_reports_and_names_bad_fields() {
+    let dir = tmp("spirals");
+    let spec = dir.join("tiny.toml");
+    std::fs::write(
+        &spec,
+        "name = \"tiny\"\nseeds = 2\nn_train = [16, 32]\nn_test = 100\n\
+         [model]\nL = 2\nM = 8\nM0 = 32\n\
+         [train]\nlr = 1.0\nmax_steps = { c = 10, n = 0.5 }\ntarget_loss = 0.0\n\
+         [measure]\ncheckpoints = 3\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let o = reslim(&[
+        "spirals",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("test error ~ n^b"), "{stdout}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("slope") && report.contains("p-value"),
+        "{report}"
+    );
+    // Budgets round(10 sqrt(n)) = 40 and 57 steps; no run reaches a zero loss.
+    assert!(report.contains("| 40 | 0/2 |"), "{report}");
+    assert!(report.contains("| 57 | 0/2 |"), "{report}");
+    assert!(
+        report.contains("Not every run reached the target loss"),
+        "{report}"
+    );
+    for f in [
+        "test_error.png",
+        "loss.png",
+        "kl.png",
+        "lambda_min.png",
+        "runs.csv",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(out.join("runs.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5);
+    assert!(
+        csv.lines().skip(1).all(|l| l.contains(",max_steps,")),
+        "{csv}"
+    );
+    // A second invocation reuses every run.
+    let o = reslim(&[
+        "spirals",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("4 of them stored"), "{report}");
+    // A bad field is named, with a non-zero exit.
+    std::fs::write(&spec, "[train]\nbackoff = 1.5\n").unwrap();
+    let o = reslim(&[
+        "spirals",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("train.backoff") && e.contains("1.5"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

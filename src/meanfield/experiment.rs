@@ -6,8 +6,12 @@
 //! 1. draws its training set (n samples) and test set, and its particles;
 //! 2. computes K0 on the training inputs and `Lambda = lambda_min(K0)` (PAPERS.md 1.3);
 //! 3. runs GD with step `eta = lr / beta^2` until the training loss is at most
-//!    `target_loss` or `max_steps` steps are done, recording the loss and the KL
-//!    estimates at every step;
+//!    `target_loss` or the step budget `max_steps` (a power law in n) is spent,
+//!    recording the loss and the KL estimates at every step; with `backoff < 1`, eta is
+//!    multiplied by `backoff` after every step that raised the loss by more than the
+//!    fraction `backoff_rise` (a step beyond the stability limit `2 n / lambda_max(G)`,
+//!    and `lambda_max(G)` grows during training) and by `growth` (capped at
+//!    `lr / beta^2`) after every other step; the time `t` is the sum of the steps taken;
 //! 4. at the checkpoint steps and at the last step, measures the training and test 0-1
 //!    errors, the Gram matrices and their smallest eigenvalues, the instantaneous decay
 //!    rate `2 r^T G r / (n |r|^2)`, and the terms of the generalization bound.
@@ -102,7 +106,7 @@ impl Bound {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub step: usize,
-    /// Time `t = step * eta`.
+    /// Time `t`: the sum of the step sizes so far (`step * eta` at a constant eta).
     pub t: f64,
     pub loss: f64,
     pub train_error: f64,
@@ -151,7 +155,12 @@ pub struct RunResult {
     pub data_seed: u64,
     pub model_seed: u64,
     pub beta: f64,
+    /// The initial step size `lr / beta^2`.
     pub eta: f64,
+    /// The step size of every update: `etas[s]` took the parameters after s updates to
+    /// s + 1 (constant `eta` unless `backoff < 1`).
+    #[serde(default)]
+    pub etas: Vec<f64>,
     /// Steps taken (updates applied).
     pub steps: usize,
     /// "target_loss" or "max_steps".
@@ -189,6 +198,32 @@ impl RunResult {
             .expect("a run has at least one checkpoint")
     }
 
+    /// The step size of update `s` (from the parameters after s updates to s + 1).
+    pub fn eta_at(&self, s: usize) -> f64 {
+        self.etas.get(s).copied().unwrap_or(self.eta)
+    }
+
+    /// The step size of the last update (the initial one if there was none).
+    pub fn final_eta(&self) -> f64 {
+        self.etas.last().copied().unwrap_or(self.eta)
+    }
+
+    /// The time `t` after 0..=steps updates (the running sum of the step sizes).
+    pub fn times(&self) -> Vec<f64> {
+        times_of(&self.etas)
+    }
+
+    /// How many times the step size was cut (updates with a smaller eta than the one
+    /// before).
+    pub fn backoffs(&self) -> usize {
+        self.etas.windows(2).filter(|w| w[1] < w[0]).count()
+    }
+
+    /// The step at which the loss reached the target, if it did.
+    pub fn steps_to_target(&self) -> Option<usize> {
+        (self.stopped == "target_loss").then_some(self.steps)
+    }
+
     /// `min_t lambda_min(G(t)) / (beta^2 Lambda)` over the checkpoints.
     pub fn min_ratio(&self) -> f64 {
         self.checkpoints
@@ -196,6 +231,17 @@ impl RunResult {
             .map(|c| c.ratio)
             .fold(f64::NAN, f64::min)
     }
+}
+
+fn times_of(etas: &[f64]) -> Vec<f64> {
+    let mut t = Vec::with_capacity(etas.len() + 1);
+    let mut acc = 0.0;
+    t.push(acc);
+    for e in etas {
+        acc += e;
+        t.push(acc);
+    }
+    t
 }
 
 /// The part of the config a single run depends on.
@@ -221,7 +267,11 @@ pub fn run_one(cfg: &ExperimentConfig, n: usize, k: usize) -> Result<RunResult, 
     let (data_seed, model_seed) = cfg.seeds_of(k);
     let arch = cfg.arch(n);
     let beta = arch.beta;
-    let eta = cfg.lr / (beta * beta);
+    let eta0 = cfg.lr / (beta * beta);
+    let mut eta = eta0;
+    let mut etas = Vec::new();
+    let mut t = 0.0;
+    let max_steps = cfg.max_steps_at(n);
     let mut net = Net::init(arch, cfg.init, model_seed);
     let mut measure_s = 0.0;
     let t0 = Instant::now();
@@ -234,7 +284,7 @@ pub fn run_one(cfg: &ExperimentConfig, n: usize, k: usize) -> Result<RunResult, 
     let mut ws = Workspace::new(&arch);
     let mut der = Derivatives::new(&arch);
     let mut kl = FlowKl::new(&net);
-    let plan = cfg.checkpoint_steps();
+    let plan = cfg.checkpoint_steps(n);
     let (mut losses, mut kl_stack, mut kl_head) = (Vec::new(), Vec::new(), Vec::new());
     let mut checkpoints = Vec::new();
     let mut step = 0;
@@ -251,13 +301,22 @@ pub fn run_one(cfg: &ExperimentConfig, n: usize, k: usize) -> Result<RunResult, 
                 },
             });
         }
+        // A step that raised the loss went beyond the stability limit: shrink eta; after
+        // a step that did not, let it grow back towards lr / beta^2.
+        if let Some(&prev) = losses.last() {
+            if der.loss > prev * (1.0 + cfg.backoff_rise) {
+                eta *= cfg.backoff;
+            } else {
+                eta = (eta * cfg.growth).min(eta0);
+            }
+        }
         let est = kl.estimate(&net);
         losses.push(der.loss);
         kl_stack.push(est.stack);
         kl_head.push(est.head);
         let done = if der.loss <= cfg.target_loss {
             Some("target_loss")
-        } else if step == cfg.max_steps {
+        } else if step == max_steps {
             Some("max_steps")
         } else {
             None
@@ -265,7 +324,7 @@ pub fn run_one(cfg: &ExperimentConfig, n: usize, k: usize) -> Result<RunResult, 
         if done.is_some() || plan.contains(&step) {
             let t0 = Instant::now();
             checkpoints.push(measure(
-                cfg, &net, &train, &test, step, eta, der.loss, est, big_lambda,
+                cfg, &net, &train, &test, step, t, der.loss, est, big_lambda,
             ));
             measure_s += t0.elapsed().as_secs_f64();
         }
@@ -273,12 +332,15 @@ pub fn run_one(cfg: &ExperimentConfig, n: usize, k: usize) -> Result<RunResult, 
             break why.to_string();
         }
         net.apply(&der, eta, Some(&mut kl));
+        etas.push(eta);
+        t += eta;
         step += 1;
         net.check_finite(step)
             .map_err(|source| MeanFieldError::Train { n, k, source })?;
     };
     let total = t_start.elapsed().as_secs_f64();
-    let rates = rates(&losses, eta, n, beta, big_lambda, &checkpoints);
+    let times = times_of(&etas);
+    let rates = rates(&losses, &times, n, beta, big_lambda, &checkpoints);
     Ok(RunResult {
         n,
         k,
@@ -286,7 +348,8 @@ pub fn run_one(cfg: &ExperimentConfig, n: usize, k: usize) -> Result<RunResult, 
         data_seed,
         model_seed,
         beta,
-        eta,
+        eta: eta0,
+        etas,
         steps: step,
         stopped,
         lambda0,
@@ -312,7 +375,7 @@ fn measure(
     train: &Dataset,
     test: &Dataset,
     step: usize,
-    eta: f64,
+    t: f64,
     loss: f64,
     kl: KlEstimate,
     big_lambda: f64,
@@ -341,7 +404,7 @@ fn measure(
     }
     Checkpoint {
         step,
-        t: step as f64 * eta,
+        t,
         loss,
         train_error: zero_one_error(&f, &train.y),
         test_error: zero_one_error(&ft, &test.y),
@@ -356,7 +419,7 @@ fn measure(
 
 fn rates(
     losses: &[f64],
-    eta: f64,
+    times: &[f64],
     n: usize,
     beta: f64,
     big_lambda: f64,
@@ -368,7 +431,7 @@ fn rates(
             .enumerate()
             .skip(from)
             .filter(|(_, l)| **l > 0.0)
-            .map(|(k, l)| (k as f64 * eta, l.ln()))
+            .map(|(k, l)| (times[k], l.ln()))
             .unzip();
         crate::fit::ols(&t, &l)
             .map(|f| -f.slope)

@@ -27,7 +27,15 @@ pub struct SizeSummary {
     pub train_error_mean: f64,
     pub final_loss_mean: f64,
     pub steps_mean: f64,
+    /// The step budget at this n.
+    pub max_steps: usize,
     pub reached_target: usize,
+    /// Over the runs that reached the target: the first and last step at which they did.
+    pub target_steps_min: Option<usize>,
+    pub target_steps_max: Option<usize>,
+    /// Mean number of step-size backoffs per run, and the mean final `eta beta^2`.
+    pub backoffs_mean: f64,
+    pub final_lr_mean: f64,
     pub kl_stack_mean: f64,
     pub kl_head_mean: f64,
     /// Mean of `Lambda = lambda_min(K0)` over runs where it is resolved.
@@ -135,7 +143,12 @@ pub fn summarize(cfg: &ExperimentConfig, runs: &[RunResult]) -> Result<Summary, 
             train_error_mean: mean(rs.iter().map(|r| r.last().train_error)),
             final_loss_mean: mean(rs.iter().map(|r| r.last().loss)),
             steps_mean: mean(rs.iter().map(|r| r.steps as f64)),
+            max_steps: cfg.max_steps_at(n),
             reached_target: rs.iter().filter(|r| r.stopped == "target_loss").count(),
+            target_steps_min: rs.iter().filter_map(|r| r.steps_to_target()).min(),
+            target_steps_max: rs.iter().filter_map(|r| r.steps_to_target()).max(),
+            backoffs_mean: mean(rs.iter().map(|r| r.backoffs() as f64)),
+            final_lr_mean: mean(rs.iter().map(|r| r.final_eta() * r.beta * r.beta)),
             kl_stack_mean: mean(rs.iter().map(|r| r.last().kl.stack)),
             kl_head_mean: mean(rs.iter().map(|r| r.last().kl.head)),
             lambda0_mean: (!lam.is_empty()).then(|| mean(lam.iter().copied())),
@@ -214,7 +227,7 @@ pub fn write_report(
 
 fn runs_csv(runs: &[RunResult]) -> String {
     let mut c = String::from(
-        "n,k,beta,eta,steps,stopped,final_loss,train_error,test_error,kl_stack,kl_head,lambda0,lambda0_resolved,\
+        "n,k,beta,eta,final_eta,backoffs,steps,stopped,final_loss,train_error,test_error,kl_stack,kl_head,lambda0,lambda0_resolved,\
          min_lambda_g2,min_lambda_g,min_ratio,rate_fitted,rate_gram,rate_paper,surrogate,rademacher,confidence,bound,seconds\n",
     );
     for r in runs {
@@ -224,11 +237,13 @@ fn runs_csv(runs: &[RunResult]) -> String {
         };
         let _ = writeln!(
             c,
-            "{},{},{:e},{:e},{},{},{:e},{},{},{:e},{:e},{:e},{},{:e},{:e},{:e},{:e},{:e},{:e},{:e},{:e},{:e},{:e},{:.3}",
+            "{},{},{:e},{:e},{:e},{},{},{},{:e},{},{},{:e},{:e},{:e},{},{:e},{:e},{:e},{:e},{:e},{:e},{:e},{:e},{:e},{:e},{:.3}",
             r.n,
             r.k,
             r.beta,
             r.eta,
+            r.final_eta(),
+            r.backoffs(),
             r.steps,
             r.stopped,
             l.loss,
@@ -461,6 +476,15 @@ fn figures(
     Ok(files)
 }
 
+/// " by more than x%" for a positive tolerance.
+fn rise(frac: f64) -> String {
+    if frac > 0.0 {
+        format!(" by more than {}%", 100.0 * frac)
+    } else {
+        String::new()
+    }
+}
+
 fn markdown(
     cfg: &ExperimentConfig,
     runs: &[RunResult],
@@ -516,13 +540,18 @@ fn markdown(
     let _ = writeln!(m, "![test error](test_error.png)\n");
     let _ = writeln!(
         m,
-        "| n | β | test error (mean ± sd) | train error | final loss | steps | reached target | s/run |"
+        "| n | β | test error (mean ± sd) | train error | final loss | steps (mean) | budget | reached target | at steps | backoffs | final η·β² | s/run |"
     );
-    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for z in &s.sizes {
+        let at = match (z.target_steps_min, z.target_steps_max) {
+            (Some(a), Some(b)) if a == b => format!("{a}"),
+            (Some(a), Some(b)) => format!("{a}–{b}"),
+            _ => "–".into(),
+        };
         let _ = writeln!(
             m,
-            "| {} | {} | {} ± {} | {} | {} | {:.0} | {}/{} | {:.1} |",
+            "| {} | {} | {} ± {} | {} | {} | {:.0} | {} | {}/{} | {} | {:.1} | {} | {:.1} |",
             z.n,
             g(z.beta),
             g(z.test_error_mean),
@@ -530,9 +559,34 @@ fn markdown(
             g(z.train_error_mean),
             g(z.final_loss_mean),
             z.steps_mean,
+            z.max_steps,
             z.reached_target,
             z.runs,
+            at,
+            z.backoffs_mean,
+            g(z.final_lr_mean),
             z.seconds_mean
+        );
+    }
+    let short: Vec<String> = s
+        .sizes
+        .iter()
+        .filter(|z| z.reached_target < z.runs)
+        .map(|z| format!("n = {} ({}/{})", z.n, z.runs - z.reached_target, z.runs))
+        .collect();
+    if short.is_empty() {
+        let _ = writeln!(
+            m,
+            "\nEvery run reached the target loss {} within its step budget.",
+            cfg.target_loss
+        );
+    } else {
+        let _ = writeln!(
+            m,
+            "\n**Not every run reached the target loss {}**: runs stopped by the step budget at {}. \
+             Their test errors are those of an undertrained model.",
+            cfg.target_loss,
+            short.join(", ")
         );
     }
     let _ = writeln!(m, "\n## Setup\n");
@@ -577,13 +631,34 @@ fn markdown(
     );
     let _ = writeln!(
         m,
-        "- training: full-batch GD with particle rates L·M and M0, step η = {}/β², until the loss is ≤ {} or {} steps;",
-        cfg.lr, cfg.target_loss, cfg.max_steps
+        "- training: full-batch GD with particle rates L·M and M0, step η = {}/β²{}, until the loss is ≤ {} or the step budget {} (steps, a power law in N = n_train) is spent;",
+        cfg.lr,
+        match (cfg.backoff < 1.0, cfg.growth > 1.0) {
+            (false, false) => String::new(),
+            (true, false) => format!(
+                ", multiplied by {} after every step that raised the loss{}",
+                cfg.backoff,
+                rise(cfg.backoff_rise)
+            ),
+            (_, true) => format!(
+                ", multiplied by {} after every step that raised the loss{} and by {} (up to {}/β²) after every other step",
+                cfg.backoff,
+                rise(cfg.backoff_rise),
+                cfg.growth,
+                cfg.lr
+            ),
+        },
+        cfg.target_loss,
+        cfg.max_steps
     );
     let _ = writeln!(
         m,
-        "- measurements at steps {:?} and at the last step (Gram matrices up to n = {}{}); bound confidence δ = {}.\n",
-        cfg.checkpoint_steps(),
+        "- measurements at steps {} and at the last step (Gram matrices up to n = {}{}); bound confidence δ = {}.\n",
+        s.sizes
+            .iter()
+            .map(|z| format!("{:?} (n = {})", cfg.checkpoint_steps(z.n), z.n))
+            .collect::<Vec<_>>()
+            .join(", "),
         cfg.gram_max_n,
         if cfg.gram { "" } else { ", disabled" },
         cfg.delta
@@ -592,7 +667,7 @@ fn markdown(
     let _ = writeln!(m, "![loss](loss.png)\n");
     let _ = writeln!(
         m,
-        "Rates per unit time t = step·η (PAPERS.md 1.3: L(t) ≤ exp(−2λt/n) L(0) when λ_min(G) ≥ λ). \
+        "Rates per unit time t = Σ η over the steps (PAPERS.md 1.3: L(t) ≤ exp(−2λt/n) L(0) when λ_min(G) ≥ λ). \
          *fitted*: −slope of log L against t (whole run / second half); *Gram*: 2 min_t λ_min(G(t))/n; \
          *paper*: β²Λ/n (λ = β²Λ/2).\n"
     );
@@ -689,12 +764,15 @@ fn markdown(
     let _ = writeln!(
         m,
         "None of these is fixed by the paper (PAPERS.md 1.4 lists them as unknown); each is a spec field:\n\n\
-         - `model.beta`: β's dependence on n (default √n, the reviewers' scaling). Larger β makes training lazier \
-           (smaller KL) and faster in t, and changes the fitted function;\n\
+         - `model.beta`: β's dependence on n (reslim's default √n/4; the reviewers' scaling is √n). Larger β makes \
+           training lazier (smaller KL): the loss stays longer on the plateau of the initial kernel, so more steps are \
+           needed, and a fixed step budget leaves the larger n less well fitted;\n\
          - `model.M`, `model.M0`, `model.L`: finite widths and depth, which set the particle noise and the initial kernel's estimate;\n\
-         - `train.target_loss`, `train.max_steps`, `train.lr`: the stopping rule (how well the training set is fitted) — \
-           at a fixed step budget larger n is fitted less well;\n\
-         - `data.noise`, `data.turns`, `data.lift`: the difficulty of the task and the geometry of the inputs on the sphere;\n\
+         - `train.target_loss`, `train.max_steps`, `train.lr`, `train.backoff`: the stopping rule and the step size \
+           (how well the training set is fitted; the table above says which runs reached the target) — an undertrained \
+           large n raises the slope;\n\
+         - `data.noise`, `data.turns`, `data.lift`: the difficulty of the task and the geometry of the inputs on the sphere; \
+           once the test error reaches 0 on the test set, the fit sees only the floor 1/(2 n_test);\n\
          - `model.init`: antithetic (zero output at initialization) or independent particles."
     );
     m

@@ -17,18 +17,23 @@
 //! # normalize = true          # csv: put inputs on the unit sphere (default true)
 //!
 //! [model]
-//! L = 20                      # depth
-//! M = 500                     # particles per block
+//! L = 10                      # depth
+//! M = 200                     # particles per block
 //! M0 = 1000                   # head particles
 //! alpha = 1.0                 # branch scale
-//! beta = { c = 1.0, n = 0.5 } # output scale, a power law in n (and L, M, ...)
+//! beta = { c = 0.25, n = 0.5 } # output scale, a power law in n (and L, M, ...)
 //! activation = "tanh"
 //! init = "symmetric"          # "symmetric" (antithetic pairs) | "iid"
 //!
 //! [train]
-//! lr = 1.0                    # step size eta = lr / beta^2
-//! max_steps = 2000            # step budget
-//! target_loss = 1e-3          # stop once the training loss is at most this
+//! lr = 5.0                    # step size eta = lr / beta^2
+//! max_steps = { c = 800, n = 0.25 } # step budget: a number, or a power law in n
+//!                             # (here round(800 n^0.25): 2127 steps at n = 50, 6017 at 3200)
+//! target_loss = 5e-3          # stop once the training loss is at most this
+//! backoff = 0.7               # multiply eta by this after a step that raised the loss
+//! backoff_rise = 0.5          # ... by more than this fraction (0: any rise)
+//! growth = 1.0                # and by this after any other step, up to lr / beta^2
+//!                             # (backoff = growth = 1: constant step size)
 //!
 //! [measure]
 //! checkpoints = 6             # Gram, eigenvalues, errors, bound at 6 log-spaced steps + the last
@@ -37,7 +42,10 @@
 //! delta = 0.05                # confidence of the generalization bound
 //! ```
 //!
-//! Every field has the default shown. [`ExperimentSpec::check`] turns a spec into an
+//! Every field has the default shown; the defaults of `[model]` and `[train]` are
+//! reslim's protocol (the module docs of [`super`] say why). The earlier protocol was
+//! `L = 20, M = 500, beta = { c = 1.0, n = 0.5 }, lr = 1.5, max_steps = 1200,
+//! target_loss = 1e-3, backoff = 1`. [`ExperimentSpec::check`] turns a spec into an
 //! [`ExperimentConfig`]; its errors name the field and the bad value.
 
 use super::data::{self, Dataset, Spirals};
@@ -102,8 +110,20 @@ pub struct ModelSpec {
 #[serde(deny_unknown_fields)]
 pub struct TrainSection {
     pub lr: Option<f64>,
-    pub max_steps: Option<i64>,
+    pub max_steps: Option<StepBudget>,
     pub target_loss: Option<f64>,
+    pub backoff: Option<f64>,
+    pub backoff_rise: Option<f64>,
+    pub growth: Option<f64>,
+}
+
+/// `train.max_steps` as written: a number of steps, or a power law in the shape
+/// (`{ c = 400, n = 0.25 }`: `round(400 n^0.25)` steps at training-set size n).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StepBudget {
+    Fixed(i64),
+    Law(Scale),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -153,8 +173,18 @@ pub struct ExperimentConfig {
     pub activation: Activation,
     pub init: Init,
     pub lr: f64,
-    pub max_steps: usize,
+    /// The step budget, a power law in n (a constant for a fixed budget); see
+    /// [`ExperimentConfig::max_steps_at`].
+    pub max_steps: Scale,
     pub target_loss: f64,
+    /// Factor applied to eta after every step that raised the training loss (1: constant
+    /// eta).
+    pub backoff: f64,
+    /// A step "raised the loss" when it multiplied it by more than `1 + backoff_rise`.
+    pub backoff_rise: f64,
+    /// Factor applied to eta after every step that did not raise the loss, capped at
+    /// `lr / beta^2`.
+    pub growth: f64,
     pub checkpoints: usize,
     pub gram: bool,
     pub gram_max_n: usize,
@@ -321,8 +351,8 @@ impl ExperimentSpec {
                 ));
             }
         };
-        let l = pos("model.L", ms.l, 20)?;
-        let m = pos("model.M", ms.m, 500)?;
+        let l = pos("model.L", ms.l, 10)?;
+        let m = pos("model.M", ms.m, 200)?;
         let m0 = pos("model.M0", ms.m0, 1000)?;
         if init == Init::Symmetric {
             for (f, v) in [("model.M", m), ("model.M0", m0)] {
@@ -339,7 +369,7 @@ impl ExperimentSpec {
         if !alpha.is_finite() {
             return Err(invalid("model.alpha", alpha, "must be finite"));
         }
-        let beta = ms.beta.unwrap_or(Scale::constant(1.0).n(0.5));
+        let beta = ms.beta.unwrap_or(Scale::constant(0.25).n(0.5));
         let activation: Activation =
             ms.activation
                 .as_deref()
@@ -353,9 +383,39 @@ impl ExperimentSpec {
                     )
                 })?;
         let ts = self.train.clone().unwrap_or_default();
-        let lr = finite_pos("train.lr", ts.lr, 1.0)?;
-        let max_steps = pos("train.max_steps", ts.max_steps, 2000)?;
-        let target_loss = ts.target_loss.unwrap_or(1e-3);
+        let lr = finite_pos("train.lr", ts.lr, 5.0)?;
+        let max_steps = match ts.max_steps {
+            None => Scale::constant(800.0).n(0.25),
+            Some(StepBudget::Fixed(k)) => {
+                Scale::constant(pos("train.max_steps", Some(k), 1)? as f64)
+            }
+            Some(StepBudget::Law(s)) => s,
+        };
+        let backoff = ts.backoff.unwrap_or(0.7);
+        if !(backoff > 0.0 && backoff <= 1.0) {
+            return Err(invalid(
+                "train.backoff",
+                backoff,
+                "must lie in (0, 1] (1: constant step size)",
+            ));
+        }
+        let backoff_rise = ts.backoff_rise.unwrap_or(0.5);
+        if !(backoff_rise.is_finite() && backoff_rise >= 0.0) {
+            return Err(invalid(
+                "train.backoff_rise",
+                backoff_rise,
+                "must be a finite non-negative number",
+            ));
+        }
+        let growth = ts.growth.unwrap_or(1.0);
+        if !(growth.is_finite() && growth >= 1.0) {
+            return Err(invalid(
+                "train.growth",
+                growth,
+                "must be a finite number at least 1 (1: eta never grows back)",
+            ));
+        }
+        let target_loss = ts.target_loss.unwrap_or(5e-3);
         if !(target_loss.is_finite() && target_loss >= 0.0) {
             return Err(invalid(
                 "train.target_loss",
@@ -399,6 +459,9 @@ impl ExperimentSpec {
             lr,
             max_steps,
             target_loss,
+            backoff,
+            backoff_rise,
+            growth,
             checkpoints,
             gram: me.gram.unwrap_or(true),
             gram_max_n,
@@ -413,23 +476,40 @@ impl ExperimentSpec {
                     &format!("gives beta = {b} at n = {n}; must be finite and positive"),
                 ));
             }
+            let k = cfg.max_steps.eval(&cfg.dims(n), cfg.alpha);
+            if !(k.is_finite() && k.round() >= 1.0 && k < 1e9) {
+                return Err(invalid(
+                    "train.max_steps",
+                    cfg.max_steps,
+                    &format!("gives {k} steps at n = {n}; must be between 1 and 1e9"),
+                ));
+            }
         }
         Ok(cfg)
     }
 }
 
 impl ExperimentConfig {
-    /// beta at training-set size n (the Scale evaluated at L, M, D = d, N = n).
-    pub fn beta_at(&self, n: usize) -> f64 {
-        let dims = Dims {
+    /// The shape at training-set size n, for the power laws (L, M, D = d, N = n).
+    fn dims(&self, n: usize) -> Dims {
+        Dims {
             l: self.l,
             m: self.m,
             d: self.d,
             din: self.d,
             dout: 1,
             n,
-        };
-        self.beta.eval(&dims, self.alpha)
+        }
+    }
+
+    /// beta at training-set size n (the Scale evaluated at L, M, D = d, N = n).
+    pub fn beta_at(&self, n: usize) -> f64 {
+        self.beta.eval(&self.dims(n), self.alpha)
+    }
+
+    /// The step budget at training-set size n: `max_steps` evaluated like beta, rounded.
+    pub fn max_steps_at(&self, n: usize) -> usize {
+        (self.max_steps.eval(&self.dims(n), self.alpha).round() as usize).max(1)
     }
 
     /// The architecture of the runs with n training samples.
@@ -505,18 +585,17 @@ impl ExperimentConfig {
         }
     }
 
-    /// The steps at which the Gram matrices, errors and the bound are measured:
-    /// 0 and `checkpoints - 1` log-spaced steps up to `max_steps` (the last step of a run
-    /// is always measured too).
-    pub fn checkpoint_steps(&self) -> Vec<usize> {
+    /// The steps at which the Gram matrices, errors and the bound are measured at
+    /// training-set size n: 0 and `checkpoints - 1` log-spaced steps up to the budget
+    /// [`Self::max_steps_at`] (the last step of a run is always measured too).
+    pub fn checkpoint_steps(&self, n: usize) -> Vec<usize> {
         let c = self.checkpoints;
+        let max = self.max_steps_at(n);
         let mut v = vec![0];
         for j in 1..c {
-            let s = (self.max_steps as f64)
-                .powf(j as f64 / (c - 1) as f64)
-                .round() as usize;
+            let s = (max as f64).powf(j as f64 / (c - 1) as f64).round() as usize;
             if s > *v.last().unwrap_or(&0) {
-                v.push(s.min(self.max_steps));
+                v.push(s.min(max));
             }
         }
         v

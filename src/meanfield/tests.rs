@@ -656,10 +656,21 @@ fn spec_errors_name_the_field_and_value() {
     assert_eq!(cfg.n_train, vec![50, 100, 200, 400, 800, 1600, 3200]);
     assert_eq!(
         (cfg.d, cfg.l, cfg.m, cfg.m0, cfg.seeds),
-        (3, 20, 500, 1000, 5)
+        (3, 10, 200, 1000, 5)
     );
-    assert!((cfg.beta_at(400) - 20.0).abs() < 1e-12);
-    assert_eq!(cfg.checkpoint_steps(), vec![0, 5, 21, 96, 437, 2000]);
+    assert!((cfg.beta_at(400) - 5.0).abs() < 1e-12);
+    assert_eq!(
+        (
+            cfg.lr,
+            cfg.target_loss,
+            cfg.backoff,
+            cfg.backoff_rise,
+            cfg.growth
+        ),
+        (5.0, 5e-3, 0.7, 0.5, 1.0)
+    );
+    assert_eq!((cfg.max_steps_at(50), cfg.max_steps_at(3200)), (2127, 6017));
+    assert_eq!(cfg.checkpoint_steps(400), vec![0, 5, 26, 136, 696, 3578]);
 }
 
 #[test]
@@ -724,7 +735,8 @@ fn experiment_runs_resume_and_report() {
     let _ = std::fs::remove_dir_all(&dir);
     let spec: ExperimentSpec = toml::from_str(
         "name = \"tiny\"\nseeds = 2\nn_train = [12, 24]\nn_test = 50\n\
-         [model]\nL = 2\nM = 8\nM0 = 16\n[train]\nmax_steps = 20\n[measure]\ncheckpoints = 3\n",
+         [model]\nL = 2\nM = 8\nM0 = 16\nbeta = { c = 1.0, n = 0.5 }\n\
+         [train]\nlr = 1.0\nmax_steps = 20\n[measure]\ncheckpoints = 3\n",
     )
     .unwrap();
     let cfg = spec.check(&dir).unwrap();
@@ -785,4 +797,73 @@ fn experiment_runs_resume_and_report() {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn step_budget_is_a_power_law_and_backoff_shrinks_eta_after_a_loss_increase() {
+    let base = std::path::Path::new(".");
+    let check = |text: &str| -> String {
+        let spec: ExperimentSpec = toml::from_str(text).map_err(|e| e.to_string()).unwrap();
+        spec.check(base)
+            .map(|_| "ok".into())
+            .unwrap_or_else(|e| e.to_string())
+    };
+    let e = check("[train]\nbackoff = 0.0\n");
+    assert!(e.contains("train.backoff") && e.contains('0'), "{e}");
+    let e = check("[train]\ngrowth = 0.9\n");
+    assert!(e.contains("train.growth") && e.contains("0.9"), "{e}");
+    let e = check("[train]\nmax_steps = { c = 0.1 }\n");
+    assert!(e.contains("train.max_steps") && e.contains("0.1"), "{e}");
+    assert_eq!(check("[train]\nmax_steps = 300\n"), "ok");
+    let spec: ExperimentSpec = toml::from_str(
+        "n_train = [16, 64]\nn_test = 20\n[model]\nL = 2\nM = 8\nM0 = 16\n\
+         [train]\nlr = 60.0\nbackoff = 0.5\nbackoff_rise = 0.0\ngrowth = 1.25\nmax_steps = { c = 5, n = 0.5 }\ntarget_loss = 0.0\n\
+         [measure]\ncheckpoints = 3\ngram = false\n",
+    )
+    .unwrap();
+    let cfg = spec.check(base).unwrap();
+    assert_eq!((cfg.max_steps_at(16), cfg.max_steps_at(64)), (20, 40));
+    assert_eq!(cfg.checkpoint_steps(64), vec![0, 6, 40]);
+    let r = run_one(&cfg, 64, 0).unwrap();
+    assert_eq!((r.steps, r.stopped.as_str()), (40, "max_steps"));
+    // A backoff follows exactly the steps that raised the loss; eta grows back after
+    // the others, up to lr / beta^2.
+    assert_eq!(r.etas.len(), r.steps);
+    assert_eq!(r.etas[0], r.eta);
+    let rises: Vec<usize> = (1..r.steps)
+        .filter(|&s| r.losses[s] > r.losses[s - 1])
+        .collect();
+    assert!(!rises.is_empty(), "lr = 60 must overshoot: {:?}", r.losses);
+    for s in 1..r.steps {
+        let want = if rises.contains(&s) {
+            r.etas[s - 1] * 0.5
+        } else {
+            (r.etas[s - 1] * 1.25).min(r.eta)
+        };
+        assert_eq!(r.etas[s], want, "step {s}");
+    }
+    assert_eq!(r.backoffs(), rises.len());
+    // The time is the sum of the step sizes.
+    let t = r.times();
+    assert_eq!(t.len(), r.steps + 1);
+    for c in &r.checkpoints {
+        assert_eq!(c.t, t[c.step]);
+    }
+    let direct: f64 = r.etas.iter().sum();
+    assert!(close(t[r.steps], direct, 1e-12, 0.0));
+    // With backoff_rise, only rises by more than that fraction count.
+    let mut tolerant = cfg.clone();
+    tolerant.backoff_rise = 0.1;
+    let r = run_one(&tolerant, 64, 0).unwrap();
+    for s in 1..r.steps {
+        let rise = r.losses[s] > 1.1 * r.losses[s - 1];
+        assert_eq!(r.etas[s] < r.etas[s - 1], rise, "step {s}");
+    }
+    // backoff = growth = 1: a constant step.
+    let mut constant = cfg.clone();
+    (constant.backoff, constant.growth, constant.lr) = (1.0, 1.0, 1.0);
+    let r = run_one(&constant, 16, 0).unwrap();
+    assert_eq!(r.etas, vec![r.eta; r.steps]);
+    assert_eq!(r.steps, 20);
+    assert!(close(r.last().t, 20.0 * r.eta, 1e-12, 0.0));
 }
