@@ -818,6 +818,35 @@ pub enum Par {
     Rayon,
 }
 
+/// Runs the dot kernel over rows [0, m): sequentially, or in blocks of [`ROW_BLOCK`] rows
+/// over the rayon pool.
+fn run_dot_rows<T: Real>(args: &DotArgs<T>, m: usize, par: Par) {
+    match par {
+        Par::Seq => T::run_dot(args, 0, m),
+        Par::Rayon => {
+            let blocks = m.div_ceil(ROW_BLOCK);
+            (0..blocks).into_par_iter().for_each(|b| {
+                T::run_dot(args, b * ROW_BLOCK, ((b + 1) * ROW_BLOCK).min(m));
+            })
+        }
+    }
+}
+
+/// Runs the axpy kernel over every column segment of D columns: sequentially, or in
+/// blocks of [`SEG_BLOCK`] segments over the rayon pool.
+fn run_axpy_segs<T: Real>(x: &AxpyArgs<T>, d: usize, par: Par) {
+    let segs = axpy_segments::<T>(d);
+    match par {
+        Par::Seq => T::run_axpy(x, 0, segs),
+        Par::Rayon => {
+            let blocks = segs.div_ceil(SEG_BLOCK);
+            (0..blocks).into_par_iter().for_each(|blk| {
+                T::run_axpy(x, blk * SEG_BLOCK, ((blk + 1) * SEG_BLOCK).min(segs));
+            })
+        }
+    }
+}
+
 /// Rows per parallel work item (results never depend on it).
 const ROW_BLOCK: usize = 16;
 
@@ -853,15 +882,7 @@ pub fn dot_rows<T: Real>(
         out: Ptr(out.as_mut_ptr()),
         scale,
     };
-    match par {
-        Par::Seq => T::run_dot(&args, 0, m),
-        Par::Rayon => {
-            let blocks = m.div_ceil(ROW_BLOCK);
-            (0..blocks).into_par_iter().for_each(|b| {
-                T::run_dot(&args, b * ROW_BLOCK, ((b + 1) * ROW_BLOCK).min(m));
-            })
-        }
-    }
+    run_dot_rows(&args, m, par);
 }
 
 #[doc(hidden)]
@@ -1055,16 +1076,7 @@ pub fn axpy_rows<T: Real>(
         tgt: Ptr(tgt.as_mut_ptr()),
         n,
     };
-    let segs = axpy_segments::<T>(d);
-    match par {
-        Par::Seq => T::run_axpy(&x, 0, segs),
-        Par::Rayon => {
-            let blocks = segs.div_ceil(SEG_BLOCK);
-            (0..blocks).into_par_iter().for_each(|blk| {
-                T::run_axpy(&x, blk * SEG_BLOCK, ((blk + 1) * SEG_BLOCK).min(segs));
-            })
-        }
-    }
+    run_axpy_segs(&x, d, par);
 }
 
 /// N > 12: the targets in groups of at most 12 (reading the rows before any update),
@@ -1146,15 +1158,7 @@ pub fn dot_ro<T: Real>(
         out: Ptr(out.as_mut_ptr()),
         scale,
     };
-    match par {
-        Par::Seq => T::run_dot(&args, 0, m),
-        Par::Rayon => {
-            let blocks = m.div_ceil(ROW_BLOCK);
-            (0..blocks).into_par_iter().for_each(|b| {
-                T::run_dot(&args, b * ROW_BLOCK, ((b + 1) * ROW_BLOCK).min(m));
-            })
-        }
-    }
+    run_dot_rows(&args, m, par);
 }
 
 /// Read-only [`axpy_rows`] with a row stride: `tgt_n += sum_m a[m][n] rows[m*ld ..][..d]`
@@ -1187,16 +1191,7 @@ pub fn axpy_ro<T: Real>(
         tgt: Ptr(tgt.as_mut_ptr()),
         n,
     };
-    let segs = axpy_segments::<T>(d);
-    match par {
-        Par::Seq => T::run_axpy(&x, 0, segs),
-        Par::Rayon => {
-            let blocks = segs.div_ceil(SEG_BLOCK);
-            (0..blocks).into_par_iter().for_each(|blk| {
-                T::run_axpy(&x, blk * SEG_BLOCK, ((blk + 1) * SEG_BLOCK).min(segs));
-            })
-        }
-    }
+    run_axpy_segs(&x, d, par);
 }
 
 #[cfg(test)]
