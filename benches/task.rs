@@ -17,7 +17,9 @@ fn env(k: &str, d: usize) -> usize {
 
 fn run<T: Real>(dims: Dims, k: usize) {
     let data = Data::synthetic(dims.din, dims.dout, dims.n, 1);
-    let r = Parametrization::preset("chizat-julia").expect("preset").resolve(&dims);
+    let r = Parametrization::preset("chizat-julia")
+        .expect("preset")
+        .resolve(&dims);
     let t = Instant::now();
     let mut w = Weights::<T>::draw(&dims, &r, 1, 2, false);
     let draw = t.elapsed().as_secs_f64();
