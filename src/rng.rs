@@ -79,25 +79,7 @@ const PHILOX_W1: u32 = 0xBB67_AE85;
 /// Philox4x32-10: the block `ctr` under `key`.
 #[inline(always)]
 pub fn philox4x32(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
-    let [mut c0, mut c1, mut c2, mut c3] = ctr;
-    let [mut k0, mut k1] = key;
-    for round in 0..10 {
-        if round > 0 {
-            k0 = k0.wrapping_add(PHILOX_W0);
-            k1 = k1.wrapping_add(PHILOX_W1);
-        }
-        let p0 = (PHILOX_M0 as u64) * (c0 as u64);
-        let p1 = (PHILOX_M1 as u64) * (c2 as u64);
-        let n0 = ((p1 >> 32) as u32) ^ c1 ^ k0;
-        let n1 = p1 as u32;
-        let n2 = ((p0 >> 32) as u32) ^ c3 ^ k1;
-        let n3 = p0 as u32;
-        c0 = n0;
-        c1 = n1;
-        c2 = n2;
-        c3 = n3;
-    }
-    [c0, c1, c2, c3]
+    philox4x32_lanes::<1>(ctr.map(|w| [w]), key).map(|w| w[0])
 }
 
 /// [`philox4x32`] of `N` blocks at once, in structure-of-arrays form: `ctr[w][j]` is word
