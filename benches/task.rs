@@ -2,13 +2,14 @@
 //! sweep task and its K GD steps for two variants (coupled and uncoupled), single-threaded
 //! as the sweep runs them: with the dense step (one after the other) and with the low-rank
 //! step (together). Shape and precision from the environment:
-//! `L=50 M=1000 D=1000 N=10 K=15 DTYPE=f32`; `DENSE=0` skips the dense runs.
+//! `L=50 M=1000 D=1000 N=10 K=15 DTYPE=f32`; `DENSE=0` skips the dense runs, `LOWRANK=0` the low-rank ones;
+//! `LAYOUT=d|m` forces the dense step's rows of D or of M (default: automatic).
 
 use reslim::factored::{self, Variant};
 use reslim::kernels::Par;
 use reslim::model::{Activation, Data, Real, Weights};
 use reslim::param::{Dims, Parametrization};
-use reslim::train::{self, TrainOptions};
+use reslim::train::{self, Layout, TrainOptions};
 use std::time::Instant;
 
 fn env(k: &str, d: usize) -> usize {
@@ -34,6 +35,11 @@ fn run<T: Real>(dims: Dims, k: usize) {
         hidden_steps: Some(vec![k - 1]),
         layer_stats: false,
         layer_steps: Vec::new(),
+        layout: match std::env::var("LAYOUT").as_deref() {
+            Ok("d") => Layout::RowsD,
+            Ok("m") => Layout::RowsM,
+            _ => Layout::Auto,
+        },
     };
     let dense = if env("DENSE", 1) == 1 {
         let t = Instant::now();
@@ -53,9 +59,13 @@ fn run<T: Real>(dims: Dims, k: usize) {
         })
         .collect();
     let t = Instant::now();
-    factored::train_shared(&dims, &w.ut, &w.vt, &mut vars, &data, &r, &opts, Par::Seq)
-        .expect("trains");
-    let lowrank = t.elapsed().as_secs_f64();
+    let lowrank = if env("LOWRANK", 1) == 1 {
+        factored::train_shared(&dims, &w.ut, &w.vt, &mut vars, &data, &r, &opts, Par::Seq)
+            .expect("trains");
+        t.elapsed().as_secs_f64()
+    } else {
+        f64::NAN
+    };
     let normals = 2 * dims.l * dims.m * dims.d;
     println!(
         "L={} M={} D={} N={} K={k} {}: draw {draw:.3} s ({:.2} ns/normal); two variants: dense {dense:.3} s, low-rank {lowrank:.3} s",

@@ -439,6 +439,7 @@ mod tests {
             hidden_steps: None,
             layer_stats: false,
             layer_steps: vec![0, steps - 1],
+            layout: Default::default(),
         };
         let mut want = Vec::new();
         for emb in [&base, &other] {

@@ -353,13 +353,15 @@ unsafe fn dot_seg_n<T: Real, S: Vector<T>, const N: usize>(
                     while i < s1 {
                         S::prefetch(row.wrapping_add(i + pf));
                         let r = S::load(row.add(i));
-                        let mut upd = S::zero();
+                        // Two update chains (even and odd n) halve the latency of the
+                        // dependent multiply-adds.
+                        let mut upd = [S::zero(); 2];
                         for n in 0..N {
                             let v = S::load(a.vecs.add(n * a.ldv + i));
                             ac[n] = S::fma(r, v, ac[n]);
-                            upd = S::fma(c[n], v, upd);
+                            upd[n % 2] = S::fma(c[n], v, upd[n % 2]);
                         }
-                        S::store(row.add(i), S::sub(r, upd));
+                        S::store(row.add(i), S::sub(S::sub(r, upd[0]), upd[1]));
                         i += w;
                     }
                 }

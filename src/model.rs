@@ -239,6 +239,20 @@ pub enum InitSource {
     Rng { embed_seed: u64, block_seed: u64 },
 }
 
+/// `t[j][i] = a[i][j]` for `a`: rows x cols, row-major; in tiles that stay in L1.
+fn transpose_into<T: Copy>(a: &[T], rows: usize, cols: usize, t: &mut [T]) {
+    const B: usize = 32;
+    for i0 in (0..rows).step_by(B) {
+        for j0 in (0..cols).step_by(B) {
+            for i in i0..(i0 + B).min(rows) {
+                for j in j0..(j0 + B).min(cols) {
+                    t[j * rows + i] = a[i * cols + j];
+                }
+            }
+        }
+    }
+}
+
 /// The weights of one ResNet, in precision `T`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Weights<T> {
@@ -250,6 +264,20 @@ pub struct Weights<T> {
 }
 
 impl<T: Real> Weights<T> {
+    /// Transposes every U_l and V_l in place: `to_rows_m` turns the storage layout
+    /// (U_l^T, V_l^T as M x D, row-major) into U_l, V_l as D x M; otherwise back.
+    pub fn transpose_blocks(&mut self, to_rows_m: bool) {
+        let (m, d) = (self.dims.m, self.dims.d);
+        let (rows, cols) = if to_rows_m { (m, d) } else { (d, m) };
+        let mut tmp = vec![T::zero(); m * d];
+        for buf in [&mut self.ut, &mut self.vt] {
+            for layer in buf.chunks_exact_mut(m * d) {
+                tmp.copy_from_slice(layer);
+                transpose_into(&tmp, rows, cols, layer);
+            }
+        }
+    }
+
     /// Bytes the weights take.
     pub fn bytes(dims: &Dims) -> usize {
         (dims.d * (dims.din + dims.dout) + 2 * dims.l * dims.m * dims.d) * std::mem::size_of::<T>()

@@ -84,6 +84,7 @@ fn execute_t<T: Real>(
         hidden_steps: None,
         layer_stats: cfg.layer_stats,
         layer_steps: Vec::new(),
+        layout: Default::default(),
     };
     let t1 = Instant::now();
     let history = train::train(&mut w, &data, &resolved, &opts, par, on_step)?;

@@ -683,6 +683,7 @@ fn run_task_t<T: crate::model::Real>(
             hidden_steps: Some(sw.read_steps.clone()),
             layer_stats: false,
             layer_steps: Vec::new(),
+            layout: Default::default(),
         };
         let t0 = std::time::Instant::now();
         let h = train::train(&mut w, data, &r, &opts, Par::Seq, &mut |_, _| {})?;
@@ -740,6 +741,7 @@ fn run_task_lowrank<T: crate::model::Real>(
         hidden_steps: Some(sw.read_steps.clone()),
         layer_stats: false,
         layer_steps: Vec::new(),
+        layout: Default::default(),
     };
     let t0 = std::time::Instant::now();
     let hs = crate::factored::train_shared(

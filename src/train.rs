@@ -60,6 +60,35 @@ pub struct TrainOptions {
     /// Steps at which h_l of every layer l = 0..=L is recorded into `History::layers`
     /// (the finite-vs-limit errors of PAPERS.md 2.4 need every depth); empty: none.
     pub layer_steps: Vec<usize>,
+    /// How the step lays out U_l and V_l in memory (results agree to rounding).
+    pub layout: Layout,
+}
+
+/// The memory layout of the block weights during training. The kernels stream rows
+/// and vectorize along them, so rows should be the longer of M and D: with rows of
+/// length D and D << M, every row pays a horizontal reduction and a scalar tail for a
+/// few multiply-adds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// Rows of M when M > D, rows of D otherwise.
+    #[default]
+    Auto,
+    /// U_l^T, V_l^T as M rows of length D (the storage layout of [`Weights`]).
+    RowsD,
+    /// U_l, V_l as D rows of length M (weights transposed for the run, and back).
+    RowsM,
+}
+
+impl Layout {
+    /// Whether a run of these dimensions streams rows of length M.
+    pub fn rows_m(self, dims: &crate::param::Dims) -> bool {
+        match self {
+            Layout::Auto => dims.m > dims.d,
+            Layout::RowsD => false,
+            Layout::RowsM => true,
+        }
+    }
 }
 
 /// Per-layer coordinate statistics at one step (for coordinate checks).
@@ -109,15 +138,32 @@ pub struct Workspace<T> {
     /// N x D gradients.
     g: Vec<T>,
     g2: Vec<T>,
+    /// With rows of M ([`Layout::RowsM`]): D x N coefficient and output blocks, and the
+    /// per-layer M-side arrays (p, s, ds, ca, cb, q) are N x M instead of M x N.
+    rows_m: bool,
+    ta: Vec<T>,
+    tb: Vec<T>,
+    tout: Vec<T>,
     /// d_out x N outputs and dloss/df.
     pub f: Vec<f64>,
     dldf: Vec<f64>,
 }
 
 impl<T: Real> Workspace<T> {
+    /// Scratch for [`forward`] and [`backward_update`] on weights in their storage
+    /// layout (rows of D).
     pub fn new(w: &Weights<T>, n: usize) -> Self {
+        Self::with_layout(w, n, false)
+    }
+
+    fn with_layout(w: &Weights<T>, n: usize, rows_m: bool) -> Self {
         let d = w.dims;
+        let t = if rows_m { d.d * n } else { 0 };
         Workspace {
+            rows_m,
+            ta: vec![T::zero(); t],
+            tb: vec![T::zero(); t],
+            tout: vec![T::zero(); t],
             h: vec![T::zero(); (d.l + 1) * n * d.d],
             p: vec![T::zero(); d.l * d.m * n],
             s: vec![T::zero(); d.l * d.m * n],
@@ -135,7 +181,7 @@ impl<T: Real> Workspace<T> {
     /// Bytes of scratch a run of this shape needs.
     pub fn bytes(dims: &crate::param::Dims) -> usize {
         let n = dims.n;
-        ((dims.l + 1) * n * dims.d + 3 * dims.l * dims.m * n + 3 * dims.m * n + 2 * n * dims.d)
+        ((dims.l + 1) * n * dims.d + 3 * dims.l * dims.m * n + 3 * dims.m * n + 5 * n * dims.d)
             * std::mem::size_of::<T>()
     }
 
@@ -266,7 +312,7 @@ pub fn forward<T: Real>(
     step: usize,
 ) -> Result<f64, TrainError> {
     let dims = w.dims;
-    let (l_n, m, d, n) = (dims.l, dims.m, dims.d, data.n);
+    let (l_n, d, n) = (dims.l, dims.d, data.n);
     check_data(&dims, data)?;
     embed(&w.we, data, r, d, &mut ws.h[..n * d]);
     if !all_finite(&ws.h[..n * d]) {
@@ -276,6 +322,34 @@ pub fn forward<T: Real>(
             what: "h",
         });
     }
+    if ws.rows_m {
+        forward_blocks_rows_m(w, r, act, ws, par, step, n)?;
+    } else {
+        forward_blocks(w, r, act, ws, par, step, n)?;
+    }
+    let h_last = &ws.h[l_n * n * d..];
+    let loss = readout(&w.wu, data, r, h_last, d, &mut ws.f, &mut ws.dldf);
+    if !loss.is_finite() {
+        return Err(TrainError::Diverged {
+            step,
+            layer: None,
+            what: "loss",
+        });
+    }
+    Ok(loss)
+}
+
+/// The L blocks of the forward pass, weights as rows of D (U_l^T, V_l^T: M x D).
+fn forward_blocks<T: Real>(
+    w: &mut Weights<T>,
+    r: &Resolved,
+    act: Activation,
+    ws: &mut Workspace<T>,
+    par: Par,
+    step: usize,
+    n: usize,
+) -> Result<(), TrainError> {
+    let (l_n, m, d) = (w.dims.l, w.dims.m, w.dims.d);
     let (mu, mv) = (T::of(r.u.mult), T::of(r.v.mult));
     for l in 0..l_n {
         let (lo, hi) = ws.h.split_at_mut((l + 1) * n * d);
@@ -298,16 +372,64 @@ pub fn forward<T: Real>(
             });
         }
     }
-    let h_last = &ws.h[l_n * n * d..];
-    let loss = readout(&w.wu, data, r, h_last, d, &mut ws.f, &mut ws.dldf);
-    if !loss.is_finite() {
-        return Err(TrainError::Diverged {
-            step,
-            layer: None,
-            what: "loss",
-        });
+    Ok(())
+}
+
+/// `t[j][i] = c * a[i][j]` for `a`: rows x cols (row-major), `t`: cols x rows.
+fn transpose_scaled<T: Real>(a: &[T], rows: usize, cols: usize, c: T, t: &mut [T]) {
+    for i in 0..rows {
+        for j in 0..cols {
+            t[j * rows + i] = c * a[i * cols + j];
+        }
     }
-    Ok(loss)
+}
+
+/// The L blocks of the forward pass, weights as rows of M (U_l, V_l: D x M), M-side
+/// arrays N x M:
+///
+/// ```text
+/// p_l^T[n] = sum_d (m_U h_l[n][d]) U_l[d]          (kernels::axpy_rows over U_l)
+/// h_{l+1}[n][d] = h_l[n][d] + m_V <V_l[d], sigma(p_l)^T[n]>   (kernels::dot_rows over V_l)
+/// ```
+fn forward_blocks_rows_m<T: Real>(
+    w: &mut Weights<T>,
+    r: &Resolved,
+    act: Activation,
+    ws: &mut Workspace<T>,
+    par: Par,
+    step: usize,
+    n: usize,
+) -> Result<(), TrainError> {
+    let (l_n, m, d) = (w.dims.l, w.dims.m, w.dims.d);
+    let (mu, mv) = (T::of(r.u.mult), T::of(r.v.mult));
+    for l in 0..l_n {
+        let (lo, hi) = ws.h.split_at_mut((l + 1) * n * d);
+        let h_l = &lo[l * n * d..];
+        let h_next = &mut hi[..n * d];
+        let p = &mut ws.p[l * m * n..(l + 1) * m * n];
+        p.fill(T::zero());
+        transpose_scaled(h_l, n, d, mu, &mut ws.ta);
+        let u = &mut w.ut[l * m * d..(l + 1) * m * d];
+        kernels::axpy_rows(u, d, m, &ws.ta, None, &[], n, p, par);
+        let sl = &mut ws.s[l * m * n..(l + 1) * m * n];
+        let dsl = &mut ws.ds[l * m * n..(l + 1) * m * n];
+        activate(act, mv, p, sl, dsl, &mut ws.ca, par);
+        let v = &mut w.vt[l * m * d..(l + 1) * m * d];
+        kernels::dot_rows(v, d, m, sl, n, None, mv, &mut ws.tout, par);
+        for s in 0..n {
+            for dd in 0..d {
+                h_next[s * d + dd] = h_l[s * d + dd] + ws.tout[dd * n + s];
+            }
+        }
+        if !all_finite(h_next) {
+            return Err(TrainError::Diverged {
+                step,
+                layer: Some(l + 1),
+                what: "h",
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Matching chunks of p, sigma(p), sigma'(p) and m_V sigma(p).
@@ -373,13 +495,41 @@ pub fn backward_update<T: Real>(
     step: usize,
 ) -> Result<(), TrainError> {
     let dims = w.dims;
-    let (l_n, m, d, n) = (dims.l, dims.m, dims.d, data.n);
+    let (l_n, d, n) = (dims.l, dims.d, data.n);
     let h_last = &ws.h[l_n * n * d..(l_n + 1) * n * d];
     head_backward(&mut w.wu, data, r, eta, &ws.dldf, h_last, d, &mut ws.g);
+    let _ = act;
+    if ws.rows_m {
+        backward_blocks_rows_m(w, r, eta, ws, par, step, n)?;
+    } else {
+        backward_blocks(w, r, eta, ws, par, step, n)?;
+    }
+    embed_update(&mut w.we, data, r, eta, &ws.g, d);
+    let bad = |v: &[T]| !all_finite(v);
+    if bad(&w.we) || bad(&w.wu) {
+        return Err(TrainError::Diverged {
+            step,
+            layer: None,
+            what: "an embedding weight",
+        });
+    }
+    Ok(())
+}
+
+/// The L blocks of the backward pass fused with the update, weights as rows of D.
+fn backward_blocks<T: Real>(
+    w: &mut Weights<T>,
+    r: &Resolved,
+    eta: f64,
+    ws: &mut Workspace<T>,
+    par: Par,
+    step: usize,
+    n: usize,
+) -> Result<(), TrainError> {
+    let (l_n, m, d) = (w.dims.l, w.dims.m, w.dims.d);
     let (mu, mv) = (T::of(r.u.mult), T::of(r.v.mult));
     let cv = T::of(eta * r.v.lr * r.v.mult);
     let cu = T::of(eta * r.u.lr * r.u.mult);
-    let _ = act;
     for l in (0..l_n).rev() {
         let sl = &ws.s[l * m * n..(l + 1) * m * n];
         let dsl = &ws.ds[l * m * n..(l + 1) * m * n];
@@ -419,14 +569,71 @@ pub fn backward_update<T: Real>(
             });
         }
     }
-    embed_update(&mut w.we, data, r, eta, &ws.g, d);
-    let bad = |v: &[T]| !all_finite(v);
-    if bad(&w.we) || bad(&w.wu) {
-        return Err(TrainError::Diverged {
-            step,
-            layer: None,
-            what: "an embedding weight",
-        });
+    Ok(())
+}
+
+/// The L blocks of the backward pass fused with the update, weights as rows of M
+/// (U_l, V_l: D x M), M-side arrays N x M:
+///
+/// ```text
+/// q_l^T[n] = sum_d (m_V g[n][d]) V_l[d];   V_l[d] -= sum_n (eta lr_V m_V g[n][d]) sigma(p_l)^T[n]
+///                                                              (kernels::axpy_rows over V_l)
+/// G_l = sigma'(p_l) * q_l
+/// g_l[n][d] = g[n][d] + m_U <U_l[d], G_l^T[n]>;  U_l[d] -= sum_n (eta lr_U m_U h_l[n][d]) G_l^T[n]
+///                                                              (kernels::dot_rows over U_l)
+/// ```
+fn backward_blocks_rows_m<T: Real>(
+    w: &mut Weights<T>,
+    r: &Resolved,
+    eta: f64,
+    ws: &mut Workspace<T>,
+    par: Par,
+    step: usize,
+    n: usize,
+) -> Result<(), TrainError> {
+    let (l_n, m, d) = (w.dims.l, w.dims.m, w.dims.d);
+    let (mu, mv) = (T::of(r.u.mult), T::of(r.v.mult));
+    let cv = T::of(eta * r.v.lr * r.v.mult);
+    let cu = T::of(eta * r.u.lr * r.u.mult);
+    for l in (0..l_n).rev() {
+        let sl = &ws.s[l * m * n..(l + 1) * m * n];
+        let dsl = &ws.ds[l * m * n..(l + 1) * m * n];
+        // V pass: q^T = m_V V^T g (as N x M), V -= eta lr_V m_V g sigma(p)^T.
+        transpose_scaled(&ws.g, n, d, mv, &mut ws.ta);
+        let b = if r.v.trained {
+            transpose_scaled(&ws.g, n, d, cv, &mut ws.tb);
+            Some(&ws.tb[..])
+        } else {
+            None
+        };
+        ws.q.fill(T::zero());
+        let v = &mut w.vt[l * m * d..(l + 1) * m * d];
+        kernels::axpy_rows(v, d, m, &ws.ta, b, sl, n, &mut ws.q, par);
+        // G = sigma'(p) q; U pass: g_l = g + m_U U G, U -= eta lr_U m_U h G^T.
+        for ((a, &dv), &qv) in ws.ca.iter_mut().zip(dsl).zip(&ws.q) {
+            *a = dv * qv;
+        }
+        let h_l = &ws.h[l * n * d..(l + 1) * n * d];
+        let coef = if r.u.trained {
+            transpose_scaled(h_l, n, d, cu, &mut ws.tb);
+            Some(&ws.tb[..])
+        } else {
+            None
+        };
+        let u = &mut w.ut[l * m * d..(l + 1) * m * d];
+        kernels::dot_rows(u, d, m, &ws.ca, n, coef, mu, &mut ws.tout, par);
+        for s in 0..n {
+            for dd in 0..d {
+                ws.g[s * d + dd] += ws.tout[dd * n + s];
+            }
+        }
+        if !all_finite(&ws.g) {
+            return Err(TrainError::Diverged {
+                step,
+                layer: Some(l),
+                what: "the gradient",
+            });
+        }
     }
     Ok(())
 }
@@ -441,9 +648,29 @@ pub fn train<T: Real>(
     par: Par,
     on_step: &mut dyn FnMut(usize, f64),
 ) -> Result<History, TrainError> {
+    let rows_m = opts.layout.rows_m(&w.dims);
+    if rows_m {
+        w.transpose_blocks(true);
+    }
+    let out = train_in_layout(w, data, r, opts, par, on_step, rows_m);
+    if rows_m {
+        w.transpose_blocks(false);
+    }
+    out
+}
+
+fn train_in_layout<T: Real>(
+    w: &mut Weights<T>,
+    data: &Data,
+    r: &Resolved,
+    opts: &TrainOptions,
+    par: Par,
+    on_step: &mut dyn FnMut(usize, f64),
+    rows_m: bool,
+) -> Result<History, TrainError> {
     let dims = w.dims;
     let (d, n) = (dims.d, data.n);
-    let mut ws = Workspace::new(w, n);
+    let mut ws = Workspace::with_layout(w, n, rows_m);
     let init = if opts.layer_stats {
         Some(w.clone())
     } else {
@@ -661,6 +888,7 @@ mod tests {
             hidden_steps: None,
             layer_stats: false,
             layer_steps: Vec::new(),
+            layout: Layout::Auto,
         };
         let e = train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap_err();
         let msg = e.to_string();
@@ -690,6 +918,7 @@ mod tests {
             hidden_steps: None,
             layer_stats: true,
             layer_steps: vec![1, 3],
+            layout: Layout::Auto,
         };
         let run = |par| {
             let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
@@ -714,6 +943,85 @@ mod tests {
         let c = train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap();
         for (x, y) in a.losses.iter().zip(&c.losses) {
             assert!((x - y).abs() < 1e-4 * x.abs(), "{x} vs {y}");
+        }
+    }
+
+    /// Rows of M (the transposed step) and rows of D give the same run to rounding:
+    /// losses, outputs, h_L, every layer's h_l, the layer statistics and the final
+    /// weights (rows of D passes the finite-difference check above). Thin, wide, square
+    /// and one-wide shapes; 13 samples takes the kernels' grouped paths.
+    #[test]
+    fn both_layouts_train_the_same_network() {
+        let shapes = [
+            (40, 7, 5),
+            (7, 40, 5),
+            (1, 9, 3),
+            (9, 1, 3),
+            (17, 17, 13),
+            (50, 3, 13),
+        ];
+        for (m, d, n) in shapes {
+            for (name, eta) in [
+                ("chizat-julia", 0.5),
+                ("chizat-python", 0.1),
+                ("standard", 0.01),
+            ] {
+                for act in [Activation::Tanh, Activation::Relu] {
+                    let dims = Dims {
+                        l: 3,
+                        m,
+                        d,
+                        din: 3,
+                        dout: 2,
+                        n,
+                    };
+                    let r = Parametrization::preset(name).unwrap().resolve(&dims);
+                    let data = Data::synthetic(dims.din, dims.dout, n, 3);
+                    let run = |layout| {
+                        let opts = TrainOptions {
+                            steps: 3,
+                            eta,
+                            activation: act,
+                            record_hidden: true,
+                            hidden_steps: None,
+                            layer_stats: true,
+                            layer_steps: vec![2],
+                            layout,
+                        };
+                        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+                        let h = train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {});
+                        (h.unwrap(), w)
+                    };
+                    let (a, wa) = run(Layout::RowsD);
+                    let (b, wb) = run(Layout::RowsM);
+                    let close = |x: &[f64], y: &[f64], what: &str| {
+                        let scale = x.iter().fold(1e-300_f64, |s, v| s.max(v.abs()));
+                        for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                            assert!(
+                                (u - v).abs() <= 1e-11 * scale,
+                                "{name} {act:?} M={m} D={d} N={n} {what}[{i}]: {u} vs {v}"
+                            );
+                        }
+                        assert_eq!(x.len(), y.len());
+                    };
+                    close(&a.losses, &b.losses, "loss");
+                    close(&a.outputs, &b.outputs, "outputs");
+                    close(&a.hidden, &b.hidden, "h_L");
+                    close(&a.layers, &b.layers, "h_l");
+                    let stats = |h: &History| {
+                        h.layer_stats
+                            .iter()
+                            .flat_map(|s| [s.rms_h, s.rms_branch, s.rms_du, s.rms_dv])
+                            .filter(|v| !v.is_nan())
+                            .collect::<Vec<_>>()
+                    };
+                    close(&stats(&a), &stats(&b), "layer stats");
+                    close(&wa.ut, &wb.ut, "U");
+                    close(&wa.vt, &wb.vt, "V");
+                    close(&wa.we, &wb.we, "W_E");
+                    close(&wa.wu, &wb.wu, "W_U");
+                }
+            }
         }
     }
 }

@@ -469,6 +469,7 @@ impl LimitReference {
                 hidden_steps: None,
                 layer_stats: false,
                 layer_steps: if read { vec![end - 1 - done] } else { vec![] },
+                layout: Default::default(),
             };
             match train::train(w, data, r, &opts, Par::Seq, &mut |_, _| {}) {
                 Ok(h) => {
@@ -777,6 +778,7 @@ pub fn coordinates(spec: &CoordsSpec, out: &Path) -> crate::Result<CoordsSummary
                 hidden_steps: None,
                 layer_stats: false,
                 layer_steps: Vec::new(),
+                layout: Default::default(),
             };
             train::train(&mut w, &data, &r, &opts, Par::Rayon, &mut |_, _| {})?;
             done = k;
@@ -1170,6 +1172,7 @@ mod tests {
             hidden_steps: None,
             layer_stats: false,
             layer_steps: vec![0, 3],
+            layout: Default::default(),
         };
         let hist = train::train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap();
         let e = lim

@@ -45,6 +45,7 @@ fn ladder(data: &Data, lim: &LimitReference, other: Option<&[f64]>) -> Vec<(f64,
                 hidden_steps: None,
                 layer_stats: false,
                 layer_steps: vec![READ],
+                layout: Default::default(),
             };
             let mut acc = (0.0, 0.0, 0.0);
             for i in 0..draws {
