@@ -647,6 +647,12 @@ fn run_task_t<T: crate::model::Real>(
         return run_task_lowrank(sw, t, data, &r, base, &couplings, own_embed);
     }
     let mut out = Vec::new();
+    // The weights are transposed once for every variant when the step runs on rows of M.
+    let rows_m = sw.limit.is_none() && train::Layout::Auto.rows_m(&dims);
+    let mut base = base;
+    if rows_m {
+        base.transpose_blocks(true);
+    }
     let mut spare = Some(base);
     for (i, &c) in couplings.iter().enumerate() {
         let last = i + 1 == couplings.len();
@@ -686,7 +692,7 @@ fn run_task_t<T: crate::model::Real>(
             layout: Default::default(),
         };
         let t0 = std::time::Instant::now();
-        let h = train::train(&mut w, data, &r, &opts, Par::Seq, &mut |_, _| {})?;
+        let h = train::train_laid_out(&mut w, data, &r, &opts, Par::Seq, &mut |_, _| {}, rows_m)?;
         let (dout, n) = (dims.dout, dims.n);
         let mut outputs = Vec::with_capacity(sw.read_steps.len() * dout * n);
         for &k in &sw.read_steps {

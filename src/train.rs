@@ -652,14 +652,17 @@ pub fn train<T: Real>(
     if rows_m {
         w.transpose_blocks(true);
     }
-    let out = train_in_layout(w, data, r, opts, par, on_step, rows_m);
+    let out = train_laid_out(w, data, r, opts, par, on_step, rows_m);
     if rows_m {
         w.transpose_blocks(false);
     }
     out
 }
 
-fn train_in_layout<T: Real>(
+/// [`train`] on weights already in the layout the run uses: with `rows_m`, as left by
+/// [`Weights::transpose_blocks`]`(true)` (and left so); `opts.layout` is not consulted.
+/// For callers that train several variants from one draw and need only the records.
+pub fn train_laid_out<T: Real>(
     w: &mut Weights<T>,
     data: &Data,
     r: &Resolved,
