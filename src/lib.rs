@@ -21,5 +21,6 @@ pub mod spec;
 pub mod sweep;
 pub mod train;
 pub mod vslimit;
+pub mod vtanh;
 
 pub use error::{Error, Result};
