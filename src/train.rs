@@ -322,11 +322,7 @@ pub fn forward<T: Real>(
             what: "h",
         });
     }
-    if ws.rows_m {
-        forward_blocks_rows_m(w, r, act, ws, par, step, n)?;
-    } else {
-        forward_blocks(w, r, act, ws, par, step, n)?;
-    }
+    forward_blocks(w, r, act, ws, par, step, n)?;
     let h_last = &ws.h[l_n * n * d..];
     let loss = readout(&w.wu, data, r, h_last, d, &mut ws.f, &mut ws.dldf);
     if !loss.is_finite() {
@@ -339,7 +335,29 @@ pub fn forward<T: Real>(
     Ok(loss)
 }
 
-/// The L blocks of the forward pass, weights as rows of D (U_l^T, V_l^T: M x D).
+/// The block multipliers and learning-rate factors of one step.
+#[derive(Clone, Copy)]
+struct Scales<T> {
+    mu: T,
+    mv: T,
+    /// eta lr_U m_U and eta lr_V m_V.
+    cu: T,
+    cv: T,
+}
+
+impl<T: Real> Scales<T> {
+    fn new(r: &Resolved, eta: f64) -> Self {
+        Scales {
+            mu: T::of(r.u.mult),
+            mv: T::of(r.v.mult),
+            cu: T::of(eta * r.u.lr * r.u.mult),
+            cv: T::of(eta * r.v.lr * r.v.mult),
+        }
+    }
+}
+
+/// The L blocks of the forward pass, in the workspace's layout, stopping at the first
+/// layer whose output is not finite.
 fn forward_blocks<T: Real>(
     w: &mut Weights<T>,
     r: &Resolved,
@@ -349,22 +367,15 @@ fn forward_blocks<T: Real>(
     step: usize,
     n: usize,
 ) -> Result<(), TrainError> {
-    let (l_n, m, d) = (w.dims.l, w.dims.m, w.dims.d);
-    let (mu, mv) = (T::of(r.u.mult), T::of(r.v.mult));
-    for l in 0..l_n {
-        let (lo, hi) = ws.h.split_at_mut((l + 1) * n * d);
-        let h_l = &lo[l * n * d..];
-        let h_next = &mut hi[..n * d];
-        let p = &mut ws.p[l * m * n..(l + 1) * m * n];
-        let ut = &mut w.ut[l * m * d..(l + 1) * m * d];
-        kernels::dot_rows(ut, m, d, h_l, n, None, mu, p, par);
-        let sl = &mut ws.s[l * m * n..(l + 1) * m * n];
-        let dsl = &mut ws.ds[l * m * n..(l + 1) * m * n];
-        activate(act, mv, p, sl, dsl, &mut ws.ca, par);
-        h_next.copy_from_slice(h_l);
-        let vt = &mut w.vt[l * m * d..(l + 1) * m * d];
-        kernels::axpy_rows(vt, m, d, &ws.ca, None, &[], n, h_next, par);
-        if !all_finite(h_next) {
+    let k = Scales::new(r, 0.0);
+    let nd = n * w.dims.d;
+    for l in 0..w.dims.l {
+        if ws.rows_m {
+            forward_layer_rows_m(w, k, act, ws, par, n, l);
+        } else {
+            forward_layer_rows_d(w, k, act, ws, par, n, l);
+        }
+        if !all_finite(&ws.h[(l + 1) * nd..(l + 2) * nd]) {
             return Err(TrainError::Diverged {
                 step,
                 layer: Some(l + 1),
@@ -373,6 +384,31 @@ fn forward_blocks<T: Real>(
         }
     }
     Ok(())
+}
+
+/// Block l of the forward pass, weights as rows of D (U_l^T, V_l^T: M x D).
+fn forward_layer_rows_d<T: Real>(
+    w: &mut Weights<T>,
+    k: Scales<T>,
+    act: Activation,
+    ws: &mut Workspace<T>,
+    par: Par,
+    n: usize,
+    l: usize,
+) {
+    let (m, d) = (w.dims.m, w.dims.d);
+    let (lo, hi) = ws.h.split_at_mut((l + 1) * n * d);
+    let h_l = &lo[l * n * d..];
+    let h_next = &mut hi[..n * d];
+    let p = &mut ws.p[l * m * n..(l + 1) * m * n];
+    let ut = &mut w.ut[l * m * d..(l + 1) * m * d];
+    kernels::dot_rows(ut, m, d, h_l, n, None, k.mu, p, par);
+    let sl = &mut ws.s[l * m * n..(l + 1) * m * n];
+    let dsl = &mut ws.ds[l * m * n..(l + 1) * m * n];
+    activate(act, k.mv, p, sl, dsl, &mut ws.ca, par);
+    h_next.copy_from_slice(h_l);
+    let vt = &mut w.vt[l * m * d..(l + 1) * m * d];
+    kernels::axpy_rows(vt, m, d, &ws.ca, None, &[], n, h_next, par);
 }
 
 /// `t[j][i] = c * a[i][j]` for `a`: rows x cols (row-major), `t`: cols x rows.
@@ -384,52 +420,41 @@ fn transpose_scaled<T: Real>(a: &[T], rows: usize, cols: usize, c: T, t: &mut [T
     }
 }
 
-/// The L blocks of the forward pass, weights as rows of M (U_l, V_l: D x M), M-side
-/// arrays N x M:
+/// Block l of the forward pass, weights as rows of M (U_l, V_l: D x M), M-side arrays
+/// N x M:
 ///
 /// ```text
 /// p_l^T[n] = sum_d (m_U h_l[n][d]) U_l[d]          (kernels::axpy_rows over U_l)
 /// h_{l+1}[n][d] = h_l[n][d] + m_V <V_l[d], sigma(p_l)^T[n]>   (kernels::dot_rows over V_l)
 /// ```
-fn forward_blocks_rows_m<T: Real>(
+fn forward_layer_rows_m<T: Real>(
     w: &mut Weights<T>,
-    r: &Resolved,
+    k: Scales<T>,
     act: Activation,
     ws: &mut Workspace<T>,
     par: Par,
-    step: usize,
     n: usize,
-) -> Result<(), TrainError> {
-    let (l_n, m, d) = (w.dims.l, w.dims.m, w.dims.d);
-    let (mu, mv) = (T::of(r.u.mult), T::of(r.v.mult));
-    for l in 0..l_n {
-        let (lo, hi) = ws.h.split_at_mut((l + 1) * n * d);
-        let h_l = &lo[l * n * d..];
-        let h_next = &mut hi[..n * d];
-        let p = &mut ws.p[l * m * n..(l + 1) * m * n];
-        p.fill(T::zero());
-        transpose_scaled(h_l, n, d, mu, &mut ws.ta);
-        let u = &mut w.ut[l * m * d..(l + 1) * m * d];
-        kernels::axpy_rows(u, d, m, &ws.ta, None, &[], n, p, par);
-        let sl = &mut ws.s[l * m * n..(l + 1) * m * n];
-        let dsl = &mut ws.ds[l * m * n..(l + 1) * m * n];
-        activate(act, mv, p, sl, dsl, &mut ws.ca, par);
-        let v = &mut w.vt[l * m * d..(l + 1) * m * d];
-        kernels::dot_rows(v, d, m, sl, n, None, mv, &mut ws.tout, par);
-        for s in 0..n {
-            for dd in 0..d {
-                h_next[s * d + dd] = h_l[s * d + dd] + ws.tout[dd * n + s];
-            }
-        }
-        if !all_finite(h_next) {
-            return Err(TrainError::Diverged {
-                step,
-                layer: Some(l + 1),
-                what: "h",
-            });
+    l: usize,
+) {
+    let (m, d) = (w.dims.m, w.dims.d);
+    let (lo, hi) = ws.h.split_at_mut((l + 1) * n * d);
+    let h_l = &lo[l * n * d..];
+    let h_next = &mut hi[..n * d];
+    let p = &mut ws.p[l * m * n..(l + 1) * m * n];
+    p.fill(T::zero());
+    transpose_scaled(h_l, n, d, k.mu, &mut ws.ta);
+    let u = &mut w.ut[l * m * d..(l + 1) * m * d];
+    kernels::axpy_rows(u, d, m, &ws.ta, None, &[], n, p, par);
+    let sl = &mut ws.s[l * m * n..(l + 1) * m * n];
+    let dsl = &mut ws.ds[l * m * n..(l + 1) * m * n];
+    activate(act, k.mv, p, sl, dsl, &mut ws.ca, par);
+    let v = &mut w.vt[l * m * d..(l + 1) * m * d];
+    kernels::dot_rows(v, d, m, sl, n, None, k.mv, &mut ws.tout, par);
+    for s in 0..n {
+        for dd in 0..d {
+            h_next[s * d + dd] = h_l[s * d + dd] + ws.tout[dd * n + s];
         }
     }
-    Ok(())
 }
 
 /// Matching chunks of p, sigma(p), sigma'(p) and m_V sigma(p).
@@ -504,11 +529,7 @@ pub fn backward_update<T: Real>(
     let h_last = &ws.h[l_n * n * d..(l_n + 1) * n * d];
     head_backward(&mut w.wu, data, r, eta, &ws.dldf, h_last, d, &mut ws.g);
     let _ = act;
-    if ws.rows_m {
-        backward_blocks_rows_m(w, r, eta, ws, par, step, n)?;
-    } else {
-        backward_blocks(w, r, eta, ws, par, step, n)?;
-    }
+    backward_blocks(w, r, eta, ws, par, step, n)?;
     embed_update(&mut w.we, data, r, eta, &ws.g, d);
     let bad = |v: &[T]| !all_finite(v);
     if bad(&w.we) || bad(&w.wu) {
@@ -521,7 +542,8 @@ pub fn backward_update<T: Real>(
     Ok(())
 }
 
-/// The L blocks of the backward pass fused with the update, weights as rows of D.
+/// The L blocks of the backward pass fused with the update, in the workspace's layout,
+/// stopping at the first layer whose gradient is not finite.
 fn backward_blocks<T: Real>(
     w: &mut Weights<T>,
     r: &Resolved,
@@ -531,41 +553,13 @@ fn backward_blocks<T: Real>(
     step: usize,
     n: usize,
 ) -> Result<(), TrainError> {
-    let (l_n, m, d) = (w.dims.l, w.dims.m, w.dims.d);
-    let (mu, mv) = (T::of(r.u.mult), T::of(r.v.mult));
-    let cv = T::of(eta * r.v.lr * r.v.mult);
-    let cu = T::of(eta * r.u.lr * r.u.mult);
-    for l in (0..l_n).rev() {
-        let sl = &ws.s[l * m * n..(l + 1) * m * n];
-        let dsl = &ws.ds[l * m * n..(l + 1) * m * n];
-        // V pass: q = m_V V^T g, V -= eta lr_V m_V g sigma(p)^T.
-        let vt = &mut w.vt[l * m * d..(l + 1) * m * d];
-        let coef = if r.v.trained {
-            for (c, &sv) in ws.cb.iter_mut().zip(sl.iter()) {
-                *c = cv * sv;
-            }
-            Some(&ws.cb[..])
+    let k = Scales::new(r, eta);
+    for l in (0..w.dims.l).rev() {
+        if ws.rows_m {
+            backward_layer_rows_m(w, r, k, ws, par, n, l);
         } else {
-            None
-        };
-        kernels::dot_rows(vt, m, d, &ws.g, n, coef, mv, &mut ws.q, par);
-        // G = sigma'(p) q; U pass: g_l = g + m_U U G, U -= eta lr_U m_U h G^T.
-        for ((a, b), (&dv, &qv)) in ws
-            .ca
-            .iter_mut()
-            .zip(ws.cb.iter_mut())
-            .zip(dsl.iter().zip(ws.q.iter()))
-        {
-            let gv = dv * qv;
-            *a = mu * gv;
-            *b = cu * gv;
+            backward_layer_rows_d(w, r, k, ws, par, n, l);
         }
-        ws.g2.copy_from_slice(&ws.g);
-        let ut = &mut w.ut[l * m * d..(l + 1) * m * d];
-        let h_l = &ws.h[l * n * d..(l + 1) * n * d];
-        let b = if r.u.trained { Some(&ws.cb[..]) } else { None };
-        kernels::axpy_rows(ut, m, d, &ws.ca, b, h_l, n, &mut ws.g2, par);
-        std::mem::swap(&mut ws.g, &mut ws.g2);
         if !all_finite(&ws.g) {
             return Err(TrainError::Diverged {
                 step,
@@ -577,7 +571,51 @@ fn backward_blocks<T: Real>(
     Ok(())
 }
 
-/// The L blocks of the backward pass fused with the update, weights as rows of M
+/// Block l of the backward pass fused with the update, weights as rows of D: `ws.g`
+/// goes from g_{l+1} to g_l.
+fn backward_layer_rows_d<T: Real>(
+    w: &mut Weights<T>,
+    r: &Resolved,
+    k: Scales<T>,
+    ws: &mut Workspace<T>,
+    par: Par,
+    n: usize,
+    l: usize,
+) {
+    let (m, d) = (w.dims.m, w.dims.d);
+    let sl = &ws.s[l * m * n..(l + 1) * m * n];
+    let dsl = &ws.ds[l * m * n..(l + 1) * m * n];
+    // V pass: q = m_V V^T g, V -= eta lr_V m_V g sigma(p)^T.
+    let vt = &mut w.vt[l * m * d..(l + 1) * m * d];
+    let coef = if r.v.trained {
+        for (c, &sv) in ws.cb.iter_mut().zip(sl.iter()) {
+            *c = k.cv * sv;
+        }
+        Some(&ws.cb[..])
+    } else {
+        None
+    };
+    kernels::dot_rows(vt, m, d, &ws.g, n, coef, k.mv, &mut ws.q, par);
+    // G = sigma'(p) q; U pass: g_l = g + m_U U G, U -= eta lr_U m_U h G^T.
+    for ((a, b), (&dv, &qv)) in ws
+        .ca
+        .iter_mut()
+        .zip(ws.cb.iter_mut())
+        .zip(dsl.iter().zip(ws.q.iter()))
+    {
+        let gv = dv * qv;
+        *a = k.mu * gv;
+        *b = k.cu * gv;
+    }
+    ws.g2.copy_from_slice(&ws.g);
+    let ut = &mut w.ut[l * m * d..(l + 1) * m * d];
+    let h_l = &ws.h[l * n * d..(l + 1) * n * d];
+    let b = if r.u.trained { Some(&ws.cb[..]) } else { None };
+    kernels::axpy_rows(ut, m, d, &ws.ca, b, h_l, n, &mut ws.g2, par);
+    std::mem::swap(&mut ws.g, &mut ws.g2);
+}
+
+/// Block l of the backward pass fused with the update, weights as rows of M
 /// (U_l, V_l: D x M), M-side arrays N x M:
 ///
 /// ```text
@@ -587,60 +625,47 @@ fn backward_blocks<T: Real>(
 /// g_l[n][d] = g[n][d] + m_U <U_l[d], G_l^T[n]>;  U_l[d] -= sum_n (eta lr_U m_U h_l[n][d]) G_l^T[n]
 ///                                                              (kernels::dot_rows over U_l)
 /// ```
-fn backward_blocks_rows_m<T: Real>(
+fn backward_layer_rows_m<T: Real>(
     w: &mut Weights<T>,
     r: &Resolved,
-    eta: f64,
+    k: Scales<T>,
     ws: &mut Workspace<T>,
     par: Par,
-    step: usize,
     n: usize,
-) -> Result<(), TrainError> {
-    let (l_n, m, d) = (w.dims.l, w.dims.m, w.dims.d);
-    let (mu, mv) = (T::of(r.u.mult), T::of(r.v.mult));
-    let cv = T::of(eta * r.v.lr * r.v.mult);
-    let cu = T::of(eta * r.u.lr * r.u.mult);
-    for l in (0..l_n).rev() {
-        let sl = &ws.s[l * m * n..(l + 1) * m * n];
-        let dsl = &ws.ds[l * m * n..(l + 1) * m * n];
-        // V pass: q^T = m_V V^T g (as N x M), V -= eta lr_V m_V g sigma(p)^T.
-        transpose_scaled(&ws.g, n, d, mv, &mut ws.ta);
-        let b = if r.v.trained {
-            transpose_scaled(&ws.g, n, d, cv, &mut ws.tb);
-            Some(&ws.tb[..])
-        } else {
-            None
-        };
-        ws.q.fill(T::zero());
-        let v = &mut w.vt[l * m * d..(l + 1) * m * d];
-        kernels::axpy_rows(v, d, m, &ws.ta, b, sl, n, &mut ws.q, par);
-        // G = sigma'(p) q; U pass: g_l = g + m_U U G, U -= eta lr_U m_U h G^T.
-        for ((a, &dv), &qv) in ws.ca.iter_mut().zip(dsl).zip(&ws.q) {
-            *a = dv * qv;
-        }
-        let h_l = &ws.h[l * n * d..(l + 1) * n * d];
-        let coef = if r.u.trained {
-            transpose_scaled(h_l, n, d, cu, &mut ws.tb);
-            Some(&ws.tb[..])
-        } else {
-            None
-        };
-        let u = &mut w.ut[l * m * d..(l + 1) * m * d];
-        kernels::dot_rows(u, d, m, &ws.ca, n, coef, mu, &mut ws.tout, par);
-        for s in 0..n {
-            for dd in 0..d {
-                ws.g[s * d + dd] += ws.tout[dd * n + s];
-            }
-        }
-        if !all_finite(&ws.g) {
-            return Err(TrainError::Diverged {
-                step,
-                layer: Some(l),
-                what: "the gradient",
-            });
+    l: usize,
+) {
+    let (m, d) = (w.dims.m, w.dims.d);
+    let sl = &ws.s[l * m * n..(l + 1) * m * n];
+    let dsl = &ws.ds[l * m * n..(l + 1) * m * n];
+    // V pass: q^T = m_V V^T g (as N x M), V -= eta lr_V m_V g sigma(p)^T.
+    transpose_scaled(&ws.g, n, d, k.mv, &mut ws.ta);
+    let b = if r.v.trained {
+        transpose_scaled(&ws.g, n, d, k.cv, &mut ws.tb);
+        Some(&ws.tb[..])
+    } else {
+        None
+    };
+    ws.q.fill(T::zero());
+    let v = &mut w.vt[l * m * d..(l + 1) * m * d];
+    kernels::axpy_rows(v, d, m, &ws.ta, b, sl, n, &mut ws.q, par);
+    // G = sigma'(p) q; U pass: g_l = g + m_U U G, U -= eta lr_U m_U h G^T.
+    for ((a, &dv), &qv) in ws.ca.iter_mut().zip(dsl).zip(&ws.q) {
+        *a = dv * qv;
+    }
+    let h_l = &ws.h[l * n * d..(l + 1) * n * d];
+    let coef = if r.u.trained {
+        transpose_scaled(h_l, n, d, k.cu, &mut ws.tb);
+        Some(&ws.tb[..])
+    } else {
+        None
+    };
+    let u = &mut w.ut[l * m * d..(l + 1) * m * d];
+    kernels::dot_rows(u, d, m, &ws.ca, n, coef, k.mu, &mut ws.tout, par);
+    for s in 0..n {
+        for dd in 0..d {
+            ws.g[s * d + dd] += ws.tout[dd * n + s];
         }
     }
-    Ok(())
 }
 
 /// Runs K steps of full-batch GD, recording each forward pass before its update.

@@ -486,39 +486,63 @@ unsafe fn lanes_step<T: Elem, S: Lanes<T>>(x: S::V, mv: S::V) -> (S::V, S::V, S:
     }
 }
 
-/// The slice loop over full vectors, then one masked vector for the tail. The caller
-/// checks that the four slices have the same length.
+/// The slice loop over full vectors, then one masked vector for the tail. With `FULL`,
+/// writes s, ds and ca; without, only s (ds and ca are not touched and may be empty).
+/// The caller checks that the slices it writes have the length of `p`.
 #[inline(always)]
-unsafe fn run_vec<T: Elem, S: Lanes<T>>(p: &[T], s: &mut [T], ds: &mut [T], ca: &mut [T], mv: T) {
+unsafe fn run_vec<T: Elem, S: Lanes<T>, const FULL: bool>(
+    p: &[T],
+    s: &mut [T],
+    ds: &mut [T],
+    ca: &mut [T],
+    mv: T,
+) {
     unsafe {
         let n = p.len();
         let (pp, sp, dp, cp) = (p.as_ptr(), s.as_mut_ptr(), ds.as_mut_ptr(), ca.as_mut_ptr());
         let m = S::splat(mv);
         let mut i = 0;
         while i + S::W <= n {
-            let (t, d, c) = lanes_step::<T, S>(S::load(pp.add(i)), m);
-            S::store(sp.add(i), t);
-            S::store(dp.add(i), d);
-            S::store(cp.add(i), c);
+            let x = S::load(pp.add(i));
+            if FULL {
+                let (t, d, c) = lanes_step::<T, S>(x, m);
+                S::store(sp.add(i), t);
+                S::store(dp.add(i), d);
+                S::store(cp.add(i), c);
+            } else {
+                S::store(sp.add(i), tanh_lanes::<T, S>(x));
+            }
             i += S::W;
         }
         if i < n {
             let r = n - i;
-            let (t, d, c) = lanes_step::<T, S>(S::load_part(pp.add(i), r), m);
-            S::store_part(sp.add(i), t, r);
-            S::store_part(dp.add(i), d, r);
-            S::store_part(cp.add(i), c, r);
+            let x = S::load_part(pp.add(i), r);
+            if FULL {
+                let (t, d, c) = lanes_step::<T, S>(x, m);
+                S::store_part(sp.add(i), t, r);
+                S::store_part(dp.add(i), d, r);
+                S::store_part(cp.add(i), c, r);
+            } else {
+                S::store_part(sp.add(i), tanh_lanes::<T, S>(x), r);
+            }
         }
     }
 }
 
 /// The portable loop: one element at a time, in a form LLVM vectorizes where the target
-/// has vector FMA.
+/// has vector FMA. `FULL` as in [`run_vec`].
 #[inline(always)]
-fn run_portable<T: Elem>(p: &[T], s: &mut [T], ds: &mut [T], ca: &mut [T], mv: T)
+fn run_portable<T: Elem, const FULL: bool>(p: &[T], s: &mut [T], ds: &mut [T], ca: &mut [T], mv: T)
 where
     Scalar: Lanes<T, V = T>,
 {
+    if !FULL {
+        for (&x, sv) in p.iter().zip(s.iter_mut()) {
+            // SAFETY: register-only arithmetic.
+            *sv = unsafe { tanh_lanes::<T, Scalar>(x) };
+        }
+        return;
+    }
     for (((&x, sv), dv), cv) in p.iter().zip(s.iter_mut()).zip(ds.iter_mut()).zip(ca) {
         // SAFETY: register-only arithmetic.
         let (t, d, c) = unsafe { lanes_step::<T, Scalar>(x, mv) };
@@ -583,21 +607,59 @@ pub trait VTanh: Sized {
         ca: &mut [Self],
         mv: Self,
     );
+
+    /// `s = tanh(p)` elementwise, on the given path (the same bits as the `s` of
+    /// [`VTanh::tanh_d1_scaled_on`]). Panics if the lengths differ or the CPU cannot run
+    /// `path`.
+    fn tanh_on(path: Path, p: &[Self], s: &mut [Self]);
+}
+
+/// `s = tanh(p)` elementwise on [`Path::best`].
+pub fn tanh_slice<T: VTanh>(p: &[T], s: &mut [T]) {
+    T::tanh_on(Path::best(), p, s)
 }
 
 macro_rules! vtanh_for {
     ($t:ty, $avx512:ident, $avx2:ident) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f,avx512vl")]
-        unsafe fn $avx512(p: &[$t], s: &mut [$t], ds: &mut [$t], ca: &mut [$t], mv: $t) {
-            unsafe { run_vec::<$t, Avx512>(p, s, ds, ca, mv) }
+        unsafe fn $avx512<const FULL: bool>(
+            p: &[$t],
+            s: &mut [$t],
+            ds: &mut [$t],
+            ca: &mut [$t],
+            mv: $t,
+        ) {
+            unsafe { run_vec::<$t, Avx512, FULL>(p, s, ds, ca, mv) }
         }
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn $avx2(p: &[$t], s: &mut [$t], ds: &mut [$t], ca: &mut [$t], mv: $t) {
-            run_portable::<$t>(p, s, ds, ca, mv)
+        unsafe fn $avx2<const FULL: bool>(
+            p: &[$t],
+            s: &mut [$t],
+            ds: &mut [$t],
+            ca: &mut [$t],
+            mv: $t,
+        ) {
+            run_portable::<$t, FULL>(p, s, ds, ca, mv)
         }
         impl VTanh for $t {
+            fn tanh_on(path: Path, p: &[$t], s: &mut [$t]) {
+                assert!(s.len() == p.len(), "tanh_slice: slice lengths differ");
+                assert!(path.available(), "tanh_slice: {path:?} unavailable here");
+                let (ds, ca): (&mut [$t], &mut [$t]) = (&mut [], &mut []);
+                match path {
+                    Path::Portable => run_portable::<$t, false>(p, s, ds, ca, 0.0),
+                    // SAFETY: lengths checked above, the CPU features at run time.
+                    #[cfg(target_arch = "x86_64")]
+                    Path::Avx512 => unsafe { $avx512::<false>(p, s, ds, ca, 0.0) },
+                    #[cfg(target_arch = "x86_64")]
+                    Path::Avx2Fma => unsafe { $avx2::<false>(p, s, ds, ca, 0.0) },
+                    #[cfg(not(target_arch = "x86_64"))]
+                    _ => unreachable!(),
+                }
+            }
+
             fn tanh_d1_scaled_on(
                 path: Path,
                 p: &[$t],
@@ -616,12 +678,12 @@ macro_rules! vtanh_for {
                     "tanh_d1_scaled: {path:?} unavailable here"
                 );
                 match path {
-                    Path::Portable => run_portable::<$t>(p, s, ds, ca, mv),
+                    Path::Portable => run_portable::<$t, true>(p, s, ds, ca, mv),
                     // SAFETY: lengths checked above, the CPU features at run time.
                     #[cfg(target_arch = "x86_64")]
-                    Path::Avx512 => unsafe { $avx512(p, s, ds, ca, mv) },
+                    Path::Avx512 => unsafe { $avx512::<true>(p, s, ds, ca, mv) },
                     #[cfg(target_arch = "x86_64")]
-                    Path::Avx2Fma => unsafe { $avx2(p, s, ds, ca, mv) },
+                    Path::Avx2Fma => unsafe { $avx2::<true>(p, s, ds, ca, mv) },
                     #[cfg(not(target_arch = "x86_64"))]
                     _ => unreachable!(),
                 }

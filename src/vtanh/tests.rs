@@ -361,6 +361,33 @@ fn mismatched_lengths_panic() {
     f64::tanh_d1_scaled_on(Path::Portable, &[1.0; 3], &mut s, &mut ds, &mut ca, 1.0);
 }
 
+/// The plain slice tanh gives the bits of `tanh_d1_scaled`'s `s` on every path, for
+/// every tail length and start offset, and writes nothing past its slice.
+#[test]
+fn plain_tanh_matches_the_fused_pass() {
+    let x: Vec<f64> = (0..90).map(|i| (i as f64 - 45.0) * 0.173).collect();
+    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    for path in paths() {
+        for start in 0..9 {
+            for len in 0..(x.len() - start) {
+                let p = &x[start..start + len];
+                let mut s = vec![7.0; len + 1];
+                f64::tanh_on(path, p, &mut s[..len]);
+                assert_eq!(
+                    &s[..len],
+                    &eval(path, p, 1.0).0[..],
+                    "{path:?} {start} {len}"
+                );
+                assert_eq!(s[len], 7.0);
+                let p = &x32[start..start + len];
+                let mut s = vec![7.0f32; len];
+                f32::tanh_on(path, p, &mut s);
+                assert_eq!(s, eval(path, p, 1.0).0, "{path:?} f32 {start} {len}");
+            }
+        }
+    }
+}
+
 /// `activate` takes the slice tanh for tanh, chunked or not, and the per-element path
 /// for the others.
 #[test]
