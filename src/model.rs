@@ -250,6 +250,36 @@ pub enum InitSource {
     Rng { embed_seed: u64, block_seed: u64 },
 }
 
+/// Asks the kernel to back `v` with transparent huge pages where it may (Linux with THP
+/// in `madvise` mode, the default of many distributions): the step streams the block
+/// weights, and 2 MiB pages spare it most TLB misses. Call before the first write, so
+/// the pages are faulted in large. A hint only: results do not depend on it. Set
+/// `RESLIM_NO_HUGE_PAGES` to skip it (for A/B timings). `reslim bench`, M = D = 1000,
+/// f64, 2 threads, three interleaved runs each: 0.126-0.150 s/step with, 0.150-0.157
+/// without.
+pub fn huge_pages<T>(v: &mut [T]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let bytes = std::mem::size_of_val(v);
+        if bytes < 2 * HUGE || std::env::var_os("RESLIM_NO_HUGE_PAGES").is_some() {
+            return;
+        }
+        let start = v.as_mut_ptr() as usize;
+        let first = start.next_multiple_of(HUGE);
+        let end = (start + bytes) / HUGE * HUGE;
+        if end > first {
+            // SAFETY: the range lies inside `v`'s allocation; MADV_HUGEPAGE changes no
+            // contents, only how the pages are backed.
+            unsafe {
+                libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
+}
+
 /// `t[j][i] = a[i][j]` for `a`: rows x cols, row-major; in tiles that stay in L1.
 fn transpose_into<T: Copy>(a: &[T], rows: usize, cols: usize, t: &mut [T]) {
     const B: usize = 32;
@@ -308,6 +338,8 @@ impl<T: Real> Weights<T> {
         let (l, m, d) = (dims.l, dims.m, dims.d);
         let mut ut = vec![T::zero(); l * m * d];
         let mut vt = vec![T::zero(); l * m * d];
+        huge_pages(&mut ut);
+        huge_pages(&mut vt);
         let fill = |tensor: Tensor, std: f64, buf: &mut [T]| {
             let job = |(layer, block): (usize, &mut [T])| {
                 let s = Stream::new(block_seed, tensor, layer as u64);
