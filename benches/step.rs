@@ -1,8 +1,10 @@
 //! Kernel micro-benchmarks: `cargo bench --bench step [-- --seq]`. Prints seconds per
-//! pass and GB/s for each kernel over an L x M x D stack of weights (one call per layer),
-//! beside a plain streaming sum as the machine's read baseline. Shapes from the
-//! environment: `L=50 M=500 D=500 N=10` by default.
+//! pass (the best of `REPS`) and GB/s for each kernel over an L x M x D stack of weights
+//! on huge pages, as the step has them (one call per layer), beside a plain streaming sum
+//! (read) and scaling (read + write) on the same threads as the machine's baselines.
+//! Shapes from the environment: `L=50 M=500 D=500 N=10` by default.
 
+use rayon::prelude::*;
 use reslim::kernels::{self, Par};
 use reslim::rng::{Stream, Tensor};
 use std::time::Instant;
@@ -21,7 +23,11 @@ fn main() {
     } else {
         Par::Rayon
     };
-    let mut w = Stream::new(1, Tensor::U, 0).normal_matrix(l * m, d, 0.01);
+    let mut w = reslim::model::Aligned::from_slice(&Stream::new(1, Tensor::U, 0).normal_matrix(
+        l * m,
+        d,
+        0.01,
+    ));
     let vecs = Stream::new(1, Tensor::V, 0).normal_matrix(n, d, 1.0);
     let coef = Stream::new(2, Tensor::V, 0).normal_matrix(m, n, 1e-6);
     let mut out = vec![0.0; m * n];
@@ -29,22 +35,37 @@ fn main() {
     let bytes_r = (l * m * d * 8) as f64;
     let time = |name: &str, rw: f64, f: &mut dyn FnMut()| {
         f();
-        let t = Instant::now();
-        let reps = env("REPS", 5);
-        for _ in 0..reps {
+        let mut s = f64::INFINITY;
+        for _ in 0..env("REPS", 5) {
+            let t = Instant::now();
             f();
+            s = s.min(t.elapsed().as_secs_f64());
         }
-        let s = t.elapsed().as_secs_f64() / reps as f64;
         println!("{name:<24} {s:.5} s  {:.1} GB/s", rw * bytes_r / s / 1e9);
     };
+    let chunk = 1 << 13;
     time("plain sum (read)", 1.0, &mut || {
-        let mut acc = [0.0f64; 16];
-        for c in w.chunks_exact(16) {
-            for (a, x) in acc.iter_mut().zip(c) {
-                *a += x;
+        let sum = |c: &[f64]| {
+            let mut acc = [0.0f64; 16];
+            for c in c.chunks_exact(16) {
+                for (a, x) in acc.iter_mut().zip(c) {
+                    *a += x;
+                }
             }
+            acc.iter().sum::<f64>()
+        };
+        let s: f64 = match par {
+            Par::Seq => sum(&w),
+            Par::Rayon => w.par_chunks(chunk).map(sum).sum(),
+        };
+        std::hint::black_box(s);
+    });
+    time("plain scale (read+write)", 2.0, &mut || {
+        let scale = |c: &mut [f64]| c.iter_mut().for_each(|x| *x *= 0.999_999_9);
+        match par {
+            Par::Seq => scale(&mut w),
+            Par::Rayon => w.par_chunks_mut(chunk).for_each(scale),
         }
-        std::hint::black_box(acc);
     });
     time("dot (read)", 1.0, &mut || {
         for layer in 0..l {

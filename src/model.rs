@@ -250,34 +250,197 @@ pub enum InitSource {
     Rng { embed_seed: u64, block_seed: u64 },
 }
 
-/// Asks the kernel to back `v` with transparent huge pages where it may (Linux with THP
-/// in `madvise` mode, the default of many distributions): the step streams the block
-/// weights, and 2 MiB pages spare it most TLB misses. Call before the first write, so
-/// the pages are faulted in large. A hint only: results do not depend on it. Set
-/// `RESLIM_NO_HUGE_PAGES` to skip it (for A/B timings). `reslim bench`, M = D = 1000,
-/// f64, 2 threads, three interleaved runs each: 0.126-0.150 s/step with, 0.150-0.157
-/// without.
-pub fn huge_pages<T>(v: &mut [T]) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let bytes = std::mem::size_of_val(v);
-        if bytes < 2 * HUGE || std::env::var_os("RESLIM_NO_HUGE_PAGES").is_some() {
-            return;
+/// A zero-initialised heap array whose first element sits on a 64-byte boundary (a
+/// cache line, and the widest vector register), for the arrays the kernels stream:
+/// their vector loads of a row then never straddle two cache lines where the row length
+/// is a multiple of 64 bytes. `Vec` gives no such alignment: glibc's allocations start 16
+/// bytes into a line, so every 64-byte load and every other 32-byte load crossed a line.
+///
+/// Arrays of at least 4 MiB are mapped directly (Linux) and start on a 2 MiB boundary,
+/// with the kernel asked to back them by transparent huge pages (THP in `madvise` mode,
+/// the default of many distributions): the step streams the block weights, and 2 MiB
+/// pages spare it most TLB misses. The pages are untouched until first written, so they
+/// are faulted in large (and in parallel where the writer is). A hint only: results do
+/// not depend on it. `RESLIM_NO_HUGE_PAGES` (set to anything) skips it, for A/B timings.
+/// `reslim bench`, M = D = 1000, f64, 2 threads, three interleaved runs each (AVX-512
+/// machine): 0.126-0.150 s/step with huge pages, 0.150-0.157 without.
+pub struct Aligned<T> {
+    ptr: std::ptr::NonNull<T>,
+    len: usize,
+    /// Bytes mapped by `mmap` (0: allocated by the global allocator).
+    mapped: usize,
+}
+
+// SAFETY: `Aligned` owns its elements like a `Vec`.
+unsafe impl<T: Send> Send for Aligned<T> {}
+unsafe impl<T: Sync> Sync for Aligned<T> {}
+
+const LINE: usize = 64;
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+const HUGE_PAGE: usize = 2 << 20;
+
+impl<T: Real> Aligned<T> {
+    /// `len` zeros.
+    pub fn zeroed(len: usize) -> Self {
+        // All-zero bits are 0.0 in f32 and f64.
+        Self::zero_bytes(len)
+    }
+
+    /// A copy of `v`.
+    pub fn from_slice(v: &[T]) -> Self {
+        let mut a = Self::zeroed(v.len());
+        a.copy_from_slice(v);
+        a
+    }
+}
+
+impl<T> Aligned<T> {
+    /// `len` elements of all-zero bytes (valid values for the float types of
+    /// [`Aligned::zeroed`]; other types only reach it through `clone`, which overwrites
+    /// every element before any is read).
+    fn zero_bytes(len: usize) -> Self {
+        let bytes = len * std::mem::size_of::<T>();
+        if bytes == 0 {
+            // A dangling pointer, but on a line like the others.
+            let ptr = std::ptr::NonNull::new(std::ptr::without_provenance_mut::<T>(LINE));
+            return Aligned {
+                ptr: ptr.expect("LINE is not null"),
+                len,
+                mapped: 0,
+            };
         }
-        let start = v.as_mut_ptr() as usize;
-        let first = start.next_multiple_of(HUGE);
-        let end = (start + bytes) / HUGE * HUGE;
-        if end > first {
-            // SAFETY: the range lies inside `v`'s allocation; MADV_HUGEPAGE changes no
-            // contents, only how the pages are backed.
-            unsafe {
-                libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
-            }
+        #[cfg(target_os = "linux")]
+        if bytes >= 2 * HUGE_PAGE
+            && let Some((ptr, mapped)) = map_huge(bytes)
+        {
+            return Aligned {
+                ptr: ptr.cast(),
+                len,
+                mapped,
+            };
+        }
+        let layout = Self::layout(len);
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(raw.cast::<T>()) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        Aligned {
+            ptr,
+            len,
+            mapped: 0,
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = v;
+
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(len * std::mem::size_of::<T>(), LINE)
+            .expect("array size overflows")
+    }
+}
+
+/// `bytes` of fresh zero pages starting on a 2 MiB boundary, advised to THP; the pointer
+/// and the mapped length (what `munmap` takes).
+#[cfg(target_os = "linux")]
+fn map_huge(bytes: usize) -> Option<(std::ptr::NonNull<u8>, usize)> {
+    let len = bytes.next_multiple_of(HUGE_PAGE);
+    // SAFETY: an anonymous private mapping; the parts outside [start, start + len) are
+    // unmapped again, and only [start, start + len) is ever used.
+    unsafe {
+        let base = libc::mmap(
+            std::ptr::null_mut(),
+            len + HUGE_PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        let b = base as usize;
+        let start = b.next_multiple_of(HUGE_PAGE);
+        if start > b {
+            libc::munmap(base, start - b);
+        }
+        let end = b + len + HUGE_PAGE;
+        if end > start + len {
+            libc::munmap((start + len) as *mut libc::c_void, end - start - len);
+        }
+        if std::env::var_os("RESLIM_NO_HUGE_PAGES").is_none() {
+            libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        }
+        Some((std::ptr::NonNull::new(start as *mut u8)?, len))
+    }
+}
+
+impl<T> Drop for Aligned<T> {
+    fn drop(&mut self) {
+        if self.len == 0 || std::mem::size_of::<T>() == 0 {
+            return;
+        }
+        // SAFETY: `ptr` came from `map_huge` (with this length) or the global allocator
+        // (with this layout), and is freed once.
+        unsafe {
+            #[cfg(target_os = "linux")]
+            if self.mapped > 0 {
+                libc::munmap(self.ptr.as_ptr().cast(), self.mapped);
+                return;
+            }
+            std::alloc::dealloc(self.ptr.as_ptr().cast(), Self::layout(self.len));
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Aligned<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `len` initialised elements at `ptr` (or dangling and empty).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T> std::ops::DerefMut for Aligned<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as above, and `&mut self` is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: Copy> Clone for Aligned<T> {
+    fn clone(&self) -> Self {
+        let a = Self::zero_bytes(self.len);
+        // SAFETY: both hold `len` elements; distinct allocations.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), a.ptr.as_ptr(), self.len) };
+        a
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Aligned<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a mut Aligned<T> {
+    type Item = &'a mut T;
+    type IntoIter = std::slice::IterMut<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter_mut()
+    }
+}
+
+impl<T: Debug> Debug for Aligned<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl<T: PartialEq> PartialEq for Aligned<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
 }
 
 /// `t[j][i] = a[i][j]` for `a`: rows x cols, row-major; in tiles that stay in L1.
@@ -295,13 +458,26 @@ fn transpose_into<T: Copy>(a: &[T], rows: usize, cols: usize, t: &mut [T]) {
 }
 
 /// The weights of one ResNet, in precision `T`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub struct Weights<T> {
     pub dims: Dims,
     pub we: Vec<T>,
-    pub ut: Vec<T>,
-    pub vt: Vec<T>,
+    /// On 64-byte boundaries and huge pages ([`Aligned`]).
+    pub ut: Aligned<T>,
+    pub vt: Aligned<T>,
     pub wu: Vec<T>,
+}
+
+impl<T: Copy> Clone for Weights<T> {
+    fn clone(&self) -> Self {
+        Weights {
+            dims: self.dims,
+            we: self.we.clone(),
+            ut: self.ut.clone(),
+            vt: self.vt.clone(),
+            wu: self.wu.clone(),
+        }
+    }
 }
 
 impl<T: Real> Weights<T> {
@@ -336,10 +512,8 @@ impl<T: Real> Weights<T> {
         let wu =
             to_t(Stream::new(embed_seed, Tensor::WU, 0).normal_matrix(dims.d, dims.dout, r.wu.std));
         let (l, m, d) = (dims.l, dims.m, dims.d);
-        let mut ut = vec![T::zero(); l * m * d];
-        let mut vt = vec![T::zero(); l * m * d];
-        huge_pages(&mut ut);
-        huge_pages(&mut vt);
+        let mut ut = Aligned::zeroed(l * m * d);
+        let mut vt = Aligned::zeroed(l * m * d);
         let fill = |tensor: Tensor, std: f64, buf: &mut [T]| {
             let job = |(layer, block): (usize, &mut [T])| {
                 let s = Stream::new(block_seed, tensor, layer as u64);
@@ -377,7 +551,7 @@ impl<T: Real> Weights<T> {
         let v = io::read_npy_shaped(&dir.join("V.npy"), &[l, d, m])?;
         // (L, D, M) -> (L, M, D): transpose each layer.
         let tr = |a: &[f64]| {
-            let mut out = vec![T::zero(); l * m * d];
+            let mut out = Aligned::zeroed(l * m * d);
             for layer in 0..l {
                 for dd in 0..d {
                     for mm in 0..m {
@@ -442,6 +616,29 @@ pub fn blocks_shape_from_npy_dir(dir: &Path) -> Result<(usize, usize, usize), Io
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aligned_arrays_start_on_cache_lines_and_behave_like_vectors() {
+        // Empty, small (global allocator) and large (mapped, huge-page aligned).
+        for len in [0usize, 1, 3, 1000, 600_000, (4 << 20) / 8 + 5] {
+            let mut a = Aligned::<f64>::zeroed(len);
+            assert_eq!(a.len(), len);
+            assert_eq!(a.as_ptr() as usize % 64, 0, "len {len}");
+            if len * 8 >= 4 << 20 {
+                assert_eq!(a.as_ptr() as usize % (2 << 20), 0, "len {len}");
+            }
+            assert!(a.iter().all(|&x| x == 0.0));
+            for (i, x) in a.iter_mut().enumerate() {
+                *x = i as f64;
+            }
+            let b = a.clone();
+            assert_eq!(a, b);
+            assert!(len == 0 || a.as_ptr() != b.as_ptr());
+            assert_eq!(Aligned::from_slice(&b), a);
+            let f = Aligned::<f32>::from_slice(&[1.5, 2.5]);
+            assert_eq!(&*f, &[1.5, 2.5]);
+        }
+    }
 
     #[test]
     fn derivatives_match_finite_differences() {

@@ -23,7 +23,7 @@
 //! after their own dot products, and U_l's after their contribution to g_l.
 
 use crate::kernels::{self, Par};
-use crate::model::{Activation, Data, Real, Weights};
+use crate::model::{Activation, Aligned, Data, Real, Weights};
 use crate::param::Resolved;
 use serde::Serialize;
 
@@ -125,25 +125,25 @@ pub struct History {
 /// Scratch memory of the step, allocated once per run.
 pub struct Workspace<T> {
     /// (L+1) x N x D: h_l for every layer, sample-major.
-    h: Vec<T>,
+    h: Aligned<T>,
     /// L x M x N: pre-activations, and sigma, sigma' at them (kept for the backward
     /// pass so each activation is evaluated once per step).
-    p: Vec<T>,
-    s: Vec<T>,
-    ds: Vec<T>,
+    p: Aligned<T>,
+    s: Aligned<T>,
+    ds: Aligned<T>,
     /// M x N scratch coefficient blocks.
-    ca: Vec<T>,
-    cb: Vec<T>,
-    q: Vec<T>,
+    ca: Aligned<T>,
+    cb: Aligned<T>,
+    q: Aligned<T>,
     /// N x D gradients.
-    g: Vec<T>,
-    g2: Vec<T>,
+    g: Aligned<T>,
+    g2: Aligned<T>,
     /// With rows of M ([`Layout::RowsM`]): D x N coefficient and output blocks, and the
     /// per-layer M-side arrays (p, s, ds, ca, cb, q) are N x M instead of M x N.
     rows_m: bool,
-    ta: Vec<T>,
-    tb: Vec<T>,
-    tout: Vec<T>,
+    ta: Aligned<T>,
+    tb: Aligned<T>,
+    tout: Aligned<T>,
     /// d_out x N outputs and dloss/df.
     pub f: Vec<f64>,
     dldf: Vec<f64>,
@@ -161,18 +161,18 @@ impl<T: Real> Workspace<T> {
         let t = if rows_m { d.d * n } else { 0 };
         Workspace {
             rows_m,
-            ta: vec![T::zero(); t],
-            tb: vec![T::zero(); t],
-            tout: vec![T::zero(); t],
-            h: vec![T::zero(); (d.l + 1) * n * d.d],
-            p: vec![T::zero(); d.l * d.m * n],
-            s: vec![T::zero(); d.l * d.m * n],
-            ds: vec![T::zero(); d.l * d.m * n],
-            ca: vec![T::zero(); d.m * n],
-            cb: vec![T::zero(); d.m * n],
-            q: vec![T::zero(); d.m * n],
-            g: vec![T::zero(); n * d.d],
-            g2: vec![T::zero(); n * d.d],
+            ta: Aligned::zeroed(t),
+            tb: Aligned::zeroed(t),
+            tout: Aligned::zeroed(t),
+            h: Aligned::zeroed((d.l + 1) * n * d.d),
+            p: Aligned::zeroed(d.l * d.m * n),
+            s: Aligned::zeroed(d.l * d.m * n),
+            ds: Aligned::zeroed(d.l * d.m * n),
+            ca: Aligned::zeroed(d.m * n),
+            cb: Aligned::zeroed(d.m * n),
+            q: Aligned::zeroed(d.m * n),
+            g: Aligned::zeroed(n * d.d),
+            g2: Aligned::zeroed(n * d.d),
             f: vec![0.0; d.dout * n],
             dldf: vec![0.0; d.dout * n],
         }
@@ -858,7 +858,7 @@ mod tests {
                 let eta = 1e-3;
                 forward(&mut w1, &data, &r, act, &mut ws, Par::Seq, 0).unwrap();
                 backward_update(&mut w1, &data, &r, act, eta, &mut ws, Par::Seq, 0).unwrap();
-                type Get = fn(&mut Weights<f64>) -> &mut Vec<f64>;
+                type Get = fn(&mut Weights<f64>) -> &mut [f64];
                 let tensors: [(&str, Get, f64); 4] = [
                     ("W_E", |w| &mut w.we, r.we.lr),
                     ("U", |w| &mut w.ut, r.u.lr),
