@@ -2,7 +2,8 @@
 //! default 1000) into a buffer that stays in cache, single-threaded, f64 and f32, and
 //! prints the best of `REPS` rounds (default 30) in ns per normal. Unlike the `draw` of
 //! `benches/task.rs`, no fresh allocation: its first-touch page faults are not counted.
-//! `RESLIM_NO_AVX512=1` times the portable filler.
+//! `RESLIM_NO_AVX512=1` times the AVX2 build of the portable filler, and with
+//! `RESLIM_NO_AVX2=1` too the baseline build.
 
 use reslim::rng::{Stream, Tensor};
 use std::time::Instant;

@@ -16,11 +16,37 @@
 //! the backward pass: 3 * 2 * L*M*D values per step, the minimum (DESIGN.md).
 //!
 //! Determinism: every output entry is summed in an order fixed by the data layout alone
-//! (lane-wise partial sums over D in chunks of W, reduced by a fixed tree; sums over m in
-//! increasing m), so results are bitwise independent of the number of threads and of how
-//! rows or column tiles are distributed. The scalar
-//! fallback and the AVX-512 path give identical bits: both use fused multiply-adds
-//! (`_mm512_fmadd_pd` and `mul_add`, each correctly rounded).
+//! (lane-wise partial sums over D in chunks of W = 64 bytes, reduced by a fixed tree;
+//! sums over m in increasing m), so results are bitwise independent of the number of
+//! threads and of how rows or column tiles are distributed.
+//!
+//! # Instruction sets
+//!
+//! One generic body per kernel over a lane trait ([`Vector`]), compiled three times and
+//! picked at run time by [`isa`]:
+//!
+//! - [`Avx512`] (AVX-512F + VL): one zmm register per 64-byte vector, 32 registers;
+//! - [`Avx2`] (AVX2 + FMA, e.g. AMD Zen 2/3, Intel before Ice Lake): each 64-byte vector
+//!   is two ymm halves, so the lane order, and with it every bit, is the same as on
+//!   AVX-512; only 16 registers, so smaller register tiles ([`Vector::DOT_ROWS`] and
+//!   the other tile constants), and coefficients broadcast at each use (see `opaque`);
+//! - [`Portable`] (arrays of 64 bytes, any CPU), whose `mul_add` is a libm call per
+//!   element on x86-64 without FMA: about 20x slower than the AVX2 build (M = D = 500:
+//!   1.8 s per step against 0.056-0.086 s, on the 2-core Zen 3 machine).
+//!
+//! All three use fused multiply-adds, each correctly rounded, in the same order per
+//! entry, so they give identical bits (tested for f64 and f32); a run does not depend on
+//! the CPU it ran on.
+//!
+//! With 16 registers the kernels are bound by loads from L1 rather than by multiply-adds
+//! (a clean 2 x 2 tile in L1 ran at about one ymm multiply-add per cycle on Zen 3, half
+//! the peak). A temporary A/B harness (M = D = 500, L = 50, 2 threads, each kernel's
+//! GB/s over that of a plain parallel read or read-write of the same weights, median of
+//! 15 interleaved rounds) chose the AVX2 tiles: read-only dot 0.64 with 2 rows x 3
+//! vectors, 0.50 with 1 x 6 and 0.55 on row blocks and column segments; the blocked
+//! dot with update ([`dot_blocked_n`], pairs of rows updated together) and the register
+//! tiles for the read-only axpy ([`axpy_ro_impl`]) were each the best of their variants,
+//! if by less than the noise between rounds.
 
 #![allow(clippy::needless_range_loop)] // SIMD lanes and register arrays are indexed.
 
@@ -40,6 +66,22 @@ pub(crate) trait Vector<T: Real> {
     type V: Copy;
     /// Lanes per vector.
     const W: usize;
+    /// Vectors that fit in the register file (8 or fewer: coefficients are broadcast at
+    /// each use, and the read-only dot prefetches past the rows of the next tile).
+    const REGISTERS: usize;
+    /// Register tiles (accumulators held across a loop), by the size of the register
+    /// file: rows per read-only dot tile (1 or 2) and vectors per dot tile ...
+    const DOT_ROWS: usize;
+    const DOT_GROUP: usize;
+    /// ... vectors per read-only axpy tile, and its chunks of W columns (1 or 2) ...
+    const AXPY_GROUP: usize;
+    const AXPY_CHUNKS: usize;
+    /// ... the fewest vectors for which the read-only axpy takes these tiles rather than
+    /// the row blocks of [`axpy_blk`] ...
+    const AXPY_TILED_FROM: usize;
+    /// ... and whether the dot with update runs on row blocks and column segments
+    /// ([`dot_blocked_n`]).
+    const DOT_BLOCKED: bool;
     unsafe fn zero() -> Self::V;
     unsafe fn splat(x: T) -> Self::V;
     unsafe fn load(p: *const T) -> Self::V;
@@ -63,6 +105,13 @@ macro_rules! portable {
         impl Vector<$t> for Portable {
             type V = [$t; $w];
             const W: usize = $w;
+            const REGISTERS: usize = 16;
+            const DOT_ROWS: usize = 2;
+            const DOT_GROUP: usize = 12;
+            const AXPY_GROUP: usize = 12;
+            const AXPY_CHUNKS: usize = 2;
+            const AXPY_TILED_FROM: usize = 13;
+            const DOT_BLOCKED: bool = false;
             #[inline(always)]
             unsafe fn zero() -> Self::V {
                 [0.0; $w]
@@ -108,6 +157,13 @@ mod avx512_impl {
     impl Vector<f64> for Avx512 {
         type V = __m512d;
         const W: usize = 8;
+        const REGISTERS: usize = 32;
+        const DOT_ROWS: usize = 2;
+        const DOT_GROUP: usize = 12;
+        const AXPY_GROUP: usize = 12;
+        const AXPY_CHUNKS: usize = 2;
+        const AXPY_TILED_FROM: usize = 13;
+        const DOT_BLOCKED: bool = false;
         #[inline(always)]
         unsafe fn zero() -> __m512d {
             unsafe { _mm512_setzero_pd() }
@@ -146,6 +202,13 @@ mod avx512_impl {
     impl Vector<f32> for Avx512 {
         type V = __m512;
         const W: usize = 16;
+        const REGISTERS: usize = 32;
+        const DOT_ROWS: usize = 2;
+        const DOT_GROUP: usize = 12;
+        const AXPY_GROUP: usize = 12;
+        const AXPY_CHUNKS: usize = 2;
+        const AXPY_TILED_FROM: usize = 13;
+        const DOT_BLOCKED: bool = false;
         #[inline(always)]
         unsafe fn zero() -> __m512 {
             unsafe { _mm512_setzero_ps() }
@@ -181,6 +244,99 @@ mod avx512_impl {
             tree_sum(a)
         }
     }
+}
+
+/// AVX2 + FMA intrinsics on 64 bytes of lanes (two 256-bit halves), so the lane-wise
+/// operation order, and with it every bit, is that of [`Portable`] and [`Avx512`]; only
+/// called after a run-time check of the CPU.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2_impl {
+    use super::{Avx2, Vector, tree_sum};
+    use std::arch::x86_64::*;
+    macro_rules! avx2 {
+        ($t:ty, $v:ty, $w:literal, $h:literal, $setzero:ident, $set1:ident, $loadu:ident,
+         $storeu:ident, $sub:ident, $fmadd:ident) => {
+            impl Vector<$t> for Avx2 {
+                type V = [$v; 2];
+                const W: usize = $w;
+                // Each vector is two of the 16 ymm registers.
+                const REGISTERS: usize = 8;
+                const DOT_ROWS: usize = 2;
+                const DOT_GROUP: usize = 3;
+                const AXPY_GROUP: usize = 6;
+                const AXPY_CHUNKS: usize = 1;
+                const AXPY_TILED_FROM: usize = 1;
+                const DOT_BLOCKED: bool = true;
+                #[inline(always)]
+                unsafe fn zero() -> Self::V {
+                    unsafe { [$setzero(), $setzero()] }
+                }
+                #[inline(always)]
+                unsafe fn splat(x: $t) -> Self::V {
+                    unsafe {
+                        let v = $set1(x);
+                        [v, v]
+                    }
+                }
+                #[inline(always)]
+                unsafe fn load(p: *const $t) -> Self::V {
+                    unsafe { [$loadu(p), $loadu(p.add($h))] }
+                }
+                #[inline(always)]
+                unsafe fn store(p: *mut $t, v: Self::V) {
+                    unsafe {
+                        $storeu(p, v[0]);
+                        $storeu(p.add($h), v[1]);
+                    }
+                }
+                #[inline(always)]
+                unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
+                    unsafe { [$sub(a[0], b[0]), $sub(a[1], b[1])] }
+                }
+                #[inline(always)]
+                unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+                    unsafe { [$fmadd(a[0], b[0], c[0]), $fmadd(a[1], b[1], c[1])] }
+                }
+                #[inline(always)]
+                unsafe fn prefetch(p: *const $t) {
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
+                }
+                #[inline(always)]
+                unsafe fn reduce(v: Self::V) -> $t {
+                    let mut a = [0.0 as $t; $w];
+                    unsafe { Self::store(a.as_mut_ptr(), v) };
+                    tree_sum(a)
+                }
+            }
+        };
+    }
+    avx2!(
+        f64,
+        __m256d,
+        8,
+        4,
+        _mm256_setzero_pd,
+        _mm256_set1_pd,
+        _mm256_loadu_pd,
+        _mm256_storeu_pd,
+        _mm256_sub_pd,
+        _mm256_fmadd_pd
+    );
+    avx2!(
+        f32,
+        __m256,
+        16,
+        8,
+        _mm256_setzero_ps,
+        _mm256_set1_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_sub_ps,
+        _mm256_fmadd_ps
+    );
 }
 
 #[inline(always)]
@@ -396,7 +552,7 @@ unsafe fn dot_seg_n<T: Real, S: Vector<T>, const N: usize>(
 }
 
 /// Rows per block of the segmented dot kernel (their accumulators live in L1).
-const DOT_ROWS: usize = 16;
+const DOT_SEG_ROWS: usize = 16;
 
 #[inline(always)]
 unsafe fn dot_rows_impl<T: Real, S: Vector<T>>(a: &DotArgs<T>, m0: usize, m1: usize) {
@@ -405,11 +561,12 @@ unsafe fn dot_rows_impl<T: Real, S: Vector<T>>(a: &DotArgs<T>, m0: usize, m1: us
         macro_rules! go {
             ($($k:literal)*) => {
                 match n {
+                    $($k if S::DOT_BLOCKED => dot_blocked_n::<T, S, $k>(a, m0, m1),)*
                     $($k => {
-                        let mut acc = [[S::zero(); $k]; DOT_ROWS];
+                        let mut acc = [[S::zero(); $k]; DOT_SEG_ROWS];
                         let mut b0 = m0;
                         while b0 < m1 {
-                            let b1 = (b0 + DOT_ROWS).min(m1);
+                            let b1 = (b0 + DOT_SEG_ROWS).min(m1);
                             dot_seg_n::<T, S, $k>(a, b0, b1, &mut acc[..b1 - b0]);
                             b0 = b1;
                         }
@@ -448,7 +605,9 @@ unsafe fn dot_ro_tile<T: Real, S: Vector<T>, const R: usize, const G: usize>(
         let w = S::W;
         let d = a.d;
         let dv = d - d % w;
-        let pf = PREFETCH_BYTES / std::mem::size_of::<T>();
+        // Ahead along the row, and with 16 registers also past the rows of the next tile.
+        let pf = PREFETCH_BYTES / std::mem::size_of::<T>()
+            + if S::REGISTERS <= 8 { R * a.ld } else { 0 };
         let vecs = a.vecs.add(g0 * a.ldv);
         // Two named accumulator arrays (not [[V; G]; R]): LLVM keeps these in registers.
         let row0 = a.rows.0.add(m * a.ld) as *const T;
@@ -495,48 +654,291 @@ unsafe fn dot_ro_tile<T: Real, S: Vector<T>, const R: usize, const G: usize>(
     }
 }
 
-/// Vectors per register tile of the read-only kernels.
-const RO_GROUP: usize = 12;
+/// Read-only dot products of R (1 or 2) rows from `m` against all `a.n` vectors, in
+/// balanced groups of at most [`Vector::DOT_GROUP`] (20 vectors as 10 + 10, not 12 + 8; the
+/// rows are re-read from cache for each further group).
+#[inline(always)]
+unsafe fn dot_ro_groups<T: Real, S: Vector<T>, const R: usize>(a: &DotArgs<T>, m: usize) {
+    unsafe {
+        let groups = a.n.div_ceil(S::DOT_GROUP);
+        let mut g0 = 0;
+        for k in 0..groups {
+            let g1 = a.n * (k + 1) / groups;
+            match g1 - g0 {
+                12 => dot_ro_tile::<T, S, R, 12>(a, m, g0),
+                11 => dot_ro_tile::<T, S, R, 11>(a, m, g0),
+                10 => dot_ro_tile::<T, S, R, 10>(a, m, g0),
+                9 => dot_ro_tile::<T, S, R, 9>(a, m, g0),
+                8 => dot_ro_tile::<T, S, R, 8>(a, m, g0),
+                7 => dot_ro_tile::<T, S, R, 7>(a, m, g0),
+                6 => dot_ro_tile::<T, S, R, 6>(a, m, g0),
+                5 => dot_ro_tile::<T, S, R, 5>(a, m, g0),
+                4 => dot_ro_tile::<T, S, R, 4>(a, m, g0),
+                3 => dot_ro_tile::<T, S, R, 3>(a, m, g0),
+                2 => dot_ro_tile::<T, S, R, 2>(a, m, g0),
+                _ => dot_ro_tile::<T, S, R, 1>(a, m, g0),
+            }
+            g0 = g1;
+        }
+    }
+}
 
-/// Read-only [`dot_rows`] over rows [m0, m1): rows in pairs, the vectors in groups of at
-/// most [`RO_GROUP`] (a pair's rows are re-read from cache for each further group).
+/// Read-only [`dot_rows`] over rows [m0, m1): rows in pairs (one at a time where the
+/// registers hold fewer than 12 vectors), the vectors in groups ([`dot_ro_groups`]).
 #[inline(always)]
 unsafe fn dot_ro_impl<T: Real, S: Vector<T>>(a: &DotArgs<T>, m0: usize, m1: usize) {
     unsafe {
-        macro_rules! tile {
-            ($r:literal, $m:expr, $g0:expr, $g:expr) => {
-                match $g {
-                    12 => dot_ro_tile::<T, S, $r, 12>(a, $m, $g0),
-                    11 => dot_ro_tile::<T, S, $r, 11>(a, $m, $g0),
-                    10 => dot_ro_tile::<T, S, $r, 10>(a, $m, $g0),
-                    9 => dot_ro_tile::<T, S, $r, 9>(a, $m, $g0),
-                    8 => dot_ro_tile::<T, S, $r, 8>(a, $m, $g0),
-                    7 => dot_ro_tile::<T, S, $r, 7>(a, $m, $g0),
-                    6 => dot_ro_tile::<T, S, $r, 6>(a, $m, $g0),
-                    5 => dot_ro_tile::<T, S, $r, 5>(a, $m, $g0),
-                    4 => dot_ro_tile::<T, S, $r, 4>(a, $m, $g0),
-                    3 => dot_ro_tile::<T, S, $r, 3>(a, $m, $g0),
-                    2 => dot_ro_tile::<T, S, $r, 2>(a, $m, $g0),
-                    _ => dot_ro_tile::<T, S, $r, 1>(a, $m, $g0),
-                }
-            };
-        }
-        // Balanced groups: 20 vectors as 10 + 10, not 12 + 8.
-        let groups = a.n.div_ceil(RO_GROUP);
         let mut m = m0;
         while m < m1 {
-            let pair = m + 1 < m1;
-            let mut g0 = 0;
-            for k in 0..groups {
-                let g1 = a.n * (k + 1) / groups;
-                if pair {
-                    tile!(2, m, g0, g1 - g0);
-                } else {
-                    tile!(1, m, g0, g1 - g0);
-                }
-                g0 = g1;
+            if S::DOT_ROWS == 2 && m + 1 < m1 {
+                dot_ro_groups::<T, S, 2>(a, m);
+                m += 2;
+            } else {
+                dot_ro_groups::<T, S, 1>(a, m);
+                m += 1;
             }
-            m += if pair { 2 } else { 1 };
+        }
+    }
+}
+
+/// Rows per block of [`dot_blocked_n`].
+const DOT_BLOCK: usize = 8;
+
+/// L1 bytes the vectors' column segment may take in [`dot_blocked_n`].
+const DOT_SEG_L1: usize = 8 << 10;
+
+/// `p`, hidden from the optimizer: a load through it stays where it is written. A
+/// coefficient broadcast from memory at each use costs one load; hoisted out of the loop,
+/// N such splats spill on 16 registers and each use reloads 64 bytes.
+#[inline(always)]
+fn opaque<P>(p: *const P) -> *const P {
+    let mut p = p;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: an empty instruction; it only tells the compiler that `p` may change (the
+    // pointer is not dereferenced in it).
+    #[allow(clippy::pointers_in_nomem_asm_block)]
+    unsafe {
+        std::arch::asm!("/* {0} */", inout(reg) p, options(nomem, nostack, preserves_flags));
+    }
+    p
+}
+
+/// The read-only dot tile of [`dot_ro_tile`] on the columns [c0, c1) of a segment: the
+/// R x G lane accumulators are loaded from and stored back to `acc` (R rows of `a.n`
+/// vectors each, from vector g0), and the loop prefetches `pf[j] + (i - c0)` for row j
+/// (the row it will read `2 R` rows later in [`dot_blocked_n`]'s order).
+#[inline(always)]
+unsafe fn dot_seg_tile<T: Real, S: Vector<T>, const R: usize, const G: usize>(
+    a: &DotArgs<T>,
+    m: usize,
+    g0: usize,
+    (c0, c1): (usize, usize),
+    acc: *mut S::V,
+    pf: [*const T; 2],
+) {
+    unsafe {
+        let w = S::W;
+        let vecs = a.vecs.add(g0 * a.ldv);
+        let row0 = a.rows.0.add(m * a.ld) as *const T;
+        let row1 = if R == 2 { row0.add(a.ld) } else { row0 };
+        let (acc0p, acc1p) = (acc.add(g0), acc.add(a.n + g0));
+        let mut acc0 = [S::zero(); G];
+        let mut acc1 = [S::zero(); G];
+        for g in 0..G {
+            acc0[g] = *acc0p.add(g);
+            if R == 2 {
+                acc1[g] = *acc1p.add(g);
+            }
+        }
+        let mut i = c0;
+        while i < c1 {
+            S::prefetch(pf[0].wrapping_add(i - c0));
+            let r0 = S::load(row0.add(i));
+            let r1 = if R == 2 {
+                S::prefetch(pf[1].wrapping_add(i - c0));
+                S::load(row1.add(i))
+            } else {
+                r0
+            };
+            for g in 0..G {
+                let v = S::load(vecs.add(g * a.ldv + i));
+                acc0[g] = S::fma(r0, v, acc0[g]);
+                if R == 2 {
+                    acc1[g] = S::fma(r1, v, acc1[g]);
+                }
+            }
+            i += w;
+        }
+        for g in 0..G {
+            *acc0p.add(g) = acc0[g];
+            if R == 2 {
+                *acc1p.add(g) = acc1[g];
+            }
+        }
+    }
+}
+
+/// `row_j -= sum_n cf[j][n] vec_n` on the columns [c0, c1) for the R rows from `m`, as
+/// [`dot_seg_n`] computes it per row: two chains (even and odd n), lane-wise. The rows
+/// of a pair share each vector load; coefficients are broadcast at each use.
+#[inline(always)]
+unsafe fn update_seg<T: Real, S: Vector<T>, const R: usize, const N: usize>(
+    a: &DotArgs<T>,
+    cf: &[T],
+    m: usize,
+    (c0, c1): (usize, usize),
+) {
+    unsafe {
+        let w = S::W;
+        let row0 = a.rows.0.add(m * a.ld);
+        let row1 = if R == 2 { row0.add(a.ld) } else { row0 };
+        let cp = cf.as_ptr().add(m * N);
+        let mut i = c0;
+        while i < c1 {
+            let c = opaque(cp);
+            let mut u0 = [S::zero(); 2];
+            let mut u1 = [S::zero(); 2];
+            for n in 0..N {
+                let v = S::load(a.vecs.add(n * a.ldv + i));
+                u0[n % 2] = S::fma(S::splat(*c.add(n)), v, u0[n % 2]);
+                if R == 2 {
+                    u1[n % 2] = S::fma(S::splat(*c.add(N + n)), v, u1[n % 2]);
+                }
+            }
+            S::store(
+                row0.add(i),
+                S::sub(S::sub(S::load(row0.add(i)), u0[0]), u0[1]),
+            );
+            if R == 2 {
+                S::store(
+                    row1.add(i),
+                    S::sub(S::sub(S::load(row1.add(i)), u1[0]), u1[1]),
+                );
+            }
+            i += w;
+        }
+    }
+}
+
+/// [`dot_seg_n`] (with or without its update) for register files of fewer than 12
+/// vectors, where the sample vectors of a whole row (N D values) do not fit in L1 beside
+/// the tiles and would stream from L2 for every row pair: rows in blocks of
+/// [`DOT_BLOCK`], columns in segments whose N vector pieces fit in [`DOT_SEG_L1`]; per
+/// segment, each row pair runs the register tiles over the vectors in groups (their
+/// accumulators carried across segments in a stash on the stack), then its update. Per
+/// entry the same operations in the same order as [`dot_seg_n`] and [`dot_ro_tile`]:
+/// lane-wise sums over D in chunks of W, the tree, the scalar tail, then the scale.
+#[inline(always)]
+unsafe fn dot_blocked_n<T: Real, S: Vector<T>, const N: usize>(
+    a: &DotArgs<T>,
+    m0: usize,
+    m1: usize,
+) {
+    unsafe {
+        let (w, d) = (S::W, a.d);
+        let dv = d - d % w;
+        let size = std::mem::size_of::<T>();
+        let seg = (DOT_SEG_L1 / (N * size) / w * w).max(w);
+        let mut stash = [[S::zero(); N]; DOT_BLOCK];
+        let rows = |j: usize| a.rows.0.add(j * a.ld) as *const T;
+        let mut b0 = m0;
+        while b0 < m1 {
+            let b1 = (b0 + DOT_BLOCK).min(m1);
+            let nb = b1 - b0;
+            for slot in stash.iter_mut() {
+                *slot = [S::zero(); N];
+            }
+            let acc = stash.as_mut_ptr() as *mut S::V;
+            let mut c0 = 0;
+            while c0 < dv {
+                let c1 = (c0 + seg).min(dv);
+                let mut j = 0;
+                while j < nb {
+                    let r = if S::DOT_ROWS == 2 && j + 1 < nb { 2 } else { 1 };
+                    // The pieces this loop reads 2 R rows later: further down the block,
+                    // else at the next segment, else in the next block.
+                    let ahead = |k: usize| {
+                        let jj = j + 2 * r + k;
+                        if jj < nb {
+                            rows(b0 + jj).wrapping_add(c0)
+                        } else if c0 + seg < dv {
+                            rows(b0 + jj - nb).wrapping_add(c0 + seg)
+                        } else {
+                            rows(b1 + jj - nb)
+                        }
+                    };
+                    let pf = [ahead(0), ahead(1)];
+                    let mut g0 = 0;
+                    let groups = N.div_ceil(S::DOT_GROUP);
+                    for k in 0..groups {
+                        let g1 = N * (k + 1) / groups;
+                        let st = acc.add(j * N);
+                        macro_rules! tile {
+                            ($r:literal) => {
+                                match g1 - g0 {
+                                    6 => {
+                                        dot_seg_tile::<T, S, $r, 6>(a, b0 + j, g0, (c0, c1), st, pf)
+                                    }
+                                    5 => {
+                                        dot_seg_tile::<T, S, $r, 5>(a, b0 + j, g0, (c0, c1), st, pf)
+                                    }
+                                    4 => {
+                                        dot_seg_tile::<T, S, $r, 4>(a, b0 + j, g0, (c0, c1), st, pf)
+                                    }
+                                    3 => {
+                                        dot_seg_tile::<T, S, $r, 3>(a, b0 + j, g0, (c0, c1), st, pf)
+                                    }
+                                    2 => {
+                                        dot_seg_tile::<T, S, $r, 2>(a, b0 + j, g0, (c0, c1), st, pf)
+                                    }
+                                    _ => {
+                                        dot_seg_tile::<T, S, $r, 1>(a, b0 + j, g0, (c0, c1), st, pf)
+                                    }
+                                }
+                            };
+                        }
+                        if r == 2 {
+                            tile!(2)
+                        } else {
+                            tile!(1)
+                        }
+                        g0 = g1;
+                    }
+                    if let Some(cf) = a.coef {
+                        if r == 2 {
+                            update_seg::<T, S, 2, N>(a, cf, b0 + j, (c0, c1));
+                        } else {
+                            update_seg::<T, S, 1, N>(a, cf, b0 + j, (c0, c1));
+                        }
+                    }
+                    j += r;
+                }
+                c0 = c1;
+            }
+            // Tails (d % W columns, before their update) and the reductions.
+            for j in 0..nb {
+                let m = b0 + j;
+                let row = a.rows.0.add(m * a.ld);
+                let mut tail = [T::zero(); N];
+                for i in dv..d {
+                    let r = *row.add(i);
+                    for n in 0..N {
+                        tail[n] = r.mul_add(*a.vecs.add(n * a.ldv + i), tail[n]);
+                    }
+                    if let Some(cf) = a.coef {
+                        let mut upd = T::zero();
+                        for n in 0..N {
+                            upd = cf[m * N + n].mul_add(*a.vecs.add(n * a.ldv + i), upd);
+                        }
+                        *row.add(i) = r - upd;
+                    }
+                }
+                for n in 0..N {
+                    let x = S::reduce(stash[j][n]) + tail[n];
+                    *a.out.0.add(m * N + n) = if a.scale != T::one() { x * a.scale } else { x };
+                }
+            }
+            b0 = b1;
         }
     }
 }
@@ -589,7 +991,7 @@ unsafe fn axpy_ro_tile<T: Real, S: Vector<T>, const C: usize, const G: usize>(
 
 /// Read-only [`axpy_rows`] on the column segments [k0, k1) (segments of
 /// [`AXPY_SEG_BYTES`]): per segment, row blocks of [`AXPY_RO_ROWS`], column tiles of two
-/// chunks (one for the last odd chunk), targets in groups of at most [`RO_GROUP`].
+/// chunks (one for the last odd chunk), targets in groups of at most [`Vector::AXPY_GROUP`].
 #[inline(always)]
 unsafe fn axpy_ro_impl<T: Real, S: Vector<T>>(x: &AxpyArgs<T>, k0: usize, k1: usize) {
     unsafe {
@@ -614,7 +1016,7 @@ unsafe fn axpy_ro_impl<T: Real, S: Vector<T>>(x: &AxpyArgs<T>, k0: usize, k1: us
         let seg = AXPY_SEG_BYTES / std::mem::size_of::<T>();
         let w = S::W;
         let dv = x.d - x.d % w;
-        let groups = x.n.div_ceil(RO_GROUP);
+        let groups = x.n.div_ceil(S::AXPY_GROUP);
         for k in k0..k1 {
             let c0 = k * seg;
             let c1 = ((k + 1) * seg).min(dv);
@@ -625,12 +1027,14 @@ unsafe fn axpy_ro_impl<T: Real, S: Vector<T>>(x: &AxpyArgs<T>, k0: usize, k1: us
                 for q in 0..groups {
                     let g1 = x.n * (q + 1) / groups;
                     let mut c = c0;
-                    while c + 2 * w <= c1 {
+                    // Two chunks per tile, but one with 16 registers.
+                    while S::AXPY_CHUNKS == 2 && c + 2 * w <= c1 {
                         tile!(2, g0, g1 - g0, m0, m1, c);
                         c += 2 * w;
                     }
-                    if c < c1 {
+                    while c < c1 {
                         tile!(1, g0, g1 - g0, m0, m1, c);
+                        c += w;
                     }
                     g0 = g1;
                 }
@@ -661,21 +1065,46 @@ unsafe impl<T> Sync for DotArgs<'_, T> {}
 /// Which instruction set the kernels run with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
+    /// AVX-512F + VL intrinsics ([`Avx512`]).
     Avx512,
+    /// AVX2 + FMA intrinsics ([`Avx2`]), with register tiles for 16 registers.
+    Avx2Fma,
+    /// The portable code for the baseline target (multiply-adds through `mul_add`, a
+    /// libm call per element on x86-64 without FMA).
     Generic,
 }
 
-/// The best instruction set of this CPU that the kernels support (cached).
+impl Isa {
+    /// The name `reslim bench` and the run metadata print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2Fma => "avx2+fma",
+            Isa::Generic => "generic",
+        }
+    }
+}
+
+/// The best instruction set of this CPU that the kernels support (cached):
+/// AVX-512F + VL, else AVX2 + FMA, else the portable code. Every choice gives the same
+/// bits. `RESLIM_NO_AVX512` (set to anything) skips AVX-512, `RESLIM_NO_AVX2` AVX2 too.
 pub fn isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::env::var_os("RESLIM_NO_AVX512").is_none()
+            let off = |k: &str| std::env::var_os(k).is_some();
+            if !off("RESLIM_NO_AVX512")
                 && std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512vl")
             {
                 return Isa::Avx512;
+            }
+            if !off("RESLIM_NO_AVX2")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2Fma;
             }
         }
         Isa::Generic
@@ -687,131 +1116,151 @@ pub fn isa() -> Isa {
 pub trait Kernels: Sized {
     fn run_dot(a: &DotArgs<Self>, m0: usize, m1: usize);
     fn run_axpy(x: &AxpyArgs<Self>, t0: usize, t1: usize);
-    /// `iters` rounds of 12 independent register-resident FMA chains; returns their sum
-    /// and the lanes per vector (for the bench's compute-peak probe).
+    /// `iters` rounds of independent register-resident FMA chains; returns their sum and
+    /// the lane multiply-adds per round (for the bench's compute-peak probe).
     fn fma_probe(iters: usize) -> (Self, usize);
 }
 
 #[inline(always)]
 unsafe fn fma_chains<T: Real, S: Vector<T>>(iters: usize) -> (T, usize) {
     unsafe {
-        let mut a = [S::splat(T::one()); 12];
+        // As many chains as fit in half the registers: enough to cover the latency.
+        const MAX: usize = 12;
+        let k = (S::REGISTERS * 3 / 4).min(MAX);
+        let mut a = [S::splat(T::one()); MAX];
         let m = S::splat(T::of(0.999_999));
         let c = S::splat(T::of(1e-9));
-        for _ in 0..iters {
-            for k in 0..12 {
-                a[k] = S::fma(a[k], m, c);
-            }
+        macro_rules! rounds {
+            ($k:literal) => {
+                for _ in 0..iters {
+                    for j in 0..$k {
+                        a[j] = S::fma(a[j], m, c);
+                    }
+                }
+            };
         }
+        if k >= 12 {
+            rounds!(12)
+        } else {
+            rounds!(6)
+        }
+        let k = if k >= 12 { 12 } else { 6 };
         let mut s = T::zero();
-        for k in 0..12 {
-            s += S::reduce(a[k]);
+        for j in 0..k {
+            s += S::reduce(a[j]);
         }
-        (s, S::W)
+        (s, k * S::W)
     }
 }
 
-macro_rules! kernels_for {
-    ($t:ty, $dot512:ident, $axpy512:ident, $dotro512:ident, $axpyro512:ident, $probe512:ident) => {
-        // The read-only kernels are separate functions: inlined together with the
-        // updating ones, LLVM spilled the register tiles.
+/// The kernels compiled for one instruction set `$s` with the target features `$feat`
+/// (`run_*` pick among these at run time).
+macro_rules! isa_kernels {
+    ($m:ident, $s:ty, $feat:literal) => {
         #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f,avx512vl")]
-        unsafe fn $dotro512(a: &DotArgs<$t>, m0: usize, m1: usize) {
-            unsafe { dot_ro_impl::<$t, Avx512>(a, m0, m1) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f,avx512vl")]
-        unsafe fn $axpyro512(x: &AxpyArgs<$t>, t0: usize, t1: usize) {
-            unsafe { axpy_ro_impl::<$t, Avx512>(x, t0, t1) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f,avx512vl")]
-        unsafe fn $dot512(a: &DotArgs<$t>, m0: usize, m1: usize) {
-            unsafe { dot_rows_impl::<$t, Avx512>(a, m0, m1) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f,avx512vl")]
-        unsafe fn $axpy512(x: &AxpyArgs<$t>, t0: usize, t1: usize) {
-            unsafe { axpy_impl::<$t, Avx512>(x, t0, t1) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f,avx512vl")]
-        unsafe fn $probe512(iters: usize) -> ($t, usize) {
-            unsafe { fma_chains::<$t, Avx512>(iters) }
-        }
-        impl Kernels for $t {
-            fn run_dot(a: &DotArgs<Self>, m0: usize, m1: usize) {
-                // SAFETY: the public wrappers checked the extents; the ISA is checked at
-                // run time.
-                unsafe {
-                    let ro = a.coef.is_none();
-                    #[cfg(target_arch = "x86_64")]
-                    if isa() == Isa::Avx512 {
-                        return if ro {
-                            $dotro512(a, m0, m1)
-                        } else {
-                            $dot512(a, m0, m1)
-                        };
-                    }
-                    if ro {
-                        dot_ro_impl::<$t, Portable>(a, m0, m1)
-                    } else {
-                        dot_rows_impl::<$t, Portable>(a, m0, m1)
-                    }
-                }
+        mod $m {
+            use super::*;
+            // The read-only kernels are separate functions: inlined together with the
+            // updating ones, LLVM spilled the register tiles.
+            #[target_feature(enable = $feat)]
+            pub(super) unsafe fn dot_ro<T: Real>(a: &DotArgs<T>, m0: usize, m1: usize)
+            where
+                $s: Vector<T>,
+            {
+                unsafe { dot_ro_impl::<T, $s>(a, m0, m1) }
             }
-            fn run_axpy(x: &AxpyArgs<Self>, t0: usize, t1: usize) {
-                // SAFETY: as above.
-                unsafe {
-                    // The register-tiled read-only kernel for more than 12 vectors (one
-                    // pass instead of several); up to 12 the 4-row blocks measured faster
-                    // from memory on 2 threads (13.2 against 10.4 GB/s at M = D = 1000).
-                    let ro = x.b.is_none() && x.n > 12;
-                    #[cfg(target_arch = "x86_64")]
-                    if isa() == Isa::Avx512 {
-                        return if ro {
-                            $axpyro512(x, t0, t1)
-                        } else {
-                            $axpy512(x, t0, t1)
-                        };
-                    }
-                    if ro {
-                        axpy_ro_impl::<$t, Portable>(x, t0, t1)
-                    } else {
-                        axpy_impl::<$t, Portable>(x, t0, t1)
-                    }
-                }
+            #[target_feature(enable = $feat)]
+            pub(super) unsafe fn axpy_ro<T: Real>(x: &AxpyArgs<T>, t0: usize, t1: usize)
+            where
+                $s: Vector<T>,
+            {
+                unsafe { axpy_ro_impl::<T, $s>(x, t0, t1) }
             }
-            fn fma_probe(iters: usize) -> ($t, usize) {
-                // SAFETY: register-only arithmetic; the ISA is checked at run time.
-                unsafe {
-                    #[cfg(target_arch = "x86_64")]
-                    if isa() == Isa::Avx512 {
-                        return $probe512(iters);
-                    }
-                    fma_chains::<$t, Portable>(iters)
-                }
+            #[target_feature(enable = $feat)]
+            pub(super) unsafe fn dot<T: Real>(a: &DotArgs<T>, m0: usize, m1: usize)
+            where
+                $s: Vector<T>,
+            {
+                unsafe { dot_rows_impl::<T, $s>(a, m0, m1) }
+            }
+            #[target_feature(enable = $feat)]
+            pub(super) unsafe fn axpy<T: Real>(x: &AxpyArgs<T>, t0: usize, t1: usize)
+            where
+                $s: Vector<T>,
+            {
+                unsafe { axpy_impl::<T, $s>(x, t0, t1) }
+            }
+            #[target_feature(enable = $feat)]
+            pub(super) unsafe fn probe<T: Real>(iters: usize) -> (T, usize)
+            where
+                $s: Vector<T>,
+            {
+                unsafe { fma_chains::<T, $s>(iters) }
             }
         }
     };
 }
-kernels_for!(
-    f64,
-    dot512_f64,
-    axpy512_f64,
-    dotro512_f64,
-    axpyro512_f64,
-    probe512_f64
-);
-kernels_for!(
-    f32,
-    dot512_f32,
-    axpy512_f32,
-    dotro512_f32,
-    axpyro512_f32,
-    probe512_f32
-);
+isa_kernels!(on_avx512, Avx512, "avx512f,avx512vl");
+isa_kernels!(on_avx2, Avx2, "avx2,fma");
+
+/// Calls `$f` of the module of the current [`isa`], or `$generic` on the portable code.
+macro_rules! dispatch {
+    ($t:ty, $f:ident($($arg:expr),*), $generic:expr) => {{
+        // SAFETY: the public wrappers checked the extents; `isa` checked the CPU's
+        // features at run time.
+        unsafe {
+            match isa() {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => on_avx512::$f::<$t>($($arg),*),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2Fma => on_avx2::$f::<$t>($($arg),*),
+                _ => $generic,
+            }
+        }
+    }};
+}
+
+macro_rules! kernels_for {
+    ($t:ty) => {
+        impl Kernels for $t {
+            fn run_dot(a: &DotArgs<Self>, m0: usize, m1: usize) {
+                if a.coef.is_none() {
+                    dispatch!(
+                        $t,
+                        dot_ro(a, m0, m1),
+                        dot_ro_impl::<$t, Portable>(a, m0, m1)
+                    )
+                } else {
+                    dispatch!($t, dot(a, m0, m1), dot_rows_impl::<$t, Portable>(a, m0, m1))
+                }
+            }
+            fn run_axpy(x: &AxpyArgs<Self>, t0: usize, t1: usize) {
+                // Read-only: the register tiles from `AXPY_TILED_FROM` vectors on.
+                let ro = x.b.is_none();
+                match isa() {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 if ro && x.n >= <Avx512 as Vector<$t>>::AXPY_TILED_FROM => {
+                        dispatch!($t, axpy_ro(x, t0, t1), unreachable!())
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2Fma if ro && x.n >= <Avx2 as Vector<$t>>::AXPY_TILED_FROM => {
+                        dispatch!($t, axpy_ro(x, t0, t1), unreachable!())
+                    }
+                    Isa::Generic if ro && x.n >= <Portable as Vector<$t>>::AXPY_TILED_FROM => {
+                        // SAFETY: as in `dispatch`.
+                        unsafe { axpy_ro_impl::<$t, Portable>(x, t0, t1) }
+                    }
+                    _ => dispatch!($t, axpy(x, t0, t1), axpy_impl::<$t, Portable>(x, t0, t1)),
+                }
+            }
+            fn fma_probe(iters: usize) -> ($t, usize) {
+                dispatch!($t, probe(iters), fma_chains::<$t, Portable>(iters))
+            }
+        }
+    };
+}
+kernels_for!(f64);
+kernels_for!(f32);
 
 /// Parallelism of one call: sequential, or over the current rayon pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -935,17 +1384,27 @@ unsafe fn axpy_blk<T: Real, S: Vector<T>, const R: usize, const N: usize>(
                 r[j] = S::load(x.rows.0.add((m0 + j) * x.ld + c));
             }
             let mut u = [S::zero(); R];
+            // With 16 registers, broadcast each coefficient at its use (one load) rather
+            // than keep the 2 R N splats, which spill and reload two halves each.
+            let (ap, bp) = (opaque(x.a.as_ptr()), opaque(x.b.unwrap_or(x.a).as_ptr()));
+            let coef = |p: *const T, j: usize, n: usize, hoisted: &[[S::V; N]; R]| {
+                if S::REGISTERS <= 8 {
+                    S::splat(*p.add((m0 + j) * N + n))
+                } else {
+                    hoisted[j][n]
+                }
+            };
             for n in 0..N {
                 let tp = x.tgt.0.add(n * d + c);
                 let mut t = S::load(tp);
                 for j in 0..R {
-                    t = S::fma(a[j][n], r[j], t);
+                    t = S::fma(coef(ap, j, n, &a), r[j], t);
                 }
                 S::store(tp, t);
                 if x.b.is_some() {
                     let v = S::load(x.vecs.add(n * d + c));
                     for j in 0..R {
-                        u[j] = S::fma(b[j][n], v, u[j]);
+                        u[j] = S::fma(coef(bp, j, n, &b), v, u[j]);
                     }
                 }
             }
@@ -1306,71 +1765,117 @@ mod tests {
         assert_eq!(rows, rows2);
     }
 
-    /// The AVX-512 and portable paths give the same bits (on CPUs with AVX-512).
+    /// The kernels of instruction set `isa` ("avx512", "avx2" or "portable") on
+    /// rows x vectors, with or without the update: (rows, dot outputs, axpy targets).
+    #[cfg(target_arch = "x86_64")]
+    fn run_isa<T: Real>(
+        isa: &str,
+        (m, d, n, upd): (usize, usize, usize, bool),
+    ) -> (Vec<T>, Vec<T>, Vec<T>)
+    where
+        Avx512: Vector<T>,
+        Avx2: Vector<T>,
+        Portable: Vector<T>,
+    {
+        let t = |v: Vec<f64>| v.into_iter().map(T::of).collect::<Vec<T>>();
+        let mut rows = t(rand(m * d, 1));
+        let vecs = t(rand(n * d, 2));
+        let coef = t(rand(m * n, 3));
+        let mut out = vec![T::zero(); m * n];
+        let mut tgt = t(rand(n * d, 9));
+        let args = DotArgs {
+            rows: Ptr(rows.as_mut_ptr()),
+            ld: d,
+            d,
+            vecs: vecs.as_ptr(),
+            ldv: d,
+            n,
+            coef: upd.then_some(&coef[..]),
+            out: Ptr(out.as_mut_ptr()),
+            scale: T::of(0.5),
+        };
+        let ax = AxpyArgs {
+            rows: Ptr(rows.as_mut_ptr()),
+            ld: d,
+            m,
+            d,
+            a: &coef,
+            b: upd.then_some(&coef[..]),
+            vecs: vecs.as_ptr(),
+            tgt: Ptr(tgt.as_mut_ptr()),
+            n,
+        };
+        let tiles = axpy_segments::<T>(d);
+        // SAFETY: the caller checked that the CPU has the instruction set.
+        unsafe {
+            match (isa, upd) {
+                ("avx512", true) => {
+                    on_avx512::dot::<T>(&args, 0, m);
+                    on_avx512::axpy::<T>(&ax, 0, tiles);
+                }
+                ("avx512", false) => {
+                    on_avx512::dot_ro::<T>(&args, 0, m);
+                    on_avx512::axpy_ro::<T>(&ax, 0, tiles);
+                }
+                ("avx2", true) => {
+                    on_avx2::dot::<T>(&args, 0, m);
+                    on_avx2::axpy::<T>(&ax, 0, tiles);
+                }
+                ("avx2", false) => {
+                    on_avx2::dot_ro::<T>(&args, 0, m);
+                    on_avx2::axpy_ro::<T>(&ax, 0, tiles);
+                }
+                (_, true) => {
+                    dot_rows_impl::<T, Portable>(&args, 0, m);
+                    axpy_impl::<T, Portable>(&ax, 0, tiles);
+                }
+                (_, false) => {
+                    dot_ro_impl::<T, Portable>(&args, 0, m);
+                    axpy_ro_impl::<T, Portable>(&ax, 0, tiles);
+                }
+            }
+        }
+        (rows, out, tgt)
+    }
+
+    /// The AVX-512, AVX2 + FMA and portable paths give the same bits, in f64 and f32 (on
+    /// the instruction sets this CPU has; their register tiles, row blocks and column
+    /// segments differ). The shapes cover odd tails, several row blocks and column
+    /// segments of the blocked dot, vector groups of every tile, and N > 12.
     #[test]
-    fn avx512_and_portable_paths_agree_bitwise() {
+    fn every_instruction_set_gives_the_portable_bits() {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            for &(m, d, n, upd) in &[
+        {
+            let has = |f: &str| match f {
+                "avx512" => {
+                    std::arch::is_x86_feature_detected!("avx512f")
+                        && std::arch::is_x86_feature_detected!("avx512vl")
+                }
+                _ => {
+                    std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                }
+            };
+            let isas: Vec<&str> = ["avx512", "avx2"].into_iter().filter(|f| has(f)).collect();
+            for &shape in &[
                 (7usize, 45usize, 10usize, true),
                 (6, 53, 3, false),
                 (5, 40, 12, true),
                 (9, 150, 20, false),
                 (8, 77, 24, false),
+                (11, 300, 10, false),
+                (10, 264, 7, true),
+                (19, 700, 9, true),
+                (17, 1203, 12, true),
+                (3, 1030, 13, false),
+                (4, 16, 1, true),
             ] {
-                let rows0 = rand(m * d, 1);
-                let vecs = rand(n * d, 2);
-                let coef = rand(m * n, 3);
-                let run = |avx: bool| {
-                    let mut rows = rows0.clone();
-                    let mut out = vec![0.0; m * n];
-                    let mut tgt = rand(n * d, 9);
-                    let args = DotArgs {
-                        rows: Ptr(rows.as_mut_ptr()),
-                        ld: d,
-                        d,
-                        vecs: vecs.as_ptr(),
-                        ldv: d,
-                        n,
-                        coef: upd.then_some(&coef[..]),
-                        out: Ptr(out.as_mut_ptr()),
-                        scale: 1.0,
-                    };
-                    let ax = AxpyArgs {
-                        rows: Ptr(rows.as_mut_ptr()),
-                        ld: d,
-                        m,
-                        d,
-                        a: &coef,
-                        b: upd.then_some(&coef[..]),
-                        vecs: vecs.as_ptr(),
-                        tgt: Ptr(tgt.as_mut_ptr()),
-                        n,
-                    };
-                    let tiles = axpy_segments::<f64>(d);
-                    unsafe {
-                        match (avx, upd) {
-                            (true, true) => {
-                                dot512_f64(&args, 0, m);
-                                axpy512_f64(&ax, 0, tiles);
-                            }
-                            (true, false) => {
-                                dotro512_f64(&args, 0, m);
-                                axpyro512_f64(&ax, 0, tiles);
-                            }
-                            (false, true) => {
-                                dot_rows_impl::<f64, Portable>(&args, 0, m);
-                                axpy_impl::<f64, Portable>(&ax, 0, tiles);
-                            }
-                            (false, false) => {
-                                dot_ro_impl::<f64, Portable>(&args, 0, m);
-                                axpy_ro_impl::<f64, Portable>(&ax, 0, tiles);
-                            }
-                        }
-                    }
-                    (rows, out, tgt)
-                };
-                assert_eq!(run(true), run(false));
+                let want64 = run_isa::<f64>("portable", shape);
+                let want32 = run_isa::<f32>("portable", shape);
+                for isa in &isas {
+                    assert!(run_isa::<f64>(isa, shape) == want64, "{isa} f64 {shape:?}");
+                    assert!(run_isa::<f32>(isa, shape) == want32, "{isa} f32 {shape:?}");
+                }
             }
         }
     }

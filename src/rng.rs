@@ -164,7 +164,8 @@ impl Stream {
     /// Fills `out` with the standard normals of row `row`, columns `col0..col0+out.len()`,
     /// each multiplied by `scale`: `out[k] == self.normal(row, col0 + k) * scale`, bit for
     /// bit. Runs the AVX-512 filler where the CPU has it (see [`crate::kernels::isa`];
-    /// `RESLIM_NO_AVX512` turns it off), else the portable one; both give the same bits.
+    /// `RESLIM_NO_AVX512` turns it off), else the portable one (compiled with AVX2 + FMA
+    /// where [`crate::kernels::isa`] allows); all give the same bits.
     pub fn fill_normal_row(&self, row: u64, col0: u64, scale: f64, out: &mut [f64]) {
         fill_row(self, row, col0, scale, out)
     }
@@ -252,18 +253,43 @@ impl RowElem for f32 {
 fn fill_row<O: RowElem>(s: &Stream, row: u64, col0: u64, scale: f64, out: &mut [O]) {
     let z = zig();
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::isa() == crate::kernels::Isa::Avx512 {
-        // SAFETY: `isa` checked at run time that the CPU has AVX-512F.
-        unsafe { avx512::fill_row(s, z, row, col0, scale, out) };
-        return;
+    match crate::kernels::isa() {
+        crate::kernels::Isa::Avx512 => {
+            // SAFETY: `isa` checked at run time that the CPU has AVX-512F.
+            unsafe { avx512::fill_row(s, z, row, col0, scale, out) };
+            return;
+        }
+        crate::kernels::Isa::Avx2Fma => {
+            // SAFETY: `isa` checked at run time that the CPU has AVX2 and FMA.
+            unsafe { fill_row_avx2(s, z, row, col0, scale, out) };
+            return;
+        }
+        crate::kernels::Isa::Generic => {}
     }
+    fill_row_portable(s, z, row, col0, scale, out)
+}
+
+/// The portable filler compiled with AVX2 (+ FMA) enabled, where LLVM vectorizes the
+/// Philox lanes: the same operations, so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fill_row_avx2<O: RowElem>(
+    s: &Stream,
+    z: &Ziggurat,
+    row: u64,
+    col0: u64,
+    scale: f64,
+    out: &mut [O],
+) {
     fill_row_portable(s, z, row, col0, scale, out)
 }
 
 /// The portable row filler. An odd `col0` is drawn alone; then each step of [`STEP`]
 /// columns starts at an even column `c`: the 16 blocks `(c/2 + j, row, 0, 0)` in lanes
 /// ([`Stream::words16`]), the fast ziggurat test of all 32 words without branches, and
-/// the rejected columns recorded in a [`Pending`] list, fixed up in batches.
+/// the rejected columns recorded in a [`Pending`] list, fixed up in batches. Inlined
+/// into its AVX2 build ([`fill_row_avx2`]).
+#[inline(always)]
 fn fill_row_portable<O: RowElem>(
     s: &Stream,
     z: &Ziggurat,

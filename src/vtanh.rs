@@ -580,17 +580,15 @@ impl Path {
         }
     }
 
-    /// The path [`crate::model::Real::tanh_d1_scaled`] takes on this CPU: AVX-512 where
-    /// [`crate::kernels::isa`] allows it (`RESLIM_NO_AVX512` unset), else AVX2 + FMA
-    /// where present, else portable (cached).
+    /// The path [`crate::model::Real::tanh_d1_scaled`] takes on this CPU: the instruction
+    /// set of the kernels ([`crate::kernels::isa`]: AVX-512, else AVX2 + FMA, else
+    /// portable; `RESLIM_NO_AVX512`, `RESLIM_NO_AVX2` step down).
     pub fn best() -> Path {
-        static BEST: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
-        *BEST.get_or_init(|| {
-            [Path::Avx512, Path::Avx2Fma]
-                .into_iter()
-                .find(|p| p.available())
-                .unwrap_or(Path::Portable)
-        })
+        match crate::kernels::isa() {
+            crate::kernels::Isa::Avx512 => Path::Avx512,
+            crate::kernels::Isa::Avx2Fma => Path::Avx2Fma,
+            crate::kernels::Isa::Generic => Path::Portable,
+        }
     }
 }
 
