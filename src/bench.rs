@@ -11,6 +11,10 @@
 //!   are counted too). FLOPs: `12 N L M D` (three multiply-adds per weight and sample)
 //!   plus the activations' small terms.
 //! - Roofline time = max(bytes / bandwidth, flops / peak); fraction = roofline / measured.
+//!   On a shared machine the bandwidth left free drifts by tens of percent within
+//!   minutes, so the bandwidth and peak are sampled again right before every timed step
+//!   ([`Probe`]) and each step is compared with its own sample; the fraction is the
+//!   median of these per-step fractions.
 
 use crate::kernels::{self, Par};
 use crate::model::{Activation, Data, Real, Weights};
@@ -32,46 +36,71 @@ pub struct Machine {
     pub peak_flops: f64,
 }
 
-/// STREAM triad bandwidth in bytes/s over `len` f64 per array, best of `reps`.
-pub fn triad_bandwidth(len: usize, reps: usize, par: Par) -> f64 {
-    // On huge pages where the weights get them too (`model::huge_pages`), so that the
-    // roofline's bandwidth is the one the step could reach.
-    let fresh = |x: f64| {
-        let mut v = vec![0.0f64; len];
-        crate::model::huge_pages(&mut v);
-        v.fill(x);
-        v
-    };
-    let (b, c, mut a) = (fresh(1.0), fresh(2.0), fresh(0.0));
-    let s = 3.0;
-    let chunk = 1 << 16;
-    let mut best = f64::INFINITY;
-    for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        match par {
-            Par::Seq => {
-                for ((x, y), z) in a.iter_mut().zip(&b).zip(&c) {
-                    *x = y + s * z;
-                }
-            }
-            Par::Rayon => a
-                .par_chunks_mut(chunk)
-                .zip(b.par_chunks(chunk))
-                .zip(c.par_chunks(chunk))
-                .for_each(|((x, y), z)| {
-                    for ((x, y), z) in x.iter_mut().zip(y).zip(z) {
+/// The arrays of a STREAM triad, allocated once so that it can be sampled again and
+/// again (between the timed steps of [`bench_shape`]).
+pub struct Triad {
+    a: crate::model::Aligned<f64>,
+    b: crate::model::Aligned<f64>,
+    c: crate::model::Aligned<f64>,
+    par: Par,
+}
+
+impl Triad {
+    /// Three arrays of `len` f64, aligned and on huge pages like the weights
+    /// (`model::Aligned`), so that the bandwidth is the one the step could reach.
+    pub fn new(len: usize, par: Par) -> Self {
+        let fresh = |x: f64| {
+            let mut v = crate::model::Aligned::<f64>::zeroed(len);
+            v.fill(x);
+            v
+        };
+        Triad {
+            a: fresh(0.0),
+            b: fresh(1.0),
+            c: fresh(2.0),
+            par,
+        }
+    }
+
+    /// Bandwidth in bytes/s, best of `reps` passes of `a = b + 3 c`.
+    pub fn sample(&mut self, reps: usize) -> f64 {
+        let s = 3.0;
+        let chunk = 1 << 16;
+        let (a, b, c) = (&mut self.a, &self.b, &self.c);
+        let mut best = f64::INFINITY;
+        for _ in 0..reps.max(1) {
+            let t = Instant::now();
+            match self.par {
+                Par::Seq => {
+                    for ((x, y), z) in a.iter_mut().zip(b.iter()).zip(c.iter()) {
                         *x = y + s * z;
                     }
-                }),
+                }
+                Par::Rayon => a
+                    .par_chunks_mut(chunk)
+                    .zip(b.par_chunks(chunk))
+                    .zip(c.par_chunks(chunk))
+                    .for_each(|((x, y), z)| {
+                        for ((x, y), z) in x.iter_mut().zip(y).zip(z) {
+                            *x = y + s * z;
+                        }
+                    }),
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+            std::hint::black_box(&mut *a);
         }
-        best = best.min(t.elapsed().as_secs_f64());
-        std::hint::black_box(&mut a);
+        (3 * 8 * a.len()) as f64 / best
     }
-    (3 * 8 * len) as f64 / best
+}
+
+/// STREAM triad bandwidth in bytes/s over `len` f64 per array, best of `reps`.
+pub fn triad_bandwidth(len: usize, reps: usize, par: Par) -> f64 {
+    Triad::new(len, par).sample(reps)
 }
 
 /// Fused multiply-add peak in FLOP/s (2 per FMA) on every thread of the pool, with the
-/// kernels' own vector width: 12 independent register-resident chains per thread.
+/// kernels' own instruction set and vector width: independent register-resident chains
+/// per thread (12 vectors, 6 on AVX2's 16 registers).
 pub fn peak_flops<T: Real>(par: Par) -> f64 {
     let iters = 20_000_000;
     let threads = if par == Par::Rayon {
@@ -80,15 +109,15 @@ pub fn peak_flops<T: Real>(par: Par) -> f64 {
         1
     };
     let run = || {
-        let (r, lanes) = T::fma_probe(iters);
+        let (r, fmas) = T::fma_probe(iters);
         std::hint::black_box(r);
-        lanes
+        fmas
     };
     let mut best = f64::INFINITY;
-    let mut lanes = 1;
+    let mut fmas = 1;
     for _ in 0..3 {
         let t = Instant::now();
-        lanes = if threads > 1 {
+        fmas = if threads > 1 {
             (0..threads)
                 .into_par_iter()
                 .map(|_| run())
@@ -99,24 +128,84 @@ pub fn peak_flops<T: Real>(par: Par) -> f64 {
         };
         best = best.min(t.elapsed().as_secs_f64());
     }
-    (iters * 12 * lanes * 2) as f64 * threads as f64 / best
+    (iters * fmas * 2) as f64 * threads as f64 / best
 }
 
-/// Measures the machine (bandwidth over `mib` MiB per array).
-pub fn machine<T: Real>(par: Par, mib: usize) -> Machine {
-    Machine {
-        threads: if par == Par::Rayon {
-            rayon::current_num_threads()
-        } else {
-            1
-        },
-        isa: match kernels::isa() {
-            kernels::Isa::Avx512 => "avx512",
-            kernels::Isa::Generic => "generic",
-        },
-        bandwidth: triad_bandwidth(mib * (1 << 20) / 8, 5, par),
-        peak_flops: peak_flops::<T>(par),
+/// The machine's limits: measured at the start of a run ([`Probe::new`], the best of
+/// several repetitions) and sampled again right before every timed step
+/// ([`Probe::sample`], used by [`bench_shape`]). On a shared machine the bandwidth that
+/// neighbours leave free drifts by tens of percent within minutes, so a step is compared
+/// with the limits measured next to it, not with one measurement minutes earlier.
+pub struct Probe<T> {
+    triad: Triad,
+    par: Par,
+    start: Machine,
+    samples: Vec<Machine>,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: Real> Probe<T> {
+    /// Measures the machine (bandwidth over `mib` MiB per array).
+    pub fn new(par: Par, mib: usize) -> Self {
+        let mut triad = Triad::new(mib * (1 << 20) / 8, par);
+        let start = Machine {
+            threads: if par == Par::Rayon {
+                rayon::current_num_threads()
+            } else {
+                1
+            },
+            isa: kernels::isa().name(),
+            bandwidth: triad.sample(5),
+            peak_flops: peak_flops::<T>(par),
+        };
+        Probe {
+            triad,
+            par,
+            start,
+            samples: Vec::new(),
+            _t: std::marker::PhantomData,
+        }
     }
+
+    /// One more measurement of the bandwidth (best of 3 triads) and the compute peak.
+    pub fn sample(&mut self) -> Machine {
+        let m = Machine {
+            bandwidth: self.triad.sample(3),
+            peak_flops: peak_flops::<T>(self.par),
+            ..self.start
+        };
+        self.samples.push(m);
+        m
+    }
+
+    /// The limits measured at the start.
+    pub fn machine(&self) -> Machine {
+        self.start
+    }
+
+    /// The median of the samples so far (the start's measurement if none).
+    pub fn median(&self) -> Machine {
+        if self.samples.is_empty() {
+            return self.start;
+        }
+        let med = |f: fn(&Machine) -> f64| median(self.samples.iter().map(f).collect());
+        Machine {
+            bandwidth: med(|m| m.bandwidth),
+            peak_flops: med(|m| m.peak_flops),
+            ..self.start
+        }
+    }
+}
+
+/// The median (the upper one for an even count) of a non-empty list.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Measures the machine once (bandwidth over `mib` MiB per array).
+pub fn machine<T: Real>(par: Par, mib: usize) -> Machine {
+    Probe::<T>::new(par, mib).machine()
 }
 
 /// One shape's step timing against the roofline.
@@ -130,9 +219,13 @@ pub struct StepBench {
     pub achieved_gb_s: f64,
     pub achieved_gflop_s: f64,
     pub roofline_s: f64,
-    /// "memory" or "compute": which bound is the larger.
+    /// "memory" or "compute": which bound is the larger (at the median limits).
     pub bound: &'static str,
+    /// Median over steps of the roofline at the limits sampled before the step, over
+    /// the step's time.
     pub fraction: f64,
+    /// The median of the limits sampled before the steps.
+    pub machine: Machine,
 }
 
 /// Bytes moved and FLOPs of one GD step.
@@ -145,8 +238,14 @@ pub fn step_cost(dims: &Dims, elem: usize) -> (f64, f64) {
 }
 
 /// Times `steps` GD steps (after one warm-up) of the chizat-julia tanh network of shape
-/// `dims`; returns the median seconds per step.
-pub fn time_step<T: Real>(dims: &Dims, steps: usize, par: Par) -> f64 {
+/// `dims`, calling `between` right before each; returns the seconds of each step (NaN
+/// for all if the network diverged).
+pub fn time_steps<T: Real>(
+    dims: &Dims,
+    steps: usize,
+    par: Par,
+    between: &mut dyn FnMut(),
+) -> Vec<f64> {
     let p = Parametrization::preset("chizat-julia").expect("preset exists");
     let r = p.resolve(dims);
     let data = Data::synthetic(dims.din, dims.dout, dims.n, 1);
@@ -154,6 +253,9 @@ pub fn time_step<T: Real>(dims: &Dims, steps: usize, par: Par) -> f64 {
     let mut ws = Workspace::new(&w, dims.n);
     let mut times = Vec::with_capacity(steps);
     for k in 0..=steps {
+        if k > 0 {
+            between();
+        }
         let t = Instant::now();
         let ok =
             train::forward(&mut w, &data, &r, Activation::Tanh, &mut ws, par, k).and_then(|_| {
@@ -162,23 +264,45 @@ pub fn time_step<T: Real>(dims: &Dims, steps: usize, par: Par) -> f64 {
         // The bench network is small-loss tanh; divergence would be a bug worth seeing.
         if let Err(e) = ok {
             eprintln!("bench: {e}");
-            return f64::NAN;
+            return vec![f64::NAN; steps.max(1)];
         }
         if k > 0 {
             times.push(t.elapsed().as_secs_f64());
         }
     }
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    times
 }
 
-/// Benchmarks one shape against the machine's roofline.
-pub fn bench_shape<T: Real>(dims: &Dims, steps: usize, par: Par, mach: &Machine) -> StepBench {
-    let sec = time_step::<T>(dims, steps, par);
+/// Benchmarks one shape against the machine's roofline. Each timed step follows a
+/// sample of the machine's limits ([`Probe::sample`]), and is compared with it: the
+/// fraction is the median over steps of (that sample's roofline / the step's time).
+/// Seconds per step, the limits and the roofline are the medians over the steps.
+pub fn bench_shape<T: Real>(
+    dims: &Dims,
+    steps: usize,
+    par: Par,
+    probe: &mut Probe<T>,
+) -> StepBench {
+    let steps = steps.max(1);
+    let mut machines = Vec::with_capacity(steps);
+    let times = time_steps::<T>(dims, steps, par, &mut || machines.push(probe.sample()));
     let (bytes, flops) = step_cost(dims, std::mem::size_of::<T>());
-    let t_mem = bytes / mach.bandwidth;
-    let t_cpu = flops / mach.peak_flops;
-    let roof = t_mem.max(t_cpu);
+    let roof = |m: &Machine| (bytes / m.bandwidth).max(flops / m.peak_flops);
+    let fraction = median(
+        machines
+            .iter()
+            .zip(&times)
+            .map(|(m, t)| roof(m) / t)
+            .collect(),
+    );
+    let med = |f: fn(&Machine) -> f64| median(machines.iter().map(f).collect());
+    let mach = Machine {
+        bandwidth: med(|m| m.bandwidth),
+        peak_flops: med(|m| m.peak_flops),
+        ..probe.machine()
+    };
+    let sec = median(times);
+    let (t_mem, t_cpu) = (bytes / mach.bandwidth, flops / mach.peak_flops);
     StepBench {
         dims: *dims,
         dtype: T::NAME,
@@ -187,8 +311,9 @@ pub fn bench_shape<T: Real>(dims: &Dims, steps: usize, par: Par, mach: &Machine)
         flops,
         achieved_gb_s: bytes / sec / 1e9,
         achieved_gflop_s: flops / sec / 1e9,
-        roofline_s: roof,
+        roofline_s: t_mem.max(t_cpu),
         bound: if t_mem >= t_cpu { "memory" } else { "compute" },
-        fraction: roof / sec,
+        fraction,
+        machine: mach,
     }
 }

@@ -447,17 +447,20 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
     use reslim::bench;
     let par = Par::Rayon;
     eprintln!("measuring memory bandwidth and compute peak...");
-    let mach = bench::machine::<T>(par, 256);
+    let mut probe = bench::Probe::<T>::new(par, 256);
+    let machine_line = |m: &bench::Machine, when: &str| {
+        println!(
+            "machine ({when}): {} threads, {}, triad bandwidth {:.1} GB/s, {} multiply-add peak {:.1} GFLOP/s",
+            m.threads,
+            m.isa,
+            m.bandwidth / 1e9,
+            T::NAME,
+            m.peak_flops / 1e9
+        )
+    };
+    machine_line(&probe.machine(), "at the start");
     println!(
-        "machine: {} threads, {}, triad bandwidth {:.1} GB/s, {} multiply-add peak {:.1} GFLOP/s",
-        mach.threads,
-        mach.isa,
-        mach.bandwidth / 1e9,
-        T::NAME,
-        mach.peak_flops / 1e9
-    );
-    println!(
-        "{:>5} {:>5} {:>5} {:>3} {:>11} {:>10} {:>8} {:>8} {:>11} {:>7} {:>9} {:>10}",
+        "{:>5} {:>5} {:>5} {:>3} {:>11} {:>10} {:>8} {:>8} {:>8} {:>11} {:>7} {:>9} {:>10}",
         "L",
         "M",
         "D",
@@ -466,6 +469,7 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
         "MB/step",
         "GB/s",
         "GFLOP/s",
+        "triad",
         "roofline s",
         "bound",
         "fraction",
@@ -490,14 +494,14 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
             );
             continue;
         }
-        let r = bench::bench_shape::<T>(&dims, a.steps, par, &mach);
+        let r = bench::bench_shape::<T>(&dims, a.steps, par, &mut probe);
         let peer = if a.no_peer {
             None
         } else {
-            run_peer(&a.peers, &dims, T::NAME, mach.threads)
+            run_peer(&a.peers, &dims, T::NAME, r.machine.threads)
         };
         println!(
-            "{:>5} {:>5} {:>5} {:>3} {:>11.5} {:>10.1} {:>8.1} {:>8.1} {:>11.5} {:>7} {:>8.0}% {:>10}",
+            "{:>5} {:>5} {:>5} {:>3} {:>11.5} {:>10.1} {:>8.1} {:>8.1} {:>8.1} {:>11.5} {:>7} {:>8.0}% {:>10}",
             a.l,
             s,
             s,
@@ -506,6 +510,7 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
             r.bytes / 1e6,
             r.achieved_gb_s,
             r.achieved_gflop_s,
+            r.machine.bandwidth / 1e9,
             r.roofline_s,
             r.bound,
             100.0 * r.fraction,
@@ -516,8 +521,9 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
         );
         rows.push(serde_json::json!({"bench": r, "numpy_fused_s": peer}));
     }
+    machine_line(&probe.median(), "median of the samples beside the steps");
     if let Some(p) = &a.json {
-        let j = serde_json::json!({"machine": mach, "rows": rows});
+        let j = serde_json::json!({"machine": probe.machine(), "rows": rows});
         reslim::io::atomic_write(p, serde_json::to_string_pretty(&j)?.as_bytes())?;
     }
     Ok(())
