@@ -1269,6 +1269,24 @@ pub enum Par {
     Rayon,
 }
 
+impl Par {
+    /// Runs `f` where its parallel calls are cheapest: with [`Par::Rayon`] on a thread
+    /// that is not one of the pool's workers (the binary's main thread), on a worker of
+    /// the current pool. A parallel call made from outside the pool injects its job and
+    /// puts the caller to sleep until the workers are done, two wake-ups per call; from a
+    /// worker it forks and joins on the pool's own queues. The GD step makes about five
+    /// parallel calls per layer, so this is one wake-up per pass instead of hundreds
+    /// (M = D = 100, L = 50, 2 threads: 7.2-7.9 ms per step against 8.5-9.2).
+    pub fn on_workers<R: Send>(self, f: impl FnOnce() -> R + Send) -> R {
+        if self == Par::Seq || rayon::current_thread_index().is_some() {
+            return f();
+        }
+        let mut out = None;
+        rayon::scope(|s| s.spawn(|_| out = Some(f())));
+        out.expect("the spawned job ran")
+    }
+}
+
 /// Runs the dot kernel over rows [0, m): sequentially, or in blocks of [`ROW_BLOCK`] rows
 /// over the rayon pool.
 fn run_dot_rows<T: Real>(args: &DotArgs<T>, m: usize, par: Par) {

@@ -322,7 +322,7 @@ pub fn forward<T: Real>(
             what: "h",
         });
     }
-    forward_blocks(w, r, act, ws, par, step, n)?;
+    par.on_workers(|| forward_blocks(w, r, act, ws, par, step, n))?;
     let h_last = &ws.h[l_n * n * d..];
     let loss = readout(&w.wu, data, r, h_last, d, &mut ws.f, &mut ws.dldf);
     if !loss.is_finite() {
@@ -529,7 +529,7 @@ pub fn backward_update<T: Real>(
     let h_last = &ws.h[l_n * n * d..(l_n + 1) * n * d];
     head_backward(&mut w.wu, data, r, eta, &ws.dldf, h_last, d, &mut ws.g);
     let _ = act;
-    backward_blocks(w, r, eta, ws, par, step, n)?;
+    par.on_workers(|| backward_blocks(w, r, eta, ws, par, step, n))?;
     embed_update(&mut w.we, data, r, eta, &ws.g, d);
     let bad = |v: &[T]| !all_finite(v);
     if bad(&w.we) || bad(&w.wu) {
