@@ -93,11 +93,6 @@ impl Triad {
     }
 }
 
-/// STREAM triad bandwidth in bytes/s over `len` f64 per array, best of `reps`.
-pub fn triad_bandwidth(len: usize, reps: usize, par: Par) -> f64 {
-    Triad::new(len, par).sample(reps)
-}
-
 /// Fused multiply-add peak in FLOP/s (2 per FMA) on every thread of the pool, with the
 /// kernels' own instruction set and vector width: independent register-resident chains
 /// per thread (12 vectors, 6 on AVX2's 16 registers).
@@ -201,11 +196,6 @@ impl<T: Real> Probe<T> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-/// Measures the machine once (bandwidth over `mib` MiB per array).
-pub fn machine<T: Real>(par: Par, mib: usize) -> Machine {
-    Probe::<T>::new(par, mib).machine()
 }
 
 /// One shape's step timing against the roofline.

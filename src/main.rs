@@ -523,7 +523,11 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
     }
     machine_line(&probe.median(), "median of the samples beside the steps");
     if let Some(p) = &a.json {
-        let j = serde_json::json!({"machine": probe.machine(), "rows": rows});
+        let j = serde_json::json!({
+            "machine": probe.machine(),
+            "machine_median": probe.median(),
+            "rows": rows
+        });
         reslim::io::atomic_write(p, serde_json::to_string_pretty(&j)?.as_bytes())?;
     }
     Ok(())
