@@ -44,9 +44,14 @@
 //! GB/s over that of a plain parallel read or read-write of the same weights, median of
 //! 15 interleaved rounds) chose the AVX2 tiles: read-only dot 0.64 with 2 rows x 3
 //! vectors, 0.50 with 1 x 6 and 0.55 on row blocks and column segments; the blocked
-//! dot with update ([`dot_blocked_n`], pairs of rows updated together) and the register
-//! tiles for the read-only axpy ([`axpy_ro_impl`]) were each the best of their variants,
-//! if by less than the noise between rounds.
+//! dot with update ([`dot_blocked_n`], pairs of rows updated together) was the best of
+//! its variants, if by less than the noise between rounds. The read-only axpy takes the
+//! row blocks of [`axpy_blk`] up to 12 vectors, as on the other instruction sets: timed
+//! inside the step (M = D = 500, N = 10, 2 threads), its forward pass fell from 13-14 ms
+//! with the register tiles of [`axpy_ro_impl`] to 9-10 ms, and the whole step from
+//! about 60 to 53 ms; thin shapes of the f32 paper grid gained too (M = 100, D = 2000:
+//! 0.86-0.88 s per task against 1.03-1.16 s, `cargo bench --bench task`). The microbench
+//! of a lone kernel (`cargo bench --bench step`) had favoured the tiles.
 
 #![allow(clippy::needless_range_loop)] // SIMD lanes and register arrays are indexed.
 
@@ -268,7 +273,7 @@ mod avx2_impl {
                 const DOT_GROUP: usize = 3;
                 const AXPY_GROUP: usize = 6;
                 const AXPY_CHUNKS: usize = 1;
-                const AXPY_TILED_FROM: usize = 1;
+                const AXPY_TILED_FROM: usize = 13;
                 const DOT_BLOCKED: bool = true;
                 #[inline(always)]
                 unsafe fn zero() -> Self::V {
