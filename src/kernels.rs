@@ -1456,7 +1456,18 @@ unsafe fn axpy_segs<T: Real, S: Vector<T>, const N: usize>(x: &AxpyArgs<T>, k0: 
             let c1 = ((k + 1) * seg).min(dv);
             if c0 < c1 {
                 let mut m = 0;
-                if x.b.is_some() {
+                if x.b.is_some() && S::REGISTERS <= 8 {
+                    // With 16 registers (coefficients broadcast at each use), blocks of
+                    // 3 rows: per target, 10 loads (its two halves, the vector's, 2 x 3
+                    // broadcasts) and 2 stores feed 12 multiply-adds, against 8 and 2 for
+                    // 8 with 2 rows. Inside the step (M = D =
+                    // 500, N = 10, 2 threads), the backward U pass took 15.0-15.5 ms at
+                    // best of 4-10 interleaved rounds against 15.7-16.8 ms with 2 rows.
+                    while m + 3 <= x.m {
+                        axpy_blk::<T, S, 3, N>(x, m, c0, c1);
+                        m += 3;
+                    }
+                } else if x.b.is_some() {
                     // With the update, blocks of 2 rows: 4 rows' 2 x 4 x N coefficient
                     // splats spill to the stack, and their reloads saturate the load
                     // ports (M = D = 1000, N = 10, f64, 2 threads: 19.2 vs 16.8 GB/s;
