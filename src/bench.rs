@@ -10,6 +10,10 @@
 //!   and written once backward, `6 L M D` values (the activations, O(L N (M + D)),
 //!   are counted too). FLOPs: `12 N L M D` (three multiply-adds per weight and sample)
 //!   plus the activations' small terms.
+//! - Where the time goes: each step's [`train::PassTimes`] (the four weight passes, the
+//!   activation, `G = sigma'(p) q`; the rest of the step as the remainder), medians over
+//!   the timed steps, and each weight pass's GB/s (one tensor of L M D values read, or
+//!   read and written), to set against the triad.
 //! - Roofline time = max(bytes / bandwidth, flops / peak); fraction = roofline / measured.
 //!   On a shared machine the bandwidth left free drifts by tens of percent within
 //!   minutes, so the bandwidth and peak are sampled again right before every timed step
@@ -216,6 +220,25 @@ pub struct StepBench {
     pub fraction: f64,
     /// The median of the limits sampled before the steps.
     pub machine: Machine,
+    /// Seconds per step in each part of the L blocks (the median over the timed steps,
+    /// part by part; [`train::PassTimes`]).
+    pub passes: train::PassTimes,
+    /// The median over steps of the rest of the step (its time less its parts'):
+    /// embedding, readout, head and embedding updates.
+    pub other_s: f64,
+}
+
+impl StepBench {
+    /// GB/s of each weight pass (forward U, forward V, backward V, backward U): one
+    /// tensor of L M D values read (forward) or read and written (backward).
+    pub fn pass_gb_s(&self) -> [f64; 4] {
+        let d = &self.dims;
+        let elem = if self.dtype == "f32" { 4 } else { 8 };
+        let tensor = (d.l * d.m * d.d * elem) as f64;
+        let t = self.passes.weight_passes();
+        let times = [1.0, 1.0, 2.0, 2.0];
+        std::array::from_fn(|i| times[i] * tensor / t[i] / 1e9)
+    }
 }
 
 /// Bytes moved and FLOPs of one GD step.
@@ -229,19 +252,20 @@ pub fn step_cost(dims: &Dims, elem: usize) -> (f64, f64) {
 
 /// Times `steps` GD steps (after one warm-up) of the chizat-julia tanh network of shape
 /// `dims`, calling `between` right before each; returns the seconds of each step (NaN
-/// for all if the network diverged).
+/// for all if the network diverged) and the time of each step's parts.
 pub fn time_steps<T: Real>(
     dims: &Dims,
     steps: usize,
     par: Par,
     between: &mut dyn FnMut(),
-) -> Vec<f64> {
+) -> (Vec<f64>, Vec<train::PassTimes>) {
     let p = Parametrization::preset("chizat-julia").expect("preset exists");
     let r = p.resolve(dims);
     let data = Data::synthetic(dims.din, dims.dout, dims.n, 1);
     let mut w = Weights::<T>::draw(dims, &r, 1, 1, par == Par::Rayon);
     let mut ws = Workspace::new(&w, dims.n);
     let mut times = Vec::with_capacity(steps);
+    let mut parts = Vec::with_capacity(steps);
     for k in 0..=steps {
         if k > 0 {
             between();
@@ -254,13 +278,19 @@ pub fn time_steps<T: Real>(
         // The bench network is small-loss tanh; divergence would be a bug worth seeing.
         if let Err(e) = ok {
             eprintln!("bench: {e}");
-            return vec![f64::NAN; steps.max(1)];
+            let nan = train::PassTimes {
+                forward_u: f64::NAN,
+                ..Default::default()
+            };
+            return (vec![f64::NAN; steps.max(1)], vec![nan; steps.max(1)]);
         }
+        let part = ws.take_times();
         if k > 0 {
             times.push(t.elapsed().as_secs_f64());
+            parts.push(part);
         }
     }
-    times
+    (times, parts)
 }
 
 /// Benchmarks one shape against the machine's roofline. Each timed step follows a
@@ -275,7 +305,23 @@ pub fn bench_shape<T: Real>(
 ) -> StepBench {
     let steps = steps.max(1);
     let mut machines = Vec::with_capacity(steps);
-    let times = time_steps::<T>(dims, steps, par, &mut || machines.push(probe.sample()));
+    let (times, parts) = time_steps::<T>(dims, steps, par, &mut || machines.push(probe.sample()));
+    let part = |f: fn(&train::PassTimes) -> f64| median(parts.iter().map(f).collect());
+    let passes = train::PassTimes {
+        forward_u: part(|p| p.forward_u),
+        activation: part(|p| p.activation),
+        forward_v: part(|p| p.forward_v),
+        backward_v: part(|p| p.backward_v),
+        between: part(|p| p.between),
+        backward_u: part(|p| p.backward_u),
+    };
+    let other_s = median(
+        times
+            .iter()
+            .zip(&parts)
+            .map(|(t, p)| t - p.total())
+            .collect(),
+    );
     let (bytes, flops) = step_cost(dims, std::mem::size_of::<T>());
     let roof = |m: &Machine| (bytes / m.bandwidth).max(flops / m.peak_flops);
     let fraction = median(
@@ -305,5 +351,7 @@ pub fn bench_shape<T: Real>(
         bound: if t_mem >= t_cpu { "memory" } else { "compute" },
         fraction,
         machine: mach,
+        passes,
+        other_s,
     }
 }

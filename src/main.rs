@@ -476,6 +476,7 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
         "numpy s"
     );
     let mut rows = Vec::new();
+    let mut benches = Vec::new();
     for &s in &a.sizes {
         let dims = reslim::param::Dims {
             l: a.l,
@@ -520,8 +521,36 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
             }
         );
         rows.push(serde_json::json!({"bench": r, "numpy_fused_s": peer}));
+        benches.push(r);
     }
     machine_line(&probe.median(), "median of the samples beside the steps");
+    if !benches.is_empty() {
+        println!(
+            "where the step's time goes, ms per step (GB/s of each weight pass, against the triad's):"
+        );
+        println!(
+            "{:>5} {:>5}  {:>14} {:>6} {:>14} {:>14} {:>6} {:>14} {:>6}",
+            "M", "D", "forward U", "sigma", "forward V", "backward V", "G", "backward U", "rest"
+        );
+        for r in &benches {
+            let ms = |s: f64| s * 1e3;
+            let gb = r.pass_gb_s();
+            let t = r.passes.weight_passes();
+            let pass = |i: usize| format!("{:.2} ({:.1})", ms(t[i]), gb[i]);
+            println!(
+                "{:>5} {:>5}  {:>14} {:>6.2} {:>14} {:>14} {:>6.2} {:>14} {:>6.2}",
+                r.dims.m,
+                r.dims.d,
+                pass(0),
+                ms(r.passes.activation),
+                pass(1),
+                pass(2),
+                ms(r.passes.between),
+                pass(3),
+                ms(r.other_s)
+            );
+        }
+    }
     if let Some(p) = &a.json {
         let j = serde_json::json!({
             "machine": probe.machine(),

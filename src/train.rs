@@ -122,8 +122,58 @@ pub struct History {
     pub layer_steps: Vec<usize>,
 }
 
+/// Seconds spent in each part of the step's L blocks, summed over layers (and over
+/// steps) since the workspace was made or [`Workspace::take_times`] last read them: the
+/// four weight passes and what lies between them, named by tensor whatever the
+/// [`Layout`]. One `Instant` per part and layer (tens of nanoseconds against the
+/// microseconds of a pass). `reslim bench` reports them, with the rest of the step
+/// (embedding, readout, head and embedding updates) as its remainder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PassTimes {
+    /// Forward over U: `p = m_U U^T h_l`.
+    pub forward_u: f64,
+    /// Forward: `sigma(p)`, `sigma'(p)` and `m_V sigma(p)`.
+    pub activation: f64,
+    /// Forward over V: `h_{l+1} = h_l + m_V V sigma(p)`, and the finiteness check of
+    /// `h_{l+1}`.
+    pub forward_v: f64,
+    /// Backward over V: `q = m_V V^T g` fused with V's update.
+    pub backward_v: f64,
+    /// Backward: `G = sigma'(p) q` and the coefficients of the U pass.
+    pub between: f64,
+    /// Backward over U: `g_l = g + m_U U G` fused with U's update, and the finiteness
+    /// check of `g_l`.
+    pub backward_u: f64,
+}
+
+impl PassTimes {
+    /// The four weight passes (forward U, forward V, backward V, backward U).
+    pub fn weight_passes(&self) -> [f64; 4] {
+        [
+            self.forward_u,
+            self.forward_v,
+            self.backward_v,
+            self.backward_u,
+        ]
+    }
+
+    /// All parts together.
+    pub fn total(&self) -> f64 {
+        self.weight_passes().iter().sum::<f64>() + self.activation + self.between
+    }
+}
+
+/// Adds the time since `t` to `acc` and restarts `t`.
+fn lap(t: &mut std::time::Instant, acc: &mut f64) {
+    let now = std::time::Instant::now();
+    *acc += (now - *t).as_secs_f64();
+    *t = now;
+}
+
 /// Scratch memory of the step, allocated once per run.
 pub struct Workspace<T> {
+    /// Where the blocks' time went ([`PassTimes`]).
+    times: PassTimes,
     /// (L+1) x N x D: h_l for every layer, sample-major.
     h: Aligned<T>,
     /// L x M x N: pre-activations, and sigma, sigma' at them (kept for the backward
@@ -160,6 +210,7 @@ impl<T: Real> Workspace<T> {
         let d = w.dims;
         let t = if rows_m { d.d * n } else { 0 };
         Workspace {
+            times: PassTimes::default(),
             rows_m,
             ta: Aligned::zeroed(t),
             tb: Aligned::zeroed(t),
@@ -183,6 +234,12 @@ impl<T: Real> Workspace<T> {
         let n = dims.n;
         ((dims.l + 1) * n * dims.d + 3 * dims.l * dims.m * n + 3 * dims.m * n + 5 * n * dims.d)
             * std::mem::size_of::<T>()
+    }
+
+    /// The time per part of the step since the last call (or since the workspace was
+    /// made), resetting it.
+    pub fn take_times(&mut self) -> PassTimes {
+        std::mem::take(&mut self.times)
     }
 
     /// h_l as N x D (sample-major).
@@ -370,12 +427,14 @@ fn forward_blocks<T: Real>(
     let k = Scales::new(r, 0.0);
     let nd = n * w.dims.d;
     for l in 0..w.dims.l {
-        if ws.rows_m {
-            forward_layer_rows_m(w, k, act, ws, par, n, l);
+        let mut t = if ws.rows_m {
+            forward_layer_rows_m(w, k, act, ws, par, n, l)
         } else {
-            forward_layer_rows_d(w, k, act, ws, par, n, l);
-        }
-        if !all_finite(&ws.h[(l + 1) * nd..(l + 2) * nd]) {
+            forward_layer_rows_d(w, k, act, ws, par, n, l)
+        };
+        let finite = all_finite(&ws.h[(l + 1) * nd..(l + 2) * nd]);
+        lap(&mut t, &mut ws.times.forward_v);
+        if !finite {
             return Err(TrainError::Diverged {
                 step,
                 layer: Some(l + 1),
@@ -386,7 +445,8 @@ fn forward_blocks<T: Real>(
     Ok(())
 }
 
-/// Block l of the forward pass, weights as rows of D (U_l^T, V_l^T: M x D).
+/// Block l of the forward pass, weights as rows of D (U_l^T, V_l^T: M x D). Returns
+/// the clock of its last [`lap`] (the V pass is still running on it).
 fn forward_layer_rows_d<T: Real>(
     w: &mut Weights<T>,
     k: Scales<T>,
@@ -395,7 +455,8 @@ fn forward_layer_rows_d<T: Real>(
     par: Par,
     n: usize,
     l: usize,
-) {
+) -> std::time::Instant {
+    let mut t = std::time::Instant::now();
     let (m, d) = (w.dims.m, w.dims.d);
     let (lo, hi) = ws.h.split_at_mut((l + 1) * n * d);
     let h_l = &lo[l * n * d..];
@@ -403,12 +464,15 @@ fn forward_layer_rows_d<T: Real>(
     let p = &mut ws.p[l * m * n..(l + 1) * m * n];
     let ut = &mut w.ut[l * m * d..(l + 1) * m * d];
     kernels::dot_rows(ut, m, d, h_l, n, None, k.mu, p, par);
+    lap(&mut t, &mut ws.times.forward_u);
     let sl = &mut ws.s[l * m * n..(l + 1) * m * n];
     let dsl = &mut ws.ds[l * m * n..(l + 1) * m * n];
     activate(act, k.mv, p, sl, dsl, &mut ws.ca, par);
+    lap(&mut t, &mut ws.times.activation);
     h_next.copy_from_slice(h_l);
     let vt = &mut w.vt[l * m * d..(l + 1) * m * d];
     kernels::axpy_rows(vt, m, d, &ws.ca, None, &[], n, h_next, par);
+    t
 }
 
 /// `t[j][i] = c * a[i][j]` for `a`: rows x cols (row-major), `t`: cols x rows.
@@ -427,6 +491,8 @@ fn transpose_scaled<T: Real>(a: &[T], rows: usize, cols: usize, c: T, t: &mut [T
 /// p_l^T[n] = sum_d (m_U h_l[n][d]) U_l[d]          (kernels::axpy_rows over U_l)
 /// h_{l+1}[n][d] = h_l[n][d] + m_V <V_l[d], sigma(p_l)^T[n]>   (kernels::dot_rows over V_l)
 /// ```
+///
+/// Returns the clock of its last [`lap`], as [`forward_layer_rows_d`] does.
 fn forward_layer_rows_m<T: Real>(
     w: &mut Weights<T>,
     k: Scales<T>,
@@ -435,7 +501,8 @@ fn forward_layer_rows_m<T: Real>(
     par: Par,
     n: usize,
     l: usize,
-) {
+) -> std::time::Instant {
+    let mut t = std::time::Instant::now();
     let (m, d) = (w.dims.m, w.dims.d);
     let (lo, hi) = ws.h.split_at_mut((l + 1) * n * d);
     let h_l = &lo[l * n * d..];
@@ -445,9 +512,11 @@ fn forward_layer_rows_m<T: Real>(
     transpose_scaled(h_l, n, d, k.mu, &mut ws.ta);
     let u = &mut w.ut[l * m * d..(l + 1) * m * d];
     kernels::axpy_rows(u, d, m, &ws.ta, None, &[], n, p, par);
+    lap(&mut t, &mut ws.times.forward_u);
     let sl = &mut ws.s[l * m * n..(l + 1) * m * n];
     let dsl = &mut ws.ds[l * m * n..(l + 1) * m * n];
     activate(act, k.mv, p, sl, dsl, &mut ws.ca, par);
+    lap(&mut t, &mut ws.times.activation);
     let v = &mut w.vt[l * m * d..(l + 1) * m * d];
     kernels::dot_rows(v, d, m, sl, n, None, k.mv, &mut ws.tout, par);
     for s in 0..n {
@@ -455,6 +524,7 @@ fn forward_layer_rows_m<T: Real>(
             h_next[s * d + dd] = h_l[s * d + dd] + ws.tout[dd * n + s];
         }
     }
+    t
 }
 
 /// Matching chunks of p, sigma(p), sigma'(p) and m_V sigma(p).
@@ -555,12 +625,14 @@ fn backward_blocks<T: Real>(
 ) -> Result<(), TrainError> {
     let k = Scales::new(r, eta);
     for l in (0..w.dims.l).rev() {
-        if ws.rows_m {
-            backward_layer_rows_m(w, r, k, ws, par, n, l);
+        let mut t = if ws.rows_m {
+            backward_layer_rows_m(w, r, k, ws, par, n, l)
         } else {
-            backward_layer_rows_d(w, r, k, ws, par, n, l);
-        }
-        if !all_finite(&ws.g) {
+            backward_layer_rows_d(w, r, k, ws, par, n, l)
+        };
+        let finite = all_finite(&ws.g);
+        lap(&mut t, &mut ws.times.backward_u);
+        if !finite {
             return Err(TrainError::Diverged {
                 step,
                 layer: Some(l),
@@ -572,7 +644,8 @@ fn backward_blocks<T: Real>(
 }
 
 /// Block l of the backward pass fused with the update, weights as rows of D: `ws.g`
-/// goes from g_{l+1} to g_l.
+/// goes from g_{l+1} to g_l. Returns the clock of its last [`lap`] (the U pass is still
+/// running on it).
 fn backward_layer_rows_d<T: Real>(
     w: &mut Weights<T>,
     r: &Resolved,
@@ -581,7 +654,8 @@ fn backward_layer_rows_d<T: Real>(
     par: Par,
     n: usize,
     l: usize,
-) {
+) -> std::time::Instant {
+    let mut t = std::time::Instant::now();
     let (m, d) = (w.dims.m, w.dims.d);
     let sl = &ws.s[l * m * n..(l + 1) * m * n];
     let dsl = &ws.ds[l * m * n..(l + 1) * m * n];
@@ -596,6 +670,7 @@ fn backward_layer_rows_d<T: Real>(
         None
     };
     kernels::dot_rows(vt, m, d, &ws.g, n, coef, k.mv, &mut ws.q, par);
+    lap(&mut t, &mut ws.times.backward_v);
     // G = sigma'(p) q; U pass: g_l = g + m_U U G, U -= eta lr_U m_U h G^T.
     for ((a, b), (&dv, &qv)) in ws
         .ca
@@ -608,11 +683,13 @@ fn backward_layer_rows_d<T: Real>(
         *b = k.cu * gv;
     }
     ws.g2.copy_from_slice(&ws.g);
+    lap(&mut t, &mut ws.times.between);
     let ut = &mut w.ut[l * m * d..(l + 1) * m * d];
     let h_l = &ws.h[l * n * d..(l + 1) * n * d];
     let b = if r.u.trained { Some(&ws.cb[..]) } else { None };
     kernels::axpy_rows(ut, m, d, &ws.ca, b, h_l, n, &mut ws.g2, par);
     std::mem::swap(&mut ws.g, &mut ws.g2);
+    t
 }
 
 /// Block l of the backward pass fused with the update, weights as rows of M
@@ -625,6 +702,8 @@ fn backward_layer_rows_d<T: Real>(
 /// g_l[n][d] = g[n][d] + m_U <U_l[d], G_l^T[n]>;  U_l[d] -= sum_n (eta lr_U m_U h_l[n][d]) G_l^T[n]
 ///                                                              (kernels::dot_rows over U_l)
 /// ```
+///
+/// Returns the clock of its last [`lap`], as [`backward_layer_rows_d`] does.
 fn backward_layer_rows_m<T: Real>(
     w: &mut Weights<T>,
     r: &Resolved,
@@ -633,7 +712,8 @@ fn backward_layer_rows_m<T: Real>(
     par: Par,
     n: usize,
     l: usize,
-) {
+) -> std::time::Instant {
+    let mut t = std::time::Instant::now();
     let (m, d) = (w.dims.m, w.dims.d);
     let sl = &ws.s[l * m * n..(l + 1) * m * n];
     let dsl = &ws.ds[l * m * n..(l + 1) * m * n];
@@ -648,6 +728,7 @@ fn backward_layer_rows_m<T: Real>(
     ws.q.fill(T::zero());
     let v = &mut w.vt[l * m * d..(l + 1) * m * d];
     kernels::axpy_rows(v, d, m, &ws.ta, b, sl, n, &mut ws.q, par);
+    lap(&mut t, &mut ws.times.backward_v);
     // G = sigma'(p) q; U pass: g_l = g + m_U U G, U -= eta lr_U m_U h G^T.
     for ((a, &dv), &qv) in ws.ca.iter_mut().zip(dsl).zip(&ws.q) {
         *a = dv * qv;
@@ -659,6 +740,7 @@ fn backward_layer_rows_m<T: Real>(
     } else {
         None
     };
+    lap(&mut t, &mut ws.times.between);
     let u = &mut w.ut[l * m * d..(l + 1) * m * d];
     kernels::dot_rows(u, d, m, &ws.ca, n, coef, k.mu, &mut ws.tout, par);
     for s in 0..n {
@@ -666,6 +748,7 @@ fn backward_layer_rows_m<T: Real>(
             ws.g[s * d + dd] += ws.tout[dd * n + s];
         }
     }
+    t
 }
 
 /// Runs K steps of full-batch GD, recording each forward pass before its update.
@@ -890,6 +973,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_step_reports_the_time_of_each_part() {
+        let dims = dims();
+        let r = Parametrization::preset("chizat-julia")
+            .unwrap()
+            .resolve(&dims);
+        let data = Data::synthetic(dims.din, dims.dout, dims.n, 2);
+        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+        let mut ws = Workspace::new(&w, data.n);
+        let t = std::time::Instant::now();
+        forward(&mut w, &data, &r, Activation::Tanh, &mut ws, Par::Seq, 0).unwrap();
+        let fwd = ws.take_times();
+        backward_update(
+            &mut w,
+            &data,
+            &r,
+            Activation::Tanh,
+            0.1,
+            &mut ws,
+            Par::Seq,
+            0,
+        )
+        .unwrap();
+        let wall = t.elapsed().as_secs_f64();
+        let bwd = ws.take_times();
+        // Each pass lands in its own field, and reading resets them.
+        assert!(fwd.forward_u > 0.0 && fwd.activation > 0.0 && fwd.forward_v > 0.0);
+        assert_eq!(
+            (fwd.backward_v, fwd.between, fwd.backward_u),
+            (0.0, 0.0, 0.0)
+        );
+        assert!(bwd.backward_v > 0.0 && bwd.between > 0.0 && bwd.backward_u > 0.0);
+        assert_eq!(
+            (bwd.forward_u, bwd.activation, bwd.forward_v),
+            (0.0, 0.0, 0.0)
+        );
+        assert!(fwd.total() + bwd.total() <= wall);
+        assert_eq!(ws.take_times(), PassTimes::default());
     }
 
     #[test]
