@@ -452,3 +452,56 @@ fn exhaustive_f32() {
     );
     assert!(worst <= 1.5);
 }
+
+/// Special values on every path, alone and in every lane position of a vector: NaN (both
+/// signs) stays NaN in s, ds and ca; ±inf, ±0, subnormals and the clamps give the
+/// portable bits.
+#[test]
+fn special_values_on_every_path() {
+    let sp = [
+        f64::NAN,
+        -f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        0.0,
+        -0.0,
+        5e-324,
+        -1e-310,
+        0.625,
+        -0.625f64.next_down(),
+        20.0,
+        -20.0f64.next_up(),
+        10.0,
+        f64::MAX,
+        f64::MIN,
+    ];
+    for path in paths() {
+        for (k, &v) in sp.iter().enumerate() {
+            for pos in 0..19 {
+                let mut x: Vec<f64> = (0..19).map(|i| 0.1 * i as f64 - 0.9).collect();
+                x[pos] = v;
+                let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+                let (s, ds, ca) = eval(path, &x, -0.7);
+                let (s0, ds0, ca0) = eval(Path::Portable, &x, -0.7);
+                let (t, dt, ct) = eval(path, &x32, -0.7);
+                let (t0, dt0, ct0) = eval(Path::Portable, &x32, -0.7);
+                for i in 0..19 {
+                    let msg = format!("{path:?} value {k} at {pos}, lane {i}");
+                    if x[i].is_nan() {
+                        assert!(s[i].is_nan() && ds[i].is_nan() && ca[i].is_nan(), "{msg}");
+                        assert!(t[i].is_nan() && dt[i].is_nan() && ct[i].is_nan(), "{msg}");
+                    } else {
+                        let b = |v: &[f64]| v[i].to_bits();
+                        let b32 = |v: &[f32]| v[i].to_bits();
+                        assert_eq!([b(&s), b(&ds), b(&ca)], [b(&s0), b(&ds0), b(&ca0)], "{msg}");
+                        assert_eq!(
+                            [b32(&t), b32(&dt), b32(&ct)],
+                            [b32(&t0), b32(&dt0), b32(&ct0)],
+                            "{msg}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
