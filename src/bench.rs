@@ -223,22 +223,12 @@ pub struct StepBench {
     /// Seconds per step in each part of the L blocks (the median over the timed steps,
     /// part by part; [`train::PassTimes`]).
     pub passes: train::PassTimes,
+    /// GB/s of each weight pass (forward U, forward V, backward V, backward U): one
+    /// tensor of L M D values read (forward) or read and written (backward).
+    pub pass_gb_s: [f64; 4],
     /// The median over steps of the rest of the step (its time less its parts'):
     /// embedding, readout, head and embedding updates.
     pub other_s: f64,
-}
-
-impl StepBench {
-    /// GB/s of each weight pass (forward U, forward V, backward V, backward U): one
-    /// tensor of L M D values read (forward) or read and written (backward).
-    pub fn pass_gb_s(&self) -> [f64; 4] {
-        let d = &self.dims;
-        let elem = if self.dtype == "f32" { 4 } else { 8 };
-        let tensor = (d.l * d.m * d.d * elem) as f64;
-        let t = self.passes.weight_passes();
-        let times = [1.0, 1.0, 2.0, 2.0];
-        std::array::from_fn(|i| times[i] * tensor / t[i] / 1e9)
-    }
 }
 
 /// Bytes moved and FLOPs of one GD step.
@@ -280,7 +270,11 @@ pub fn time_steps<T: Real>(
             eprintln!("bench: {e}");
             let nan = train::PassTimes {
                 forward_u: f64::NAN,
-                ..Default::default()
+                activation: f64::NAN,
+                forward_v: f64::NAN,
+                backward_v: f64::NAN,
+                between: f64::NAN,
+                backward_u: f64::NAN,
             };
             return (vec![f64::NAN; steps.max(1)], vec![nan; steps.max(1)]);
         }
@@ -322,6 +316,10 @@ pub fn bench_shape<T: Real>(
             .map(|(t, p)| t - p.total())
             .collect(),
     );
+    let tensor = (dims.l * dims.m * dims.d * std::mem::size_of::<T>()) as f64;
+    let t = passes.weight_passes();
+    let reads = [1.0, 1.0, 2.0, 2.0];
+    let pass_gb_s = std::array::from_fn(|i| reads[i] * tensor / t[i] / 1e9);
     let (bytes, flops) = step_cost(dims, std::mem::size_of::<T>());
     let roof = |m: &Machine| (bytes / m.bandwidth).max(flops / m.peak_flops);
     let fraction = median(
@@ -352,6 +350,7 @@ pub fn bench_shape<T: Real>(
         fraction,
         machine: mach,
         passes,
+        pass_gb_s,
         other_s,
     }
 }

@@ -476,7 +476,6 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
         "numpy s"
     );
     let mut rows = Vec::new();
-    let mut benches = Vec::new();
     for &s in &a.sizes {
         let dims = reslim::param::Dims {
             l: a.l,
@@ -520,11 +519,10 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
                 None => "-".into(),
             }
         );
-        rows.push(serde_json::json!({"bench": r, "numpy_fused_s": peer}));
-        benches.push(r);
+        rows.push((r, peer));
     }
     machine_line(&probe.median(), "median of the samples beside the steps");
-    if !benches.is_empty() {
+    if !rows.is_empty() {
         println!(
             "where the step's time goes, ms per step (GB/s of each weight pass, against the triad's):"
         );
@@ -532,9 +530,9 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
             "{:>5} {:>5}  {:>14} {:>6} {:>14} {:>14} {:>6} {:>14} {:>6}",
             "M", "D", "forward U", "sigma", "forward V", "backward V", "G", "backward U", "rest"
         );
-        for r in &benches {
+        for (r, _) in &rows {
             let ms = |s: f64| s * 1e3;
-            let gb = r.pass_gb_s();
+            let gb = r.pass_gb_s;
             let t = r.passes.weight_passes();
             let pass = |i: usize| format!("{:.2} ({:.1})", ms(t[i]), gb[i]);
             println!(
@@ -556,6 +554,9 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
             "machine": probe.machine(),
             "machine_median": probe.median(),
             "rows": rows
+                .iter()
+                .map(|(r, peer)| serde_json::json!({"bench": r, "numpy_fused_s": peer}))
+                .collect::<Vec<_>>()
         });
         reslim::io::atomic_write(p, serde_json::to_string_pretty(&j)?.as_bytes())?;
     }
