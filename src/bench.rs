@@ -254,6 +254,7 @@ pub fn time_steps<T: Real>(
     let data = Data::synthetic(dims.din, dims.dout, dims.n, 1);
     let mut w = Weights::<T>::draw(dims, &r, 1, 1, par == Par::Rayon);
     let mut ws = Workspace::new(&w, dims.n);
+    ws.time_parts(true);
     let mut times = Vec::with_capacity(steps);
     let mut parts = Vec::with_capacity(steps);
     for k in 0..=steps {

@@ -125,8 +125,9 @@ pub struct History {
 /// Seconds spent in each part of the step's L blocks, summed over layers (and over
 /// steps) since the workspace was made or [`Workspace::take_times`] last read them: the
 /// four weight passes and what lies between them, named by tensor whatever the
-/// [`Layout`]. One `Instant` per part and layer (tens of nanoseconds against the
-/// microseconds of a pass). `reslim bench` reports them, with the rest of the step
+/// [`Layout`]. Off unless [`Workspace::time_parts`] turns it on; then one `Instant` per
+/// part and layer (tens of nanoseconds, against microseconds for a small block).
+/// `reslim bench` reports them, with the rest of the step
 /// (embedding, readout, head and embedding updates) as its remainder.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct PassTimes {
@@ -163,17 +164,28 @@ impl PassTimes {
     }
 }
 
-/// Adds the time since `t` to `acc` and restarts `t`.
-fn lap(t: &mut std::time::Instant, acc: &mut f64) {
-    let now = std::time::Instant::now();
-    *acc += (now - *t).as_secs_f64();
-    *t = now;
+/// The running clock of a block's [`lap`]s: `None` when the workspace does not time
+/// the step ([`Workspace::time_parts`]).
+type Clock = Option<std::time::Instant>;
+
+fn clock(on: bool) -> Clock {
+    on.then(std::time::Instant::now)
+}
+
+/// Adds the time since `t` to `acc` and restarts `t` (nothing when `t` is off).
+fn lap(t: &mut Clock, acc: &mut f64) {
+    if let Some(t) = t {
+        let now = std::time::Instant::now();
+        *acc += (now - *t).as_secs_f64();
+        *t = now;
+    }
 }
 
 /// Scratch memory of the step, allocated once per run.
 pub struct Workspace<T> {
-    /// Where the blocks' time went ([`PassTimes`]).
+    /// Where the blocks' time went ([`PassTimes`]), kept when `timing` is on.
     times: PassTimes,
+    timing: bool,
     /// (L+1) x N x D: h_l for every layer, sample-major.
     h: Aligned<T>,
     /// L x M x N: pre-activations, and sigma, sigma' at them (kept for the backward
@@ -211,6 +223,7 @@ impl<T: Real> Workspace<T> {
         let t = if rows_m { d.d * n } else { 0 };
         Workspace {
             times: PassTimes::default(),
+            timing: false,
             rows_m,
             ta: Aligned::zeroed(t),
             tb: Aligned::zeroed(t),
@@ -236,8 +249,13 @@ impl<T: Real> Workspace<T> {
             * std::mem::size_of::<T>()
     }
 
+    /// Whether the step keeps the time of its parts ([`PassTimes`]; off by default).
+    pub fn time_parts(&mut self, on: bool) {
+        self.timing = on;
+    }
+
     /// The time per part of the step since the last call (or since the workspace was
-    /// made), resetting it.
+    /// made), resetting it; all zero unless [`Workspace::time_parts`] is on.
     pub fn take_times(&mut self) -> PassTimes {
         std::mem::take(&mut self.times)
     }
@@ -455,8 +473,8 @@ fn forward_layer_rows_d<T: Real>(
     par: Par,
     n: usize,
     l: usize,
-) -> std::time::Instant {
-    let mut t = std::time::Instant::now();
+) -> Clock {
+    let mut t = clock(ws.timing);
     let (m, d) = (w.dims.m, w.dims.d);
     let (lo, hi) = ws.h.split_at_mut((l + 1) * n * d);
     let h_l = &lo[l * n * d..];
@@ -501,8 +519,8 @@ fn forward_layer_rows_m<T: Real>(
     par: Par,
     n: usize,
     l: usize,
-) -> std::time::Instant {
-    let mut t = std::time::Instant::now();
+) -> Clock {
+    let mut t = clock(ws.timing);
     let (m, d) = (w.dims.m, w.dims.d);
     let (lo, hi) = ws.h.split_at_mut((l + 1) * n * d);
     let h_l = &lo[l * n * d..];
@@ -654,8 +672,8 @@ fn backward_layer_rows_d<T: Real>(
     par: Par,
     n: usize,
     l: usize,
-) -> std::time::Instant {
-    let mut t = std::time::Instant::now();
+) -> Clock {
+    let mut t = clock(ws.timing);
     let (m, d) = (w.dims.m, w.dims.d);
     let sl = &ws.s[l * m * n..(l + 1) * m * n];
     let dsl = &ws.ds[l * m * n..(l + 1) * m * n];
@@ -712,8 +730,8 @@ fn backward_layer_rows_m<T: Real>(
     par: Par,
     n: usize,
     l: usize,
-) -> std::time::Instant {
-    let mut t = std::time::Instant::now();
+) -> Clock {
+    let mut t = clock(ws.timing);
     let (m, d) = (w.dims.m, w.dims.d);
     let sl = &ws.s[l * m * n..(l + 1) * m * n];
     let dsl = &ws.ds[l * m * n..(l + 1) * m * n];
@@ -984,6 +1002,9 @@ mod tests {
         let data = Data::synthetic(dims.din, dims.dout, dims.n, 2);
         let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
         let mut ws = Workspace::new(&w, data.n);
+        forward(&mut w, &data, &r, Activation::Tanh, &mut ws, Par::Seq, 0).unwrap();
+        assert_eq!(ws.take_times(), PassTimes::default(), "off by default");
+        ws.time_parts(true);
         let t = std::time::Instant::now();
         forward(&mut w, &data, &r, Activation::Tanh, &mut ws, Par::Seq, 0).unwrap();
         let fwd = ws.take_times();
