@@ -78,12 +78,10 @@ pub(crate) trait Vector<T: Real> {
     /// file: rows per read-only dot tile (1 or 2) and vectors per dot tile ...
     const DOT_ROWS: usize;
     const DOT_GROUP: usize;
-    /// ... vectors per read-only axpy tile, and its chunks of W columns (1 or 2) ...
+    /// ... vectors per read-only axpy tile (from [`AXPY_TILED_FROM`] vectors on), and
+    /// its chunks of W columns (1 or 2) ...
     const AXPY_GROUP: usize;
     const AXPY_CHUNKS: usize;
-    /// ... the fewest vectors for which the read-only axpy takes these tiles rather than
-    /// the row blocks of [`axpy_blk`] ...
-    const AXPY_TILED_FROM: usize;
     /// ... and whether the dot with update runs on row blocks and column segments
     /// ([`dot_blocked_n`]).
     const DOT_BLOCKED: bool;
@@ -115,7 +113,6 @@ macro_rules! portable {
             const DOT_GROUP: usize = 12;
             const AXPY_GROUP: usize = 12;
             const AXPY_CHUNKS: usize = 2;
-            const AXPY_TILED_FROM: usize = 13;
             const DOT_BLOCKED: bool = false;
             #[inline(always)]
             unsafe fn zero() -> Self::V {
@@ -167,7 +164,6 @@ mod avx512_impl {
         const DOT_GROUP: usize = 12;
         const AXPY_GROUP: usize = 12;
         const AXPY_CHUNKS: usize = 2;
-        const AXPY_TILED_FROM: usize = 13;
         const DOT_BLOCKED: bool = false;
         #[inline(always)]
         unsafe fn zero() -> __m512d {
@@ -212,7 +208,6 @@ mod avx512_impl {
         const DOT_GROUP: usize = 12;
         const AXPY_GROUP: usize = 12;
         const AXPY_CHUNKS: usize = 2;
-        const AXPY_TILED_FROM: usize = 13;
         const DOT_BLOCKED: bool = false;
         #[inline(always)]
         unsafe fn zero() -> __m512 {
@@ -273,7 +268,6 @@ mod avx2_impl {
                 const DOT_GROUP: usize = 3;
                 const AXPY_GROUP: usize = 6;
                 const AXPY_CHUNKS: usize = 1;
-                const AXPY_TILED_FROM: usize = 13;
                 const DOT_BLOCKED: bool = true;
                 #[inline(always)]
                 unsafe fn zero() -> Self::V {
@@ -948,6 +942,11 @@ unsafe fn dot_blocked_n<T: Real, S: Vector<T>, const N: usize>(
     }
 }
 
+/// The fewest vectors for which the read-only axpy takes the register tiles of
+/// [`axpy_ro_impl`] rather than the row blocks of [`axpy_blk`] (on every instruction
+/// set; see the module docs for the AVX2 measurement).
+const AXPY_TILED_FROM: usize = 13;
+
 /// Rows per block of the read-only axpy kernel: a tile's targets stay in registers while
 /// this many rows stream past.
 const AXPY_RO_ROWS: usize = 32;
@@ -1240,22 +1239,14 @@ macro_rules! kernels_for {
                 }
             }
             fn run_axpy(x: &AxpyArgs<Self>, t0: usize, t1: usize) {
-                // Read-only: the register tiles from `AXPY_TILED_FROM` vectors on.
-                let ro = x.b.is_none();
-                match isa() {
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 if ro && x.n >= <Avx512 as Vector<$t>>::AXPY_TILED_FROM => {
-                        dispatch!($t, axpy_ro(x, t0, t1), unreachable!())
-                    }
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2Fma if ro && x.n >= <Avx2 as Vector<$t>>::AXPY_TILED_FROM => {
-                        dispatch!($t, axpy_ro(x, t0, t1), unreachable!())
-                    }
-                    Isa::Generic if ro && x.n >= <Portable as Vector<$t>>::AXPY_TILED_FROM => {
-                        // SAFETY: as in `dispatch`.
-                        unsafe { axpy_ro_impl::<$t, Portable>(x, t0, t1) }
-                    }
-                    _ => dispatch!($t, axpy(x, t0, t1), axpy_impl::<$t, Portable>(x, t0, t1)),
+                if x.b.is_none() && x.n >= AXPY_TILED_FROM {
+                    dispatch!(
+                        $t,
+                        axpy_ro(x, t0, t1),
+                        axpy_ro_impl::<$t, Portable>(x, t0, t1)
+                    )
+                } else {
+                    dispatch!($t, axpy(x, t0, t1), axpy_impl::<$t, Portable>(x, t0, t1))
                 }
             }
             fn fma_probe(iters: usize) -> ($t, usize) {
