@@ -696,7 +696,7 @@ unsafe fn dot_rows_impl<T: Real, S: Vector<T>>(a: &DotArgs<T>, m0: usize, m1: us
 /// Read-only dot products of R (1 or 2) consecutive rows from `m` against G <= 12 of the
 /// vectors starting at vector `g0`: the R x G lane accumulators live in registers, each
 /// vector load feeds R multiply-adds. Per entry the same operations in the same order as
-/// [`dot_seg_n`] (lane-wise over D in chunks of W, then the tree and the scalar tail).
+/// [`dot_seg_n`] (lane-wise over D in chunks of W, then the tree and the tail chain).
 #[inline(always)]
 unsafe fn dot_ro_tile<T: Real, S: Vector<T>, const R: usize, const G: usize>(
     a: &DotArgs<T>,
@@ -923,7 +923,7 @@ unsafe fn update_seg<T: Real, S: Vector<T>, const R: usize, const N: usize>(
 /// segment, each row pair runs the register tiles over the vectors in groups (their
 /// accumulators carried across segments in a stash on the stack), then its update. Per
 /// entry the same operations in the same order as [`dot_seg_n`] and [`dot_ro_tile`]:
-/// lane-wise sums over D in chunks of W, the tree, the scalar tail, then the scale.
+/// lane-wise sums over D in chunks of W, the tree, the tail chain ([`dot_tail`]), then the scale.
 #[inline(always)]
 unsafe fn dot_blocked_n<T: Real, S: Vector<T>, const N: usize>(
     a: &DotArgs<T>,
