@@ -554,7 +554,7 @@ const VT_STRIDE: usize = 28;
 /// n, for the dot products across vectors ([`dot_tail`]), and as zero-padded chunks,
 /// `vpad[n * 16 + i]`, for the update across columns ([`update_tail`]). Zero elsewhere.
 /// Filled for N <= 12; with more vectors, the read-only tiles keep the scalar loop.
-pub struct Tails<T> {
+struct Tails<T> {
     vt: [T; 15 * VT_STRIDE],
     vpad: [T; 12 * 16],
 }
