@@ -5,6 +5,13 @@
 //! file is renamed over the target. A reader (or a resumed sweep) therefore sees either
 //! the old file or the complete new one, never a torn write.
 //!
+//! Temporary names carry a tag unique across processes and hosts
+//! (`.{name}.tmp-{host}-{pid}-{seq}`, [`unique_tag`]), so two processes writing into one
+//! directory, on one machine or on a cluster's shared file system, never collide; and a
+//! later run removes only the temporaries of dead processes of its own host
+//! ([`remove_stale_temps`]). [`DirLock`] keeps a second process out of an output
+//! directory while one works in it.
+//!
 //! NPY support covers what reslim exchanges with NumPy: little-endian `f8`/`f4` arrays
 //! in C order, format versions 1.0-3.0 (see the NPY format description in NumPy's
 //! `numpy.lib.format`).
@@ -34,6 +41,11 @@ pub enum IoError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    /// Another process holds the directory's lock.
+    #[error(
+        "{path} is in use by another reslim process ({holder}); wait for it to finish, or write to another output directory"
+    )]
+    Busy { path: PathBuf, holder: String },
     /// The array holds a NaN or an infinity.
     #[error("{path}: entry {index} is not finite ({value})")]
     NonFinite {
@@ -50,13 +62,204 @@ fn os(path: &Path) -> impl FnOnce(std::io::Error) -> IoError + '_ {
     }
 }
 
+/// This host's name as it appears in temporary names (characters other than ASCII
+/// letters, digits, `.` and `-` become `_`; `localhost` if it cannot be read).
+pub fn host_name() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let raw = read_host_name().unwrap_or_default();
+        let clean: String = raw
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if clean.is_empty() {
+            "localhost".into()
+        } else {
+            clean
+        }
+    })
+}
+
+#[cfg(unix)]
+fn read_host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its length; gethostname writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+#[cfg(not(unix))]
+fn read_host_name() -> Option<String> {
+    std::env::var("COMPUTERNAME").ok()
+}
+
+/// A suffix no other temporary name has: `{host}-{pid}-{seq}`, `seq` counting this
+/// process's temporaries.
+pub fn unique_tag() -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{}-{seq}", host_name(), std::process::id())
+}
+
+/// The temporary name of `name`: `.{name}.tmp-{tag}` (hidden, and recognised by
+/// [`temp_owner`]).
+pub fn temp_name(name: &str) -> String {
+    format!(".{name}.tmp-{}", unique_tag())
+}
+
+/// The (host, pid) that made a temporary name of [`temp_name`]; `None` for other names.
+pub fn temp_owner(name: &str) -> Option<(&str, u32)> {
+    if !name.starts_with('.') {
+        return None;
+    }
+    let tag = &name[name.rfind(".tmp-")? + 5..];
+    let mut parts = tag.rsplitn(3, '-');
+    let seq = parts.next()?;
+    let pid = parts.next()?;
+    let host = parts.next()?;
+    if host.is_empty() || seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((host, pid.parse().ok()?))
+}
+
+/// Whether process `pid` of this host may still be running (`true` when unsure).
+fn pid_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(p) = i32::try_from(pid) else {
+            return true;
+        };
+        if p <= 0 {
+            return true;
+        }
+        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+        let rc = unsafe { libc::kill(p, 0) };
+        rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// Removes, in `dir` and its subdirectories down to `depth` levels, the temporary files
+/// and directories ([`temp_name`]) left by processes of this host that are no longer
+/// running (a killed run's half-written files). Those of running processes and of other
+/// hosts are left alone. Returns what was removed.
+pub fn remove_stale_temps(dir: &Path, depth: usize) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return removed;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        match temp_owner(&name) {
+            Some((host, pid))
+                if host == host_name() && pid != std::process::id() && !pid_alive(pid) =>
+            {
+                let p = e.path();
+                let gone = if is_dir {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+                if gone.is_ok() {
+                    removed.push(p);
+                }
+            }
+            Some(_) => {}
+            None if is_dir && depth > 0 => {
+                removed.extend(remove_stale_temps(&e.path(), depth - 1));
+            }
+            None => {}
+        }
+    }
+    removed
+}
+
+/// An exclusive lock on a directory (`flock` on `{dir}/.lock`), held until dropped. The
+/// kernel releases it when the process ends, however it ends, so a killed run never
+/// leaves a stale lock. The lock file names its holder (pid, host, start time) for the
+/// message a second process gets.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+}
+
+impl DirLock {
+    /// Takes the lock of `dir` (created if needed), or fails at once with
+    /// [`IoError::Busy`] when another process holds it.
+    pub fn acquire(dir: &Path) -> Result<Self, IoError> {
+        fs::create_dir_all(dir).map_err(os(dir))?;
+        let path = dir.join(".lock");
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(os(&path))?;
+        #[cfg(unix)]
+        {
+            use std::io::{Read, Seek};
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid open descriptor; flock does not touch memory.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc != 0 {
+                let err = std::io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    let mut holder = String::new();
+                    let _ = file.read_to_string(&mut holder);
+                    let holder = holder.trim();
+                    return Err(IoError::Busy {
+                        path: dir.to_path_buf(),
+                        holder: if holder.is_empty() {
+                            "holder unknown".into()
+                        } else {
+                            holder.to_string()
+                        },
+                    });
+                }
+                return Err(IoError::Os { path, source: err });
+            }
+            let since = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let note = format!(
+                "pid {} on {} since unix time {since}\n",
+                std::process::id(),
+                host_name()
+            );
+            let _ = file.set_len(0);
+            let _ = file.rewind();
+            let _ = file.write_all(note.as_bytes());
+        }
+        Ok(DirLock { _file: file })
+    }
+}
+
 /// The temporary file used while writing `path` (same directory, so the rename is atomic).
 fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+    path.with_file_name(temp_name(&name))
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename). Creates the

@@ -14,6 +14,7 @@ pub mod meanfield;
 pub mod model;
 pub mod param;
 pub mod plot;
+pub mod provenance;
 pub mod report;
 pub mod rng;
 pub mod run;

@@ -51,6 +51,11 @@ struct SpiralsArgs {
     /// figures, summary.json, runs.csv.
     #[arg(long, default_value = "out/spirals")]
     out: PathBuf,
+    /// Retrain the stored runs that were made by a different spec, overwriting them.
+    /// Without it such an experiment stops and names the changed fields; stale runs are
+    /// never used.
+    #[arg(long)]
+    redo_stale: bool,
 }
 
 #[derive(Args)]
@@ -111,6 +116,11 @@ struct SweepArgs {
     /// Only collect and report what has finished; train nothing.
     #[arg(long)]
     report_only: bool,
+    /// Retrain the finished tasks whose records were made by a different spec (an edited
+    /// lr, seed, steps, read_steps, data, ...), overwriting them. Without it such a sweep
+    /// stops and names the changed fields; stale records are never used.
+    #[arg(long)]
+    redo_stale: bool,
     /// Stop after this many tasks (the sweep resumes later where it stopped).
     #[arg(long, hide = true)]
     max_tasks: Option<usize>,
@@ -297,6 +307,7 @@ fn main() -> ExitCode {
                 jobs: None,
                 plan: false,
                 report_only: false,
+                redo_stale: false,
                 max_tasks: None,
             };
             cmd_sweep(spec, &q.out, &a)
@@ -344,6 +355,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         flags.param = Some(o);
     }
     let cfg = file.overridden_by(flags).check()?;
+    reslim::run::check_out_dir(&a.out)?;
     let dims = cfg.dims;
     eprintln!(
         "training L={} M={} D={} N={} ({} / {}, {}) for {} steps, eta = {}",
@@ -392,10 +404,15 @@ fn cmd_spirals(a: SpiralsArgs) -> Result<()> {
         cfg.m0,
         rayon::current_num_threads()
     );
+    // Held until the report is written: no second process writes here meanwhile. Then
+    // the half-written files of killed runs of this host go.
+    let _lock = reslim::io::DirLock::acquire(&a.out)?;
+    reslim::io::remove_stale_temps(&a.out, 2);
     let t0 = std::time::Instant::now();
     let prog = std::sync::Mutex::new((0u64, Progress::new(total as u64, &cfg.name)));
     let reused = std::sync::atomic::AtomicUsize::new(0);
-    let runs = meanfield::run_experiment(&cfg, &a.out, &|r, status| {
+    let replaced = std::sync::atomic::AtomicUsize::new(0);
+    let runs = meanfield::run_experiment(&cfg, &a.out, a.redo_stale, &|r, status| {
         let mut p = prog.lock().unwrap_or_else(|e| e.into_inner());
         p.0 += 1;
         let note = format!(
@@ -410,13 +427,25 @@ fn cmd_spirals(a: SpiralsArgs) -> Result<()> {
                 ""
             }
         );
-        if status == RunStatus::Reused {
-            reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match status {
+            RunStatus::Reused => {
+                reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            RunStatus::Replaced => {
+                replaced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            RunStatus::Done => {}
         }
         let done = p.0;
         p.1.set(done, &note);
     })?;
     prog.lock().unwrap_or_else(|e| e.into_inner()).1.finish();
+    let replaced = replaced.into_inner();
+    if replaced > 0 {
+        eprintln!(
+            "note: {replaced} stored run(s) were unusable (unreadable, incomplete, or made by another spec) and were trained again"
+        );
+    }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let wall = t0.elapsed().as_secs_f64();
     let s =
@@ -566,8 +595,12 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
 fn cmd_sweep(spec: SweepSpec, out: &Path, a: &SweepArgs) -> Result<()> {
     let sw = spec.check()?;
     let dir = SweepDir::new(out);
+    if !a.plan {
+        // Held until the report is written: no second sweep writes here meanwhile.
+        dir.lock()?;
+    }
     let plan = sw.plan();
-    let done = plan.iter().filter(|t| dir.is_done(t)).count();
+    let survey = dir.survey(&sw);
     let work: f64 = plan.iter().map(|t| t.cost()).sum();
     let biggest = plan.iter().map(|t| sw.task_bytes(t)).max().unwrap_or(0);
     let jobs = a.jobs.unwrap_or_else(rayon::current_num_threads).max(1);
@@ -575,17 +608,42 @@ fn cmd_sweep(spec: SweepSpec, out: &Path, a: &SweepArgs) -> Result<()> {
         "sweep '{}': {} tasks ({} finished), {:.3e} parameter-steps of work, largest task needs {:.2} GB, {} parallel job(s)",
         sw.spec.name,
         plan.len(),
-        done,
+        survey.done.len(),
         work * sw.spec.steps as f64,
         biggest as f64 / 1e9,
         jobs
     );
+    for (t, why) in &survey.corrupt {
+        eprintln!(
+            "warning: task {} has unusable records and will be redone: {why}",
+            t.id()
+        );
+    }
+    if !survey.stale.is_empty() {
+        eprintln!(
+            "{}: {} finished task(s) were made by a different spec ({}); they are not used{}",
+            if a.redo_stale { "note" } else { "warning" },
+            survey.stale.len(),
+            survey.stale_fields().join("; "),
+            if a.redo_stale {
+                " and will be retrained"
+            } else {
+                ""
+            }
+        );
+    }
     if a.plan {
         for t in &plan {
+            let state = match dir.state(&sw, t) {
+                sweep::TaskState::Done(_) => "done",
+                sweep::TaskState::Missing => "todo",
+                sweep::TaskState::Stale(_) => "stale",
+                sweep::TaskState::Corrupt(_) => "corrupt",
+            };
             println!(
                 "{}\t{}\t{:.3e} bytes",
                 t.id(),
-                if dir.is_done(t) { "done" } else { "todo" },
+                state,
                 sw.task_bytes(t) as f64
             );
         }
@@ -599,6 +657,7 @@ fn cmd_sweep(spec: SweepSpec, out: &Path, a: &SweepArgs) -> Result<()> {
             jobs,
             max_tasks: a.max_tasks,
             memory_budget: 0.85 * available_memory(),
+            redo_stale: a.redo_stale,
         };
         let summary = sweep::run(&sw, &dir, &opts, &|done, total, t| {
             let pos = if total > 0.0 {
@@ -610,8 +669,23 @@ fn cmd_sweep(spec: SweepSpec, out: &Path, a: &SweepArgs) -> Result<()> {
         })?;
         prog.lock().expect("progress").finish();
         eprintln!(
-            "ran {} task(s), skipped {} finished, in {:.1} s",
-            summary.ran, summary.skipped, summary.seconds
+            "ran {} task(s), skipped {} finished, in {:.1} s{}{}",
+            summary.ran,
+            summary.skipped,
+            summary.seconds,
+            if summary.redone_stale > 0 {
+                format!("; {} stale task(s) retrained", summary.redone_stale)
+            } else {
+                String::new()
+            },
+            if summary.redone_corrupt.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} task(s) with unusable records redone",
+                    summary.redone_corrupt.len()
+                )
+            }
         );
     }
     let rows = sweep::collect(&sw, &dir)?;

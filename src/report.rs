@@ -537,8 +537,9 @@ pub fn write_report(
             .plan()
             .into_iter()
             .find(|t| t.rep == 0 && (t.l, t.m, t.d) == (l, m, d));
-        if let Some(t) = t.filter(|t| dir.is_done(t))
-            && let Some(rec) = dir.read_task(&t)?.into_iter().next()
+        if let Some(t) = t
+            && let crate::sweep::TaskState::Done(recs) = dir.state(sw, &t)
+            && let Some(rec) = recs.into_iter().next()
         {
             let x: Vec<f64> = (0..rec.losses.len()).map(|k| k as f64).collect();
             fig_l.series.push(

@@ -8,6 +8,12 @@
 //! - `layers.csv` (with `layer_stats`): one row per step and layer;
 //! - `metadata.json`: the config, the parametrization table and its resolved numbers,
 //!   seeds, versions, the kernels' instruction set, threads and timings.
+//!
+//! The directory is written as a unit: every file goes into a temporary directory beside
+//! it ([`io::temp_name`]), which is renamed into place when complete, so a run that fails
+//! midway (a full disk, a kill) leaves no partial run directory, and an earlier run in the
+//! same place is replaced whole, never mixed with the new one. [`check_out_dir`] refuses,
+//! before any training, a place that holds something other than a run directory.
 
 use crate::Result;
 use crate::io::{self, IoError};
@@ -113,8 +119,85 @@ struct Metadata<'a> {
     files: Vec<&'static str>,
 }
 
-/// Writes the run directory `dir` (created if needed).
+/// Whether `dir` may receive a run directory: it does not exist, is empty, or holds an
+/// earlier run (a `metadata.json`), which [`write_run_dir`] then replaces. Anything else
+/// (a file, a directory of other things) is refused, naming it, so that a mistyped
+/// `--out` never deletes someone's files. Call it before training.
+pub fn check_out_dir(dir: &Path) -> Result<(), IoError> {
+    let refuse = |why: &str| IoError::Os {
+        path: dir.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, why.to_string()),
+    };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(IoError::Os {
+            path: dir.to_path_buf(),
+            source,
+        }),
+        Ok(m) if !m.is_dir() => Err(refuse(
+            "exists and is not a directory; choose another --out",
+        )),
+        Ok(_) => {
+            let mut entries = std::fs::read_dir(dir).map_err(|source| IoError::Os {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            if entries.next().is_none() || dir.join("metadata.json").is_file() {
+                Ok(())
+            } else {
+                Err(refuse(
+                    "holds files but no run (no metadata.json); choose another --out or empty it",
+                ))
+            }
+        }
+    }
+}
+
+/// Writes the run directory `dir` as a unit (see the module docs): the files go into a
+/// temporary directory beside `dir`, which then replaces `dir` (an earlier run there is
+/// removed; anything else there is refused, [`check_out_dir`]). On an error nothing is
+/// left behind.
 pub fn write_run_dir(dir: &Path, cfg: &TrainConfig, out: &RunOutput) -> Result<(), IoError> {
+    check_out_dir(dir)?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let os = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| IoError::Os { path, source }
+    };
+    std::fs::create_dir_all(parent).map_err(os(parent))?;
+    // What killed writers of this host left beside it (only reslim's temporary names).
+    io::remove_stale_temps(parent, 0);
+    let tmp = parent.join(io::temp_name(&name));
+    let res = write_run_files(&tmp, cfg, out).and_then(|()| {
+        if dir.exists() {
+            let old = parent.join(io::temp_name(&format!("{name}.old")));
+            std::fs::rename(dir, &old).map_err(os(dir))?;
+            std::fs::rename(&tmp, dir).map_err(os(dir))?;
+            let _ = std::fs::remove_dir_all(&old);
+            Ok(())
+        } else {
+            std::fs::rename(&tmp, dir).map_err(os(dir))
+        }
+    });
+    if res.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    res
+}
+
+/// The files of a run directory, written into `dir`.
+fn write_run_files(dir: &Path, cfg: &TrainConfig, out: &RunOutput) -> Result<(), IoError> {
+    std::fs::create_dir_all(dir).map_err(|source| IoError::Os {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let h = &out.history;
     let k = h.losses.len();
     let (d, n, dout) = (cfg.dims.d, cfg.dims.n, cfg.dims.dout);

@@ -566,6 +566,107 @@ impl Sweep {
         c
     }
 
+    /// Everything the records of task `t` depend on, and nothing else
+    /// ([`crate::provenance`]): the task (repetition, shape, whether it is the
+    /// reference), its coupling variants, the dtype, the parametrization table, the
+    /// activation, the data (the explicit samples, or the synthetic draw's seed), steps,
+    /// learning rate, the sweep seed (every task seed derives from it and the task id), the
+    /// read steps, and for a limit reference its solver settings. The sweep's name, its
+    /// other grid points and the report options are left out: extending a grid or
+    /// re-plotting reuses every finished task.
+    pub fn task_inputs(&self, t: &Task) -> serde_json::Value {
+        let mut data = serde_json::to_value(&self.spec.data).expect("data spec serialises");
+        if self.spec.data.x.is_some()
+            && let Some(o) = data.as_object_mut()
+        {
+            o.remove("seed");
+        }
+        let reference = match &self.spec.reference {
+            r @ ReferenceSpec::Limit { .. } => serde_json::to_value(r).expect("serialises"),
+            _ => serde_json::Value::Null,
+        };
+        serde_json::json!({
+            "format": crate::provenance::FORMAT,
+            "task": t,
+            "couplings": self.couplings_of(t),
+            "dtype": self.spec.dtype,
+            "param": self.param,
+            "activation": self.activation.name(),
+            "data": data,
+            "steps": self.spec.steps,
+            "lr": self.spec.lr,
+            "seed": self.spec.seed,
+            "read_steps": self.read_steps,
+            "reference": reference,
+        })
+    }
+
+    /// Whether `recs` are the complete records of task `t` as this sweep writes them: one
+    /// per coupling variant in order, each of this task, with K losses (at most K against
+    /// the limit, where a divergence is recorded) and outputs, hidden states or limit
+    /// errors for exactly the read steps. Anything else is a corrupt record.
+    pub fn check_records(&self, t: &Task, recs: &[TaskRecord]) -> Result<(), String> {
+        let want = self.couplings_of(t);
+        let got: Vec<Coupling> = recs.iter().map(|r| r.coupling).collect();
+        if got != want {
+            return Err(format!("holds the variants {got:?}, expected {want:?}"));
+        }
+        let (k, reads) = (self.spec.steps, self.read_steps.len());
+        let (dout, n) = (self.spec.data.dout, self.spec.data.n);
+        for r in recs {
+            let c = r.coupling.name();
+            if r.task != *t {
+                return Err(format!("the {c} record is of task {}", r.task.id()));
+            }
+            let limit = self.limit.is_some();
+            let losses_ok = if limit {
+                r.losses.len() <= k
+            } else {
+                r.losses.len() == k
+            };
+            if !losses_ok {
+                return Err(format!(
+                    "the {c} record has {} losses, K = {k}",
+                    r.losses.len()
+                ));
+            }
+            let len = |what: &str, got: usize, want: Option<usize>| match want {
+                Some(w) if w != got => {
+                    Err(format!("the {c} record has {got} {what}, expected {w}"))
+                }
+                _ => Ok(()),
+            };
+            if limit {
+                let steps: Vec<usize> = match &r.limit {
+                    Some(e) => e.iter().map(|e| e.step).collect(),
+                    None => return Err(format!("the {c} record has no limit errors")),
+                };
+                let mut sorted = steps.clone();
+                sorted.sort_unstable();
+                if sorted != self.read_steps {
+                    return Err(format!(
+                        "the {c} record has limit errors at steps {steps:?}, expected {:?}",
+                        self.read_steps
+                    ));
+                }
+            } else {
+                let hidden = if r.coupling == Coupling::Coupled {
+                    reads.checked_mul(t.d).and_then(|x| x.checked_mul(n))
+                } else {
+                    Some(0)
+                };
+                len("outputs", r.outputs.len(), reads.checked_mul(dout * n))?;
+                len("hidden values", r.hidden.len(), hidden)?;
+                if r.limit.is_some() {
+                    return Err(format!(
+                        "the {c} record has limit errors in a finite-reference sweep"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes a task needs at its peak: two copies of the weights (one per variant)
     /// and the workspace.
     pub fn task_bytes(&self, t: &Task) -> usize {
@@ -783,67 +884,191 @@ fn run_task_lowrank<T: crate::model::Real>(
         .collect())
 }
 
+/// A task's `records.json`: its records and their provenance ([`crate::provenance`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredTask {
+    /// [`crate::provenance::FORMAT`] of the reslim that wrote it.
+    pub format: u32,
+    /// The fingerprint of `inputs`.
+    pub fingerprint: String,
+    /// [`Sweep::task_inputs`] of the sweep that wrote it.
+    pub inputs: serde_json::Value,
+    /// The version of the reslim that wrote it (for information).
+    pub reslim_version: String,
+    pub records: Vec<TaskRecord>,
+}
+
+/// What a sweep directory holds for one task.
+#[derive(Debug, Clone)]
+pub enum TaskState {
+    /// Nothing: the task has not finished.
+    Missing,
+    /// Complete records made by this very spec.
+    Done(Vec<TaskRecord>),
+    /// Records made by a different spec (or an older reslim): never used. The fields that
+    /// differ, as `field: stored -> now`.
+    Stale(Vec<String>),
+    /// Records that cannot be read or are incomplete: redone. Why.
+    Corrupt(String),
+}
+
 /// Where a sweep keeps its files.
 pub struct SweepDir {
     pub root: PathBuf,
+    lock: std::sync::OnceLock<io::DirLock>,
 }
 
 impl SweepDir {
     pub fn new(root: &Path) -> Self {
         SweepDir {
             root: root.to_path_buf(),
+            lock: std::sync::OnceLock::new(),
         }
     }
+
+    /// Takes the directory's lock ([`io::DirLock`]) for as long as this `SweepDir`
+    /// lives (a second call does nothing), then removes the temporary files and
+    /// directories that killed runs of this host left ([`io::remove_stale_temps`]).
+    /// Another process working in the directory makes it fail at once with
+    /// [`IoError::Busy`]. [`run`] calls it; a caller that collects and reports after the
+    /// run should call it first, so that no other sweep writes while it reads.
+    pub fn lock(&self) -> Result<(), IoError> {
+        if self.lock.get().is_some() {
+            return Ok(());
+        }
+        let l = io::DirLock::acquire(&self.root)?;
+        let _ = self.lock.set(l);
+        io::remove_stale_temps(&self.root, 2);
+        Ok(())
+    }
+
     pub fn tasks(&self) -> PathBuf {
         self.root.join("tasks")
     }
     pub fn task_dir(&self, t: &Task) -> PathBuf {
         self.tasks().join(t.id())
     }
-    pub fn is_done(&self, t: &Task) -> bool {
-        self.task_dir(t).join("records.json").is_file()
+
+    /// What the directory holds for task `t` of sweep `sw` ([`TaskState`]).
+    pub fn state(&self, sw: &Sweep, t: &Task) -> TaskState {
+        let dir = self.task_dir(t);
+        if !dir.exists() {
+            return TaskState::Missing;
+        }
+        let p = dir.join("records.json");
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) => return TaskState::Corrupt(format!("{}: {e}", p.display())),
+        };
+        let stored: StoredTask = match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                if serde_json::from_slice::<Vec<TaskRecord>>(&bytes).is_ok() {
+                    return TaskState::Stale(vec![format!(
+                        "format: 1 -> {} (written by an older reslim, without provenance)",
+                        crate::provenance::FORMAT
+                    )]);
+                }
+                return TaskState::Corrupt(format!("{}: unreadable: {e}", p.display()));
+            }
+        };
+        if stored.fingerprint != crate::provenance::fingerprint(&stored.inputs) {
+            return TaskState::Corrupt(format!(
+                "{}: its fingerprint does not match its inputs",
+                p.display()
+            ));
+        }
+        let inputs = sw.task_inputs(t);
+        if stored.fingerprint != crate::provenance::fingerprint(&inputs) {
+            let mut changed = crate::provenance::changed_fields(&stored.inputs, &inputs);
+            if changed.is_empty() {
+                changed.push("(fingerprint)".into());
+            }
+            return TaskState::Stale(changed);
+        }
+        match sw.check_records(t, &stored.records) {
+            Ok(()) => TaskState::Done(stored.records),
+            Err(why) => TaskState::Corrupt(format!("{}: {why}", p.display())),
+        }
     }
 
-    /// Writes a task's records: into a temporary directory, renamed into place.
-    pub fn write_task(&self, t: &Task, recs: &[TaskRecord]) -> Result<(), IoError> {
+    /// Whether task `t` has complete records made by this spec.
+    pub fn is_done(&self, sw: &Sweep, t: &Task) -> bool {
+        matches!(self.state(sw, t), TaskState::Done(_))
+    }
+
+    /// Writes a task's records with their provenance: into a temporary directory (a name
+    /// no other process uses, [`io::temp_name`]), renamed into place. A stale or corrupt
+    /// directory of the task is replaced.
+    pub fn write_task(&self, sw: &Sweep, t: &Task, recs: &[TaskRecord]) -> Result<(), IoError> {
         let final_dir = self.task_dir(t);
-        let tmp = self
-            .tasks()
-            .join(format!(".tmp-{}-{}", t.id(), std::process::id()));
+        let tmp = self.tasks().join(io::temp_name(&t.id()));
         let os = |path: &Path| {
             let path = path.to_path_buf();
             move |source| IoError::Os { path, source }
         };
         std::fs::create_dir_all(&tmp).map_err(os(&tmp))?;
-        let json = serde_json::to_vec(recs).expect("records serialise");
-        io::atomic_write(&tmp.join("records.json"), &json)?;
-        if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir).map_err(os(&final_dir))?;
+        let inputs = sw.task_inputs(t);
+        let stored = StoredTask {
+            format: crate::provenance::FORMAT,
+            fingerprint: crate::provenance::fingerprint(&inputs),
+            inputs,
+            reslim_version: env!("CARGO_PKG_VERSION").into(),
+            records: recs.to_vec(),
+        };
+        let json = serde_json::to_vec(&stored).expect("records serialise");
+        let written = io::atomic_write(&tmp.join("records.json"), &json).and_then(|()| {
+            if final_dir.exists() {
+                std::fs::remove_dir_all(&final_dir).map_err(os(&final_dir))?;
+            }
+            std::fs::rename(&tmp, &final_dir).map_err(os(&final_dir))
+        });
+        if written.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
         }
-        std::fs::rename(&tmp, &final_dir).map_err(os(&final_dir))
+        written
     }
 
-    pub fn read_task(&self, t: &Task) -> Result<Vec<TaskRecord>, IoError> {
-        let p = self.task_dir(t).join("records.json");
-        let bytes = std::fs::read(&p).map_err(|source| IoError::Os {
-            path: p.clone(),
-            source,
-        })?;
-        serde_json::from_slice(&bytes).map_err(|e| IoError::BadNpy {
-            path: p,
-            why: format!("unreadable task record: {e}"),
-        })
+    /// The state of every task of the plan.
+    pub fn survey(&self, sw: &Sweep) -> Survey {
+        let mut s = Survey::default();
+        for t in sw.plan() {
+            match self.state(sw, &t) {
+                TaskState::Missing => s.missing.push(t),
+                TaskState::Done(_) => s.done.push(t),
+                TaskState::Stale(c) => s.stale.push((t, c)),
+                TaskState::Corrupt(why) => s.corrupt.push((t, why)),
+            }
+        }
+        s
     }
+}
 
-    /// Removes temporary directories left by interrupted runs.
-    pub fn clean_stale(&self) {
-        if let Ok(rd) = std::fs::read_dir(self.tasks()) {
-            for e in rd.flatten() {
-                if e.file_name().to_string_lossy().starts_with(".tmp-") {
-                    let _ = std::fs::remove_dir_all(e.path());
+/// The tasks of a plan by their state in a sweep directory.
+#[derive(Debug, Clone, Default)]
+pub struct Survey {
+    pub done: Vec<Task>,
+    pub missing: Vec<Task>,
+    /// With the fields that changed.
+    pub stale: Vec<(Task, Vec<String>)>,
+    /// With why.
+    pub corrupt: Vec<(Task, String)>,
+}
+
+impl Survey {
+    /// The changed fields of every stale task, each once, in order of first appearance.
+    pub fn stale_fields(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (_, c) in &self.stale {
+            for f in c {
+                let name = f.split(':').next().unwrap_or(f);
+                if name != "task" && !name.starts_with("task.") && !out.contains(f) {
+                    out.push(f.clone());
                 }
             }
         }
+        out
     }
 }
 
@@ -856,6 +1081,9 @@ pub struct RunOptions {
     pub max_tasks: Option<usize>,
     /// Bytes of memory the tasks may use together.
     pub memory_budget: f64,
+    /// Retrain tasks whose stored records were made by a different spec (overwriting
+    /// them); without it such a sweep is refused ([`SweepError::Stale`]).
+    pub redo_stale: bool,
 }
 
 /// What a run did.
@@ -865,6 +1093,12 @@ pub struct RunSummary {
     pub skipped: usize,
     pub ran: usize,
     pub seconds: f64,
+    /// Stale tasks retrained (with `redo_stale`).
+    #[serde(default)]
+    pub redone_stale: usize,
+    /// Tasks whose records were unreadable or incomplete, retrained: id and why.
+    #[serde(default)]
+    pub redone_corrupt: Vec<(String, String)>,
 }
 
 /// A sweep that cannot run.
@@ -876,6 +1110,15 @@ pub enum SweepError {
         task: String,
         need_gb: f64,
         have_gb: f64,
+    },
+    /// Finished tasks of the directory were made by a different spec.
+    #[error(
+        "{count} finished task(s) in {dir} were made by a different spec or an older reslim; changed: {fields}. Their records are not used. Rerun with --redo-stale to retrain them (overwriting them), or write to another output directory"
+    )]
+    Stale {
+        dir: PathBuf,
+        count: usize,
+        fields: String,
     },
     #[error("task {task} failed: {source}")]
     Task {
@@ -894,7 +1137,15 @@ pub fn run(
     progress: &(dyn Fn(f64, f64, &Task) + Sync),
 ) -> Result<RunSummary, crate::Error> {
     let t0 = std::time::Instant::now();
-    dir.clean_stale();
+    dir.lock()?;
+    let survey = dir.survey(sw);
+    if !survey.stale.is_empty() && !opts.redo_stale {
+        return Err(crate::Error::Sweep(SweepError::Stale {
+            dir: dir.root.clone(),
+            count: survey.stale.len(),
+            fields: survey.stale_fields().join("; "),
+        }));
+    }
     io::atomic_write(
         &dir.root.join("sweep.json"),
         serde_json::to_string_pretty(sw)
@@ -902,8 +1153,10 @@ pub fn run(
             .as_bytes(),
     )?;
     let all = sw.plan();
-    let mut todo: Vec<Task> = all.iter().filter(|t| !dir.is_done(t)).copied().collect();
-    let skipped = all.len() - todo.len();
+    let mut todo: Vec<Task> = survey.missing.clone();
+    todo.extend(survey.stale.iter().map(|(t, _)| *t));
+    todo.extend(survey.corrupt.iter().map(|(t, _)| *t));
+    let skipped = survey.done.len();
     todo.sort_by(|a, b| b.cost().total_cmp(&a.cost()).then(a.id().cmp(&b.id())));
     // Memory: refuse a task that cannot fit at all; limit concurrency so that the
     // largest tasks running together fit.
@@ -941,7 +1194,8 @@ pub fn run(
                     {
                         return;
                     }
-                    let res = run_task(sw, t, &data).and_then(|recs| Ok(dir.write_task(t, &recs)?));
+                    let res =
+                        run_task(sw, t, &data).and_then(|recs| Ok(dir.write_task(sw, t, &recs)?));
                     match res {
                         Ok(()) => {
                             let n = finished.fetch_add(1, Ordering::SeqCst) + 1;
@@ -975,6 +1229,12 @@ pub fn run(
         skipped,
         ran: finished.into_inner(),
         seconds: t0.elapsed().as_secs_f64(),
+        redone_stale: survey.stale.len(),
+        redone_corrupt: survey
+            .corrupt
+            .iter()
+            .map(|(t, why)| (t.id(), why.clone()))
+            .collect(),
     };
     let mut log = read_run_log(dir);
     log.push(summary.clone());
@@ -1025,11 +1285,8 @@ pub fn collect(sw: &Sweep, dir: &SweepDir) -> Result<Vec<ErrorRow>, crate::Error
     let plan = sw.plan();
     let mut refs: BTreeMap<usize, TaskRecord> = BTreeMap::new();
     for t in plan.iter().filter(|t| t.is_reference) {
-        if dir.is_done(t)
-            && let Some(r) = dir
-                .read_task(t)?
-                .into_iter()
-                .find(|r| r.coupling == Coupling::Coupled)
+        if let TaskState::Done(recs) = dir.state(sw, t)
+            && let Some(r) = recs.into_iter().find(|r| r.coupling == Coupling::Coupled)
         {
             refs.insert(t.rep, r);
         }
@@ -1038,15 +1295,15 @@ pub fn collect(sw: &Sweep, dir: &SweepDir) -> Result<Vec<ErrorRow>, crate::Error
     let dref = sw.reference.2;
     let mut rows = Vec::new();
     for t in &plan {
-        if !dir.is_done(t) {
+        let TaskState::Done(recs) = dir.state(sw, t) else {
             continue;
-        }
+        };
         let Some(rf) = refs.get(&t.rep) else { continue };
         let in_grid = sw.ls.contains(&t.l) && sw.ms.contains(&t.m) && sw.ds.contains(&t.d);
         if !in_grid {
             continue;
         }
-        for rec in dir.read_task(t)? {
+        for rec in recs {
             if !sw.spec.couplings.contains(&rec.coupling) {
                 continue;
             }
@@ -1107,8 +1364,11 @@ pub fn collect_limit(
     dir: &SweepDir,
 ) -> Result<Vec<(ErrorRow, StepErrors)>, crate::Error> {
     let mut rows = Vec::new();
-    for t in sw.plan().iter().filter(|t| dir.is_done(t)) {
-        for rec in dir.read_task(t)? {
+    for t in sw.plan() {
+        let TaskState::Done(recs) = dir.state(sw, &t) else {
+            continue;
+        };
+        for rec in recs {
             let Some(errs) = rec.limit.as_ref() else {
                 continue;
             };

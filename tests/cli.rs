@@ -293,6 +293,132 @@ fn a_killed_sweep_resumes() {
     );
 }
 
+#[test]
+fn two_sweeps_into_one_directory_never_mix() {
+    let dir = tmp("two");
+    let spec = dir.join("s.toml");
+    std::fs::write(&spec, SMALL_SWEEP).unwrap();
+    let out = dir.join("out");
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_reslim"))
+            .args([
+                "sweep",
+                spec.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .args(["--jobs", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (start(), start());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let mut ok = 0;
+    for o in [&a, &b] {
+        assert!(o.status.code().is_some(), "killed by a signal");
+        if o.status.success() {
+            ok += 1;
+        } else {
+            assert!(
+                stderr(o).contains("is in use by another reslim process"),
+                "{}",
+                stderr(o)
+            );
+        }
+    }
+    assert!(ok >= 1);
+    let r = reslim(&[
+        "sweep",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&r).contains("ran 0 task(s), skipped 18 finished"),
+        "{}",
+        stderr(&r)
+    );
+}
+
+#[test]
+fn an_edited_spec_never_reuses_old_records() {
+    let dir = tmp("edited");
+    let spec = dir.join("s.toml");
+    std::fs::write(&spec, SMALL_SWEEP).unwrap();
+    let out = dir.join("out");
+    let (s, o) = (spec.to_str().unwrap(), out.to_str().unwrap());
+    let r = reslim(&["sweep", s, "--out", o]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let before = std::fs::read_to_string(out.join("errors.csv")).unwrap();
+    std::fs::write(
+        &spec,
+        SMALL_SWEEP.replace("steps = 4\n", "steps = 4\nlr = 0.5\n"),
+    )
+    .unwrap();
+    let r = reslim(&["sweep", s, "--out", o]);
+    assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
+    let e = stderr(&r);
+    assert!(
+        e.contains("18 finished task(s)")
+            && e.contains("lr: 1.0 -> 0.5")
+            && e.contains("--redo-stale"),
+        "{e}"
+    );
+    // --report-only reports nothing stale either.
+    let r = reslim(&["sweep", s, "--out", o, "--report-only"]);
+    assert!(stderr(&r).contains("not used"), "{}", stderr(&r));
+    let csv = std::fs::read_to_string(out.join("errors.csv")).unwrap_or_default();
+    assert!(csv.lines().count() <= 1, "{csv}");
+    let r = reslim(&["sweep", s, "--out", o, "--redo-stale"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("18 stale task(s) retrained"),
+        "{}",
+        stderr(&r)
+    );
+    let after = std::fs::read_to_string(out.join("errors.csv")).unwrap();
+    assert_ne!(before, after);
+}
+
+#[test]
+fn train_writes_its_run_directory_as_a_unit() {
+    let dir = tmp("unit");
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["train", "--L", "2", "--M", "3", "--D", "4", "--N", "2"];
+        args.extend_from_slice(&["--din", "2", "--dout", "2", "--steps", "3"]);
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+        reslim(&args)
+    };
+    let out = dir.join("run");
+    let r = run(&out, &[]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    // An earlier run is replaced whole (no file of it survives).
+    std::fs::write(out.join("layers.csv"), "stale").unwrap();
+    let r = run(&out, &["--lr", "0.5"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(!out.join("layers.csv").exists());
+    let meta = std::fs::read_to_string(out.join("metadata.json")).unwrap();
+    assert!(meta.contains("0.5"), "{meta}");
+    // A directory of other things is refused before training, and left as it was.
+    let other = dir.join("mine");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("thesis.tex"), "x").unwrap();
+    let r = run(&other, &[]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(stderr(&r).contains("no metadata.json"), "{}", stderr(&r));
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
+    // No temporary directory is left beside the runs.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 const LIMIT_SWEEP: &str = r#"
 name = "limit-test"
 preset = "chizat-python"

@@ -25,7 +25,7 @@ use super::gram::{self, Spectrum};
 use super::kernel0::InitKernel;
 use super::kl::{FlowKl, KlEstimate};
 use super::net::{Derivatives, Net, Workspace};
-use super::spec::ExperimentConfig;
+use super::spec::{DataSource, ExperimentConfig};
 use crate::io::{self, IoError};
 use crate::train::TrainError;
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,15 @@ pub enum MeanFieldError {
     Json { path: PathBuf, msg: String },
     #[error("report: {0}")]
     Report(String),
+    /// Stored runs of the output directory were made by a different config.
+    #[error(
+        "{count} stored run(s) in {dir} were made by a different spec or an older reslim; changed: {fields}. They are not used. Rerun with --redo-stale to retrain them (overwriting them), or write to another output directory"
+    )]
+    Stale {
+        dir: PathBuf,
+        count: usize,
+        fields: String,
+    },
 }
 
 /// NaN-tolerant f64 fields in JSON (NaN is written as null and read back as NaN).
@@ -244,15 +253,104 @@ fn times_of(etas: &[f64]) -> Vec<f64> {
     t
 }
 
-/// The part of the config a single run depends on.
+/// The part of the config a single run depends on (everything but the name, the list of
+/// sizes and the number of repetitions), with [`crate::provenance::FORMAT`] and, for CSV
+/// data, a hash of the files' contents (an edited data file makes stored runs stale even
+/// where its path is unchanged).
 pub fn run_key(cfg: &ExperimentConfig) -> serde_json::Value {
     let mut v = serde_json::to_value(cfg).expect("config serialises");
     if let Some(o) = v.as_object_mut() {
         for k in ["name", "seeds", "n_train"] {
             o.remove(k);
         }
+        o.insert("format".into(), crate::provenance::FORMAT.into());
+        if let DataSource::Csv { train, test, .. } = &cfg.data {
+            let hash = |p: &Path| match std::fs::read(p) {
+                Ok(b) => crate::provenance::hash_bytes(&b),
+                Err(e) => format!("unreadable: {e}"),
+            };
+            o.insert(
+                "data_contents".into(),
+                serde_json::json!({"train": hash(train), "test": hash(test)}),
+            );
+        }
     }
     v
+}
+
+/// What an output directory holds for one run.
+#[derive(Debug, Clone)]
+pub enum StoredRun {
+    /// Nothing.
+    Missing,
+    /// A complete result made by this config.
+    Usable(Box<RunResult>),
+    /// A result made by another config (or an older reslim): the changed fields.
+    Stale(Vec<String>),
+    /// A file that cannot be read or is incomplete: why.
+    Corrupt(String),
+}
+
+/// Reads the stored result of run (n, k) at `path` and says whether it can be reused for
+/// the config whose [`run_key`] is `key`.
+pub fn stored_run(path: &Path, key: &serde_json::Value, n: usize, k: usize) -> StoredRun {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return StoredRun::Missing,
+        Err(e) => return StoredRun::Corrupt(format!("{}: {e}", path.display())),
+    };
+    let r: RunResult = match serde_json::from_str(&text) {
+        Ok(r) => r,
+        Err(e) => return StoredRun::Corrupt(format!("{}: unreadable: {e}", path.display())),
+    };
+    if r.config != *key {
+        let mut changed = crate::provenance::changed_fields(&r.config, key);
+        if changed.is_empty() {
+            changed.push("(config)".into());
+        }
+        return StoredRun::Stale(changed);
+    }
+    match r.check(n, k) {
+        Ok(()) => StoredRun::Usable(Box::new(r)),
+        Err(why) => StoredRun::Corrupt(format!("{}: {why}", path.display())),
+    }
+}
+
+impl RunResult {
+    /// Whether this is a complete result of run (n, k): `steps` updates with their step
+    /// sizes, `steps + 1` losses and KL values, and checkpoints from 0 to `steps`.
+    pub fn check(&self, n: usize, k: usize) -> Result<(), String> {
+        if (self.n, self.k) != (n, k) {
+            return Err(format!("holds run n = {}, k = {}", self.n, self.k));
+        }
+        let s = self.steps;
+        for (what, len, want) in [
+            ("step sizes", self.etas.len(), Some(s)),
+            ("losses", self.losses.len(), s.checked_add(1)),
+            (
+                "KL values of the stack",
+                self.kl_stack.len(),
+                s.checked_add(1),
+            ),
+            (
+                "KL values of the head",
+                self.kl_head.len(),
+                s.checked_add(1),
+            ),
+        ] {
+            if Some(len) != want {
+                return Err(format!("{len} {what} for {s} steps"));
+            }
+        }
+        let steps: Vec<usize> = self.checkpoints.iter().map(|c| c.step).collect();
+        if steps.first() != Some(&0)
+            || steps.last() != Some(&s)
+            || steps.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(format!("checkpoints at steps {steps:?} for {s} steps"));
+        }
+        Ok(())
+    }
 }
 
 /// Fraction of samples where `sign(f) != y` (f = 0 counts as an error).
@@ -461,6 +559,9 @@ pub enum RunStatus {
     Done,
     /// A stored result with the same config was reused.
     Reused,
+    /// Trained now, replacing a stored result that was unusable (unreadable or
+    /// incomplete) or, with `redo_stale`, made by another config.
+    Replaced,
 }
 
 /// Runs every (n, k) of the config that has no stored result with the same config under
@@ -468,9 +569,16 @@ pub enum RunStatus {
 /// result atomically as soon as it is done; returns all results, sorted by (n, k).
 /// `on_run` is called after each run. The first failing run stops the workers (runs
 /// already written stay on disk) and its error is returned.
+///
+/// Stored results are checked first ([`stored_run`]): complete ones of this config are
+/// reused, unreadable or incomplete ones are redone ([`RunStatus::Replaced`]), and ones
+/// made by another config are never used: the call fails with [`MeanFieldError::Stale`],
+/// naming the changed fields, unless `redo_stale` (then they are redone). The caller
+/// should hold the directory's [`io::DirLock`] so that no other process writes there.
 pub fn run_experiment(
     cfg: &ExperimentConfig,
     out: &Path,
+    redo_stale: bool,
     on_run: &(dyn Fn(&RunResult, RunStatus) + Sync),
 ) -> Result<Vec<RunResult>, MeanFieldError> {
     use rayon::prelude::*;
@@ -483,19 +591,57 @@ pub fn run_experiment(
         .flat_map(|&n| (0..cfg.seeds).map(move |k| (n, k)))
         .collect();
     jobs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let one = |&(n, k): &(usize, usize)| -> Result<RunResult, MeanFieldError> {
-        let path = run_path(out, n, k);
-        if let Some(r) = load_run(&path).filter(|r| r.config == key && r.n == n && r.k == k) {
-            on_run(&r, RunStatus::Reused);
-            return Ok(r);
+    let mut stored: Vec<StoredRun> = jobs
+        .iter()
+        .map(|&(n, k)| stored_run(&run_path(out, n, k), &key, n, k))
+        .collect();
+    let mut stale_fields: Vec<String> = Vec::new();
+    for s in &stored {
+        if let StoredRun::Stale(c) = s {
+            for f in c {
+                if !stale_fields.contains(f) {
+                    stale_fields.push(f.clone());
+                }
+            }
         }
+    }
+    let stale = stored
+        .iter()
+        .filter(|s| matches!(s, StoredRun::Stale(_)))
+        .count();
+    if stale > 0 && !redo_stale {
+        return Err(MeanFieldError::Stale {
+            dir: out.to_path_buf(),
+            count: stale,
+            fields: stale_fields.join("; "),
+        });
+    }
+    let stored: Vec<Mutex<StoredRun>> = stored
+        .iter_mut()
+        .map(|s| Mutex::new(std::mem::replace(s, StoredRun::Missing)))
+        .collect();
+    let one = |i: usize| -> Result<RunResult, MeanFieldError> {
+        let (n, k) = jobs[i];
+        let path = run_path(out, n, k);
+        let before = std::mem::replace(
+            &mut *stored[i].lock().unwrap_or_else(|e| e.into_inner()),
+            StoredRun::Missing,
+        );
+        let status = match before {
+            StoredRun::Usable(r) => {
+                on_run(&r, RunStatus::Reused);
+                return Ok(*r);
+            }
+            StoredRun::Missing => RunStatus::Done,
+            StoredRun::Stale(_) | StoredRun::Corrupt(_) => RunStatus::Replaced,
+        };
         let r = run_one(cfg, n, k)?;
         let json = serde_json::to_string(&r).map_err(|e| MeanFieldError::Json {
             path: path.clone(),
             msg: e.to_string(),
         })?;
         io::atomic_write(&path, json.as_bytes())?;
-        on_run(&r, RunStatus::Done);
+        on_run(&r, status);
         Ok(r)
     };
     // One worker per thread takes the next job in order (largest n first), so the long
@@ -508,8 +654,10 @@ pub fn run_experiment(
     (0..workers).into_par_iter().for_each(|_| {
         while !failed.load(Ordering::Relaxed) {
             let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(job) = jobs.get(i) else { break };
-            let r = one(job);
+            if i >= jobs.len() {
+                break;
+            }
+            let r = one(i);
             failed.fetch_or(r.is_err(), Ordering::Relaxed);
             *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
         }

@@ -741,7 +741,7 @@ fn experiment_runs_resume_and_report() {
     .unwrap();
     let cfg = spec.check(&dir).unwrap();
     let count = std::sync::atomic::AtomicUsize::new(0);
-    let runs = run_experiment(&cfg, &dir, &|_, s| {
+    let runs = run_experiment(&cfg, &dir, false, &|_, s| {
         assert_eq!(s, experiment::RunStatus::Done);
         count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     })
@@ -759,16 +759,51 @@ fn experiment_runs_resume_and_report() {
         assert!(r.losses.last().unwrap() < &r.losses[0]);
     }
     // A second call reuses every stored run; a changed config recomputes.
-    let again = run_experiment(&cfg, &dir, &|_, s| {
+    let again = run_experiment(&cfg, &dir, false, &|_, s| {
         assert_eq!(s, experiment::RunStatus::Reused)
     })
     .unwrap();
     assert!(again == runs, "stored runs must reload exactly");
+    // Unreadable or incomplete stored runs are trained again (and come out the same).
+    let p0 = experiment::run_path(&dir, 12, 0);
+    let text = std::fs::read_to_string(&p0).unwrap();
+    std::fs::write(&p0, &text[..text.len() / 2]).unwrap();
+    let p1 = experiment::run_path(&dir, 24, 1);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p1).unwrap()).unwrap();
+    v["checkpoints"] = serde_json::json!([]);
+    std::fs::write(&p1, v.to_string()).unwrap();
+    let replaced = std::sync::atomic::AtomicUsize::new(0);
+    let again = run_experiment(&cfg, &dir, false, &|r, s| {
+        let damaged = (r.n, r.k) == (12, 0) || (r.n, r.k) == (24, 1);
+        let want = if damaged {
+            experiment::RunStatus::Replaced
+        } else {
+            experiment::RunStatus::Reused
+        };
+        assert_eq!(s, want, "run n = {}, k = {}", r.n, r.k);
+        replaced.fetch_add(damaged as usize, std::sync::atomic::Ordering::Relaxed);
+    })
+    .unwrap();
+    assert_eq!(replaced.into_inner(), 2);
+    for (a, b) in again.iter().zip(&runs) {
+        assert_eq!(a.losses, b.losses);
+        assert_eq!(a.checkpoints.len(), b.checkpoints.len());
+    }
     let mut other = cfg.clone();
     other.lr = 0.5;
     let n_done = std::sync::atomic::AtomicUsize::new(0);
-    run_experiment(&other, &dir, &|_, s| {
-        if s == experiment::RunStatus::Done {
+    // A changed config: the stored runs are stale, never reused; refused (naming the
+    // field) unless told to redo them.
+    let e = run_experiment(&other, &dir, false, &|_, _| panic!("nothing may run"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("4 stored run(s)") && e.contains("lr: 1.0 -> 0.5"),
+        "{e}"
+    );
+    run_experiment(&other, &dir, true, &|_, s| {
+        if s == experiment::RunStatus::Replaced {
             n_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     })
