@@ -291,9 +291,10 @@ pub fn train_shared<T: Real>(
             let hv = &h_last[v * n * d..(v + 1) * n * d];
             let loss = train::readout(&var.wu, data, r, hv, d, &mut f[v], &mut dldf[v]);
             if !loss.is_finite() {
-                return Err(diverged(k, None, "loss"));
+                return Err(train::loss_overflow(k, &f[v], &data.y, n));
             }
             let hs = &mut hist[v];
+            train::check_growth(opts, k, loss, hs.losses.first().copied().unwrap_or(loss))?;
             hs.losses.push(loss);
             hs.outputs.extend_from_slice(&f[v]);
             let want =
@@ -440,6 +441,7 @@ mod tests {
             layer_stats: false,
             layer_steps: vec![0, steps - 1],
             layout: Default::default(),
+            max_loss_growth: train::DEFAULT_MAX_LOSS_GROWTH,
         };
         let mut want = Vec::new();
         for emb in [&base, &other] {
