@@ -343,7 +343,7 @@ mod tests {
     /// Writes an NPY file with a hand-made header, for malformed-header tests.
     fn with_header(p: &Path, header: &str, body: &[u8]) {
         let mut h = header.to_string();
-        while (10 + h.len() + 1) % 64 != 0 {
+        while !(10 + h.len() + 1).is_multiple_of(64) {
             h.push(' ');
         }
         h.push('\n');

@@ -45,7 +45,7 @@ pub enum TrainError {
     /// The loss is finite but has grown past [`TrainOptions::max_loss_growth`] times its
     /// value at step 0.
     #[error(
-        "training diverged at step {step}: the loss {loss:e} is more than {factor:e} times the initial loss {initial:e} (the learning rate is too large for this shape)"
+        "training diverged at step {step}: the loss {loss:.3e} is more than {factor:e} times the initial loss {initial:.3e} (the learning rate is too large for this shape)"
     )]
     LossExploded {
         step: usize,
