@@ -492,6 +492,60 @@ mod tests {
     }
 
     #[test]
+    fn lowrank_step_stops_where_the_dense_step_does() {
+        let dims = Dims {
+            l: 3,
+            m: 37,
+            d: 29,
+            din: 4,
+            dout: 3,
+            n: 5,
+        };
+        let data = Data::synthetic(dims.din, dims.dout, dims.n, 3);
+        let r = Parametrization::preset("chizat-julia")
+            .unwrap()
+            .resolve(&dims);
+        let base = Weights::<f64>::draw(&dims, &r, 11, 12, false);
+        let opts = TrainOptions {
+            steps: 8,
+            eta: 1e3,
+            ..Default::default()
+        };
+        let dense = train::train(
+            &mut base.clone(),
+            &data,
+            &r,
+            &opts,
+            Par::Seq,
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        let mut vars = vec![Variant {
+            we: base.we.clone(),
+            wu: base.wu.clone(),
+            record_hidden: false,
+        }];
+        let low = train_shared(
+            &dims,
+            &base.ut,
+            &base.vt,
+            &mut vars,
+            &data,
+            &r,
+            &opts,
+            Par::Seq,
+        )
+        .unwrap_err();
+        assert!(dense.diverged_at().is_some(), "{dense}");
+        assert_eq!(low.diverged_at(), dense.diverged_at(), "{low} vs {dense}");
+        assert_eq!(
+            std::mem::discriminant(&low),
+            std::mem::discriminant(&dense),
+            "{low} vs {dense}"
+        );
+    }
+
+    #[test]
     fn lowrank_step_matches_the_dense_step() {
         let dims = Dims {
             l: 3,
