@@ -42,6 +42,10 @@ pub enum IoError {
         dim: String,
         shape: Vec<usize>,
     },
+    /// A stored record (e.g. a sweep task's `records.json`) does not hold what the
+    /// current spec reads from it.
+    #[error("{path}: unusable record: {why}")]
+    BadRecord { path: PathBuf, why: String },
     /// The array holds a NaN or an infinity.
     #[error("{path}: entry {index} is not finite ({value})")]
     NonFinite {

@@ -1275,7 +1275,7 @@ pub fn collect(sw: &Sweep, dir: &SweepDir) -> Result<Vec<ErrorRow>, crate::Error
             }
             // Records written under another spec (other read steps or data) do not
             // hold what is indexed below: refuse them by name rather than panic.
-            let short = |what: &str, task: &Task| IoError::BadNpy {
+            let short = |what: &str, task: &Task| IoError::BadRecord {
                 path: dir.task_dir(task).join("records.json"),
                 why: format!(
                     "its {what} do not cover the read steps {:?} of this spec (written by another spec?)",

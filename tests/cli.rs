@@ -712,3 +712,25 @@ fn divergence_names_the_step_and_the_place() {
     assert_refused(&o, &["task r", "failed: training diverged at step"]);
     assert_eq!(stderr(&o).matches("diverged").count(), 1, "{}", stderr(&o));
 }
+
+#[test]
+fn a_report_over_records_of_another_spec_does_not_panic() {
+    let dir = tmp("stale");
+    let spec = dir.join("s.toml");
+    std::fs::write(&spec, SMALL_SWEEP).unwrap();
+    let out = dir.join("out");
+    let (s, o) = (spec.to_str().unwrap(), out.to_str().unwrap());
+    let r = reslim(&["sweep", s, "--out", o, "--jobs", "1"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    // The same tasks, now read at two steps: the stored records hold one.
+    std::fs::write(
+        &spec,
+        SMALL_SWEEP.replace("read_steps = [3]", "read_steps = [2, 3]"),
+    )
+    .unwrap();
+    let r = reslim(&["sweep", s, "--out", o, "--report-only"]);
+    let e = stderr(&r);
+    assert!(r.status.code().is_some() && !e.contains("panicked"), "{e}");
+    // Refused naming a record file, unless the stale records were set aside.
+    assert!(r.status.success() || e.contains("records.json"), "{e}");
+}
