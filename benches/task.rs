@@ -40,6 +40,7 @@ fn run<T: Real>(dims: Dims, k: usize) {
             Ok("m") => Layout::RowsM,
             _ => Layout::Auto,
         },
+        max_loss_growth: reslim::train::DEFAULT_MAX_LOSS_GROWTH,
     };
     let dense = if env("DENSE", 1) == 1 {
         let t = Instant::now();

@@ -291,9 +291,10 @@ pub fn train_shared<T: Real>(
             let hv = &h_last[v * n * d..(v + 1) * n * d];
             let loss = train::readout(&var.wu, data, r, hv, d, &mut f[v], &mut dldf[v]);
             if !loss.is_finite() {
-                return Err(diverged(k, None, "loss"));
+                return Err(train::loss_overflow(k, &f[v], &data.y, n));
             }
             let hs = &mut hist[v];
+            train::check_growth(opts, k, loss, hs.losses.first().copied().unwrap_or(loss))?;
             hs.losses.push(loss);
             hs.outputs.extend_from_slice(&f[v]);
             let want =
@@ -440,6 +441,7 @@ mod tests {
             layer_stats: false,
             layer_steps: vec![0, steps - 1],
             layout: Default::default(),
+            max_loss_growth: train::DEFAULT_MAX_LOSS_GROWTH,
         };
         let mut want = Vec::new();
         for emb in [&base, &other] {
@@ -487,6 +489,60 @@ mod tests {
             close(&g.hidden, &w.hidden, "hidden");
             close(&g.layers, &w.layers, "layers");
         }
+    }
+
+    #[test]
+    fn lowrank_step_stops_where_the_dense_step_does() {
+        let dims = Dims {
+            l: 3,
+            m: 37,
+            d: 29,
+            din: 4,
+            dout: 3,
+            n: 5,
+        };
+        let data = Data::synthetic(dims.din, dims.dout, dims.n, 3);
+        let r = Parametrization::preset("chizat-julia")
+            .unwrap()
+            .resolve(&dims);
+        let base = Weights::<f64>::draw(&dims, &r, 11, 12, false);
+        let opts = TrainOptions {
+            steps: 8,
+            eta: 1e3,
+            ..Default::default()
+        };
+        let dense = train::train(
+            &mut base.clone(),
+            &data,
+            &r,
+            &opts,
+            Par::Seq,
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        let mut vars = vec![Variant {
+            we: base.we.clone(),
+            wu: base.wu.clone(),
+            record_hidden: false,
+        }];
+        let low = train_shared(
+            &dims,
+            &base.ut,
+            &base.vt,
+            &mut vars,
+            &data,
+            &r,
+            &opts,
+            Par::Seq,
+        )
+        .unwrap_err();
+        assert!(dense.diverged_at().is_some(), "{dense}");
+        assert_eq!(low.diverged_at(), dense.diverged_at(), "{low} vs {dense}");
+        assert_eq!(
+            std::mem::discriminant(&low),
+            std::mem::discriminant(&dense),
+            "{low} vs {dense}"
+        );
     }
 
     #[test]

@@ -46,6 +46,18 @@ pub enum IoError {
         "{path} is in use by another reslim process ({holder}); wait for it to finish, or write to another output directory"
     )]
     Busy { path: PathBuf, holder: String },
+    /// The array has no entries along an axis that reslim needs non-empty (a model or
+    /// data set with a zero dimension has nothing to train).
+    #[error("{path}: dimension {dim} is 0 (shape {shape:?}); every dimension must be positive")]
+    EmptyAxis {
+        path: PathBuf,
+        dim: String,
+        shape: Vec<usize>,
+    },
+    /// A stored record (e.g. a sweep task's `records.json`) does not hold what the
+    /// current spec reads from it.
+    #[error("{path}: unusable record: {why}")]
+    BadRecord { path: PathBuf, why: String },
     /// The array holds a NaN or an infinity.
     #[error("{path}: entry {index} is not finite ({value})")]
     NonFinite {
@@ -407,9 +419,28 @@ pub fn read_npy(path: &Path) -> Result<NpyArray, IoError> {
             )));
         }
     };
-    let fortran = field("fortran_order")
-        .ok_or_else(|| bad("header has no 'fortran_order'"))?
-        .starts_with("True");
+    // Only the Python literals NumPy writes: a quoted 'True' (or anything else) would
+    // otherwise silently read as C order and scramble a Fortran array.
+    let fortran_s = field("fortran_order").ok_or_else(|| bad("header has no 'fortran_order'"))?;
+    let literal = |lit: &str| {
+        fortran_s
+            .strip_prefix(lit)
+            .is_some_and(|rest| rest.trim_start().starts_with([',', '}']))
+    };
+    let fortran = if literal("True") {
+        true
+    } else if literal("False") {
+        false
+    } else {
+        let got: String = fortran_s
+            .chars()
+            .take_while(|&c| c != ',' && c != '}')
+            .collect();
+        return Err(bad(&format!(
+            "'fortran_order' must be True or False, got {}",
+            got.trim()
+        )));
+    };
     let shape_s = field("shape").ok_or_else(|| bad("header has no 'shape'"))?;
     let shape_s = shape_s
         .strip_prefix('(')
@@ -514,6 +545,69 @@ mod tests {
         // 2x3 matrix [[0,1,2],[3,4,5]] stored column-major is 0,3,1,4,2,5.
         let c = fortran_to_c(&[2, 3], &[0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
         assert_eq!(c, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    }
+
+    /// Writes an NPY file with a hand-made header, for malformed-header tests.
+    fn with_header(p: &Path, header: &str, body: &[u8]) {
+        let mut h = header.to_string();
+        while !(10 + h.len() + 1).is_multiple_of(64) {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(h.as_bytes());
+        bytes.extend_from_slice(body);
+        atomic_write(p, &bytes).unwrap();
+    }
+
+    #[test]
+    fn fortran_order_must_be_a_python_bool_literal() {
+        let dir = std::env::temp_dir().join(format!("reslim-io-fo-{}", std::process::id()));
+        let body: Vec<u8> = [0.0f64, 3.0, 1.0, 4.0, 2.0, 5.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let p = dir.join("f.npy");
+        with_header(
+            &p,
+            "{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }",
+            &body,
+        );
+        assert_eq!(
+            read_npy(&p).unwrap().data,
+            vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+        );
+        with_header(
+            &p,
+            "{'descr': '<f8', 'fortran_order':False,'shape': (2, 3), }",
+            &body,
+        );
+        assert_eq!(
+            read_npy(&p).unwrap().data,
+            vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
+        );
+        for bad in ["'True'", "true", "1", "Truely", "None"] {
+            let q = dir.join("quoted.npy");
+            with_header(
+                &q,
+                &format!("{{'descr': '<f8', 'fortran_order': {bad}, 'shape': (2, 3), }}"),
+                &body,
+            );
+            let e = read_npy(&q).unwrap_err().to_string();
+            assert!(
+                e.contains("quoted.npy") && e.contains("fortran_order") && e.contains(bad),
+                "{bad}: {e}"
+            );
+        }
+        let q = dir.join("missing.npy");
+        with_header(&q, "{'descr': '<f8', 'shape': (2, 3), }", &body);
+        let e = read_npy(&q).unwrap_err().to_string();
+        assert!(
+            e.contains("missing.npy") && e.contains("fortran_order"),
+            "{e}"
+        );
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -273,8 +273,8 @@ impl Progress {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(t) = cli.threads {
-        if t == 0 {
-            eprintln!("error: --threads must be at least 1, got 0");
+        if let Err(e) = sweep::check_jobs("--threads", t) {
+            eprintln!("error: {e}");
             return ExitCode::from(2);
         }
         if let Err(e) = rayon::ThreadPoolBuilder::new()
@@ -318,7 +318,8 @@ fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Each cause once: the library's messages already state their sources.
+            eprintln!("error: {}", reslim::error::chain_message(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -593,6 +594,10 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
 }
 
 fn cmd_sweep(spec: SweepSpec, out: &Path, a: &SweepArgs) -> Result<()> {
+    let jobs = match a.jobs {
+        Some(j) => sweep::check_jobs("--jobs", j)?,
+        None => rayon::current_num_threads().max(1),
+    };
     let sw = spec.check()?;
     let dir = SweepDir::new(out);
     if !a.plan {
@@ -603,7 +608,8 @@ fn cmd_sweep(spec: SweepSpec, out: &Path, a: &SweepArgs) -> Result<()> {
     let survey = dir.survey(&sw);
     let work: f64 = plan.iter().map(|t| t.cost()).sum();
     let biggest = plan.iter().map(|t| sw.task_bytes(t)).max().unwrap_or(0);
-    let jobs = a.jobs.unwrap_or_else(rayon::current_num_threads).max(1);
+    // Never more parallel jobs than tasks (the message states what runs).
+    let jobs = jobs.min(plan.len().max(1));
     eprintln!(
         "sweep '{}': {} tasks ({} finished), {:.3e} parameter-steps of work, largest task needs {:.2} GB, {} parallel job(s)",
         sw.spec.name,

@@ -545,6 +545,16 @@ impl<T: Real> Weights<T> {
     /// `WE.npy` (D, d_in), `WU.npy` (D, d_out), `U.npy`, `V.npy` (L, D, M), float64.
     pub fn from_npy_dir(dir: &Path, dims: &Dims) -> Result<Self, IoError> {
         let (l, m, d) = (dims.l, dims.m, dims.d);
+        // Checked against the expected shapes first: with a zero dimension the arrays
+        // below would match an empty file and the step would run on empty tensors.
+        for (file, shape, names) in [
+            ("WE.npy", vec![d, dims.din], &["D", "d_in"][..]),
+            ("WU.npy", vec![d, dims.dout], &["D", "d_out"][..]),
+            ("U.npy", vec![l, d, m], &["L", "D", "M"][..]),
+            ("V.npy", vec![l, d, m], &["L", "D", "M"][..]),
+        ] {
+            refuse_empty(&dir.join(file), &shape, names)?;
+        }
         let we = io::read_npy_shaped(&dir.join("WE.npy"), &[d, dims.din])?;
         let wu = io::read_npy_shaped(&dir.join("WU.npy"), &[d, dims.dout])?;
         let u = io::read_npy_shaped(&dir.join("U.npy"), &[l, d, m])?;
@@ -585,6 +595,8 @@ pub fn data_from_npy_dir(dir: &Path) -> Result<Data, IoError> {
     if y.shape.len() != 2 {
         return Err(bad("Y.npy", &y));
     }
+    refuse_empty(&dir.join("X.npy"), &x.shape, &["d_in", "N"])?;
+    refuse_empty(&dir.join("Y.npy"), &y.shape, &["d_out", "N"])?;
     if y.shape[1] != x.shape[1] {
         return Err(IoError::Shape {
             path: dir.join("Y.npy"),
@@ -610,12 +622,62 @@ pub fn blocks_shape_from_npy_dir(dir: &Path) -> Result<(usize, usize, usize), Io
             why: format!("expected shape (L, D, M), found {:?}", u.shape),
         });
     }
+    refuse_empty(&dir.join("U.npy"), &u.shape, &["L", "D", "M"])?;
     Ok((u.shape[0], u.shape[2], u.shape[1]))
+}
+
+/// Refuses an array with a zero among its dimensions (named by `names`, axis by axis).
+fn refuse_empty(path: &Path, shape: &[usize], names: &[&str]) -> Result<(), IoError> {
+    match shape.iter().position(|&s| s == 0) {
+        Some(axis) => Err(IoError::EmptyAxis {
+            path: path.to_path_buf(),
+            dim: format!("{} (axis {axis})", names.get(axis).copied().unwrap_or("?")),
+            shape: shape.to_vec(),
+        }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn npy_dirs_with_a_zero_dimension_are_refused_naming_file_and_dimension() {
+        let dir = std::env::temp_dir().join(format!("reslim-model-empty-{}", std::process::id()));
+        let w = |name: &str, shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            io::write_npy(&dir.join(name), shape, &vec![0.5f64; n]).unwrap();
+        };
+        let err = |e: IoError| e.to_string();
+        w("X.npy", &[2, 0]);
+        w("Y.npy", &[1, 0]);
+        let e = err(data_from_npy_dir(&dir).unwrap_err());
+        assert!(e.contains("X.npy") && e.contains("dimension N"), "{e}");
+        w("X.npy", &[2, 3]);
+        w("Y.npy", &[0, 3]);
+        let e = err(data_from_npy_dir(&dir).unwrap_err());
+        assert!(e.contains("Y.npy") && e.contains("dimension d_out"), "{e}");
+        for (shape, dim) in [([0, 4, 5], "L"), ([2, 0, 5], "D"), ([2, 4, 0], "M")] {
+            w("U.npy", &shape);
+            let e = err(blocks_shape_from_npy_dir(&dir).unwrap_err());
+            assert!(
+                e.contains("U.npy") && e.contains(&format!("dimension {dim}")),
+                "{e}"
+            );
+        }
+        let dims = Dims {
+            l: 2,
+            m: 5,
+            d: 0,
+            din: 2,
+            dout: 1,
+            n: 3,
+        };
+        let e = err(Weights::<f64>::from_npy_dir(&dir, &dims).unwrap_err());
+        assert!(e.contains("WE.npy") && e.contains("dimension D"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn aligned_arrays_start_on_cache_lines_and_behave_like_vectors() {

@@ -236,8 +236,14 @@ pub enum ParamError {
     UnknownPreset(String),
     #[error("parametrization field '{field}' must be finite, got {value}")]
     NotFinite { field: String, value: String },
-    #[error("parametrization field '{field}' must be positive, got {value}")]
-    NotPositive { field: String, value: f64 },
+    #[error("parametrization field '{field}' must be finite and non-negative, got {value}")]
+    Negative { field: String, value: f64 },
+    /// alpha = 0 with a scale that divides by a power of alpha (e.g. the `chizat-python`
+    /// learning rate L M D / alpha^2).
+    #[error(
+        "parametrization field 'alpha' is 0, but '{field}' scales as alpha^{exponent} and would be infinite; use alpha > 0 or give '{field}' a non-negative alpha exponent"
+    )]
+    InfiniteAtZeroAlpha { field: String, exponent: f64 },
 }
 
 /// The names of the presets, for help texts.
@@ -334,30 +340,41 @@ impl Parametrization {
         }
     }
 
-    /// Checks that every number is finite and alpha is positive.
+    /// Checks that every number is finite and alpha is non-negative.
+    ///
+    /// alpha = 0 is accepted: it freezes the residual branch (h_L = h_0, the network is
+    /// its embedding and read-out), a meaningful baseline. It is refused only where a
+    /// scale has a negative alpha exponent and would be infinite at alpha = 0.
     pub fn check(&self) -> Result<(), ParamError> {
         if !(self.alpha.is_finite() && self.alpha >= 0.0) {
-            return Err(ParamError::NotPositive {
+            return Err(ParamError::Negative {
                 field: "alpha".into(),
                 value: self.alpha,
             });
         }
+        let mut scales = Vec::with_capacity(13);
         for r in Role::ALL {
             let p = self.role(r);
             for (what, sc) in [("init", p.init), ("mult", p.mult), ("lr", p.lr)] {
-                if !sc.is_finite() {
-                    return Err(ParamError::NotFinite {
-                        field: format!("{}.{what}", r.name()),
-                        value: sc.to_string(),
-                    });
-                }
+                // A frozen tensor's rate is never evaluated (it resolves to 0).
+                let used = what != "lr" || p.trained;
+                scales.push((format!("{}.{what}", r.name()), sc, used));
             }
         }
-        if !self.loss.is_finite() {
-            return Err(ParamError::NotFinite {
-                field: "loss".into(),
-                value: self.loss.to_string(),
-            });
+        scales.push(("loss".into(), self.loss, true));
+        for (field, sc, used) in scales {
+            if !sc.is_finite() {
+                return Err(ParamError::NotFinite {
+                    field,
+                    value: sc.to_string(),
+                });
+            }
+            if used && self.alpha == 0.0 && sc.alpha < 0.0 && sc.c != 0.0 {
+                return Err(ParamError::InfiniteAtZeroAlpha {
+                    field,
+                    exponent: sc.alpha,
+                });
+            }
         }
         Ok(())
     }
@@ -460,6 +477,33 @@ mod tests {
             Parametrization::preset("nope"),
             Err(ParamError::UnknownPreset(_))
         ));
+    }
+
+    #[test]
+    fn alpha_zero_freezes_the_branch_unless_a_scale_divides_by_alpha() {
+        let mut p = Parametrization::preset("chizat-julia").unwrap();
+        p.alpha = 0.0;
+        p.check().unwrap();
+        assert_eq!(p.resolve(&dims()).v.mult, 0.0);
+        let mut p = Parametrization::preset("chizat-python").unwrap();
+        p.alpha = 0.0;
+        let e = p.check().unwrap_err().to_string();
+        assert!(
+            e.contains("'alpha' is 0") && e.contains("'U.lr'") && e.contains("alpha^-2"),
+            "{e}"
+        );
+        // Frozen tensors' rates are never used.
+        p.u.trained = false;
+        p.v.trained = false;
+        p.check().unwrap();
+        p.alpha = -1.0;
+        let e = p.check().unwrap_err().to_string();
+        assert!(
+            e.contains("'alpha'") && e.contains("non-negative") && e.contains("-1"),
+            "{e}"
+        );
+        p.alpha = f64::NAN;
+        assert!(p.check().unwrap_err().to_string().contains("NaN"));
     }
 
     #[test]

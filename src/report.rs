@@ -103,7 +103,8 @@ fn rms(reps: &BTreeMap<usize, f64>) -> f64 {
     (reps.values().sum::<f64>() / reps.len() as f64).sqrt()
 }
 
-fn pick_spread(v: &[usize], k: usize) -> Vec<usize> {
+/// `k` values spread over the sorted `v` (the default slices).
+pub(crate) fn pick_spread(v: &[usize], k: usize) -> Vec<usize> {
     if v.len() <= k {
         return v.to_vec();
     }
@@ -122,26 +123,22 @@ pub fn write_report(
     rows: &[ErrorRow],
     wall_s: f64,
 ) -> crate::Result<PathBuf> {
-    let step = sw
-        .spec
-        .report
-        .step
-        .unwrap_or(*sw.read_steps.last().expect("read steps"));
-    let p_step = sw.spec.report.p_step.unwrap_or(step);
-    let n_boot = sw.spec.report.bootstrap.unwrap_or(200);
-    let lmax = *sw.ls.last().expect("grid");
-    let slice_m = sw
-        .spec
-        .report
-        .slice_m
-        .clone()
-        .unwrap_or_else(|| pick_spread(&sw.ms, 4));
-    let slice_d = sw
-        .spec
-        .report
-        .slice_d
-        .clone()
-        .unwrap_or_else(|| pick_spread(&sw.ds, 4));
+    // Checked again (SweepSpec::check refuses these before training), so that a `Sweep`
+    // built or edited by a library caller cannot make the report index past its data.
+    let settings = sw.spec.report.resolve(&sw.read_steps, &sw.ms, &sw.ds)?;
+    let (step, p_step, n_boot) = (settings.step, settings.p_step, settings.bootstrap);
+    let (slice_m, slice_d) = (settings.slice_m, settings.slice_d);
+    let grid_err = |field: &str| crate::spec::SpecError::Invalid {
+        field: field.into(),
+        value: "[]".into(),
+        why: "must not be empty".into(),
+    };
+    let lmax = *sw.ls.last().ok_or_else(|| grid_err("grid.L"))?;
+    let mmax = *sw.ms.last().ok_or_else(|| grid_err("grid.M"))?;
+    let (dmin, dmax) = match (sw.ds.first(), sw.ds.last()) {
+        (Some(&a), Some(&b)) => (a, b),
+        _ => return Err(grid_err("grid.D").into()),
+    };
     let mut spaces = Vec::new();
     let has = |c: Coupling| sw.spec.couplings.contains(&c);
     // Against the limit, the authors' constants are their fits of E2 (PAPERS.md 2.5).
@@ -307,8 +304,6 @@ pub fn write_report(
                 .push(Series::new(lab, x, y, Style::LinePoints).with_color(ci));
         }
         // Headline slices: at the largest M (against D), the largest D (against M).
-        let mmax = *sw.ms.last().expect("grid");
-        let dmax = *sw.ds.last().expect("grid");
         let hd: Vec<(f64, f64)> = sw
             .ds
             .iter()
@@ -391,7 +386,7 @@ pub fn write_report(
         summary.headline.extend(heads);
         // P scaling at p_step.
         let pdata = per_shape(rows, sp, p_step);
-        let p_max = sw.spec.report.p_max.unwrap_or(f64::INFINITY);
+        let p_max = settings.p_max;
         let pts: Vec<(f64, f64)> = pdata
             .iter()
             .map(|(&(l, m, d), r)| ((l * m * d) as f64, rms(r)))
@@ -526,7 +521,7 @@ pub fn write_report(
     );
     let mut loss_shapes: Vec<(usize, usize, usize)> = Vec::new();
     for &m in slice_m.iter().rev().take(2) {
-        for &d in [sw.ds[0], *sw.ds.last().expect("grid")].iter() {
+        for &d in [dmin, dmax].iter() {
             loss_shapes.push((lmax, m, d));
         }
     }
@@ -682,7 +677,8 @@ fn markdown(sw: &Sweep, s: &Summary, figures: &[(String, PathBuf)], root: &Path)
                 .get(i)
                 .map(|a| format!("{a:.4}"))
                 .unwrap_or_default();
-            let _ = writeln!(md, "| {n} | {:.4} | {ci} | {a} |", j.coefs[i]);
+            let c = j.coefs.get(i).copied().unwrap_or(f64::NAN);
+            let _ = writeln!(md, "| {n} | {c:.4} | {ci} | {a} |");
         }
         let _ = writeln!(md);
     }

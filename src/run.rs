@@ -91,6 +91,7 @@ fn execute_t<T: Real>(
         layer_stats: cfg.layer_stats,
         layer_steps: Vec::new(),
         layout: Default::default(),
+        max_loss_growth: train::DEFAULT_MAX_LOSS_GROWTH,
     };
     let t1 = Instant::now();
     let history = train::train(&mut w, &data, &resolved, &opts, par, on_step)?;

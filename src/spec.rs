@@ -39,6 +39,13 @@ pub enum SpecError {
         value: String,
         why: String,
     },
+    /// A command-line flag out of its range.
+    #[error("{flag}: {why} (got {value})")]
+    Flag {
+        flag: String,
+        value: String,
+        why: String,
+    },
     #[error("{path}: {msg}")]
     Parse { path: PathBuf, msg: String },
     #[error("{path}: cannot read the spec: {msg}")]

@@ -44,11 +44,48 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 /// A grid axis as written: a list, or `{ logspace = [lo, hi, count] }` meaning
 /// `floor(10^linspace(log10 lo, log10 hi, count))` with duplicates removed (the paper's
 /// grids).
+///
+/// In a [`GridSpec`] an axis is read through [`axis_from_value`]: this untagged enum
+/// alone would silently ignore unknown keys beside `logspace` (a typo like
+/// `{ logspace = [...], cout = 8 }` would pass).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Axis {
     List(Vec<i64>),
     Logspace { logspace: (f64, f64, usize) },
+}
+
+/// Parses a grid axis as written, with errors naming `field` (e.g. `grid.M`): a list of
+/// integers, or a table whose only key is `logspace`.
+fn axis_from_value(field: &str, v: toml::Value) -> Result<Axis, String> {
+    const FORMS: &str = "a list of integers or { logspace = [lo, hi, count] }";
+    match v {
+        toml::Value::Array(xs) => xs
+            .into_iter()
+            .map(|x| match x {
+                toml::Value::Integer(i) => Ok(i),
+                other => Err(format!(
+                    "{field}: list entries must be integers, got {other}"
+                )),
+            })
+            .collect::<Result<_, _>>()
+            .map(Axis::List),
+        toml::Value::Table(t) => {
+            if let Some(k) = t.keys().find(|k| *k != "logspace") {
+                return Err(format!("{field}: unknown key '{k}' (expected {FORMS})"));
+            }
+            let ls = t
+                .get("logspace")
+                .ok_or_else(|| format!("{field}: empty table (expected {FORMS})"))?;
+            ls.clone()
+                .try_into::<(f64, f64, usize)>()
+                .map(|logspace| Axis::Logspace { logspace })
+                .map_err(|_| {
+                    format!("{field}: logspace must be [lo, hi, count] with an integer count >= 0, got {ls}")
+                })
+        }
+        other => Err(format!("{field}: expected {FORMS}, got {other}")),
+    }
 }
 
 impl Axis {
@@ -203,7 +240,7 @@ fn inv_data(field: &str, value: impl ToString, why: &str) -> SpecError {
 
 /// The grids of shapes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawGrid")]
 pub struct GridSpec {
     #[serde(rename = "L")]
     pub l: Axis,
@@ -213,9 +250,41 @@ pub struct GridSpec {
     pub d: Axis,
 }
 
+/// `[grid]` as written; its axes are checked by [`axis_from_value`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrid {
+    #[serde(rename = "L")]
+    l: toml::Value,
+    #[serde(rename = "M")]
+    m: toml::Value,
+    #[serde(rename = "D")]
+    d: toml::Value,
+}
+
+impl TryFrom<RawGrid> for GridSpec {
+    type Error = String;
+    fn try_from(g: RawGrid) -> Result<Self, String> {
+        Ok(GridSpec {
+            l: axis_from_value("grid.L", g.l)?,
+            m: axis_from_value("grid.M", g.m)?,
+            d: axis_from_value("grid.D", g.d)?,
+        })
+    }
+}
+
 /// What the models are compared with.
+///
+/// Read through [`ReferenceRepr`]: serde's `deny_unknown_fields` covers the struct
+/// variants of an internally tagged enum but not its unit variants, so
+/// `kind = "largest"` beside a stray `L = 100` would pass silently.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    tag = "kind",
+    rename_all = "snake_case",
+    deny_unknown_fields,
+    from = "ReferenceRepr"
+)]
 pub enum ReferenceSpec {
     /// The largest shape of the grid (max L, max M, max D).
     Largest,
@@ -236,6 +305,38 @@ pub enum ReferenceSpec {
         atol: Option<f64>,
         num_s: Option<usize>,
     },
+}
+
+/// [`ReferenceSpec`] as written, every variant a struct so that unknown keys are refused.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum ReferenceRepr {
+    Largest {},
+    Shape {
+        #[serde(rename = "L")]
+        l: usize,
+        #[serde(rename = "M")]
+        m: usize,
+        #[serde(rename = "D")]
+        d: usize,
+    },
+    Limit {
+        rtol: Option<f64>,
+        atol: Option<f64>,
+        num_s: Option<usize>,
+    },
+}
+
+impl From<ReferenceRepr> for ReferenceSpec {
+    fn from(r: ReferenceRepr) -> Self {
+        match r {
+            ReferenceRepr::Largest {} => ReferenceSpec::Largest,
+            ReferenceRepr::Shape { l, m, d } => ReferenceSpec::Shape { l, m, d },
+            ReferenceRepr::Limit { rtol, atol, num_s } => {
+                ReferenceSpec::Limit { rtol, atol, num_s }
+            }
+        }
+    }
 }
 
 /// Embedding randomness of the models relative to the reference.
@@ -271,6 +372,100 @@ pub struct ReportSpec {
     pub p_max: Option<f64>,
     /// Bootstrap replicates of the joint fits (default 200).
     pub bootstrap: Option<usize>,
+}
+
+/// Fewest bootstrap replicates a report accepts: below 20 the 2.5% and 97.5% percentiles
+/// of the replicates are their minimum and maximum, not a 95% interval.
+pub const MIN_BOOTSTRAP: usize = 20;
+/// Most bootstrap replicates a report accepts: each is a full rate fit, and beyond this
+/// the interval's endpoints no longer move while the report takes minutes.
+pub const MAX_BOOTSTRAP: usize = 100_000;
+
+/// The report's settings, checked and with their defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportSettings {
+    pub step: usize,
+    pub p_step: usize,
+    pub slice_m: Vec<usize>,
+    pub slice_d: Vec<usize>,
+    pub p_max: f64,
+    pub bootstrap: usize,
+}
+
+impl ReportSpec {
+    /// Checks the settings against the sweep's read steps and grid (sorted, non-empty),
+    /// so that a report that cannot be written is refused before any training: a step
+    /// that is not read has no errors to fit, and a slice outside the grid has no points.
+    pub fn resolve(
+        &self,
+        read_steps: &[usize],
+        ms: &[usize],
+        ds: &[usize],
+    ) -> Result<ReportSettings, SpecError> {
+        let Some(&last) = read_steps.last() else {
+            return Err(inv_data(
+                "read_steps",
+                "[]",
+                "must name at least one record",
+            ));
+        };
+        let read = |field: &str, k: Option<usize>, default: usize| {
+            let k = k.unwrap_or(default);
+            if read_steps.contains(&k) {
+                Ok(k)
+            } else {
+                Err(inv_data(
+                    field,
+                    k,
+                    &format!(
+                        "must be one of the read steps {read_steps:?} (only those are recorded)"
+                    ),
+                ))
+            }
+        };
+        let step = read("report.step", self.step, last)?;
+        let p_step = read("report.p_step", self.p_step, step)?;
+        let in_grid =
+            |field: &str, grid_field: &str, v: &Option<Vec<usize>>, grid: &[usize]| match v {
+                None => Ok(crate::report::pick_spread(grid, 4)),
+                Some(v) => match v.iter().find(|x| !grid.contains(x)) {
+                    Some(x) => Err(inv_data(
+                        field,
+                        x,
+                        &format!("must be values of {grid_field} {grid:?}"),
+                    )),
+                    None => Ok(v.clone()),
+                },
+            };
+        let slice_m = in_grid("report.slice_m", "grid.M", &self.slice_m, ms)?;
+        let slice_d = in_grid("report.slice_d", "grid.D", &self.slice_d, ds)?;
+        let p_max = self.p_max.unwrap_or(f64::INFINITY);
+        if self.p_max.is_some() && !(p_max.is_finite() && p_max > 0.0) {
+            return Err(inv_data(
+                "report.p_max",
+                p_max,
+                "must be a finite positive number (or left out: no limit)",
+            ));
+        }
+        let bootstrap = self.bootstrap.unwrap_or(200);
+        if !(MIN_BOOTSTRAP..=MAX_BOOTSTRAP).contains(&bootstrap) {
+            return Err(inv_data(
+                "report.bootstrap",
+                bootstrap,
+                &format!(
+                    "must be between {MIN_BOOTSTRAP} (fewer replicates give no 95% interval) and {MAX_BOOTSTRAP}"
+                ),
+            ));
+        }
+        Ok(ReportSettings {
+            step,
+            p_step,
+            slice_m,
+            slice_d,
+            p_max,
+            bootstrap,
+        })
+    }
 }
 
 /// A sweep spec as written in TOML. See `experiments/*.toml`.
@@ -431,6 +626,13 @@ impl SweepSpec {
             .read_steps
             .clone()
             .unwrap_or_else(|| vec![self.steps - 1]);
+        if read_steps.is_empty() {
+            return Err(inv(
+                "read_steps",
+                "[]".into(),
+                "must name at least one record (leave it out for the last)",
+            ));
+        }
         if let Some(&bad) = read_steps.iter().find(|&&k| k >= self.steps) {
             return Err(inv(
                 "read_steps",
@@ -444,6 +646,7 @@ impl SweepSpec {
         let mut read_steps = read_steps;
         read_steps.sort_unstable();
         read_steps.dedup();
+        self.report.resolve(&read_steps, &ms, &ds)?;
         let data = self.data.data()?;
         let limit = match self.reference {
             ReferenceSpec::Limit { rtol, atol, num_s } => {
@@ -791,6 +994,7 @@ fn run_task_t<T: crate::model::Real>(
             layer_stats: false,
             layer_steps: Vec::new(),
             layout: Default::default(),
+            max_loss_growth: train::DEFAULT_MAX_LOSS_GROWTH,
         };
         let t0 = std::time::Instant::now();
         let h = train::train_laid_out(&mut w, data, &r, &opts, Par::Seq, &mut |_, _| {}, rows_m)?;
@@ -849,6 +1053,7 @@ fn run_task_lowrank<T: crate::model::Real>(
         layer_stats: false,
         layer_steps: Vec::new(),
         layout: Default::default(),
+        max_loss_growth: train::DEFAULT_MAX_LOSS_GROWTH,
     };
     let t0 = std::time::Instant::now();
     let hs = crate::factored::train_shared(
@@ -1072,6 +1277,22 @@ impl Survey {
     }
 }
 
+/// Most parallel jobs (`--jobs`) or threads (`--threads`) reslim accepts: far above any
+/// core count it runs on, far below the point where starting the threads fails.
+pub const MAX_JOBS: usize = 4096;
+
+/// Checks a parallelism flag (`--jobs`, `--threads`): between 1 and [`MAX_JOBS`].
+pub fn check_jobs(flag: &str, n: usize) -> Result<usize, SpecError> {
+    if n == 0 || n > MAX_JOBS {
+        return Err(SpecError::Flag {
+            flag: flag.into(),
+            value: n.to_string(),
+            why: format!("must be between 1 and {MAX_JOBS}"),
+        });
+    }
+    Ok(n)
+}
+
 /// How to run a sweep.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -1160,7 +1381,9 @@ pub fn run(
     todo.sort_by(|a, b| b.cost().total_cmp(&a.cost()).then(a.id().cmp(&b.id())));
     // Memory: refuse a task that cannot fit at all; limit concurrency so that the
     // largest tasks running together fit.
-    let mut jobs = opts.jobs.max(1);
+    // Never more workers than tasks to run (a worker per core is the point; idle threads
+    // only cost), and never an absurd number whatever the caller asked.
+    let mut jobs = opts.jobs.clamp(1, MAX_JOBS).min(todo.len().max(1));
     if let Some(big) = todo.first() {
         let need = sw.task_bytes(big) as f64;
         if need > opts.memory_budget {
@@ -1306,6 +1529,30 @@ pub fn collect(sw: &Sweep, dir: &SweepDir) -> Result<Vec<ErrorRow>, crate::Error
         for rec in recs {
             if !sw.spec.couplings.contains(&rec.coupling) {
                 continue;
+            }
+            // Records written under another spec (other read steps or data) do not
+            // hold what is indexed below: refuse them by name rather than panic.
+            let short = |what: &str, task: &Task| IoError::BadRecord {
+                path: dir.task_dir(task).join("records.json"),
+                why: format!(
+                    "its {what} do not cover the read steps {:?} of this spec (written by another spec?)",
+                    sw.read_steps
+                ),
+            };
+            let steps = sw.read_steps.len();
+            let hd = if rec.coupling == Coupling::Coupled {
+                t.d
+            } else {
+                0
+            };
+            if rec.outputs.len() < steps * dout * n
+                || rec.hidden.len() < steps * hd * n
+                || sw.read_steps.iter().any(|&k| k >= rec.losses.len())
+            {
+                return Err(short("outputs, hidden states or losses", t).into());
+            }
+            if rf.outputs.len() < steps * dout * n || rf.hidden.len() < steps * dref * n {
+                return Err(short("outputs or hidden states", &rf.task).into());
             }
             for (j, &k) in sw.read_steps.iter().enumerate() {
                 let f = &rec.outputs[j * dout * n..(j + 1) * dout * n];
@@ -1539,6 +1786,164 @@ mod tests {
                 10, 13, 17, 23, 30, 40, 53, 70, 93, 123, 163, 216, 285, 378, 500
             ]
         );
+    }
+
+    const BASE: &str = r#"
+name = "t"
+steps = 4
+read_steps = [2, 3]
+[data]
+din = 3
+dout = 2
+N = 4
+[grid]
+L = [3]
+M = [4, 8, 16]
+D = [5, 10, 20]
+[reference]
+kind = "largest"
+[report]
+bootstrap = 20
+"#;
+
+    /// The check's error for BASE with `from` replaced by `to` (parse errors included).
+    fn refused(from: &str, to: &str) -> String {
+        assert!(BASE.contains(from), "{from}");
+        let text = BASE.replacen(from, to, 1);
+        match toml::from_str::<SweepSpec>(&text) {
+            Err(e) => e.to_string(),
+            Ok(spec) => spec.check().expect_err(&text).to_string(),
+        }
+    }
+
+    #[test]
+    fn every_report_and_grid_setting_is_checked_before_training() {
+        toml::from_str::<SweepSpec>(BASE).unwrap().check().unwrap();
+        for (from, to, names) in [
+            (
+                "read_steps = [2, 3]",
+                "read_steps = []",
+                &["'read_steps'", "[]"][..],
+            ),
+            (
+                "bootstrap = 20",
+                "step = 1",
+                &["'report.step'", "1", "[2, 3]"],
+            ),
+            ("bootstrap = 20", "p_step = 0", &["'report.p_step'", "0"]),
+            ("bootstrap = 20", "p_max = 0", &["'report.p_max'", "0"]),
+            ("bootstrap = 20", "p_max = -1e5", &["'report.p_max'"]),
+            ("bootstrap = 20", "p_max = nan", &["'report.p_max'", "NaN"]),
+            (
+                "bootstrap = 20",
+                "slice_m = [4, 7]",
+                &["'report.slice_m'", "7", "grid.M"],
+            ),
+            (
+                "bootstrap = 20",
+                "slice_d = [6]",
+                &["'report.slice_d'", "6", "grid.D"],
+            ),
+            (
+                "bootstrap = 20",
+                "bootstrap = 1",
+                &["'report.bootstrap'", "1"],
+            ),
+            (
+                "bootstrap = 20",
+                "bootstrap = 10000000",
+                &["'report.bootstrap'"],
+            ),
+            ("bootstrap = 20", "colour = 1", &["colour"]),
+            (
+                "M = [4, 8, 16]",
+                "M = { logspace = [4, 16, 3], cout = 2 }",
+                &["grid.M", "unknown key 'cout'"],
+            ),
+            (
+                "M = [4, 8, 16]",
+                "M = { logspace = [4, 16] }",
+                &["grid.M", "logspace"],
+            ),
+            ("M = [4, 8, 16]", "M = \"big\"", &["grid.M", "big"]),
+            ("D = [5, 10, 20]", "D = [5, 1.5]", &["grid.D", "1.5"]),
+            (
+                "kind = \"largest\"",
+                "kind = \"largest\"\nL = 3",
+                &["unknown field `L`"],
+            ),
+            (
+                "kind = \"largest\"",
+                "kind = \"shape\"\nL = 3\nM = 4\nD = 20\nwidth = 3",
+                &["unknown field `width`"],
+            ),
+            (
+                "kind = \"largest\"",
+                "kind = \"limit\"\nrtoll = 1e-3",
+                &["unknown field `rtoll`"],
+            ),
+            ("N = 4", "N = 4\nseeed = 2", &["seeed"]),
+            (
+                "steps = 4",
+                "steps = 4\nparam = { alphaa = 2 }",
+                &["alphaa"],
+            ),
+            (
+                "steps = 4",
+                "steps = 4\npreset = \"chizat-python\"\nparam = { alpha = 0 }",
+                &["'param'", "'alpha' is 0", "U.lr"],
+            ),
+            (
+                "steps = 4",
+                "steps = 4\nparam = { alpha = -1 }",
+                &["alpha", "non-negative", "-1"],
+            ),
+        ] {
+            let e = refused(from, to);
+            for n in names {
+                assert!(e.contains(n), "{to}: {n} not in {e}");
+            }
+        }
+        // alpha = 0 where nothing divides by it: a frozen branch, accepted.
+        let text = BASE.replacen("steps = 4", "steps = 4\nparam = { alpha = 0 }", 1);
+        toml::from_str::<SweepSpec>(&text).unwrap().check().unwrap();
+        // The logspace form still reads.
+        let text = BASE.replacen("M = [4, 8, 16]", "M = { logspace = [4, 16, 3] }", 1);
+        let sw = toml::from_str::<SweepSpec>(&text).unwrap().check().unwrap();
+        assert_eq!(sw.ms, vec![4, 8, 16]);
+    }
+
+    #[test]
+    fn the_shipped_experiments_pass_their_checks() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("spirals") || p.extension().is_none_or(|x| x != "toml") {
+                continue;
+            }
+            let spec = SweepSpec::from_file(&p).unwrap();
+            if matches!(spec.reference, ReferenceSpec::Limit { .. }) {
+                // The limit's solve is slow: check the report's settings alone.
+                let ms = spec.grid.m.values("grid.M").unwrap();
+                let ds = spec.grid.d.values("grid.D").unwrap();
+                let mut reads = spec.read_steps.clone().unwrap_or(vec![spec.steps - 1]);
+                reads.sort_unstable();
+                spec.report.resolve(&reads, &ms, &ds).expect(&name);
+            } else {
+                spec.check().expect(&name);
+            }
+        }
+    }
+
+    #[test]
+    fn parallelism_flags_are_bounded() {
+        assert_eq!(check_jobs("--jobs", 4).unwrap(), 4);
+        assert_eq!(check_jobs("--jobs", MAX_JOBS).unwrap(), MAX_JOBS);
+        for bad in [0, MAX_JOBS + 1, 100_000] {
+            let e = check_jobs("--jobs", bad).unwrap_err().to_string();
+            assert!(e.contains("--jobs") && e.contains(&bad.to_string()), "{e}");
+        }
     }
 
     #[test]

@@ -38,9 +38,89 @@ pub enum TrainError {
         layer: Option<usize>,
         what: &'static str,
     },
+    /// The loss overflowed while every h_l is finite: the read-out `f = m_W W_U^T h_L` or
+    /// the squared error did. `detail` says which (and where).
+    #[error("training diverged at step {step}: the loss is not finite ({detail}; h_L is finite)")]
+    LossOverflow { step: usize, detail: String },
+    /// The loss is finite but has grown past [`TrainOptions::max_loss_growth`] times its
+    /// value at step 0.
+    #[error(
+        "training diverged at step {step}: the loss {loss:.3e} is more than {factor:e} times the initial loss {initial:.3e} (the learning rate is too large for this shape)"
+    )]
+    LossExploded {
+        step: usize,
+        loss: f64,
+        initial: f64,
+        factor: f64,
+    },
     /// Data and weights disagree on a dimension.
     #[error("data and model disagree: {0}")]
     Mismatch(String),
+}
+
+impl TrainError {
+    /// The step at which training diverged (any of the divergence variants), if it did.
+    pub fn diverged_at(&self) -> Option<usize> {
+        match self {
+            TrainError::Diverged { step, .. }
+            | TrainError::LossOverflow { step, .. }
+            | TrainError::LossExploded { step, .. } => Some(*step),
+            TrainError::Mismatch(_) => None,
+        }
+    }
+}
+
+/// Default of [`TrainOptions::max_loss_growth`].
+///
+/// Why relative, and why 1e20: the scale of the loss is the user's (targets, `loss`
+/// constant, N), so an absolute bound would be wrong for some data; its growth is not.
+/// Gradient descent that converges lowers the loss, and even a catapult phase raises it
+/// by a few orders of magnitude before it comes down; a loss 1e20 times its start
+/// (outputs 1e10 times too large) is a divergence that has not overflowed yet. Stopping
+/// there names the step where the run left the tracks instead of reporting an absurd
+/// final loss (or an overflow many steps later).
+pub const DEFAULT_MAX_LOSS_GROWTH: f64 = 1e20;
+
+/// The error for a loss that is not finite while h_L is: names the first output
+/// `f[o, sample]` that overflowed, or else says that the squared error did.
+pub(crate) fn loss_overflow(step: usize, f: &[f64], y: &[f64], n: usize) -> TrainError {
+    let detail = match f.iter().position(|v| !v.is_finite()) {
+        Some(i) => format!(
+            "output f[{}, sample {}] is {}: the read-out m_W W_U^T h_L overflowed",
+            i / n.max(1),
+            i % n.max(1),
+            f[i]
+        ),
+        None => {
+            let worst = f
+                .iter()
+                .zip(y)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f64, f64::max);
+            format!(
+                "every output f is finite, the largest |f - y| is {worst:e}: the squared error overflowed"
+            )
+        }
+    };
+    TrainError::LossOverflow { step, detail }
+}
+
+/// Refuses a finite loss beyond `opts.max_loss_growth` times the loss at step 0.
+pub(crate) fn check_growth(
+    opts: &TrainOptions,
+    step: usize,
+    loss: f64,
+    initial: f64,
+) -> Result<(), TrainError> {
+    if step > 0 && loss > opts.max_loss_growth * initial {
+        return Err(TrainError::LossExploded {
+            step,
+            loss,
+            initial,
+            factor: opts.max_loss_growth,
+        });
+    }
+    Ok(())
 }
 
 /// Options of a training run.
@@ -62,6 +142,26 @@ pub struct TrainOptions {
     pub layer_steps: Vec<usize>,
     /// How the step lays out U_l and V_l in memory (results agree to rounding).
     pub layout: Layout,
+    /// Training stops with [`TrainError::LossExploded`] when the loss exceeds this many
+    /// times its value at step 0 ([`DEFAULT_MAX_LOSS_GROWTH`]; infinity: never).
+    pub max_loss_growth: f64,
+}
+
+impl Default for TrainOptions {
+    /// One step at eta = 1, tanh, nothing recorded beyond losses and outputs.
+    fn default() -> Self {
+        TrainOptions {
+            steps: 1,
+            eta: 1.0,
+            activation: Activation::Tanh,
+            record_hidden: false,
+            hidden_steps: None,
+            layer_stats: false,
+            layer_steps: Vec::new(),
+            layout: Layout::Auto,
+            max_loss_growth: DEFAULT_MAX_LOSS_GROWTH,
+        }
+    }
 }
 
 /// The memory layout of the block weights during training. The kernels stream rows
@@ -401,11 +501,7 @@ pub fn forward<T: Real>(
     let h_last = &ws.h[l_n * n * d..];
     let loss = readout(&w.wu, data, r, h_last, d, &mut ws.f, &mut ws.dldf);
     if !loss.is_finite() {
-        return Err(TrainError::Diverged {
-            step,
-            layer: None,
-            what: "loss",
-        });
+        return Err(loss_overflow(step, &ws.f, &data.y, n));
     }
     Ok(loss)
 }
@@ -825,6 +921,7 @@ pub fn train_laid_out<T: Real>(
     };
     for k in 0..opts.steps {
         let loss = forward(w, data, r, opts.activation, &mut ws, par, k)?;
+        check_growth(opts, k, loss, hist.losses.first().copied().unwrap_or(loss))?;
         hist.losses.push(loss);
         hist.outputs.extend_from_slice(&ws.f);
         let want_h =
@@ -1066,11 +1163,85 @@ mod tests {
             layer_stats: false,
             layer_steps: Vec::new(),
             layout: Layout::Auto,
+            // Past the growth check: this test is about non-finite values.
+            max_loss_growth: f64::INFINITY,
         };
         let e = train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, TrainError::Diverged { .. }), "{msg}");
         assert!(msg.contains("step"), "{msg}");
+    }
+
+    #[test]
+    fn an_overflowing_readout_is_named_with_h_l_finite() {
+        let dims = dims();
+        let r = Parametrization::preset("standard").unwrap().resolve(&dims);
+        let data = Data::synthetic(dims.din, dims.dout, dims.n, 2);
+        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+        // One huge read-out weight: h_L is finite, f[1, *] overflows.
+        w.wu[1] = 1e308;
+        w.wu[1 + dims.dout] = 1e308;
+        let mut ws = Workspace::new(&w, data.n);
+        let e = forward(&mut w, &data, &r, Activation::Tanh, &mut ws, Par::Seq, 7).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.diverged_at(), Some(7));
+        assert!(
+            msg.contains("at step 7")
+                && msg.contains("output f[1, sample")
+                && msg.contains("h_L is finite"),
+            "{msg}"
+        );
+        // Finite outputs whose squared error overflows.
+        let f = [1e200, 0.0, 0.0];
+        let e = loss_overflow(3, &f, &[0.0; 3], 3).to_string();
+        assert!(
+            e.contains("every output f is finite") && e.contains("1e200"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_finite_but_exploding_loss_stops_at_the_stated_growth() {
+        let dims = dims();
+        let r = Parametrization::preset("standard").unwrap().resolve(&dims);
+        let data = Data::synthetic(dims.din, dims.dout, dims.n, 2);
+        let opts = TrainOptions {
+            steps: 30,
+            eta: 50.0,
+            activation: Activation::Linear,
+            ..Default::default()
+        };
+        let w0 = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+        let e = train(&mut w0.clone(), &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap_err();
+        let TrainError::LossExploded {
+            step,
+            loss,
+            initial,
+            factor,
+        } = e
+        else {
+            panic!("expected LossExploded, got {e}");
+        };
+        assert!(step > 0 && loss > factor * initial && factor == DEFAULT_MAX_LOSS_GROWTH);
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("at step {step}")) && msg.contains("1e20"),
+            "{msg}"
+        );
+        // A tighter threshold stops earlier; none lets it run into the overflow.
+        let tight = TrainOptions {
+            max_loss_growth: 10.0,
+            ..opts.clone()
+        };
+        let e2 = train(&mut w0.clone(), &data, &r, &tight, Par::Seq, &mut |_, _| {}).unwrap_err();
+        assert!(e2.diverged_at().unwrap() <= step, "{e2}");
+        let off = TrainOptions {
+            max_loss_growth: f64::INFINITY,
+            ..opts
+        };
+        let e3 = train(&mut w0.clone(), &data, &r, &off, Par::Seq, &mut |_, _| {}).unwrap_err();
+        assert!(e3.diverged_at().unwrap() > step, "{e3}");
+        assert!(!matches!(e3, TrainError::LossExploded { .. }), "{e3}");
     }
 
     #[test]
@@ -1096,6 +1267,7 @@ mod tests {
             layer_stats: true,
             layer_steps: vec![1, 3],
             layout: Layout::Auto,
+            max_loss_growth: DEFAULT_MAX_LOSS_GROWTH,
         };
         let run = |par| {
             let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
@@ -1164,6 +1336,7 @@ mod tests {
                             layer_stats: true,
                             layer_steps: vec![2],
                             layout,
+                            max_loss_growth: DEFAULT_MAX_LOSS_GROWTH,
                         };
                         let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
                         let h = train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {});

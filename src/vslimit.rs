@@ -470,6 +470,9 @@ impl LimitReference {
                 layer_stats: false,
                 layer_steps: if read { vec![end - 1 - done] } else { vec![] },
                 layout: Default::default(),
+                // Divergence against the limit is data, judged by the errors (sweep::DIVERGED_ERROR);
+                // only a non-finite value stops the run.
+                max_loss_growth: f64::INFINITY,
             };
             match train::train(w, data, r, &opts, Par::Seq, &mut |_, _| {}) {
                 Ok(h) => {
@@ -488,11 +491,13 @@ impl LimitReference {
                         )?);
                     }
                 }
-                Err(train::TrainError::Diverged { step, .. }) => {
-                    out.diverged_at = Some(done + step);
-                    break;
-                }
-                Err(e) => return Err(e.into()),
+                Err(e) => match e.diverged_at() {
+                    Some(step) => {
+                        out.diverged_at = Some(done + step);
+                        break;
+                    }
+                    None => return Err(e.into()),
+                },
             }
             done = end;
         }
@@ -779,6 +784,7 @@ pub fn coordinates(spec: &CoordsSpec, out: &Path) -> crate::Result<CoordsSummary
                 layer_stats: false,
                 layer_steps: Vec::new(),
                 layout: Default::default(),
+                max_loss_growth: train::DEFAULT_MAX_LOSS_GROWTH,
             };
             train::train(&mut w, &data, &r, &opts, Par::Rayon, &mut |_, _| {})?;
             done = k;
@@ -1173,6 +1179,7 @@ mod tests {
             layer_stats: false,
             layer_steps: vec![0, 3],
             layout: Default::default(),
+            max_loss_growth: train::DEFAULT_MAX_LOSS_GROWTH,
         };
         let hist = train::train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap();
         let e = lim

@@ -616,3 +616,247 @@ fn spirals_trains_reports_and_names_bad_fields() {
     assert!(e.contains("train.backoff") && e.contains("1.5"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A failure that the program reported itself: a non-zero exit code (not a signal), no
+/// panic, and a message naming every one of `names`.
+fn assert_refused(o: &Output, names: &[&str]) {
+    let e = stderr(o);
+    assert!(o.status.code().is_some(), "killed by a signal: {e}");
+    assert_ne!(o.status.code(), Some(0), "exit 0: {e}");
+    assert!(!e.contains("panicked"), "{e}");
+    for n in names {
+        assert!(e.contains(n), "'{n}' not in: {e}");
+    }
+}
+
+#[test]
+fn sweep_settings_are_refused_before_any_training() {
+    let dir = tmp("validate");
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("read_steps = [3]", "read_steps = []", &["read_steps", "[]"]),
+        ("bootstrap = 20", "step = 2", &["report.step", "2", "[3]"]),
+        ("bootstrap = 20", "p_step = 1", &["report.p_step", "1"]),
+        ("bootstrap = 20", "p_max = 0", &["report.p_max", "0"]),
+        ("bootstrap = 20", "p_max = -3", &["report.p_max", "-3"]),
+        (
+            "bootstrap = 20",
+            "slice_m = [4, 5]",
+            &["report.slice_m", "5"],
+        ),
+        ("bootstrap = 20", "slice_d = [7]", &["report.slice_d", "7"]),
+        (
+            "bootstrap = 20",
+            "bootstrap = 0",
+            &["report.bootstrap", "0"],
+        ),
+        (
+            "M = [4, 8, 16]",
+            "M = { logspace = [4, 16, 3], count = 3 }",
+            &["grid.M", "count"],
+        ),
+        (
+            "kind = \"largest\"",
+            "kind = \"largest\"\nD = 40",
+            &["s.toml", "unknown field `D`"],
+        ),
+        (
+            "kind = \"largest\"",
+            "kind = \"shape\"\nL = 3\nM = 16\nD = 20\nrtol = 1",
+            &["s.toml", "unknown field `rtol`"],
+        ),
+        (
+            "steps = 4",
+            "steps = 4\npreset = \"chizat-python\"\nparam = { alpha = 0 }",
+            &["alpha", "U.lr"],
+        ),
+    ];
+    for (i, (from, to, names)) in cases.iter().enumerate() {
+        assert!(SMALL_SWEEP.contains(from), "{from}");
+        let case = dir.join(format!("c{i}"));
+        std::fs::create_dir_all(&case).unwrap();
+        let spec = case.join("s.toml");
+        std::fs::write(&spec, SMALL_SWEEP.replacen(from, to, 1)).unwrap();
+        let out = case.join("out");
+        let t0 = std::time::Instant::now();
+        let o = reslim(&[
+            "sweep",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_refused(&o, names);
+        assert!(!out.join("tasks").exists(), "{to}: trained before refusing");
+        assert!(t0.elapsed().as_secs() < 20, "{to}: slow refusal");
+    }
+}
+
+#[test]
+fn parallelism_flags_are_bounded() {
+    let dir = tmp("jobs");
+    let spec = dir.join("s.toml");
+    std::fs::write(&spec, SMALL_SWEEP).unwrap();
+    let out = dir.join("out");
+    for jobs in ["0", "100000"] {
+        let o = reslim(&[
+            "sweep",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--jobs",
+            jobs,
+        ]);
+        assert_refused(&o, &["--jobs", jobs]);
+        assert!(!out.join("tasks").exists());
+    }
+    let o = reslim(&["--threads", "100000", "train", "--steps", "1"]);
+    assert_refused(&o, &["--threads", "100000"]);
+    // More jobs than tasks run as many as there are tasks.
+    let o = reslim(&[
+        "sweep",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--jobs",
+        "4096",
+        "--max-tasks",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("18 parallel job(s)"), "{}", stderr(&o));
+}
+
+/// The reference inputs with one array replaced.
+fn npy_dir_with(dir: &Path, name: &str, shape: &[usize]) -> PathBuf {
+    let src = shared().join("chizat_julia_small/inputs");
+    let npy = dir.join(format!(
+        "npy-{name}-{}",
+        shape
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join("x")
+    ));
+    std::fs::create_dir_all(&npy).unwrap();
+    for f in ["X", "Y", "WE", "WU", "U", "V"] {
+        std::fs::copy(src.join(format!("{f}.npy")), npy.join(format!("{f}.npy"))).unwrap();
+    }
+    let n: usize = shape.iter().product();
+    reslim::io::write_npy(&npy.join(name), shape, &vec![0.25f64; n]).unwrap();
+    npy
+}
+
+#[test]
+fn npy_inputs_with_a_zero_dimension_or_a_quoted_fortran_order_are_refused() {
+    let dir = tmp("npy-zero");
+    let u = reslim::io::read_npy(&shared().join("chizat_julia_small/inputs/U.npy")).unwrap();
+    let (l, d, m) = (u.shape[0], u.shape[1], u.shape[2]);
+    let cases: Vec<(&str, Vec<usize>, &str)> = vec![
+        ("U.npy", vec![0, d, m], "dimension L"),
+        ("U.npy", vec![l, d, 0], "dimension M"),
+        ("U.npy", vec![l, 0, m], "dimension D"),
+        ("Y.npy", vec![0, 4], "dimension d_out"),
+        ("X.npy", vec![5, 0], "dimension N"),
+    ];
+    for (name, shape, dim) in cases {
+        let npy = npy_dir_with(&dir, name, &shape);
+        let out = dir.join("out");
+        let o = reslim(&[
+            "train",
+            "--init-npy",
+            npy.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_refused(&o, &["init_npy", name, dim]);
+        assert!(
+            !out.exists(),
+            "{name} {shape:?}: a run directory was written"
+        );
+    }
+    // fortran_order written as the string 'True' is not a Python bool.
+    let npy = npy_dir_with(&dir, "X.npy", &[1, 1]);
+    let x = std::fs::read(npy.join("X.npy")).unwrap();
+    let hlen = u16::from_le_bytes([x[8], x[9]]) as usize;
+    let header = String::from_utf8_lossy(&x[10..10 + hlen])
+        .replace("'fortran_order': False", "'fortran_order': 'True'");
+    let mut bytes = x[..8].to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&x[10 + hlen..]);
+    std::fs::write(npy.join("X.npy"), bytes).unwrap();
+    let o = reslim(&["train", "--init-npy", npy.to_str().unwrap(), "--steps", "1"]);
+    assert_refused(&o, &["X.npy", "fortran_order", "'True'"]);
+}
+
+#[test]
+fn divergence_names_the_step_and_the_place() {
+    let dir = tmp("diverge");
+    // The loss overflows while tanh keeps h_L finite: the read-out is named.
+    let o = reslim(&[
+        "train",
+        "--lr",
+        "1e8",
+        "--steps",
+        "10",
+        "--out",
+        dir.join("a").to_str().unwrap(),
+    ]);
+    assert_refused(&o, &["training diverged at step"]);
+    let e = stderr(&o);
+    assert!(
+        ["layer", "output f", "times the initial loss"]
+            .iter()
+            .any(|w| e.contains(w)),
+        "{e}"
+    );
+    // A finite but absurd loss stops at the stated growth.
+    let o = reslim(&[
+        "train",
+        "--lr",
+        "1e3",
+        "--out",
+        dir.join("b").to_str().unwrap(),
+    ]);
+    assert_refused(&o, &["training diverged at step", "times the initial loss"]);
+    // A sweep task's failure prints its cause once.
+    let spec = dir.join("s.toml");
+    std::fs::write(
+        &spec,
+        SMALL_SWEEP.replace("steps = 4", "steps = 4\nlr = 1e8"),
+    )
+    .unwrap();
+    let o = reslim(&[
+        "sweep",
+        spec.to_str().unwrap(),
+        "--out",
+        dir.join("sw").to_str().unwrap(),
+        "--jobs",
+        "1",
+    ]);
+    assert_refused(&o, &["task r", "failed: training diverged at step"]);
+    assert_eq!(stderr(&o).matches("diverged").count(), 1, "{}", stderr(&o));
+}
+
+#[test]
+fn a_report_over_records_of_another_spec_does_not_panic() {
+    let dir = tmp("stale");
+    let spec = dir.join("s.toml");
+    std::fs::write(&spec, SMALL_SWEEP).unwrap();
+    let out = dir.join("out");
+    let (s, o) = (spec.to_str().unwrap(), out.to_str().unwrap());
+    let r = reslim(&["sweep", s, "--out", o, "--jobs", "1"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    // The same tasks, now read at two steps: the stored records hold one.
+    std::fs::write(
+        &spec,
+        SMALL_SWEEP.replace("read_steps = [3]", "read_steps = [2, 3]"),
+    )
+    .unwrap();
+    let r = reslim(&["sweep", s, "--out", o, "--report-only"]);
+    let e = stderr(&r);
+    assert!(r.status.code().is_some() && !e.contains("panicked"), "{e}");
+    // Refused naming a record file, unless the stale records were set aside.
+    assert!(r.status.success() || e.contains("records.json"), "{e}");
+}

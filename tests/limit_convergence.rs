@@ -46,6 +46,7 @@ fn ladder(data: &Data, lim: &LimitReference, other: Option<&[f64]>) -> Vec<(f64,
                 layer_stats: false,
                 layer_steps: vec![READ],
                 layout: Default::default(),
+                max_loss_growth: reslim::train::DEFAULT_MAX_LOSS_GROWTH,
             };
             let mut acc = (0.0, 0.0, 0.0);
             for i in 0..draws {

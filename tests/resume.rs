@@ -24,7 +24,7 @@ D = [4, 6]
 [reference]
 kind = "largest"
 [report]
-bootstrap = 10
+bootstrap = 20
 "#;
 
 fn tmp(name: &str) -> PathBuf {
@@ -151,7 +151,7 @@ fn every_training_relevant_edit_makes_finished_tasks_stale() {
     let dir = root.join("reuse");
     copy_dir(&base_dir, &dir);
     let wider = BASE
-        .replace("bootstrap = 10", "bootstrap = 12\nstep = 3")
+        .replace("bootstrap = 20", "bootstrap = 24\nstep = 3")
         .replace("name = \"resume\"", "name = \"renamed\"")
         .replace("M = [3, 5]", "M = [3, 5, 7]")
         .replace(
