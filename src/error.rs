@@ -22,6 +22,8 @@ pub enum Error {
     #[error(transparent)]
     Limit(#[from] crate::limit::LimitError),
     #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
+    #[error(transparent)]
     MeanField(#[from] crate::meanfield::experiment::MeanFieldError),
 }
 

@@ -28,6 +28,7 @@
 //! ([`worth_it`]).
 
 use crate::kernels::{self, Par};
+use crate::memory::{self, MemoryError};
 use crate::model::{Data, Real};
 use crate::param::{Dims, Resolved};
 use crate::train::{self, History, TrainError, TrainOptions};
@@ -55,14 +56,41 @@ pub fn worth_it(dims: &Dims, steps: usize, variants: usize) -> bool {
     lowrank < dense
 }
 
-/// Bytes the low-rank run needs besides the initial weights.
-pub fn bytes<T>(dims: &Dims, steps: usize, variants: usize) -> usize {
+/// Bytes the low-rank run needs besides the initial weights; an error naming the
+/// quantities if the count overflows.
+pub fn bytes<T>(dims: &Dims, steps: usize, variants: usize) -> Result<usize, MemoryError> {
     let (l, m, d, n) = (dims.l, dims.m, dims.d, dims.n);
-    let rmax = steps.saturating_sub(1) * n;
-    let vn = variants * n;
-    let factors = variants * 2 * l * (m + d) * rmax;
-    let ws = (l + 1) * vn * d + 3 * l * m * vn + 3 * m * vn + 2 * vn * d;
-    (factors + ws + 4 * rmax * n + 2 * m * n) * std::mem::size_of::<T>()
+    let s = std::mem::size_of::<T>();
+    let rmax = memory::product(&[("steps - 1", steps.saturating_sub(1)), ("N", n)])?;
+    let vn = memory::product(&[("variants", variants), ("N", n)])?;
+    let md = memory::sum(&[("M", m), ("D", d)])?;
+    let l1 = memory::sum(&[("L", l), ("1", 1)])?;
+    let p = |f: &[(&str, usize)]| memory::product(f);
+    let values = memory::sum(&[
+        (
+            "factors",
+            p(&[
+                ("variants", variants),
+                ("2", 2),
+                ("L", l),
+                ("M + D", md),
+                ("rank", rmax),
+            ])?,
+        ),
+        ("h", p(&[("L + 1", l1), ("variants x N", vn), ("D", d)])?),
+        (
+            "p, s, ds",
+            p(&[("3", 3), ("L", l), ("M", m), ("variants x N", vn)])?,
+        ),
+        (
+            "ca, q, scratch",
+            p(&[("3", 3), ("M", m), ("variants x N", vn)])?,
+        ),
+        ("g, g2", p(&[("2", 2), ("variants x N", vn), ("D", d)])?),
+        ("products", p(&[("4", 4), ("rank", rmax), ("N", n)])?),
+        ("N x M", p(&[("2", 2), ("M", m), ("N", n)])?),
+    ])?;
+    memory::product(&[("values", values), ("bytes", s)])
 }
 
 /// The factors of one tensor role for one network: per layer A^T (rmax x M, row j the
@@ -191,6 +219,15 @@ pub fn train_shared<T: Real>(
     }
     let (l_n, m, d, n) = (dims.l, dims.m, dims.d, data.n);
     let nv = variants.len();
+    // Every buffer below is sized from these: checked once, here.
+    bytes::<T>(&Dims { n, ..*dims }, opts.steps, nv)?;
+    memory::product(&[
+        ("steps", opts.steps),
+        ("dout", dims.dout),
+        ("N", n),
+        ("8", 8),
+    ])?;
+    memory::product(&[("steps", opts.steps), ("D", d), ("N", n), ("8", 8)])?;
     let vn = nv * n;
     assert_eq!(ut0.len(), l_n * m * d);
     assert_eq!(vt0.len(), l_n * m * d);

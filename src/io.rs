@@ -368,10 +368,23 @@ pub struct NpyArray {
     pub data: Vec<f64>,
 }
 
-/// Reads an NPY file of `f8` or `f4` (little- or big-endian, C or Fortran order) into a
-/// C-order f64 array. Rejects NaN and infinities, naming the first bad entry.
-pub fn read_npy(path: &Path) -> Result<NpyArray, IoError> {
-    let bytes = fs::read(path).map_err(os(path))?;
+/// What an NPY header says.
+struct NpyHeader {
+    shape: Vec<usize>,
+    /// Bytes per element (8 or 4).
+    size: usize,
+    big: bool,
+    is_f64: bool,
+    fortran: bool,
+    /// Offset of the data.
+    data_start: usize,
+    /// Bytes of data the shape needs (checked: a wrapped product would let a header
+    /// claim 2^61 rows over an empty body).
+    data_bytes: usize,
+}
+
+/// Parses the header at the start of `bytes` (at least the whole header).
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<NpyHeader, IoError> {
     let bad = |why: &str| IoError::BadNpy {
         path: path.to_path_buf(),
         why: why.to_string(),
@@ -408,7 +421,7 @@ pub fn read_npy(path: &Path) -> Result<NpyArray, IoError> {
         .strip_prefix('\'')
         .and_then(|d| d.split('\'').next())
         .ok_or_else(|| bad("malformed 'descr'"))?;
-    let (size, big, is_f64) = match descr {
+    let (size, big, is_f64): (usize, bool, bool) = match descr {
         "<f8" | "=f8" | "f8" => (8, false, true),
         ">f8" => (8, true, true),
         "<f4" | "=f4" | "f4" => (4, false, false),
@@ -453,15 +466,86 @@ pub fn read_npy(path: &Path) -> Result<NpyArray, IoError> {
         .map(|s| s.parse::<usize>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| bad("malformed 'shape'"))?;
-    let count: usize = shape.iter().product();
-    let body = &bytes[hstart + hlen..];
-    if body.len() != count * size {
-        return Err(bad(&format!(
-            "data holds {} bytes, shape {:?} needs {}",
-            body.len(),
-            shape,
-            count * size
-        )));
+    let data_bytes = shape
+        .iter()
+        .try_fold(size, |acc, &x| acc.checked_mul(x))
+        .ok_or_else(|| {
+            bad(&format!(
+                "shape {shape:?} of {size}-byte elements overflows a 64-bit size"
+            ))
+        })?;
+    Ok(NpyHeader {
+        shape,
+        size,
+        big,
+        is_f64,
+        fortran,
+        data_start: hstart + hlen,
+        data_bytes,
+    })
+}
+
+/// The shape of an NPY file, from its header alone (the data is not read, but the file
+/// must hold as many bytes as the shape needs).
+pub fn npy_shape(path: &Path) -> Result<Vec<usize>, IoError> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).map_err(os(path))?;
+    let file_len = f.metadata().map_err(os(path))?.len();
+    let mut start = vec![0u8; 12];
+    let got = f.read(&mut start).map_err(os(path))?;
+    start.truncate(got);
+    // Enough for the header length the first bytes declare (u32 at most).
+    let hlen = match start.get(6) {
+        Some(1) if start.len() >= 10 => u16::from_le_bytes([start[8], start[9]]) as u64 + 10,
+        Some(2 | 3) if start.len() >= 12 => {
+            u32::from_le_bytes([start[8], start[9], start[10], start[11]]) as u64 + 12
+        }
+        _ => start.len() as u64,
+    };
+    let mut head = Vec::new();
+    fs::File::open(path)
+        .map_err(os(path))?
+        .take(hlen.min(file_len))
+        .read_to_end(&mut head)
+        .map_err(os(path))?;
+    let h = parse_header(path, &head)?;
+    let body = file_len.saturating_sub(h.data_start as u64);
+    if body != h.data_bytes as u64 {
+        return Err(IoError::BadNpy {
+            path: path.to_path_buf(),
+            why: format!(
+                "data holds {body} bytes, shape {:?} needs {}",
+                h.shape, h.data_bytes
+            ),
+        });
+    }
+    Ok(h.shape)
+}
+
+/// Reads an NPY file of `f8` or `f4` (little- or big-endian, C or Fortran order) into a
+/// C-order f64 array. Rejects NaN and infinities, naming the first bad entry.
+pub fn read_npy(path: &Path) -> Result<NpyArray, IoError> {
+    let bytes = fs::read(path).map_err(os(path))?;
+    let NpyHeader {
+        shape,
+        size,
+        big,
+        is_f64,
+        fortran,
+        data_start,
+        data_bytes,
+    } = parse_header(path, &bytes)?;
+    let body = &bytes[data_start..];
+    if body.len() != data_bytes {
+        return Err(IoError::BadNpy {
+            path: path.to_path_buf(),
+            why: format!(
+                "data holds {} bytes, shape {:?} needs {}",
+                body.len(),
+                shape,
+                data_bytes
+            ),
+        });
     }
     let mut data: Vec<f64> = body
         .chunks_exact(size)
@@ -498,8 +582,18 @@ pub fn read_npy_shaped(path: &Path, expected: &[usize]) -> Result<Vec<f64>, IoEr
     Ok(a.data)
 }
 
+/// `data` (Fortran order) in C order. Needs `data.len()` = the product of `shape`
+/// (checked by the caller's header parsing); then no stride below overflows, and an
+/// empty array returns at once.
 fn fortran_to_c(shape: &[usize], data: &[f64]) -> Vec<f64> {
     let n = shape.len();
+    debug_assert_eq!(
+        shape.iter().try_fold(1usize, |a, &x| a.checked_mul(x)),
+        Some(data.len())
+    );
+    if data.is_empty() {
+        return Vec::new();
+    }
     let mut out = vec![0.0; data.len()];
     let mut idx = vec![0usize; n];
     for (c_pos, slot) in out.iter_mut().enumerate() {
@@ -526,6 +620,33 @@ fn fortran_to_c(shape: &[usize], data: &[f64]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A header claiming 2^61 rows over an empty body: 2^61 x 8 bytes wraps to 0, which
+    /// matched the empty body before the product was checked.
+    #[test]
+    fn headers_whose_size_overflows_are_refused() {
+        let dir = std::env::temp_dir().join(format!("reslim-io-huge-{}", std::process::id()));
+        let p = dir.join("huge.npy");
+        let mut bytes = npy_bytes::<f64>(&[0], &[]);
+        let text = String::from_utf8_lossy(&bytes[10..]).replace("(0,)", "(2305843009213693952,)");
+        bytes.truncate(8);
+        bytes.extend_from_slice(&(text.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(text.as_bytes());
+        atomic_write(&p, &bytes).unwrap();
+        let e = read_npy(&p).unwrap_err().to_string();
+        assert!(e.contains("huge.npy") && e.contains("overflows"), "{e}");
+        let e = npy_shape(&p).unwrap_err().to_string();
+        assert!(e.contains("overflows"), "{e}");
+        // A header whose shape fits but whose body is short.
+        write_npy(&p, &[3, 2], &[1.0; 6]).unwrap();
+        assert_eq!(npy_shape(&p).unwrap(), vec![3, 2]);
+        let mut short = fs::read(&p).unwrap();
+        short.truncate(short.len() - 8);
+        atomic_write(&p, &short).unwrap();
+        assert!(npy_shape(&p).unwrap_err().to_string().contains("needs 48"));
+        assert!(fortran_to_c(&[0, 5], &[]).is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn npy_round_trip() {

@@ -11,6 +11,7 @@ pub mod io;
 pub mod kernels;
 pub mod limit;
 pub mod meanfield;
+pub mod memory;
 pub mod model;
 pub mod param;
 pub mod plot;

@@ -506,6 +506,8 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
         "numpy s"
     );
     let mut rows = Vec::new();
+    // The weights, with headroom for the workspace and the probe's arrays.
+    let budget = reslim::memory::available()?.scaled(0.8);
     for &s in &a.sizes {
         let dims = reslim::param::Dims {
             l: a.l,
@@ -515,8 +517,8 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
             dout: 5,
             n: a.n,
         };
-        let need = reslim::model::Weights::<T>::bytes(&dims);
-        if need as f64 > 0.8 * available_memory() {
+        let need = reslim::model::Weights::<T>::bytes(&dims)?;
+        if need > budget.bytes {
             println!(
                 "{:>5} {s:>5} {s:>5}: skipped, needs {:.1} GB",
                 a.l,
@@ -607,7 +609,14 @@ fn cmd_sweep(spec: SweepSpec, out: &Path, a: &SweepArgs) -> Result<()> {
     let plan = sw.plan();
     let survey = dir.survey(&sw);
     let work: f64 = plan.iter().map(|t| t.cost()).sum();
-    let biggest = plan.iter().map(|t| sw.task_bytes(t)).max().unwrap_or(0);
+    let bytes = plan
+        .iter()
+        .map(|t| {
+            sw.task_bytes(t)
+                .map_err(|e| anyhow::anyhow!("task {}: {e}", t.id()))
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let biggest = bytes.iter().copied().max().unwrap_or(0);
     // Never more parallel jobs than tasks (the message states what runs).
     let jobs = jobs.min(plan.len().max(1));
     eprintln!(
@@ -639,19 +648,14 @@ fn cmd_sweep(spec: SweepSpec, out: &Path, a: &SweepArgs) -> Result<()> {
         );
     }
     if a.plan {
-        for t in &plan {
+        for (t, b) in plan.iter().zip(&bytes) {
             let state = match dir.state(&sw, t) {
                 sweep::TaskState::Done(_) => "done",
                 sweep::TaskState::Missing => "todo",
                 sweep::TaskState::Stale(_) => "stale",
                 sweep::TaskState::Corrupt(_) => "corrupt",
             };
-            println!(
-                "{}\t{}\t{:.3e} bytes",
-                t.id(),
-                state,
-                sw.task_bytes(t) as f64
-            );
+            println!("{}\t{}\t{:.3e} bytes", t.id(), state, *b as f64);
         }
         return Ok(());
     }
@@ -662,7 +666,7 @@ fn cmd_sweep(spec: SweepSpec, out: &Path, a: &SweepArgs) -> Result<()> {
         let opts = sweep::RunOptions {
             jobs,
             max_tasks: a.max_tasks,
-            memory_budget: 0.85 * available_memory(),
+            memory: None,
             redo_stale: a.redo_stale,
         };
         let summary = sweep::run(&sw, &dir, &opts, &|done, total, t| {
@@ -751,19 +755,6 @@ fn cmd_coords(a: CoordsArgs) -> Result<()> {
         a.out.display()
     );
     Ok(())
-}
-
-fn available_memory() -> f64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb * 1024.0)
-        .unwrap_or(f64::INFINITY)
 }
 
 /// Seconds per step of the NumPy fused peer on the same shape, if it can run here.

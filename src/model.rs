@@ -10,6 +10,7 @@
 //! - data `x`: d_in x N, `y`: d_out x N (one column per sample), as in the authors' code.
 
 use crate::io::{self, IoError};
+use crate::memory::{self, MemoryError};
 use crate::param::{Dims, Resolved};
 use crate::rng::{Stream, Tensor};
 use serde::{Deserialize, Serialize};
@@ -280,10 +281,17 @@ const LINE: usize = 64;
 const HUGE_PAGE: usize = 2 << 20;
 
 impl<T: Real> Aligned<T> {
-    /// `len` zeros.
-    pub fn zeroed(len: usize) -> Self {
+    /// `len` zeros, or an error if `len` elements overflow the address space or cannot
+    /// be allocated. For sizes that come from user input.
+    pub fn try_zeroed(len: usize, what: &str) -> Result<Self, MemoryError> {
         // All-zero bits are 0.0 in f32 and f64.
-        Self::zero_bytes(len)
+        Self::zero_bytes(len, what)
+    }
+
+    /// `len` zeros. Panics where [`Aligned::try_zeroed`] fails: only for sizes already
+    /// validated (by a memory estimate of the same shape, or a live allocation).
+    pub fn zeroed(len: usize) -> Self {
+        Self::zero_bytes(len, "array").unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A copy of `v`.
@@ -297,44 +305,60 @@ impl<T: Real> Aligned<T> {
 impl<T> Aligned<T> {
     /// `len` elements of all-zero bytes (valid values for the float types of
     /// [`Aligned::zeroed`]; other types only reach it through `clone`, which overwrites
-    /// every element before any is read).
-    fn zero_bytes(len: usize) -> Self {
-        let bytes = len * std::mem::size_of::<T>();
+    /// every element before any is read). The byte count is checked: a wrapped count
+    /// would allocate less than the `len` elements the slice claims.
+    fn zero_bytes(len: usize, what: &str) -> Result<Self, MemoryError> {
+        let layout = Self::layout(len, what)?;
+        let bytes = layout.size();
         if bytes == 0 {
             // A dangling pointer, but on a line like the others.
             let ptr = std::ptr::NonNull::new(std::ptr::without_provenance_mut::<T>(LINE));
-            return Aligned {
+            return Ok(Aligned {
                 ptr: ptr.expect("LINE is not null"),
                 len,
                 mapped: 0,
-            };
+            });
         }
         #[cfg(target_os = "linux")]
         if bytes >= 2 * HUGE_PAGE
             && let Some((ptr, mapped)) = map_huge(bytes)
         {
-            return Aligned {
+            return Ok(Aligned {
                 ptr: ptr.cast(),
                 len,
                 mapped,
-            };
+            });
         }
-        let layout = Self::layout(len);
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
         let Some(ptr) = std::ptr::NonNull::new(raw.cast::<T>()) else {
-            std::alloc::handle_alloc_error(layout)
+            return Err(MemoryError::Insufficient {
+                what: format!("{what} of {len} elements"),
+                need: bytes,
+                available: 0,
+                by: crate::memory::Source::Allocator,
+            });
         };
-        Aligned {
+        Ok(Aligned {
             ptr,
             len,
             mapped: 0,
-        }
+        })
     }
 
-    fn layout(len: usize) -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(len * std::mem::size_of::<T>(), LINE)
-            .expect("array size overflows")
+    /// The layout of `len` elements on a cache line; an error if its size overflows
+    /// (`isize::MAX` bytes at most).
+    fn layout(len: usize, what: &str) -> Result<std::alloc::Layout, MemoryError> {
+        let overflow = || MemoryError::Overflow {
+            expr: format!(
+                "{what}: {len} elements x {} bytes",
+                std::mem::size_of::<T>()
+            ),
+        };
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(overflow)?;
+        std::alloc::Layout::from_size_align(bytes, LINE).map_err(|_| overflow())
     }
 }
 
@@ -386,7 +410,8 @@ impl<T> Drop for Aligned<T> {
                 libc::munmap(self.ptr.as_ptr().cast(), self.mapped);
                 return;
             }
-            std::alloc::dealloc(self.ptr.as_ptr().cast(), Self::layout(self.len));
+            let layout = Self::layout(self.len, "array").expect("allocated with this layout");
+            std::alloc::dealloc(self.ptr.as_ptr().cast(), layout);
         }
     }
 }
@@ -408,7 +433,7 @@ impl<T> std::ops::DerefMut for Aligned<T> {
 
 impl<T: Copy> Clone for Aligned<T> {
     fn clone(&self) -> Self {
-        let a = Self::zero_bytes(self.len);
+        let a = Self::zero_bytes(self.len, "copy").unwrap_or_else(|e| panic!("{e}"));
         // SAFETY: both hold `len` elements; distinct allocations.
         unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), a.ptr.as_ptr(), self.len) };
         a
@@ -495,9 +520,19 @@ impl<T: Real> Weights<T> {
         }
     }
 
-    /// Bytes the weights take.
-    pub fn bytes(dims: &Dims) -> usize {
-        (dims.d * (dims.din + dims.dout) + 2 * dims.l * dims.m * dims.d) * std::mem::size_of::<T>()
+    /// Bytes the weights take; an error naming the dimensions if the count overflows.
+    pub fn bytes(dims: &Dims) -> Result<usize, MemoryError> {
+        let s = std::mem::size_of::<T>();
+        let io = memory::sum(&[("din", dims.din), ("dout", dims.dout)])?;
+        let embed = memory::product(&[("D", dims.d), ("din + dout", io), ("bytes", s)])?;
+        let blocks = memory::product(&[
+            ("2", 2),
+            ("L", dims.l),
+            ("M", dims.m),
+            ("D", dims.d),
+            ("bytes", s),
+        ])?;
+        memory::sum(&[("embedding bytes", embed), ("block bytes", blocks)])
     }
 
     /// Draws the weights from the RNG streams `(seed, tensor, layer)`: entry (d, i) of W_E
@@ -505,15 +540,32 @@ impl<T: Real> Weights<T> {
     /// U_l^T is `std_U * normal(block_seed, U, l; row m, col d)`, and likewise for V, W_U.
     /// Layers are drawn in parallel when called inside a rayon pool; the result does not
     /// depend on the number of threads.
+    ///
+    /// Panics if the blocks cannot be allocated: for shapes already checked against a
+    /// memory estimate; [`Weights::try_draw`] for others.
     pub fn draw(dims: &Dims, r: &Resolved, embed_seed: u64, block_seed: u64, par: bool) -> Self {
+        Self::try_draw(dims, r, embed_seed, block_seed, par).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Weights::draw`], or an error if L x M x D overflows or cannot be allocated.
+    pub fn try_draw(
+        dims: &Dims,
+        r: &Resolved,
+        embed_seed: u64,
+        block_seed: u64,
+        par: bool,
+    ) -> Result<Self, MemoryError> {
+        memory::product(&[("D", dims.d), ("din", dims.din)])?;
+        memory::product(&[("D", dims.d), ("dout", dims.dout)])?;
+        let blocks = memory::product(&[("L", dims.l), ("M", dims.m), ("D", dims.d)])?;
+        let mut ut = Aligned::try_zeroed(blocks, "U")?;
+        let mut vt = Aligned::try_zeroed(blocks, "V")?;
         let to_t = |v: Vec<f64>| v.into_iter().map(T::of).collect::<Vec<T>>();
         let we =
             to_t(Stream::new(embed_seed, Tensor::WE, 0).normal_matrix(dims.d, dims.din, r.we.std));
         let wu =
             to_t(Stream::new(embed_seed, Tensor::WU, 0).normal_matrix(dims.d, dims.dout, r.wu.std));
-        let (l, m, d) = (dims.l, dims.m, dims.d);
-        let mut ut = Aligned::zeroed(l * m * d);
-        let mut vt = Aligned::zeroed(l * m * d);
+        let (m, d) = (dims.m, dims.d);
         let fill = |tensor: Tensor, std: f64, buf: &mut [T]| {
             let job = |(layer, block): (usize, &mut [T])| {
                 let s = Stream::new(block_seed, tensor, layer as u64);
@@ -532,13 +584,13 @@ impl<T: Real> Weights<T> {
             fill(Tensor::U, r.u.std, &mut ut);
             fill(Tensor::V, r.v.std, &mut vt);
         }
-        Weights {
+        Ok(Weights {
             dims: *dims,
             we,
             ut,
             vt,
             wu,
-        }
+        })
     }
 
     /// Reads the weights from a directory in the layout of `shared/reference/README.md`:
@@ -615,15 +667,16 @@ pub fn data_from_npy_dir(dir: &Path) -> Result<Data, IoError> {
 
 /// The shape (L, M, D) stored in an `--init-npy` directory's `U.npy`.
 pub fn blocks_shape_from_npy_dir(dir: &Path) -> Result<(usize, usize, usize), IoError> {
-    let u = io::read_npy(&dir.join("U.npy"))?;
-    if u.shape.len() != 3 {
+    // The header alone: the arrays are read once the run's memory has been checked.
+    let u = io::npy_shape(&dir.join("U.npy"))?;
+    if u.len() != 3 {
         return Err(IoError::BadNpy {
             path: dir.join("U.npy"),
-            why: format!("expected shape (L, D, M), found {:?}", u.shape),
+            why: format!("expected shape (L, D, M), found {u:?}"),
         });
     }
-    refuse_empty(&dir.join("U.npy"), &u.shape, &["L", "D", "M"])?;
-    Ok((u.shape[0], u.shape[2], u.shape[1]))
+    refuse_empty(&dir.join("U.npy"), &u, &["L", "D", "M"])?;
+    Ok((u[0], u[2], u[1]))
 }
 
 /// Refuses an array with a zero among its dimensions (named by `names`, axis by axis).
@@ -641,6 +694,40 @@ fn refuse_empty(path: &Path, shape: &[usize], names: &[&str]) -> Result<(), IoEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shape of issue 13: L x M x D x 8 bytes wraps to 0 in 64 bits. The sizes are
+    /// errors that name the dimensions, and no slice is built over a short allocation.
+    #[test]
+    fn oversized_arrays_are_errors_not_short_allocations() {
+        let e = Aligned::<f64>::try_zeroed(usize::MAX / 4, "U").unwrap_err();
+        assert!(e.to_string().contains("U: "), "{e}");
+        assert!(Aligned::<f64>::try_zeroed(1 << 61, "U").is_err());
+        assert_eq!(Aligned::<f64>::try_zeroed(7, "U").unwrap().len(), 7);
+        let dims = Dims {
+            l: 1 << 31,
+            m: 1 << 30,
+            d: 1,
+            din: 1,
+            dout: 1,
+            n: 2,
+        };
+        let e = Weights::<f64>::bytes(&dims).unwrap_err().to_string();
+        assert!(
+            e.contains("'L' x 'M' x 'D'") && e.contains("2147483648"),
+            "{e}"
+        );
+        let r = crate::param::Parametrization::preset("chizat-julia")
+            .unwrap()
+            .resolve(&dims);
+        let e = Weights::<f64>::try_draw(&dims, &r, 1, 2, false).unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
+        let wide = Dims {
+            l: 1,
+            d: 1 << 62,
+            ..dims
+        };
+        assert!(Weights::<f32>::bytes(&wide).is_err());
+    }
 
     #[test]
     fn npy_dirs_with_a_zero_dimension_are_refused_naming_file_and_dimension() {

@@ -18,6 +18,7 @@
 use crate::Result;
 use crate::io::{self, IoError};
 use crate::kernels::{self, Par};
+use crate::memory::{self, MemoryError};
 use crate::model::{self, Data, Dtype, Real, Weights};
 use crate::param::Resolved;
 use crate::spec::TrainConfig;
@@ -63,11 +64,77 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Data> {
     })
 }
 
+/// Bytes a run of `cfg` needs at its peak, estimated before anything is allocated:
+/// the weights (twice with `layer_stats`, which keeps the initial ones), the step's
+/// workspace, the data, the records (losses and outputs at every step, h_L with
+/// `record_hidden`, per-layer statistics), the largest file written at the end, and
+/// with `init_npy` the f64 arrays U, V and one file's bytes while they are read. An
+/// error naming the quantities if the count overflows.
+pub fn bytes(cfg: &TrainConfig) -> Result<usize, MemoryError> {
+    let d = &cfg.dims;
+    let (w, ws) = match cfg.dtype {
+        Dtype::F64 => (
+            Weights::<f64>::bytes(d)?,
+            train::Workspace::<f64>::bytes(d)?,
+        ),
+        Dtype::F32 => (
+            Weights::<f32>::bytes(d)?,
+            train::Workspace::<f32>::bytes(d)?,
+        ),
+    };
+    let copies = if cfg.layer_stats { 2 } else { 1 };
+    let k = cfg.steps;
+    let io = memory::sum(&[("din", d.din), ("dout", d.dout)])?;
+    let data = memory::product(&[("N", d.n), ("din + dout", io), ("8", 8)])?;
+    let outputs = memory::product(&[("steps", k), ("dout", d.dout), ("N", d.n), ("8", 8)])?;
+    let hidden = if cfg.record_hidden {
+        memory::product(&[("steps", k), ("D", d.d), ("N", d.n), ("8", 8)])?
+    } else {
+        0
+    };
+    let l1 = memory::sum(&[("L", d.l), ("1", 1)])?;
+    let layers = if cfg.layer_stats {
+        // A LayerStat in memory and its CSV row (about 100 bytes).
+        let per = std::mem::size_of::<train::LayerStat>() + 100;
+        memory::product(&[("steps", k), ("L + 1", l1), ("bytes per layer", per)])?
+    } else {
+        0
+    };
+    // losses.npy and steps.csv (about 40 bytes a row).
+    let per_step = memory::product(&[("steps", k), ("48", 48)])?;
+    let npy = match &cfg.init_npy {
+        Some(_) => memory::product(&[("3", 3), ("L", d.l), ("M", d.m), ("D", d.d), ("8", 8)])?,
+        None => 0,
+    };
+    memory::sum(&[
+        (
+            "weights",
+            memory::product(&[("copies", copies), ("weight bytes", w)])?,
+        ),
+        ("workspace", ws),
+        ("data", data),
+        ("outputs", outputs),
+        ("hidden", hidden),
+        ("largest file", outputs.max(hidden)),
+        ("layer statistics", layers),
+        ("per-step records", per_step),
+        ("init_npy arrays", npy),
+    ])
+}
+
 fn execute_t<T: Real>(
     cfg: &TrainConfig,
     par: Par,
     on_step: &mut dyn FnMut(usize, f64),
 ) -> Result<RunOutput> {
+    let dims = &cfg.dims;
+    memory::check(
+        bytes(cfg)?,
+        &format!(
+            "training L={} M={} D={} N={} for {} steps",
+            dims.l, dims.m, dims.d, dims.n, cfg.steps
+        ),
+    )?;
     let t0 = Instant::now();
     let resolved = cfg.param.resolve(&cfg.dims);
     let data = load_data(cfg)?;

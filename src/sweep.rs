@@ -29,6 +29,7 @@
 
 use crate::io::{self, IoError};
 use crate::kernels::Par;
+use crate::memory::{self, MemoryError};
 use crate::model::{Activation, Data, Weights};
 use crate::param::{Dims, ParamOverride, Parametrization};
 use crate::rng::derive_seed;
@@ -589,9 +590,11 @@ impl SweepSpec {
                 "must name at least one variant",
             ));
         }
+        self.check_sizes()?;
         let ls = self.grid.l.values("grid.L")?;
         let ms = self.grid.m.values("grid.M")?;
         let ds = self.grid.d.values("grid.D")?;
+        plan_size(self.reps, &ls, &ms, &ds)?;
         let reference = match self.reference {
             ReferenceSpec::Largest => (
                 *ls.last().unwrap(),
@@ -675,6 +678,107 @@ impl SweepSpec {
     }
 }
 
+/// The most tasks a sweep may plan (and the most values a logspace axis may have): the
+/// plan, the finished-task scan and the tables hold one entry per task.
+pub const MAX_TASKS: usize = 1_000_000;
+
+impl SweepSpec {
+    /// Refuses sizes that would allocate more than the machine has while the sweep is
+    /// checked and planned, before anything is allocated: logspace counts, the data
+    /// (N x (din + dout)) and the per-step records (steps x (1 + dout x N) per variant).
+    fn check_sizes(&self) -> Result<(), SpecError> {
+        for (field, axis) in [
+            ("grid.L", &self.grid.l),
+            ("grid.M", &self.grid.m),
+            ("grid.D", &self.grid.d),
+        ] {
+            if let Axis::Logspace {
+                logspace: (_, _, n),
+            } = axis
+                && *n > MAX_TASKS
+            {
+                return Err(inv_data(
+                    field,
+                    n,
+                    &format!("a logspace count must be at most {MAX_TASKS}"),
+                ));
+            }
+        }
+        let size = |field: &str, r: Result<usize, MemoryError>| {
+            r.map_err(|e| inv_data(field, "too large", &e.to_string()))
+        };
+        let io = size(
+            "data.N",
+            memory::sum(&[("data.din", self.data.din), ("data.dout", self.data.dout)]),
+        )?;
+        let data = size(
+            "data.N",
+            memory::product(&[
+                ("data.N", self.data.n),
+                ("data.din + data.dout", io),
+                ("8", 8),
+            ]),
+        )?;
+        let dout_n = size(
+            "data.N",
+            memory::product(&[("data.dout", self.data.dout), ("data.N", self.data.n)]),
+        )?;
+        let per_step = size(
+            "steps",
+            memory::sum(&[("loss", 1), ("data.dout x data.N", dout_n)]),
+        )?;
+        let records = size(
+            "steps",
+            memory::product(&[
+                ("steps", self.steps),
+                ("1 + data.dout x data.N", per_step),
+                ("couplings", self.couplings.len().max(1)),
+                ("8", 8),
+            ]),
+        )?;
+        let need = size(
+            "steps",
+            memory::sum(&[("data bytes", data), ("record bytes", records)]),
+        )?;
+        // The records are steps x (1 + dout x N): name the larger factor.
+        let field = if self.steps >= dout_n {
+            "steps"
+        } else {
+            "data.N"
+        };
+        let what = format!(
+            "the data and per-step records of one task (steps = {}, data.N = {})",
+            self.steps, self.data.n
+        );
+        let available = memory::available().map_err(|e| match e {
+            MemoryError::BadOverride(v) => inv_data("RESLIM_MEMORY_LIMIT", v, "is not a size"),
+            e => inv_data(field, "too large", &e.to_string()),
+        })?;
+        available
+            .check(need, &what)
+            .map_err(|e| inv_data(field, "too large", &e.to_string()))
+    }
+}
+
+/// Refuses a plan of more than [`MAX_TASKS`] tasks, before it is built.
+fn plan_size(reps: usize, ls: &[usize], ms: &[usize], ds: &[usize]) -> Result<(), SpecError> {
+    // In floating point: the count itself may not fit `usize`.
+    let tasks = reps as f64 * ls.len() as f64 * ms.len() as f64 * ds.len() as f64;
+    if tasks > MAX_TASKS as f64 {
+        return Err(inv_data(
+            "reps",
+            reps,
+            &format!(
+                "the plan would hold 'reps' x L values x M values x D values = {reps} x {} x {} x {} = {tasks:.3e} tasks, more than {MAX_TASKS}",
+                ls.len(),
+                ms.len(),
+                ds.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// One unit of work: a shape in one repetition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Task {
@@ -693,9 +797,10 @@ impl Task {
     pub fn id(&self) -> String {
         format!("r{}-L{}-M{}-D{}", self.rep, self.l, self.m, self.d)
     }
-    /// Work of the task, for scheduling: parameters times steps.
+    /// Work of the task, for scheduling: its parameters L M D (times steps, the same
+    /// for every task). In floating point: the shape's product may not fit `usize`.
     pub fn cost(&self) -> f64 {
-        (self.l * self.m * self.d) as f64
+        self.l as f64 * self.m as f64 * self.d as f64
     }
 }
 
@@ -871,33 +976,60 @@ impl Sweep {
     }
 
     /// Bytes a task needs at its peak: two copies of the weights (one per variant)
-    /// and the workspace.
-    pub fn task_bytes(&self, t: &Task) -> usize {
+    /// and the workspace (or the initial weights and the factors of the low-rank step),
+    /// and every variant's records (losses and outputs at every step, h_L at the read
+    /// steps). An error naming the quantities if the count overflows.
+    pub fn task_bytes(&self, t: &Task) -> Result<usize, MemoryError> {
+        use crate::model::Dtype;
         let dims = self.dims(t);
         let variants = self.couplings_of(t).len();
-        if self.limit.is_none() && crate::factored::worth_it(&dims, self.spec.steps, variants) {
-            let (k, w) = (self.spec.steps, variants);
-            return match self.spec.dtype {
-                crate::model::Dtype::F64 => {
-                    Weights::<f64>::bytes(&dims) + crate::factored::bytes::<f64>(&dims, k, w)
-                }
-                crate::model::Dtype::F32 => {
-                    Weights::<f32>::bytes(&dims) + crate::factored::bytes::<f32>(&dims, k, w)
-                }
+        let k = self.spec.steps;
+        let dout_n = memory::product(&[("data.dout", dims.dout), ("data.N", dims.n)])?;
+        let per_step = memory::sum(&[("loss", 1), ("data.dout x data.N", dout_n)])?;
+        let records = memory::sum(&[
+            (
+                "output records",
+                memory::product(&[
+                    ("variants", variants),
+                    ("steps", k),
+                    ("1 + data.dout x data.N", per_step),
+                    ("8", 8),
+                ])?,
+            ),
+            (
+                "hidden records",
+                memory::product(&[
+                    ("read steps", self.read_steps.len()),
+                    ("D", dims.d),
+                    ("data.N", dims.n),
+                    ("8", 8),
+                ])?,
+            ),
+        ])?;
+        let w = match self.spec.dtype {
+            Dtype::F64 => Weights::<f64>::bytes(&dims)?,
+            Dtype::F32 => Weights::<f32>::bytes(&dims)?,
+        };
+        if self.limit.is_none() && crate::factored::worth_it(&dims, k, variants) {
+            let f = match self.spec.dtype {
+                Dtype::F64 => crate::factored::bytes::<f64>(&dims, k, variants)?,
+                Dtype::F32 => crate::factored::bytes::<f32>(&dims, k, variants)?,
             };
+            return memory::sum(&[("weights", w), ("factors", f), ("records", records)]);
         }
         let copies = if variants > 1 { 2 } else { 1 };
-        let (w, ws) = match self.spec.dtype {
-            crate::model::Dtype::F64 => (
-                Weights::<f64>::bytes(&dims),
-                train::Workspace::<f64>::bytes(&dims),
-            ),
-            crate::model::Dtype::F32 => (
-                Weights::<f32>::bytes(&dims),
-                train::Workspace::<f32>::bytes(&dims),
-            ),
+        let ws = match self.spec.dtype {
+            Dtype::F64 => train::Workspace::<f64>::bytes(&dims)?,
+            Dtype::F32 => train::Workspace::<f32>::bytes(&dims)?,
         };
-        copies * w + ws
+        memory::sum(&[
+            (
+                "weights",
+                memory::product(&[("copies", copies), ("weight bytes", w)])?,
+            ),
+            ("workspace", ws),
+            ("records", records),
+        ])
     }
 }
 
@@ -1300,12 +1432,17 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Stop after this many tasks have finished in this invocation (for tests).
     pub max_tasks: Option<usize>,
-    /// Bytes of memory the tasks may use together.
-    pub memory_budget: f64,
+    /// The memory the tasks may use together; `None`: [`MEMORY_FRACTION`] of
+    /// [`memory::available`] when the run starts.
+    pub memory: Option<memory::Available>,
     /// Retrain tasks whose stored records were made by a different spec (overwriting
     /// them); without it such a sweep is refused ([`SweepError::Stale`]).
     pub redo_stale: bool,
 }
+
+/// The share of the available memory a sweep's tasks may use together: the estimates
+/// leave out the allocator's slack, the data and the records being written.
+pub const MEMORY_FRACTION: f64 = 0.85;
 
 /// What a run did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1326,11 +1463,11 @@ pub struct RunSummary {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SweepError {
-    #[error("task {task} needs {need_gb:.1} GB of memory but only {have_gb:.1} GB are available")]
+    #[error("task {task}: {source}")]
     Memory {
         task: String,
-        need_gb: f64,
-        have_gb: f64,
+        #[source]
+        source: MemoryError,
     },
     /// Finished tasks of the directory were made by a different spec.
     #[error(
@@ -1385,15 +1522,17 @@ pub fn run(
     // only cost), and never an absurd number whatever the caller asked.
     let mut jobs = opts.jobs.clamp(1, MAX_JOBS).min(todo.len().max(1));
     if let Some(big) = todo.first() {
-        let need = sw.task_bytes(big) as f64;
-        if need > opts.memory_budget {
-            return Err(crate::Error::Sweep(SweepError::Memory {
-                task: big.id(),
-                need_gb: need / 1e9,
-                have_gb: opts.memory_budget / 1e9,
-            }));
-        }
-        jobs = jobs.min(((opts.memory_budget / need).floor() as usize).max(1));
+        let memory_err = |source| SweepError::Memory {
+            task: big.id(),
+            source,
+        };
+        let need = sw.task_bytes(big).map_err(memory_err)?;
+        let budget = match opts.memory {
+            Some(a) => a,
+            None => memory::available()?.scaled(MEMORY_FRACTION),
+        };
+        budget.check(need, "the largest task").map_err(memory_err)?;
+        jobs = jobs.min((budget.bytes / need.max(1)).max(1));
     }
     let data = sw.spec.data.data()?;
     let total: f64 = todo.iter().map(|t| t.cost()).sum();
@@ -1771,6 +1910,60 @@ pub fn aggregate(rows: &[ErrorRow]) -> Vec<AggRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const QUICK: &str = include_str!("../experiments/quick.toml");
+
+    fn quick_with(from: &str, to: &str) -> SweepSpec {
+        let text = QUICK.replacen(from, to, 1);
+        assert_ne!(text, QUICK, "{from}");
+        toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn huge_sizes_are_refused_before_the_plan_is_built() {
+        let e = quick_with("reps = 3", "reps = 10000000")
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'reps'") && e.contains("1000000"), "{e}");
+        let e = quick_with("[4, 640, 8]", "[4, 640, 100000000000]")
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'grid.M'") && e.contains("logspace count"),
+            "{e}"
+        );
+        let e = quick_with("steps = 15", "steps = 1000000000000000")
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'steps'") && e.contains("needs"), "{e}");
+        let e = quick_with("N = 10", "N = 4611686018427387904")
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'data.N'") && e.contains("overflows"), "{e}");
+        // M = 2^62: the plan is small, the task's size overflows and says so.
+        let sw = quick_with(
+            "M = { logspace = [4, 640, 8] }",
+            "M = [4611686018427387904]",
+        )
+        .check()
+        .unwrap();
+        let big = sw.plan().into_iter().find(|t| t.m == 1 << 62).unwrap();
+        let e = sw.task_bytes(&big).unwrap_err().to_string();
+        assert!(
+            e.contains("'M'") && e.contains("4611686018427387904"),
+            "{e}"
+        );
+        assert!(big.cost() > 1e18);
+        let quick: SweepSpec = toml::from_str(QUICK).unwrap();
+        let sw = quick.check().unwrap();
+        let plan = sw.plan();
+        let bytes: Vec<usize> = plan.iter().map(|t| sw.task_bytes(t).unwrap()).collect();
+        assert!(bytes.iter().all(|&b| b > 0));
+    }
 
     #[test]
     fn logspace_matches_the_papers_grids() {

@@ -23,6 +23,7 @@
 //! after their own dot products, and U_l's after their contribution to g_l.
 
 use crate::kernels::{self, Par};
+use crate::memory::{self, MemoryError};
 use crate::model::{Activation, Aligned, Data, Real, Weights};
 use crate::param::Resolved;
 use serde::Serialize;
@@ -56,6 +57,9 @@ pub enum TrainError {
     /// Data and weights disagree on a dimension.
     #[error("data and model disagree: {0}")]
     Mismatch(String),
+    /// The records of the run overflow or do not fit.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
 }
 
 impl TrainError {
@@ -65,7 +69,7 @@ impl TrainError {
             TrainError::Diverged { step, .. }
             | TrainError::LossOverflow { step, .. }
             | TrainError::LossExploded { step, .. } => Some(*step),
-            TrainError::Mismatch(_) => None,
+            TrainError::Mismatch(_) | TrainError::Memory(_) => None,
         }
     }
 }
@@ -342,11 +346,34 @@ impl<T: Real> Workspace<T> {
         }
     }
 
-    /// Bytes of scratch a run of this shape needs.
-    pub fn bytes(dims: &crate::param::Dims) -> usize {
-        let n = dims.n;
-        ((dims.l + 1) * n * dims.d + 3 * dims.l * dims.m * n + 3 * dims.m * n + 5 * n * dims.d)
-            * std::mem::size_of::<T>()
+    /// Bytes of scratch a run of this shape needs (either layout); an error naming the
+    /// dimensions if the count overflows.
+    pub fn bytes(dims: &crate::param::Dims) -> Result<usize, MemoryError> {
+        let (l, m, d, n) = (dims.l, dims.m, dims.d, dims.n);
+        let s = std::mem::size_of::<T>();
+        let l1 = memory::sum(&[("L", l), ("1", 1)])?;
+        memory::sum(&[
+            (
+                "h bytes",
+                memory::product(&[("L + 1", l1), ("N", n), ("D", d), ("bytes", s)])?,
+            ),
+            (
+                "p, s, ds bytes",
+                memory::product(&[("3", 3), ("L", l), ("M", m), ("N", n), ("bytes", s)])?,
+            ),
+            (
+                "ca, cb, q bytes",
+                memory::product(&[("3", 3), ("M", m), ("N", n), ("bytes", s)])?,
+            ),
+            (
+                "g, g2, ta, tb, tout bytes",
+                memory::product(&[("5", 5), ("N", n), ("D", d), ("bytes", s)])?,
+            ),
+            (
+                "f, dldf bytes",
+                memory::product(&[("2", 2), ("dout", dims.dout), ("N", n), ("8", 8)])?,
+            ),
+        ])
     }
 
     /// Whether the step keeps the time of its parts ([`PassTimes`]; off by default).
@@ -900,6 +927,24 @@ pub fn train_laid_out<T: Real>(
 ) -> Result<History, TrainError> {
     let dims = w.dims;
     let (d, n) = (dims.d, data.n);
+    // The records are sized up front from user input: checked (in bytes, so that the
+    // f64 capacities fit an allocation), so that a huge K is an error rather than a
+    // capacity overflow.
+    let outputs = memory::product(&[
+        ("steps", opts.steps),
+        ("dout", dims.dout),
+        ("N", n),
+        ("8", 8),
+    ])? / 8;
+    let hidden = if opts.record_hidden {
+        let recorded = opts
+            .hidden_steps
+            .as_ref()
+            .map_or(opts.steps, |s| s.len().min(opts.steps));
+        memory::product(&[("recorded steps", recorded), ("D", d), ("N", n), ("8", 8)])? / 8
+    } else {
+        0
+    };
     let mut ws = Workspace::with_layout(w, n, rows_m);
     let init = if opts.layer_stats {
         Some(w.clone())
@@ -908,12 +953,8 @@ pub fn train_laid_out<T: Real>(
     };
     let mut hist = History {
         losses: Vec::with_capacity(opts.steps),
-        outputs: Vec::with_capacity(opts.steps * dims.dout * n),
-        hidden: Vec::with_capacity(if opts.record_hidden {
-            opts.steps * d * n
-        } else {
-            0
-        }),
+        outputs: Vec::with_capacity(outputs),
+        hidden: Vec::with_capacity(hidden),
         layer_stats: Vec::new(),
         hidden_steps: Vec::new(),
         layers: Vec::new(),
@@ -1018,6 +1059,38 @@ mod tests {
             dout: 3,
             n: 3,
         }
+    }
+
+    #[test]
+    fn sizes_from_huge_dimensions_are_errors() {
+        let big = Dims {
+            l: 1 << 62,
+            ..dims()
+        };
+        let e = Workspace::<f64>::bytes(&big).unwrap_err().to_string();
+        assert!(e.contains("'L + 1'"), "{e}");
+        assert!(Workspace::<f32>::bytes(&dims()).unwrap() > 0);
+        // K records of d_out x N f64: a K near 2^62 is an error, not a capacity overflow.
+        let dims = dims();
+        let data = Data::synthetic(dims.din, dims.dout, dims.n, 1);
+        let r = Parametrization::preset("chizat-julia")
+            .unwrap()
+            .resolve(&dims);
+        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+        let opts = TrainOptions {
+            steps: 1 << 62,
+            eta: 0.1,
+            activation: Activation::Tanh,
+            record_hidden: true,
+            hidden_steps: None,
+            layer_stats: false,
+            layer_steps: Vec::new(),
+            layout: Layout::RowsD,
+            ..TrainOptions::default()
+        };
+        let e = train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap_err();
+        assert!(matches!(e, TrainError::Memory(_)), "{e}");
+        assert!(e.to_string().contains("'steps'"), "{e}");
     }
 
     /// The loss at the current weights (forward only).

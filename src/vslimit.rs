@@ -713,6 +713,55 @@ pub struct CoordsSummary {
     pub files: Vec<PathBuf>,
 }
 
+/// Bytes [`coordinates`] needs, estimated before it allocates: the network and its
+/// workspace (one sample), h and D b at every layer for each of `snaps` steps, the
+/// limit's covariances (two `K x K` matrices at about `num_s` depths, counted twice for
+/// the solver's stages) and its trajectories (`num_s` depths x D x K, for h and b).
+fn coords_bytes(
+    dims: &Dims,
+    steps: usize,
+    snaps: usize,
+    num_s: usize,
+) -> Result<usize, crate::memory::MemoryError> {
+    use crate::memory::{product, sum};
+    let l1 = sum(&[("L", dims.l), ("1", 1)])?;
+    let s1 = sum(&[("num_s", num_s), ("1", 1)])?;
+    sum(&[
+        ("weights", Weights::<f64>::bytes(dims)?),
+        ("workspace", crate::train::Workspace::<f64>::bytes(dims)?),
+        (
+            "snapshots",
+            product(&[
+                ("2", 2),
+                ("snapshots", snaps),
+                ("L + 1", l1),
+                ("D", dims.d),
+                ("8", 8),
+            ])?,
+        ),
+        (
+            "limit covariances",
+            product(&[
+                ("4", 4),
+                ("steps", steps),
+                ("steps", steps),
+                ("num_s + 1", s1),
+                ("8", 8),
+            ])?,
+        ),
+        (
+            "limit trajectories",
+            product(&[
+                ("2", 2),
+                ("num_s + 1", s1),
+                ("D", dims.d),
+                ("steps", steps),
+                ("8", 8),
+            ])?,
+        ),
+    ])
+}
+
 /// Trains one network of the `chizat-python` family (linear blocks, one input), and writes
 /// into `out` the coordinate plots of PAPERS.md §2.5, E3, as PNG and SVG:
 /// `coord_trajectory_h`, `coord_trajectory_b` (the first `n_h` coordinates of `h_l` and the
@@ -735,7 +784,7 @@ pub fn coordinates(spec: &CoordsSpec, out: &Path) -> crate::Result<CoordsSummary
     snaps.sort_unstable();
     snaps.dedup();
     let last = *snaps.last().expect("one step at least");
-    let steps = spec.steps.max(last + 1);
+    let steps = spec.steps.max(last.saturating_add(1));
     let dims = Dims {
         l: spec.l,
         m: spec.m,
@@ -744,6 +793,13 @@ pub fn coordinates(spec: &CoordsSpec, out: &Path) -> crate::Result<CoordsSummary
         dout: spec.y.len(),
         n: 1,
     };
+    crate::memory::check(
+        coords_bytes(&dims, steps, snaps.len(), spec.solver.num_s.unwrap_or(100))?,
+        &format!(
+            "coords of L={} M={} D={} for {steps} steps",
+            spec.l, spec.m, spec.d
+        ),
+    )?;
     let mut param = Parametrization::preset("chizat-python")?;
     param.alpha = spec.alpha;
     let data = Data {

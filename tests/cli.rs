@@ -617,6 +617,30 @@ fn spirals_trains_reports_and_names_bad_fields() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `reslim` with `RESLIM_MEMORY_LIMIT` set (bytes).
+fn reslim_limited(limit: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_reslim"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .env("RESLIM_MEMORY_LIMIT", limit)
+        .output()
+        .expect("the binary runs")
+}
+
+/// A clean refusal: a non-zero exit code (no signal), an `error:` line holding every
+/// one of `needles`, and no panic.
+#[track_caller]
+fn refused(o: &Output, needles: &[&str]) {
+    let e = stderr(o);
+    assert!(o.status.code().is_some(), "killed by a signal: {e}");
+    assert!(!o.status.success(), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+    assert!(e.contains("error:"), "{e}");
+    for n in needles {
+        assert!(e.contains(n), "'{n}' missing from: {e}");
+    }
+}
+
 /// A failure that the program reported itself: a non-zero exit code (not a signal), no
 /// panic, and a message naming every one of `names`.
 fn assert_refused(o: &Output, names: &[&str]) {
@@ -859,4 +883,126 @@ fn a_report_over_records_of_another_spec_does_not_panic() {
     assert!(r.status.code().is_some() && !e.contains("panicked"), "{e}");
     // Refused naming a record file, unless the stale records were set aside.
     assert!(r.status.success() || e.contains("records.json"), "{e}");
+}
+
+#[test]
+fn sizes_that_overflow_or_exceed_memory_are_refused_before_allocating() {
+    let dir = tmp("sizes");
+    let out = dir.join("run");
+    let out = out.to_str().unwrap();
+    // A small run with some flags replaced.
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--out", out];
+        for pair in [
+            ["--L", "2"],
+            ["--M", "3"],
+            ["--D", "4"],
+            ["--N", "2"],
+            ["--din", "1"],
+            ["--dout", "1"],
+            ["--steps", "1"],
+        ] {
+            if !extra.contains(&pair[0]) {
+                args.extend_from_slice(&pair);
+            }
+        }
+        args.extend_from_slice(extra);
+        reslim(&args)
+    };
+    // L x M x D x 8 bytes wraps to 0: this was a SIGSEGV.
+    let o = train(&["--L", "2147483648", "--M", "1073741824", "--D", "1"]);
+    refused(&o, &["'L' x 'M' x 'D'", "2147483648", "overflows"]);
+    let o = train(&["--steps", "4611686018427387904"]);
+    refused(&o, &["'steps'", "overflows"]);
+    let o = train(&["--D", "4611686018427387904"]);
+    refused(&o, &["'D'", "overflows"]);
+    let o = train(&["--L", "4611686018427387904"]);
+    refused(&o, &["'L'", "overflows"]);
+    let o = train(&["--dout", "4611686018427387904"]);
+    refused(&o, &["dout", "overflows"]);
+    // Fits in 64 bits, not in the memory given: refused before the weights are drawn.
+    let o = reslim_limited(
+        "100000000",
+        &[
+            "train", "--L", "50", "--M", "2000", "--D", "2000", "--steps", "1", "--out", out,
+        ],
+    );
+    refused(
+        &o,
+        &["needs 3.2 GB", "0.100 GB available", "RESLIM_MEMORY_LIMIT"],
+    );
+    let o = reslim_limited("lots", &["train", "--steps", "1", "--out", out]);
+    refused(&o, &["RESLIM_MEMORY_LIMIT", "lots"]);
+    // An NPY header claiming 2^61 rows over an empty body (2^61 x 8 wraps to 0).
+    let npy = dir.join("npy");
+    std::fs::create_dir_all(&npy).unwrap();
+    let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2305843009213693952, 1), }";
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16 + 1).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.push(b'\n');
+    std::fs::write(npy.join("X.npy"), &bytes).unwrap();
+    let o = reslim(&["train", "--init-npy", npy.to_str().unwrap(), "--out", out]);
+    refused(&o, &["X.npy", "overflows"]);
+
+    // Sweeps: the plan's size, the records and the largest task are checked first.
+    let sweep = |name: &str, from: &str, to: &str| {
+        let text = include_str!("../experiments/quick.toml").replacen(from, to, 1);
+        let spec = dir.join(format!("{name}.toml"));
+        std::fs::write(&spec, text).unwrap();
+        let sweep_out = dir.join(name);
+        reslim(&[
+            "sweep",
+            spec.to_str().unwrap(),
+            "--out",
+            sweep_out.to_str().unwrap(),
+            "--plan",
+        ])
+    };
+    let o = sweep("m62", "{ logspace = [4, 640, 8] }", "[4611686018427387904]");
+    refused(&o, &["'M'", "4611686018427387904", "overflows"]);
+    let o = sweep("reps", "reps = 3", "reps = 10000000");
+    refused(&o, &["'reps'", "10000000", "1000000"]);
+    let o = sweep("steps", "steps = 15", "steps = 1000000000000000");
+    refused(&o, &["'steps'", "needs"]);
+    let o = sweep("n", "N = 10", "N = 1000000000");
+    refused(&o, &["'data.N'", "needs"]);
+    let o = sweep("count", "[4, 640, 8]", "[4, 640, 10000000000]");
+    refused(&o, &["'grid.M'", "logspace count"]);
+    // The largest task against a limit (the plan itself only reports).
+    let spec = dir.join("quick.toml");
+    std::fs::write(&spec, include_str!("../experiments/quick.toml")).unwrap();
+    let sweep_out = dir.join("quick");
+    let o = reslim_limited(
+        "2M",
+        &[
+            "sweep",
+            spec.to_str().unwrap(),
+            "--out",
+            sweep_out.to_str().unwrap(),
+        ],
+    );
+    refused(&o, &["largest task needs", "RESLIM_MEMORY_LIMIT"]);
+
+    // Spirals: the concurrent runs' estimate against the limit.
+    let spec = dir.join("spirals.toml");
+    std::fs::write(
+        &spec,
+        "name = \"big\"\nseeds = 1\nn_train = [100000000]\nn_test = 100\n\
+         [model]\nL = 2\nM = 8\nM0 = 32\n",
+    )
+    .unwrap();
+    let o = reslim(&["spirals", spec.to_str().unwrap(), "--out", out]);
+    refused(&o, &["n = 100000000", "needs"]);
+    // Coords: weights, snapshots and the limit against the limit.
+    let o = reslim_limited("1000000", &["coords", "--out", out]);
+    refused(
+        &o,
+        &[
+            "coords of L=200 M=1000 D=1000",
+            "needs",
+            "RESLIM_MEMORY_LIMIT",
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

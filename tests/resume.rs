@@ -42,7 +42,7 @@ fn opts(redo_stale: bool) -> RunOptions {
     RunOptions {
         jobs: 2,
         max_tasks: None,
-        memory_budget: 1e12,
+        memory: None,
         redo_stale,
     }
 }

@@ -27,6 +27,7 @@ use super::kl::{FlowKl, KlEstimate};
 use super::net::{Derivatives, Net, Workspace};
 use super::spec::{DataSource, ExperimentConfig};
 use crate::io::{self, IoError};
+use crate::memory::{self, MemoryError};
 use crate::train::TrainError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -60,6 +61,8 @@ pub enum MeanFieldError {
         count: usize,
         fields: String,
     },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
 }
 
 /// NaN-tolerant f64 fields in JSON (NaN is written as null and read back as NaN).
@@ -591,6 +594,23 @@ pub fn run_experiment(
         .flat_map(|&n| (0..cfg.seeds).map(move |k| (n, k)))
         .collect();
     jobs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let workers = rayon::current_num_threads().min(jobs.len()).max(1);
+    // The largest runs start together, one per worker: they must fit side by side.
+    let mut need = 0usize;
+    for &(n, _) in jobs.iter().take(workers) {
+        need = memory::sum(&[("runs so far", need), ("run", run_bytes(cfg, n)?)])?;
+    }
+    memory::check(
+        need,
+        &format!(
+            "{} concurrent run(s) of n = {} (L={} M={} M0={})",
+            workers,
+            jobs.first().map_or(0, |j| j.0),
+            cfg.l,
+            cfg.m,
+            cfg.m0
+        ),
+    )?;
     let mut stored: Vec<StoredRun> = jobs
         .iter()
         .map(|&(n, k)| stored_run(&run_path(out, n, k), &key, n, k))
@@ -650,7 +670,6 @@ pub fn run_experiment(
     let failed = AtomicBool::new(false);
     let slots: Vec<Mutex<Option<Result<RunResult, MeanFieldError>>>> =
         jobs.iter().map(|_| Mutex::new(None)).collect();
-    let workers = rayon::current_num_threads().min(jobs.len()).max(1);
     (0..workers).into_par_iter().for_each(|_| {
         while !failed.load(Ordering::Relaxed) {
             let i = next.fetch_add(1, Ordering::Relaxed);
@@ -672,6 +691,83 @@ pub fn run_experiment(
     }
     results.sort_by_key(|r| (r.n, r.k));
     Ok(results)
+}
+
+/// Bytes one run with `n` training samples needs at its peak, estimated before it
+/// allocates (f64 values): the particles, their derivatives (the Hessian blocks of the
+/// KL estimator included) and KL state, the tiled workspace, the data, a forward trace
+/// over the larger of the training and test sets, K0 and the Gram matrices with their
+/// eigensolver copies where they are computed, and the per-step vectors (loss, KL of
+/// stack and head, eta) of up to `max_steps` steps. An error naming the quantities if
+/// the count overflows.
+pub fn run_bytes(cfg: &ExperimentConfig, n: usize) -> Result<usize, MemoryError> {
+    use memory::{product as p, sum};
+    let (d, l, m, m0, t) = (cfg.d, cfg.l, cfg.m, cfg.m0, super::net::TILE);
+    let ds = p(&[("d", d), ("d + 1", d.saturating_add(1))])? / 2;
+    let lm = p(&[("L", l), ("M", m)])?;
+    let l1 = sum(&[("L", l), ("1", 1)])?;
+    let dd = p(&[("d", d), ("d", d)])?;
+    let per_particle = sum(&[
+        ("u, w, grad", p(&[("3", 3), ("d", d)])?),
+        ("d x d", dd),
+        ("dsym", ds),
+        ("kl", 2),
+    ])?;
+    let per_head = sum(&[("a, b", d), ("d", d), ("dsym", ds), ("a, grad, kl", 4)])?;
+    let n_eval = n.max(cfg.n_test);
+    let kernels = if cfg.normalized() { 3 } else { 0 }
+        + if cfg.gram && n <= cfg.gram_max_n {
+            4
+        } else {
+            0
+        };
+    let steps = sum(&[("max_steps", cfg.max_steps_at(n)), ("1", 1)])?;
+    let values = sum(&[
+        (
+            "stack particles",
+            p(&[("L x M", lm), ("values per particle", per_particle)])?,
+        ),
+        (
+            "head particles",
+            p(&[("M0", m0), ("values per particle", per_head)])?,
+        ),
+        ("workspace", p(&[("L + 1", l1), ("d", d), ("tile", t)])?),
+        (
+            "workspace",
+            p(&[("L + 4", l.saturating_add(4)), ("M", m), ("tile", t)])?,
+        ),
+        ("workspace", p(&[("3", 3), ("M0", m0), ("tile", t)])?),
+        ("workspace", p(&[("M0", m0), ("d", d)])?),
+        (
+            "data",
+            p(&[
+                ("n + n_test", n.saturating_add(cfg.n_test)),
+                ("d + 1", d.saturating_add(1)),
+            ])?,
+        ),
+        (
+            "trace",
+            p(&[
+                ("2", 2),
+                ("L + 1", l1),
+                ("d", d),
+                ("max(n, n_test)", n_eval),
+            ])?,
+        ),
+        (
+            "gram scratch",
+            p(&[("4", 4), ("max(M, M0)", m.max(m0)), ("n", n)])?,
+        ),
+        (
+            "kernel matrices",
+            p(&[("matrices", kernels), ("n", n), ("n", n)])?,
+        ),
+        (
+            "per-step vectors",
+            p(&[("4", 4), ("max_steps + 1", steps)])?,
+        ),
+    ])?;
+    p(&[("values", values), ("8", 8)])
 }
 
 /// Reads a stored run; `None` if absent or unreadable (it is then recomputed).
