@@ -1328,7 +1328,7 @@ fn npy_bytes(shape: &[usize], s: &NpySpec) -> Vec<u8> {
     }
     header.push('}');
     let pre = s.magic.len() + 2 + if s.version == 1 { 2 } else { 4 };
-    while (pre + header.len() + 1) % 64 != 0 {
+    while !(pre + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');
