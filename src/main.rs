@@ -285,6 +285,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // Where the learning rate of each command is set, for the hint after a divergence.
+    let lr_field = match &cli.cmd {
+        Cmd::Train(_) => Some("'--lr', or 'lr' in the spec"),
+        Cmd::Sweep(_) | Cmd::Quickstart(_) => Some("'lr' in the spec"),
+        Cmd::Coords(_) => Some("'--lr'"),
+        Cmd::Spirals(_) => Some("'train.lr', or a smaller 'train.backoff'"),
+        Cmd::Bench(_) => None,
+    };
     let res = match cli.cmd {
         Cmd::Train(a) => cmd_train(*a),
         Cmd::Bench(a) => cmd_bench(a),
@@ -320,9 +328,27 @@ fn main() -> ExitCode {
         Err(e) => {
             // Each cause once: the library's messages already state their sources.
             eprintln!("error: {}", reslim::error::chain_message(e.as_ref()));
+            if let (true, Some(f)) = (diverged(&e), lr_field) {
+                eprintln!("hint: lower the learning rate ({f})");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether a training run diverged somewhere in `e`'s chain of causes.
+fn diverged(e: &anyhow::Error) -> bool {
+    use reslim::train::TrainError;
+    let at = |t: &TrainError| t.diverged_at().is_some();
+    // A transparent wrapper's source is its inner error's source, and a boxed cause is
+    // its own type: look at all three.
+    let train = |c: &reslim::Error| matches!(c, reslim::Error::Train(t) if at(t));
+    e.chain().any(|c| {
+        c.downcast_ref::<TrainError>().is_some_and(at)
+            || c.downcast_ref::<reslim::Error>().is_some_and(train)
+            || c.downcast_ref::<Box<reslim::Error>>()
+                .is_some_and(|b| train(b))
+    })
 }
 
 fn cmd_train(a: TrainArgs) -> Result<()> {

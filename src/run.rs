@@ -131,7 +131,7 @@ fn execute_t<T: Real>(
     memory::check(
         bytes(cfg)?,
         &format!(
-            "training L={} M={} D={} N={} for {} steps",
+            "training with 'L' = {}, 'M' = {}, 'D' = {}, 'N' = {}, 'steps' = {}",
             dims.l, dims.m, dims.d, dims.n, cfg.steps
         ),
     )?;

@@ -796,7 +796,7 @@ pub fn coordinates(spec: &CoordsSpec, out: &Path) -> crate::Result<CoordsSummary
     crate::memory::check(
         coords_bytes(&dims, steps, snaps.len(), spec.solver.num_s.unwrap_or(100))?,
         &format!(
-            "coords of L={} M={} D={} for {steps} steps",
+            "coords with 'L' = {}, 'M' = {}, 'D' = {} for {steps} steps",
             spec.l, spec.m, spec.d
         ),
     )?;

@@ -843,7 +843,14 @@ fn divergence_names_the_step_and_the_place() {
         "--out",
         dir.join("b").to_str().unwrap(),
     ]);
-    assert_refused(&o, &["training diverged at step", "times the initial loss"]);
+    assert_refused(
+        &o,
+        &[
+            "training diverged at step",
+            "times the initial loss",
+            "hint: lower the learning rate ('--lr'",
+        ],
+    );
     // A sweep task's failure prints its cause once.
     let spec = dir.join("s.toml");
     std::fs::write(
@@ -859,7 +866,14 @@ fn divergence_names_the_step_and_the_place() {
         "--jobs",
         "1",
     ]);
-    assert_refused(&o, &["task r", "failed: training diverged at step"]);
+    assert_refused(
+        &o,
+        &[
+            "task r",
+            "failed: training diverged at step",
+            "hint: lower the learning rate ('lr' in the spec)",
+        ],
+    );
     assert_eq!(stderr(&o).matches("diverged").count(), 1, "{}", stderr(&o));
 }
 
@@ -929,7 +943,12 @@ fn sizes_that_overflow_or_exceed_memory_are_refused_before_allocating() {
     );
     refused(
         &o,
-        &["needs 3.2 GB", "0.100 GB available", "RESLIM_MEMORY_LIMIT"],
+        &[
+            "'L' = 50, 'M' = 2000, 'D' = 2000",
+            "needs 3.2 GB",
+            "0.100 GB available",
+            "RESLIM_MEMORY_LIMIT",
+        ],
     );
     let o = reslim_limited("lots", &["train", "--steps", "1", "--out", out]);
     refused(&o, &["RESLIM_MEMORY_LIMIT", "lots"]);
@@ -993,13 +1012,13 @@ fn sizes_that_overflow_or_exceed_memory_are_refused_before_allocating() {
     )
     .unwrap();
     let o = reslim(&["spirals", spec.to_str().unwrap(), "--out", out]);
-    refused(&o, &["n = 100000000", "needs"]);
+    refused(&o, &["'n_train' = 100000000", "needs"]);
     // Coords: weights, snapshots and the limit against the limit.
     let o = reslim_limited("1000000", &["coords", "--out", out]);
     refused(
         &o,
         &[
-            "coords of L=200 M=1000 D=1000",
+            "coords with 'L' = 200, 'M' = 1000, 'D' = 1000",
             "needs",
             "RESLIM_MEMORY_LIMIT",
         ],

@@ -806,7 +806,6 @@ fn sweep_case() -> BoxedStrategy<SweepCase> {
 }
 
 #[test]
-#[ignore = "issue 13: fails until the fixes of the other branches land (see the family's failure list)"]
 fn fuzz_sweep_cli() {
     let t0 = Instant::now();
     let mut tally = Tally::default();
@@ -1049,7 +1048,6 @@ fn write_spirals_case(dir: &Path, c: &SpiralsCase) -> PathBuf {
 }
 
 #[test]
-#[ignore = "issue 13: fails until the fixes of the other branches land (see the family's failure list)"]
 fn fuzz_spirals_cli() {
     let t0 = Instant::now();
     let mut tally = Tally::default();
@@ -1164,7 +1162,6 @@ fn train_args(flags: &[(&'static str, String)]) -> Vec<OsString> {
 }
 
 #[test]
-#[ignore = "issue 13: fails until the fixes of the other branches land (see the family's failure list)"]
 fn fuzz_train_cli() {
     let t0 = Instant::now();
     let mut tally = Tally::default();
@@ -1510,7 +1507,6 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 #[test]
-#[ignore = "issue 13: fails until the fixes of the other branches land (see the family's failure list)"]
 fn fuzz_read_npy_in_process() {
     let t0 = Instant::now();
     let mut tally = Tally::default();

@@ -603,12 +603,14 @@ pub fn run_experiment(
     memory::check(
         need,
         &format!(
-            "{} concurrent run(s) of n = {} (L={} M={} M0={})",
+            "{} concurrent run(s) with 'n_train' = {}, 'model.L' = {}, 'model.M' = {}, 'model.M0' = {}, 'n_test' = {}, 'train.max_steps' = {}",
             workers,
             jobs.first().map_or(0, |j| j.0),
             cfg.l,
             cfg.m,
-            cfg.m0
+            cfg.m0,
+            cfg.n_test,
+            cfg.max_steps
         ),
     )?;
     let mut stored: Vec<StoredRun> = jobs

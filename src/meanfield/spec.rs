@@ -196,6 +196,15 @@ pub const TRAIN_STREAM: u32 = 0x4d46_0010;
 pub const TEST_STREAM: u32 = 0x4d46_0011;
 pub const SUBSET_STREAM: u32 = 0x4d46_0012;
 
+/// The most runs (training-set sizes x repetitions) one experiment may hold: larger
+/// counts are typos, refused before the list of runs is built.
+pub const MAX_RUNS: usize = 1_000_000;
+
+/// The most measurement checkpoints per run: each computes Gram matrices and
+/// eigenvalues, so more would be a typo (the steps are log-spaced; a few dozen resolve
+/// any run).
+pub const MAX_CHECKPOINTS: usize = 10_000;
+
 impl ExperimentSpec {
     pub fn from_file(path: &Path) -> Result<Self, SpecError> {
         read_toml(path)
@@ -235,6 +244,18 @@ impl ExperimentSpec {
                 return Err(invalid("n_train", n, "sizes must be distinct"));
             }
             n_train.push(n as usize);
+        }
+        // Refused before the list of runs is built.
+        let runs = (n_train.len() as f64) * (seeds as f64);
+        if runs > MAX_RUNS as f64 {
+            return Err(invalid(
+                "seeds",
+                seeds,
+                &format!(
+                    "the experiment would hold 'n_train' sizes x 'seeds' = {} x {seeds} = {runs:.3e} runs, more than {MAX_RUNS}",
+                    n_train.len()
+                ),
+            ));
         }
         let n_test = pos("n_test", self.n_test, 10_000)?;
         let ds = self.data.clone().unwrap_or_default();
@@ -430,6 +451,13 @@ impl ExperimentSpec {
                 "measure.checkpoints",
                 checkpoints,
                 "must be at least 2 (the first and the last step)",
+            ));
+        }
+        if checkpoints > MAX_CHECKPOINTS {
+            return Err(invalid(
+                "measure.checkpoints",
+                checkpoints,
+                &format!("must be at most {MAX_CHECKPOINTS}"),
             ));
         }
         let gram_max_n = pos("measure.gram_max_n", me.gram_max_n, 3200)?;

@@ -651,6 +651,18 @@ fn spec_errors_name_the_field_and_value() {
         e.contains("model.activation") && e.contains("sigmoidal"),
         "{e}"
     );
+    // Counts that would build huge lists (or loop for ever) are refused first.
+    let e = check("seeds = 2305843009213693952\nn_train = [4, 6]\n");
+    assert!(
+        e.contains("seeds") && e.contains("2305843009213693952") && e.contains("1000000"),
+        "{e}"
+    );
+    let e = check("[measure]\ncheckpoints = 9223372036854775807\n");
+    assert!(
+        e.contains("measure.checkpoints") && e.contains("at most 10000"),
+        "{e}"
+    );
+    assert_eq!(check("[measure]\ncheckpoints = 10000\n"), "ok");
     // The defaults are the documented protocol.
     let cfg = ExperimentSpec::default().check(base).unwrap();
     assert_eq!(cfg.n_train, vec![50, 100, 200, 400, 800, 1600, 3200]);
