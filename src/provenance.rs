@@ -76,6 +76,24 @@ fn canonical(v: &Value, out: &mut String) {
     }
 }
 
+/// The changes of many stored results, each once, in order of first appearance, leaving
+/// out those whose field (the part before `:`) `skip` selects.
+pub fn union_of_changes<'a>(
+    changes: impl IntoIterator<Item = &'a [String]>,
+    skip: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in changes {
+        for f in c {
+            let field = f.split(':').next().unwrap_or(f);
+            if !skip(field) && !out.contains(f) {
+                out.push(f.clone());
+            }
+        }
+    }
+    out
+}
+
 /// The fields in which `new` differs from `old`, as `path: old -> new` (dotted paths
 /// into nested objects; long values shortened), in key order.
 pub fn changed_fields(old: &Value, new: &Value) -> Vec<String> {
@@ -126,6 +144,16 @@ fn short(v: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_union_of_changes_keeps_each_once_in_order_and_skips_what_it_is_told() {
+        let a = vec!["lr: 0.1 -> 0.2".to_string(), "task.L: 2 -> 4".to_string()];
+        let b = vec!["seed: 1 -> 2".to_string(), "lr: 0.1 -> 0.2".to_string()];
+        let u = union_of_changes([a.as_slice(), b.as_slice()], |f| f.starts_with("task"));
+        assert_eq!(u, vec!["lr: 0.1 -> 0.2", "seed: 1 -> 2"]);
+        let all = union_of_changes([a.as_slice(), b.as_slice()], |_| false);
+        assert_eq!(all.len(), 3);
+    }
 
     #[test]
     fn the_fingerprint_ignores_key_order_and_sees_every_value() {

@@ -32,6 +32,7 @@ use crate::kernels::Par;
 use crate::memory::{self, MemoryError};
 use crate::model::{Activation, Data, Weights};
 use crate::param::{Dims, ParamOverride, Parametrization};
+use crate::provenance;
 use crate::rng::derive_seed;
 use crate::spec::SpecError;
 use crate::train::{self, TrainOptions};
@@ -1395,17 +1396,11 @@ pub struct Survey {
 
 impl Survey {
     /// The changed fields of every stale task, each once, in order of first appearance.
+    /// The task's own coordinates are left out: they differ between tasks, not specs.
     pub fn stale_fields(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for (_, c) in &self.stale {
-            for f in c {
-                let name = f.split(':').next().unwrap_or(f);
-                if name != "task" && !name.starts_with("task.") && !out.contains(f) {
-                    out.push(f.clone());
-                }
-            }
-        }
-        out
+        provenance::union_of_changes(self.stale.iter().map(|(_, c)| c.as_slice()), |field| {
+            field == "task" || field.starts_with("task.")
+        })
     }
 }
 

@@ -28,6 +28,7 @@ use super::net::{Derivatives, Net, Workspace};
 use super::spec::{DataSource, ExperimentConfig};
 use crate::io::{self, IoError};
 use crate::memory::{self, MemoryError};
+use crate::provenance;
 use crate::train::TrainError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -617,16 +618,13 @@ pub fn run_experiment(
         .iter()
         .map(|&(n, k)| stored_run(&run_path(out, n, k), &key, n, k))
         .collect();
-    let mut stale_fields: Vec<String> = Vec::new();
-    for s in &stored {
-        if let StoredRun::Stale(c) = s {
-            for f in c {
-                if !stale_fields.contains(f) {
-                    stale_fields.push(f.clone());
-                }
-            }
-        }
-    }
+    let stale_fields = provenance::union_of_changes(
+        stored.iter().filter_map(|s| match s {
+            StoredRun::Stale(c) => Some(c.as_slice()),
+            _ => None,
+        }),
+        |_| false,
+    );
     let stale = stored
         .iter()
         .filter(|s| matches!(s, StoredRun::Stale(_)))
