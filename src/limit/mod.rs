@@ -10,6 +10,9 @@
 //!   batched over many coordinates ([`CoordinateBasis`]).
 //! - [`multi`]: the extension to `N ≥ 1` training inputs ([`solve_linear_limit_multi`]),
 //!   derived in that module's documentation.
+//! - [`nonlinear`]: the limit for any activation (`../shared/spec/NONLINEAR_LIMIT.md`):
+//!   the frame form, solved by Monte Carlo over single units with Heun in depth, with
+//!   standard errors from independent replicas ([`solve_nonlinear_limit`]).
 //!
 //! Finite networks are compared with these limits in [`crate::vslimit`] (errors of
 //! PAPERS.md §2.4, limit sweeps, coordinate plots); `tests/limit_convergence.rs` checks that
@@ -133,6 +136,7 @@ pub mod coords;
 pub mod grid;
 pub mod linear;
 pub mod multi;
+pub mod nonlinear;
 pub mod ode;
 
 pub use coords::{
@@ -141,6 +145,7 @@ pub use coords::{
 pub use grid::{DepthGrid, DepthSeries};
 pub use linear::{LinearLimit, LinearLimitParams, solve_linear_limit};
 pub use multi::{LinearLimitMulti, solve_linear_limit_multi};
+pub use nonlinear::{MonteCarlo, NonlinearLimit, solve_nonlinear_limit};
 pub use ode::{DenseSolution, Dopri5, SolverReport};
 
 /// Errors of the limit solvers.
