@@ -274,6 +274,81 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(temp_name(&name))
 }
 
+/// Whether `dir` may receive an output directory of kind `what`: it does not exist, is
+/// empty, or holds an earlier one (its `marker` file), which is then replaced. Anything
+/// else (a file, a directory of other things) is refused, naming it, so that a mistyped
+/// `--out` never deletes someone's files. Call it before the work.
+pub fn check_out_dir(dir: &Path, marker: &str, what: &str) -> Result<(), IoError> {
+    let refuse = |why: String| IoError::Os {
+        path: dir.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, why),
+    };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(IoError::Os {
+            path: dir.to_path_buf(),
+            source,
+        }),
+        Ok(m) if !m.is_dir() => Err(refuse(
+            "exists and is not a directory; choose another --out".into(),
+        )),
+        Ok(_) => {
+            let mut entries = std::fs::read_dir(dir).map_err(|source| IoError::Os {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            if entries.next().is_none() || dir.join(marker).is_file() {
+                Ok(())
+            } else {
+                Err(refuse(format!(
+                    "holds files but no {what} (no {marker}); choose another --out or empty it"
+                )))
+            }
+        }
+    }
+}
+
+/// Writes the directory `dir` as a unit: `write` fills a temporary directory beside it
+/// (a name of [`temp_name`]), which then replaces `dir` by renames, so `dir` is never seen
+/// half written (a killed writer leaves a temporary that [`remove_stale_temps`] removes).
+/// The temporaries of dead writers of this host beside `dir` are removed first.
+pub fn write_dir_as_unit<E: From<IoError>>(
+    dir: &Path,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let os = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| IoError::Os { path, source }
+    };
+    std::fs::create_dir_all(parent).map_err(os(parent))?;
+    remove_stale_temps(parent, 0);
+    let tmp = parent.join(temp_name(&name));
+    std::fs::create_dir_all(&tmp).map_err(os(&tmp))?;
+    let res = write(&tmp).and_then(|()| {
+        if dir.exists() {
+            let old = parent.join(temp_name(&format!("{name}.old")));
+            std::fs::rename(dir, &old).map_err(os(dir))?;
+            std::fs::rename(&tmp, dir).map_err(os(dir))?;
+            let _ = std::fs::remove_dir_all(&old);
+            Ok(())
+        } else {
+            std::fs::rename(&tmp, dir).map_err(os(dir)).map_err(E::from)
+        }
+    });
+    if res.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    res
+}
+
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename). Creates the
 /// parent directory if needed.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), IoError> {

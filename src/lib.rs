@@ -19,6 +19,7 @@ pub mod provenance;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod solve;
 pub mod spec;
 pub mod sweep;
 pub mod train;

@@ -41,6 +41,19 @@ enum Cmd {
     /// Mean-field generalization experiment (PAPERS.md paper 1): train scaled ResNets on
     /// two spirals (or CSV data) for every n_train and seed, then write the report.
     Spirals(SpiralsArgs),
+    /// The large-D limit of a spec's network (exact ODEs for linear blocks, Monte Carlo
+    /// over single units for any activation): outputs, losses, correlations, figures.
+    Limit(LimitArgs),
+}
+
+#[derive(Args)]
+struct LimitArgs {
+    /// The limit spec (TOML), e.g. experiments/limit-e1.toml.
+    spec: PathBuf,
+    /// Output directory (default runs/<name>-limit); an earlier limit output there is
+    /// replaced.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -291,7 +304,7 @@ fn main() -> ExitCode {
         Cmd::Sweep(_) | Cmd::Quickstart(_) => Some("'lr' in the spec"),
         Cmd::Coords(_) => Some("'--lr'"),
         Cmd::Spirals(_) => Some("'train.lr', or a smaller 'train.backoff'"),
-        Cmd::Bench(_) => None,
+        Cmd::Bench(_) | Cmd::Limit(_) => None,
     };
     let res = match cli.cmd {
         Cmd::Train(a) => cmd_train(*a),
@@ -321,6 +334,7 @@ fn main() -> ExitCode {
             cmd_sweep(spec, &q.out, &a)
         }
         Cmd::Coords(a) => cmd_coords(a),
+        Cmd::Limit(a) => cmd_limit(a),
         Cmd::Spirals(a) => cmd_spirals(a),
     };
     match res {
@@ -334,6 +348,49 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cmd_limit(a: LimitArgs) -> Result<()> {
+    use reslim::solve::{self, LimitSpec, Method};
+    let job = LimitSpec::from_file(&a.spec)?.check()?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-limit", job.spec.name)));
+    reslim::io::check_out_dir(&out, "limit.json", "limit output")?;
+    let (k, n) = (job.params.k_steps, job.spec.data.n);
+    eprintln!(
+        "limit '{}': {} blocks, K = {k}, N = {n}, d_in = {}, d_out = {}, {} (num_s = {}{}), needs {:.2} GB",
+        job.spec.name,
+        job.activation.name(),
+        job.spec.data.din,
+        job.spec.data.dout,
+        match job.method {
+            Method::Exact => "exact ODE solver",
+            _ => "Monte Carlo",
+        },
+        job.params.num_s,
+        if job.method == Method::MonteCarlo {
+            format!(", {} units x {} replicas", job.mc.samples, job.mc.replicas)
+        } else {
+            String::new()
+        },
+        job.bytes as f64 / 1e9
+    );
+    let t0 = std::time::Instant::now();
+    let res = solve::solve(&job)?;
+    let secs = t0.elapsed().as_secs_f64();
+    solve::write(&out, &job, &res)?;
+    let last = &res.outputs_se[(k - 1) * job.spec.data.dout * n..];
+    let se_rms = (last.iter().map(|v| v * v).sum::<f64>() / last.len().max(1) as f64).sqrt();
+    println!(
+        "loss {:.6e} -> {:.6e} over {k} passes; standard error of the last outputs (RMS) {:.1e}; solved in {secs:.2} s; results in {}",
+        res.losses[0],
+        res.losses[k - 1],
+        se_rms,
+        out.display()
+    );
+    Ok(())
 }
 
 /// Whether a training run diverged somewhere in `e`'s chain of causes.

@@ -192,33 +192,7 @@ struct Metadata<'a> {
 /// (a file, a directory of other things) is refused, naming it, so that a mistyped
 /// `--out` never deletes someone's files. Call it before training.
 pub fn check_out_dir(dir: &Path) -> Result<(), IoError> {
-    let refuse = |why: &str| IoError::Os {
-        path: dir.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, why.to_string()),
-    };
-    match std::fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(IoError::Os {
-            path: dir.to_path_buf(),
-            source,
-        }),
-        Ok(m) if !m.is_dir() => Err(refuse(
-            "exists and is not a directory; choose another --out",
-        )),
-        Ok(_) => {
-            let mut entries = std::fs::read_dir(dir).map_err(|source| IoError::Os {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-            if entries.next().is_none() || dir.join("metadata.json").is_file() {
-                Ok(())
-            } else {
-                Err(refuse(
-                    "holds files but no run (no metadata.json); choose another --out or empty it",
-                ))
-            }
-        }
-    }
+    io::check_out_dir(dir, "metadata.json", "run")
 }
 
 /// Writes the run directory `dir` as a unit (see the module docs): the files go into a
@@ -227,37 +201,7 @@ pub fn check_out_dir(dir: &Path) -> Result<(), IoError> {
 /// left behind.
 pub fn write_run_dir(dir: &Path, cfg: &TrainConfig, out: &RunOutput) -> Result<(), IoError> {
     check_out_dir(dir)?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "run".into());
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let os = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| IoError::Os { path, source }
-    };
-    std::fs::create_dir_all(parent).map_err(os(parent))?;
-    // What killed writers of this host left beside it (only reslim's temporary names).
-    io::remove_stale_temps(parent, 0);
-    let tmp = parent.join(io::temp_name(&name));
-    let res = write_run_files(&tmp, cfg, out).and_then(|()| {
-        if dir.exists() {
-            let old = parent.join(io::temp_name(&format!("{name}.old")));
-            std::fs::rename(dir, &old).map_err(os(dir))?;
-            std::fs::rename(&tmp, dir).map_err(os(dir))?;
-            let _ = std::fs::remove_dir_all(&old);
-            Ok(())
-        } else {
-            std::fs::rename(&tmp, dir).map_err(os(dir))
-        }
-    });
-    if res.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    res
+    io::write_dir_as_unit(dir, |tmp| write_run_files(tmp, cfg, out))
 }
 
 /// The files of a run directory, written into `dir`.

@@ -70,7 +70,7 @@ fn family_const(
             field,
             s,
             format!(
-                "the linear limit needs the chizat-python scaling (exponents L^{l} M^{m} D^{d}); \
+                "the limit needs the chizat-python scaling (exponents L^{l} M^{m} D^{d}); \
                  constants may differ"
             ),
         ));
@@ -109,9 +109,23 @@ pub fn limit_params(
         return Err(invalid(
             "activation",
             activation.name(),
-            "a limit reference needs activation = \"linear\" (the only solved limit)",
+            "a limit reference of a sweep needs activation = \"linear\" (the sweeps compare with the linear ODE limit; `reslim limit` solves the nonlinear one)",
         ));
     }
+    frame_params(param, data, k_steps, eta, solver)
+}
+
+/// The parameters of the large-D limit, for any activation, of finite networks of
+/// parametrization `param` (the scalings of [`limit_params`], which this checks; the
+/// activation is not looked at): those of [`crate::limit::solve_linear_limit_multi`] and
+/// [`crate::limit::solve_nonlinear_limit`]. Every error names the spec field.
+pub fn frame_params(
+    param: &Parametrization,
+    data: (usize, usize, usize),
+    k_steps: usize,
+    eta: f64,
+    solver: SolverSettings,
+) -> Result<LinearLimitParams, SpecError> {
     let a = param.alpha;
     if !(a.is_finite() && a > 0.0) {
         return Err(invalid("param.alpha", a, "the limit needs alpha > 0"));
@@ -121,11 +135,7 @@ pub fn limit_params(
         ("param.W_U.trained", param.wu.trained),
     ] {
         if trained {
-            return Err(invalid(
-                field,
-                trained,
-                "the linear limit has frozen embeddings",
-            ));
+            return Err(invalid(field, trained, "the limit has frozen embeddings"));
         }
     }
     let c = |field: &str, s: &Scale, e: (f64, f64, f64)| family_const(field, s, e, data, a);
@@ -134,7 +144,7 @@ pub fn limit_params(
             return Err(invalid(
                 field,
                 v,
-                "the linear limit needs the chizat-python multiplier (constant 1)",
+                "the limit needs the chizat-python multiplier (constant 1)",
             ));
         }
         Ok(())

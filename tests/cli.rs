@@ -1025,3 +1025,91 @@ fn sizes_that_overflow_or_exceed_memory_are_refused_before_allocating() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `reslim limit`: a tanh spec by Monte Carlo and a linear one by the exact ODEs write
+/// their directories (outputs of shape (K, d_out, N), correlations of shape
+/// (num_s, KN, KN), metadata, figures); bad specs are refused naming the field.
+#[test]
+fn limit_solves_tanh_and_linear_specs_and_names_bad_fields() {
+    let dir = tmp("limit");
+    let spec = |extra: &str, solver: &str| {
+        format!(
+            "name = \"t\"\nsteps = 3\n{extra}\n[data]\ndin = 2\ndout = 2\nN = 2\n[solver]\n{solver}\n"
+        )
+    };
+    let run = |name: &str, text: &str| {
+        let p = dir.join(format!("{name}.toml"));
+        std::fs::write(&p, text).unwrap();
+        let out = dir.join(name);
+        let o = reslim(&["limit", p.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        (o, out)
+    };
+    let npy_shape = |p: &std::path::Path| reslim::io::npy_shape(p).unwrap();
+    let (o, out) = run("tanh", &spec("", "num_s = 11\nsamples = 64\nreplicas = 2"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(npy_shape(&out.join("outputs.npy")), vec![3, 2, 2]);
+    assert_eq!(npy_shape(&out.join("outputs_se.npy")), vec![3, 2, 2]);
+    assert_eq!(npy_shape(&out.join("losses.npy")), vec![3]);
+    for g in ["gamma_h.npy", "gamma_b.npy", "lambda.npy"] {
+        assert_eq!(npy_shape(&out.join(g)), vec![11, 6, 6]);
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("limit.json")).unwrap()).unwrap();
+    assert_eq!(meta["method"], "monte-carlo");
+    assert_eq!(meta["solver"]["monte_carlo"]["samples"], 64);
+    assert!(out.join("figures/outputs.png").is_file());
+    assert!(out.join("figures/gamma_h_diag.svg").is_file());
+    // The same spec again replaces the directory, with the same numbers (fixed seed).
+    let before = std::fs::read(out.join("outputs.npy")).unwrap();
+    let (o, _) = run("tanh", &spec("", "num_s = 11\nsamples = 64\nreplicas = 2"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(out.join("outputs.npy")).unwrap(), before);
+    // Linear blocks: the exact solver by default.
+    let (o, out) = run("linear", &spec("activation = \"linear\"", "num_s = 21"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("limit.json")).unwrap()).unwrap();
+    assert_eq!(meta["method"], "exact");
+    assert_eq!(npy_shape(&out.join("gamma_h.npy")), vec![21, 6, 6]);
+    // Bad specs.
+    for (name, text, needles) in [
+        ("s0", spec("", "samples = 0"), &["solver.samples", "0"][..]),
+        ("r1", spec("", "replicas = 1"), &["solver.replicas"][..]),
+        (
+            "exact",
+            spec("", "method = \"exact\""),
+            &["solver.method", "linear"][..],
+        ),
+        ("ns", spec("", "num_s = 1"), &["solver.num_s"][..]),
+        ("key", spec("", "sampels = 64"), &["sampels"][..]),
+        (
+            "rtol",
+            spec("", "rtol = 1e-6"),
+            &["solver.rtol", "exact solver"][..],
+        ),
+        ("preset", spec("preset = \"standard\"", ""), &["param."][..]),
+        (
+            "k0",
+            spec("", "").replace("steps = 3", "steps = 0"),
+            &["steps"][..],
+        ),
+    ] {
+        let (o, out) = run(name, &text);
+        assert_refused(&o, needles);
+        assert!(!out.exists(), "{name}: an output directory was written");
+    }
+    // A directory of other files is not overwritten.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let p = dir.join("tanh.toml");
+    let o = reslim(&[
+        "limit",
+        p.to_str().unwrap(),
+        "--out",
+        other.to_str().unwrap(),
+    ]);
+    assert_refused(&o, &["limit.json"]);
+    assert!(other.join("notes.txt").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}
