@@ -613,14 +613,28 @@ fn markdown(sw: &Sweep, s: &Summary, figures: &[(String, PathBuf)], root: &Path)
         sw.ls,
         sw.ms,
         sw.ds,
-        match &sw.limit {
-            Some(l) => format!(
+        match (&sw.limit, sw.limit.as_ref().and_then(|l| l.monte_carlo())) {
+            (Some(l), Some(mc)) => format!(
+                "the large-D limit of {} blocks, solved by Monte Carlo over single units \
+                 (`reslim::limit::nonlinear`; Heun on num_s = {} depth points, {} units per point, \
+                 {} replicas, seed {}; Monte-Carlo standard error of the limit outputs: max {:.1e}, RMS at the last pass {:.1e}); \
+                 embedding error max_l mean_d |h_d(l) - H_d(l/L)| with each network's own embedding rows \
+                 (PAPERS.md 2.4, Python), more limit errors in `errors_limit.csv`",
+                l.activation.name(),
+                mc.num_s,
+                mc.samples,
+                mc.replicas,
+                mc.seed,
+                mc.f_se_max,
+                mc.f_last_se_rms
+            ),
+            (Some(l), None) => format!(
                 "the linear large-D limit (PAPERS.md 2.3; rtol = {:e}, atol = {:e}, num_s = {}); \
                  embedding error max_l mean_d |h_d(l) - H_d(l/L)| (PAPERS.md 2.4, Python), \
                  more limit errors in `errors_limit.csv`",
                 l.params.rtol, l.params.atol, l.params.num_s
             ),
-            None => format!(
+            (None, _) => format!(
                 "L = {}, M = {}, D = {}",
                 sw.reference.0, sw.reference.1, sw.reference.2
             ),

@@ -299,13 +299,23 @@ pub enum ReferenceSpec {
         #[serde(rename = "D")]
         d: usize,
     },
-    /// The linear large-D limit (PAPERS.md 2.3; [`crate::vslimit`]): linear blocks, the
-    /// chizat-python family; errors of PAPERS.md 2.4 "Python errors". Optional solver
-    /// settings (defaults: the authors' rtol = 1e-5, atol = 1e-7, num_s = 100).
+    /// The large-D limit (PAPERS.md 2.3; [`crate::vslimit`]) of a table of the
+    /// chizat-python family (chizat-julia included); errors of PAPERS.md 2.4 "Python
+    /// errors". Linear blocks: the exact ODE limit, optional settings `rtol`, `atol`,
+    /// `num_s` (defaults: the authors' 1e-5, 1e-7, 100). Any other activation: the
+    /// Monte-Carlo limit of [`crate::limit::nonlinear`], optional settings `num_s`
+    /// (default 101), `samples`, `replicas`, `seed` (defaults of
+    /// [`crate::limit::MonteCarlo`]).
     Limit {
         rtol: Option<f64>,
         atol: Option<f64>,
         num_s: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        samples: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replicas: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seed: Option<u64>,
     },
 }
 
@@ -326,6 +336,9 @@ enum ReferenceRepr {
         rtol: Option<f64>,
         atol: Option<f64>,
         num_s: Option<usize>,
+        samples: Option<usize>,
+        replicas: Option<usize>,
+        seed: Option<u64>,
     },
 }
 
@@ -334,9 +347,21 @@ impl From<ReferenceRepr> for ReferenceSpec {
         match r {
             ReferenceRepr::Largest {} => ReferenceSpec::Largest,
             ReferenceRepr::Shape { l, m, d } => ReferenceSpec::Shape { l, m, d },
-            ReferenceRepr::Limit { rtol, atol, num_s } => {
-                ReferenceSpec::Limit { rtol, atol, num_s }
-            }
+            ReferenceRepr::Limit {
+                rtol,
+                atol,
+                num_s,
+                samples,
+                replicas,
+                seed,
+            } => ReferenceSpec::Limit {
+                rtol,
+                atol,
+                num_s,
+                samples,
+                replicas,
+                seed,
+            },
         }
     }
 }
@@ -653,14 +678,102 @@ impl SweepSpec {
         self.report.resolve(&read_steps, &ms, &ds)?;
         let data = self.data.data()?;
         let limit = match self.reference {
-            ReferenceSpec::Limit { rtol, atol, num_s } => {
-                let settings = crate::vslimit::SolverSettings { rtol, atol, num_s };
+            ReferenceSpec::Limit {
+                rtol,
+                atol,
+                num_s,
+                samples,
+                replicas,
+                seed,
+            } => {
                 let dd = (data.din, data.dout, data.n);
-                let lp = crate::vslimit::limit_params(
-                    &param, activation, dd, self.steps, self.lr, settings,
-                )?;
-                let lim = LimitReference::solve(&data, &lp)
-                    .map_err(|e| inv("reference", "limit".into(), &e.to_string()))?;
+                let lim = if activation == Activation::Linear {
+                    for (f, set) in [
+                        ("reference.samples", samples.is_some()),
+                        ("reference.replicas", replicas.is_some()),
+                        ("reference.seed", seed.is_some()),
+                    ] {
+                        if set {
+                            return Err(inv(
+                                f,
+                                "set".into(),
+                                "only for the Monte-Carlo limit of nonlinear blocks (linear blocks use the exact ODEs)",
+                            ));
+                        }
+                    }
+                    let settings = crate::vslimit::SolverSettings { rtol, atol, num_s };
+                    let lp = crate::vslimit::limit_params(
+                        &param, activation, dd, self.steps, self.lr, settings,
+                    )?;
+                    LimitReference::solve(&data, &lp)
+                } else {
+                    for (f, set) in [
+                        ("reference.rtol", rtol.is_some()),
+                        ("reference.atol", atol.is_some()),
+                    ] {
+                        if set {
+                            return Err(inv(
+                                f,
+                                "set".into(),
+                                "only for the exact limit of linear blocks (nonlinear blocks use Monte Carlo: num_s, samples, replicas, seed)",
+                            ));
+                        }
+                    }
+                    let settings = crate::vslimit::SolverSettings {
+                        rtol: None,
+                        atol: None,
+                        num_s: Some(num_s.unwrap_or(crate::solve::MC_NUM_S)),
+                    };
+                    let lp =
+                        crate::vslimit::frame_params(&param, dd, self.steps, self.lr, settings)?;
+                    let d = crate::limit::MonteCarlo::default();
+                    let mc = crate::limit::MonteCarlo {
+                        samples: samples.unwrap_or(d.samples),
+                        replicas: replicas.unwrap_or(d.replicas),
+                        seed: seed.unwrap_or(d.seed),
+                    };
+                    let (de, kn) = (dd.0.saturating_add(dd.1), self.steps.saturating_mul(dd.2));
+                    if mc.samples > 100_000_000 || mc.replicas > 10_000 || kn > 100_000 {
+                        return Err(inv(
+                            "reference",
+                            format!(
+                                "samples = {}, replicas = {}, steps x data.N = {kn}",
+                                mc.samples, mc.replicas
+                            ),
+                            "the Monte-Carlo limit allows at most 1e8 samples, 10000 replicas and 100000 passes x samples",
+                        ));
+                    }
+                    let need = crate::limit::nonlinear::nonlinear_bytes(
+                        self.steps,
+                        dd.2,
+                        dd.0,
+                        dd.1,
+                        lp.num_s,
+                        &mc,
+                        rayon::current_num_threads(),
+                    );
+                    let avail = memory::available()
+                        .map_err(|e| inv("reference", "limit".into(), &e.to_string()))?;
+                    match need {
+                        Some(b) if b <= avail.bytes => {}
+                        _ => {
+                            return Err(inv(
+                                "reference",
+                                format!(
+                                    "samples = {}, num_s = {}, d_in + d_out = {de}",
+                                    mc.samples, lp.num_s
+                                ),
+                                &format!(
+                                    "the Monte-Carlo limit needs {} bytes, {} available",
+                                    need.map_or("more than 2^64".into(), |b| b.to_string()),
+                                    avail.bytes
+                                ),
+                            ));
+                        }
+                    }
+                    LimitReference::solve_nonlinear(&data, &lp, activation, &mc)
+                };
+                let lim = lim.map_err(|e| inv("reference", "limit".into(), &e.to_string()))?;
                 Some(std::sync::Arc::new(lim))
             }
             _ => None,
@@ -2108,6 +2221,11 @@ bootstrap = 20
             let p = e.path();
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             if name.starts_with("spirals") || p.extension().is_none_or(|x| x != "toml") {
+                continue;
+            }
+            if name.starts_with("limit") {
+                let spec = crate::solve::LimitSpec::from_file(&p).unwrap();
+                spec.check().expect(&name);
                 continue;
             }
             let spec = SweepSpec::from_file(&p).unwrap();

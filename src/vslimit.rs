@@ -27,9 +27,11 @@
 
 use crate::io;
 use crate::kernels::Par;
+use crate::limit::nonlinear::McReport;
 use crate::limit::{
     CoordinateBasis, CoordinateTrajectories, DepthGrid, DepthSeries, LimitError, LinearLimit,
-    LinearLimitMulti, LinearLimitParams, solve_linear_limit, solve_linear_limit_multi,
+    LinearLimitMulti, LinearLimitParams, MonteCarlo, NonlinearLimit, solve_linear_limit,
+    solve_linear_limit_multi, solve_nonlinear_limit,
 };
 use crate::model::{Activation, Data, Real, Weights};
 use crate::param::{Dims, Parametrization, Resolved, Scale};
@@ -211,11 +213,12 @@ pub fn frame_params(
     Ok(p)
 }
 
-/// The solved limit: one input or several.
+/// The solved limit: linear with one input or several, or nonlinear (Monte Carlo).
 #[derive(Debug, Clone)]
 pub enum Solved {
     One(Box<LinearLimit>),
     Many(Box<LinearLimitMulti>),
+    Nonlinear(Box<NonlinearLimit>),
 }
 
 /// The linear large-D limit of one data set, ready to be compared with finite networks.
@@ -231,8 +234,12 @@ pub struct LimitReference {
     /// Limit losses `(1/N) Σ_n ½|f_{k,n} − y_n|²`.
     pub losses: Vec<f64>,
     pub solved: Solved,
-    /// The per-coordinate basis (combined index `a = k·N + n`).
-    pub basis: CoordinateBasis,
+    /// The activation of the blocks the limit describes (finite networks compared with it
+    /// are trained with it).
+    pub activation: Activation,
+    /// The per-coordinate basis of a linear limit (combined index `a = k·N + n`); `None`
+    /// for a nonlinear one, whose coordinates are read from its frame vectors.
+    pub basis: Option<CoordinateBasis>,
 }
 
 /// The columns of `x` (`d × n`, row-major) as vectors.
@@ -258,7 +265,7 @@ impl LimitReference {
             }
             let basis = CoordinateBasis::new(&lim)?;
             let losses = lim.loss.clone();
-            (Solved::One(Box::new(lim)), basis, losses)
+            (Solved::One(Box::new(lim)), Some(basis), losses)
         } else {
             let lim = solve_linear_limit_multi(&xs, &ys, params)?;
             for k in 0..kk {
@@ -270,7 +277,7 @@ impl LimitReference {
             }
             let basis = CoordinateBasis::from_multi(&lim)?;
             let losses = lim.loss.clone();
-            (Solved::Many(Box::new(lim)), basis, losses)
+            (Solved::Many(Box::new(lim)), Some(basis), losses)
         };
         Ok(LimitReference {
             params: params.clone(),
@@ -280,8 +287,51 @@ impl LimitReference {
             outputs,
             losses,
             solved,
+            activation: Activation::Linear,
             basis,
         })
+    }
+
+    /// The Monte-Carlo limit of activation `act` for the data `(x, y)`
+    /// ([`crate::limit::solve_nonlinear_limit`]), ready for the same comparisons.
+    pub fn solve_nonlinear(
+        data: &Data,
+        params: &LinearLimitParams,
+        act: Activation,
+        mc: &MonteCarlo,
+    ) -> Result<Self, LimitError> {
+        let (di, d_o, n) = (data.din, data.dout, data.n);
+        let xs = columns(&data.x, di, n);
+        let ys = columns(&data.y, d_o, n);
+        let lim = solve_nonlinear_limit(&xs, &ys, params, act, mc)?;
+        let kk = params.k_steps;
+        let mut outputs = vec![0.0; kk * d_o * n];
+        for k in 0..kk {
+            for s in 0..n {
+                for o in 0..d_o {
+                    outputs[(k * d_o + o) * n + s] = lim.f[k][s][o];
+                }
+            }
+        }
+        Ok(LimitReference {
+            params: params.clone(),
+            n,
+            d_in: di,
+            d_out: d_o,
+            outputs,
+            losses: lim.loss.clone(),
+            solved: Solved::Nonlinear(Box::new(lim)),
+            activation: act,
+            basis: None,
+        })
+    }
+
+    /// The Monte-Carlo report of a nonlinear limit (`None` for a linear one).
+    pub fn monte_carlo(&self) -> Option<&McReport> {
+        match &self.solved {
+            Solved::Nonlinear(l) => Some(&l.report),
+            _ => None,
+        }
     }
 
     /// The depth grid of the solution.
@@ -289,6 +339,7 @@ impl LimitReference {
         match &self.solved {
             Solved::One(l) => &l.grid,
             Solved::Many(l) => &l.grid,
+            Solved::Nonlinear(l) => &l.grid,
         }
     }
 
@@ -297,6 +348,7 @@ impl LimitReference {
         match &self.solved {
             Solved::One(l) => &l.gamma_h,
             Solved::Many(l) => &l.gamma_h,
+            Solved::Nonlinear(l) => &l.gamma_h,
         }
     }
 
@@ -305,6 +357,7 @@ impl LimitReference {
         match &self.solved {
             Solved::One(l) => &l.gamma_b,
             Solved::Many(l) => &l.gamma_b,
+            Solved::Nonlinear(l) => &l.gamma_b,
         }
     }
 
@@ -321,7 +374,15 @@ impl LimitReference {
         we: &[f64],
         wu: &[f64],
     ) -> Result<CoordinateTrajectories, LimitError> {
-        self.basis.trajectories(we, wu)
+        match (&self.solved, &self.basis) {
+            (Solved::Nonlinear(l), _) => l.trajectories(we, wu),
+            (_, Some(b)) => b.trajectories(we, wu),
+            (_, None) => Err(LimitError::invalid(
+                "basis",
+                "none",
+                "a linear limit reference without its coordinate basis",
+            )),
+        }
     }
 
     /// `value(s)` of a tabulated trajectory, by linear interpolation on the depth grid
@@ -439,7 +500,7 @@ impl LimitReference {
         })
     }
 
-    /// Trains `w` (linear blocks, parametrization resolved as `r`) for `steps` GD steps at
+    /// Trains `w` (the limit's activation, parametrization resolved as `r`) for `steps` GD steps at
     /// rate `eta` and measures its errors to the limit at each of `read_steps`.
     ///
     /// The run goes in segments that end at the read steps (GD has no state besides the
@@ -474,7 +535,7 @@ impl LimitReference {
             let opts = TrainOptions {
                 steps: end - done,
                 eta,
-                activation: Activation::Linear,
+                activation: self.activation,
                 record_hidden: false,
                 hidden_steps: None,
                 layer_stats: false,

@@ -477,7 +477,7 @@ fn a_sweep_against_the_linear_limit_reports_its_errors() {
 }
 
 #[test]
-fn a_limit_reference_needs_the_linear_python_family_and_good_data() {
+fn a_limit_reference_needs_the_python_family_and_good_data() {
     let dir = tmp("limitbad");
     let spec = dir.join("s.toml");
     let run = |text: String| {
@@ -486,8 +486,15 @@ fn a_limit_reference_needs_the_linear_python_family_and_good_data() {
         assert!(!r.status.success());
         stderr(&r)
     };
-    let e = run(LIMIT_SWEEP.replace("\"linear\"", "\"tanh\""));
-    assert!(e.contains("'activation'") && e.contains("tanh"), "{e}");
+    // Tanh blocks: the Monte-Carlo limit, whose settings are checked; the exact solver's
+    // tolerances are refused for it, and its Monte-Carlo settings for linear blocks.
+    let tanh = LIMIT_SWEEP.replace("\"linear\"", "\"tanh\"");
+    let e = run(tanh.replace("num_s = 50", "num_s = 50\nrtol = 1e-6"));
+    assert!(e.contains("'reference.rtol'"), "{e}");
+    let e = run(tanh.replace("num_s = 50", "num_s = 50\nsamples = 7"));
+    assert!(e.contains("samples") && e.contains('7'), "{e}");
+    let e = run(LIMIT_SWEEP.replace("num_s = 50", "num_s = 50\nreplicas = 4"));
+    assert!(e.contains("'reference.replicas'"), "{e}");
     let e = run(LIMIT_SWEEP.replace("\"chizat-python\"", "\"standard\""));
     assert!(e.contains("param.W_E.trained"), "{e}");
     let e = run(LIMIT_SWEEP.replace("num_s = 50", "num_s = 1"));

@@ -233,7 +233,7 @@ fn finite_tanh_networks_approach_the_nonlinear_limit() {
             let mut ms = 0.0;
             for d in 0..s {
                 for j in 0..n {
-                    let hlim = t.h[((d * k_steps + read) * n + j) * ns + ns - 1];
+                    let hlim = t.h(d, ns - 1, read * n + j);
                     ms += (hl[d * n + j] - hlim).powi(2);
                 }
             }
