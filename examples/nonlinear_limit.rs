@@ -6,6 +6,7 @@
 
 use reslim::limit::{LinearLimitParams, MonteCarlo, solve_nonlinear_limit};
 use reslim::model::{Activation, Data};
+use reslim::vslimit::columns;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let arg = |i: usize, d: usize| -> Result<usize, std::num::ParseIntError> {
@@ -14,13 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (samples, replicas, num_s) = (arg(1, 2000)?, arg(2, 8)?, arg(3, 101)?);
     let (din, dout, n) = (5, 5, 10);
     let data = Data::synthetic(din, dout, n, 1);
-    // Data holds (d_in, N) and (d_out, N) column-major by sample.
-    let x: Vec<Vec<f64>> = (0..n)
-        .map(|j| (0..din).map(|c| data.x[c * n + j]).collect())
-        .collect();
-    let y: Vec<Vec<f64>> = (0..n)
-        .map(|j| (0..dout).map(|c| data.y[c * n + j]).collect())
-        .collect();
+    let x = columns(&data.x, din, n);
+    let y = columns(&data.y, dout, n);
     // Julia (E1): a = 1, η = 1, c = 1/(N d_in), σ_E² = 1/d_in, σ_U² = d_out; in the
     // per-sample convention of the solver (loss (1/N) Σ ½|f − y|²) the rates carry the
     // loss constant: η_u = η_v = η α² · 2cN with the Julia loss c = 1/(2 N d_in), i.e. 1/d_in.

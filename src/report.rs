@@ -9,7 +9,7 @@
 //!   err^2 = a D/(LM) + b/D + c/L^2 (embedding) or a (D/(LM))^2 + b/D (output), with
 //!   non-negative coefficients fitted in log space, and percentile intervals from a
 //!   bootstrap over repetitions ([`crate::fit::bootstrap_rate_fit`]); beside it the
-//!   authors' hand-drawn constants (`fit_h`, `fit_y`, PAPERS.md 2.5; against a limit
+//!   authors' hand-drawn constants (`fit_h`, `fit_y`, PAPERS.md 2.5; against a linear limit
 //!   reference, their fitted E2 constants a = 0.673, b = 0.437 and a = 0.0265, b = 0.250)
 //!   and their log-space residual on the same data;
 //! - **P scaling**: the fitted error along the shapes that minimise it at each P
@@ -141,13 +141,15 @@ pub fn write_report(
     };
     let mut spaces = Vec::new();
     let has = |c: Coupling| sw.spec.couplings.contains(&c);
-    // Against the limit, the authors' constants are their fits of E2 (PAPERS.md 2.5).
-    let (authors_h, authors_y) = match sw.limit {
-        Some(_) => (
+    // Against the linear limit, the authors' constants are their fits of E2 (PAPERS.md
+    // 2.5); otherwise (the largest network, or the nonlinear limit of the E1 setting)
+    // their hand-set E1 curves.
+    let (authors_h, authors_y) = match &sw.limit {
+        Some(l) if l.monte_carlo().is_none() => (
             RateFit::with_coefs(RateModel::embedding(), vec![0.673, 0.437, 0.0])?,
             RateFit::with_coefs(RateModel::output(), vec![0.0265, 0.250])?,
         ),
-        None => (
+        _ => (
             RateFit::hand_tuned_embedding(),
             RateFit::hand_tuned_output(),
         ),
@@ -595,6 +597,77 @@ fn fmt_ci(c: (f64, f64)) -> String {
     }
 }
 
+/// The section that sets this sweep's headline and joint fits beside those of the sweep
+/// in `other` (its `fits.json`), quantity by quantity; a note if it cannot be read.
+fn comparison(md: &mut String, s: &Summary, other: &Path) {
+    let path = other.join("fits.json");
+    let _ = writeln!(md, "\n## Beside `{}`\n", other.display());
+    let theirs: serde_json::Value = match std::fs::read_to_string(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = writeln!(
+                md,
+                "*`{}` could not be read ({e}): run that sweep first, then `--report-only` here.*",
+                path.display()
+            );
+            return;
+        }
+    };
+    let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let ci = |v: &serde_json::Value| (num(&v[0]), num(&v[1]));
+    let _ = writeln!(
+        md,
+        "| quantity | this sweep | 95% interval | `{0}` | 95% interval |\n|---|---|---|---|---|",
+        other.display()
+    );
+    let empty = Vec::new();
+    let their_head = theirs["headline"].as_array().unwrap_or(&empty);
+    for h in &s.headline {
+        let t = their_head.iter().find(|t| t["what"] == h.what.as_str());
+        let (tv, tc) = t.map_or((f64::NAN, (f64::NAN, f64::NAN)), |t| {
+            (num(&t["value"]), ci(&t["ci95"]))
+        });
+        let _ = writeln!(
+            md,
+            "| {} | {:.3} | {} | {:.3} | {} |",
+            h.what,
+            h.value,
+            fmt_ci(h.ci95),
+            tv,
+            fmt_ci(tc)
+        );
+    }
+    let their_joint = theirs["joint"].as_array().unwrap_or(&empty);
+    for j in &s.joint {
+        let t = their_joint.iter().find(|t| t["space"] == j.space.as_str());
+        for (i, name) in j.names.iter().enumerate() {
+            let (tv, tc) = t.map_or((f64::NAN, (f64::NAN, f64::NAN)), |t| {
+                let k = t["names"]
+                    .as_array()
+                    .and_then(|n| n.iter().position(|x| x == name.as_str()));
+                match k {
+                    Some(k) => (num(&t["coefs"][k]), ci(&t["ci95"][k])),
+                    None => (f64::NAN, (f64::NAN, f64::NAN)),
+                }
+            });
+            let mine = j.ci95.get(i).copied().unwrap_or((f64::NAN, f64::NAN));
+            let _ = writeln!(
+                md,
+                "| {} joint fit: {} | {:.4} | {} | {:.4} | {} |",
+                j.space,
+                name,
+                j.coefs[i],
+                fmt_ci(mine),
+                tv,
+                fmt_ci(tc)
+            );
+        }
+    }
+}
+
 fn markdown(sw: &Sweep, s: &Summary, figures: &[(String, PathBuf)], root: &Path) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Sweep `{}`\n", sw.spec.name);
@@ -667,6 +740,9 @@ fn markdown(sw: &Sweep, s: &Summary, figures: &[(String, PathBuf)], root: &Path)
             fmt_ci(h.ci95),
             h.paper
         );
+    }
+    if let Some(other) = &sw.spec.report.compare {
+        comparison(&mut md, s, other);
     }
     let _ = writeln!(md, "\n## Joint rate fits\n");
     for j in &s.joint {

@@ -55,7 +55,7 @@ use crate::param::{Dims, ParamOverride, Parametrization};
 use crate::plot::{self, Figure, Series, Style};
 use crate::spec::SpecError;
 use crate::sweep::DataSpec;
-use crate::vslimit::{SolverSettings, frame_params};
+use crate::vslimit::{SolverSettings, columns, frame_params};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -91,31 +91,22 @@ pub struct SolverSpec {
 pub struct LimitSpec {
     #[serde(default = "default_name")]
     pub name: String,
-    #[serde(default = "default_preset")]
+    #[serde(default = "crate::sweep::default_preset")]
     pub preset: String,
     #[serde(default)]
     pub param: Option<ParamOverride>,
-    #[serde(default = "default_activation")]
+    #[serde(default = "crate::sweep::default_activation")]
     pub activation: String,
     pub data: DataSpec,
     /// Forward passes K (`f_0 .. f_{K-1}`).
     pub steps: usize,
-    #[serde(default = "default_lr")]
+    #[serde(default = "crate::sweep::default_lr")]
     pub lr: f64,
     #[serde(default)]
     pub solver: SolverSpec,
 }
 fn default_name() -> String {
     "limit".into()
-}
-fn default_preset() -> String {
-    "chizat-julia".into()
-}
-fn default_activation() -> String {
-    "tanh".into()
-}
-fn default_lr() -> f64 {
-    1.0
 }
 
 /// Default depth grid points of the Monte-Carlo solver (`NONLINEAR_LIMIT.md` §3.3).
@@ -376,13 +367,8 @@ pub struct LimitOutput {
 pub fn solve(job: &LimitJob) -> Result<LimitOutput> {
     let data = job.spec.data.data()?;
     let (din, dout, n) = (data.din, data.dout, data.n);
-    // Data holds x as (d_in, N) and y as (d_out, N), row-major.
-    let x: Vec<Vec<f64>> = (0..n)
-        .map(|j| (0..din).map(|c| data.x[c * n + j]).collect())
-        .collect();
-    let y: Vec<Vec<f64>> = (0..n)
-        .map(|j| (0..dout).map(|c| data.y[c * n + j]).collect())
-        .collect();
+    let x = columns(&data.x, din, n);
+    let y = columns(&data.y, dout, n);
     let kk = job.params.k_steps;
     let flat = |f: &[Vec<Vec<f64>>]| -> Vec<f64> {
         let mut out = vec![0.0; kk * dout * n];

@@ -399,6 +399,11 @@ pub struct ReportSpec {
     pub p_max: Option<f64>,
     /// Bootstrap replicates of the joint fits (default 200).
     pub bootstrap: Option<usize>,
+    /// Another sweep's output directory (relative to the working directory), whose
+    /// headline and joint fits the report sets beside this sweep's: e.g. the same grid
+    /// against the largest network and against the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<std::path::PathBuf>,
 }
 
 /// Fewest bootstrap replicates a report accepts: below 20 the 2.5% and 97.5% percentiles
@@ -534,13 +539,13 @@ pub struct SweepSpec {
     #[serde(default)]
     pub dtype: crate::model::Dtype,
 }
-fn default_preset() -> String {
+pub(crate) fn default_preset() -> String {
     "chizat-julia".into()
 }
-fn default_activation() -> String {
+pub(crate) fn default_activation() -> String {
     "tanh".into()
 }
-fn default_lr() -> f64 {
+pub(crate) fn default_lr() -> f64 {
     1.0
 }
 fn default_reps() -> usize {

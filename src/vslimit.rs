@@ -242,8 +242,9 @@ pub struct LimitReference {
     pub basis: Option<CoordinateBasis>,
 }
 
-/// The columns of `x` (`d × n`, row-major) as vectors.
-fn columns(v: &[f64], d: usize, n: usize) -> Vec<Vec<f64>> {
+/// The columns of `x` (`d × n`, row-major, the layout of [`Data`]) as vectors: the
+/// samples, as the limit solvers take them.
+pub fn columns(v: &[f64], d: usize, n: usize) -> Vec<Vec<f64>> {
     (0..n)
         .map(|s| (0..d).map(|i| v[i * n + s]).collect())
         .collect()

@@ -474,6 +474,36 @@ fn a_sweep_against_the_linear_limit_reports_its_errors() {
     );
     assert_eq!(lines.count(), 54);
     assert!(out.join("figures/embedding_vs_M.png").is_file());
+    // `report.compare`: the fits set beside another sweep's (here: itself, so every row
+    // repeats its value), or a note when that sweep has no fits yet.
+    for (other, found) in [(out.clone(), true), (dir.join("none"), false)] {
+        let text = LIMIT_SWEEP.replace(
+            "bootstrap = 20",
+            &format!("bootstrap = 20\ncompare = {:?}", other.to_str().unwrap()),
+        );
+        std::fs::write(&spec, text).unwrap();
+        let r = reslim(&[
+            "sweep",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--report-only",
+        ]);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(md.contains("## Beside"), "{md}");
+        if found {
+            let row = md
+                .lines()
+                .find(|l| l.starts_with("| embedding joint fit: D/(LM) |"))
+                .expect("a joint-fit row");
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            assert_eq!(cells[2], cells[4], "{row}");
+            assert_ne!(cells[4], "NaN", "{row}");
+        } else {
+            assert!(md.contains("could not be read"), "{md}");
+        }
+    }
 }
 
 #[test]
@@ -1038,7 +1068,7 @@ fn sizes_that_overflow_or_exceed_memory_are_refused_before_allocating() {
 /// (num_s, KN, KN), metadata, figures); bad specs are refused naming the field.
 #[test]
 fn limit_solves_tanh_and_linear_specs_and_names_bad_fields() {
-    let dir = tmp("limit");
+    let dir = tmp("limitcmd");
     let spec = |extra: &str, solver: &str| {
         format!(
             "name = \"t\"\nsteps = 3\n{extra}\n[data]\ndin = 2\ndout = 2\nN = 2\n[solver]\n{solver}\n"

@@ -179,12 +179,8 @@ fn finite_tanh_networks_approach_the_nonlinear_limit() {
         ..SolverSettings::default()
     };
     let lp = frame_params(&p, (di, d_o, n), k_steps, 1.0, settings).unwrap();
-    let x: Vec<Vec<f64>> = (0..n)
-        .map(|j| (0..di).map(|c| data.x[c * n + j]).collect())
-        .collect();
-    let y: Vec<Vec<f64>> = (0..n)
-        .map(|j| (0..d_o).map(|c| data.y[c * n + j]).collect())
-        .collect();
+    let x = reslim::vslimit::columns(&data.x, di, n);
+    let y = reslim::vslimit::columns(&data.y, d_o, n);
     let mc = MonteCarlo {
         samples: 2000,
         replicas: 4,

@@ -145,42 +145,7 @@ pub fn solve_linear_limit_multi(
     params: &LinearLimitParams,
 ) -> Result<LinearLimitMulti, LimitError> {
     params.validate()?;
-    if x.is_empty() {
-        return Err(LimitError::invalid("x", "[]", "needs at least one sample"));
-    }
-    if y.len() != x.len() {
-        return Err(LimitError::Dimension {
-            what: "y (one target per input)",
-            expected: x.len(),
-            got: y.len(),
-        });
-    }
-    let (di, d_o) = (x[0].len(), y[0].len());
-    if di == 0 {
-        return Err(LimitError::invalid("x", "[]", "inputs must not be empty"));
-    }
-    if d_o == 0 {
-        return Err(LimitError::invalid("y", "[]", "targets must not be empty"));
-    }
-    for (xn, yn) in x.iter().zip(y) {
-        if xn.len() != di {
-            return Err(LimitError::Dimension {
-                what: "x[n] (all inputs of one length)",
-                expected: di,
-                got: xn.len(),
-            });
-        }
-        if yn.len() != d_o {
-            return Err(LimitError::Dimension {
-                what: "y[n] (all targets of one length)",
-                expected: d_o,
-                got: yn.len(),
-            });
-        }
-        if let Some(v) = xn.iter().chain(yn).find(|v| !v.is_finite()) {
-            return Err(LimitError::invalid("x/y", v, "entries must be finite"));
-        }
-    }
+    super::nonlinear::check_data(x, y)?;
     let mut st = State::new(x, y, params)?;
     st.base_case();
     for k in 1..params.k_steps {

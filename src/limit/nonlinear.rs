@@ -277,7 +277,8 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// Checks the inputs shared with [`crate::limit::multi`]: returns `(d_in, d_out)`.
+/// Checks the training pairs of a limit solver (at least one; inputs, and targets, all of
+/// one non-zero length; finite entries): returns `(d_in, d_out)`.
 pub(crate) fn check_data(x: &[Vec<f64>], y: &[Vec<f64>]) -> Result<(usize, usize), LimitError> {
     if x.is_empty() {
         return Err(LimitError::invalid("x", "[]", "needs at least one sample"));
