@@ -111,6 +111,19 @@ struct CoordsArgs {
     /// Output directory.
     #[arg(long, default_value = "runs/coords")]
     out: PathBuf,
+    /// Activation of the blocks: linear (the exact limit) or tanh, relu, gelu, softplus
+    /// (the Monte-Carlo limit).
+    #[arg(long, default_value = "linear")]
+    activation: String,
+    /// Parametrization preset (the chizat-python family: chizat-python, chizat-julia, lazy).
+    #[arg(long, default_value = "chizat-python")]
+    preset: String,
+    /// Monte-Carlo units per depth point of a nonlinear limit.
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Monte-Carlo replicas of a nonlinear limit.
+    #[arg(long)]
+    replicas: Option<usize>,
 }
 
 #[derive(Args)]
@@ -794,7 +807,19 @@ fn cmd_sweep(spec: SweepSpec, out: &Path, a: &SweepArgs) -> Result<()> {
 fn cmd_coords(a: CoordsArgs) -> Result<()> {
     use reslim::vslimit::{CoordsSpec, coordinates};
     let d = CoordsSpec::default();
+    let activation: reslim::model::Activation = a
+        .activation
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--activation: {e}"))?;
+    let mc = reslim::limit::MonteCarlo {
+        samples: a.samples.unwrap_or(d.mc.samples),
+        replicas: a.replicas.unwrap_or(d.mc.replicas),
+        ..d.mc.clone()
+    };
     let spec = CoordsSpec {
+        activation,
+        preset: a.preset.clone(),
+        mc,
         l: a.l,
         m: a.m,
         d: a.d,
@@ -810,8 +835,14 @@ fn cmd_coords(a: CoordsArgs) -> Result<()> {
         ..d
     };
     eprintln!(
-        "coordinates of L={} M={} D={} (chizat-python, linear) at k={}, histograms at k={:?}",
-        spec.l, spec.m, spec.d, spec.traj_step, spec.hist_steps
+        "coordinates of L={} M={} D={} ({}, {}) at k={}, histograms at k={:?}",
+        spec.l,
+        spec.m,
+        spec.d,
+        spec.preset,
+        spec.activation.name(),
+        spec.traj_step,
+        spec.hist_steps
     );
     let s = coordinates(&spec, &a.out)?;
     for st in &s.stats {

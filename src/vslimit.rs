@@ -722,8 +722,16 @@ pub struct CoordsSpec {
     /// The training input and target (one sample).
     pub x: Vec<f64>,
     pub y: Vec<f64>,
+    /// The parametrization preset (the chizat-python family; default `chizat-python`).
+    pub preset: String,
+    /// The blocks' activation (default linear: the exact limit; any other: the
+    /// Monte-Carlo limit of [`crate::limit::nonlinear`] with `mc`).
+    pub activation: Activation,
     #[serde(skip)]
     pub solver: SolverSettings,
+    /// Monte-Carlo settings of a nonlinear limit.
+    #[serde(skip)]
+    pub mc: MonteCarlo,
 }
 
 /// The input and target of the paper's linear experiments (PAPERS.md §2.5, E2).
@@ -749,7 +757,10 @@ impl Default for CoordsSpec {
             n_b: 9,
             x: PAPER_X.to_vec(),
             y: PAPER_Y.to_vec(),
+            preset: "chizat-python".into(),
+            activation: Activation::Linear,
             solver: SolverSettings::default(),
+            mc: MonteCarlo::default(),
         }
     }
 }
@@ -834,7 +845,9 @@ fn coords_bytes(
     ])
 }
 
-/// Trains one network of the `chizat-python` family (linear blocks, one input), and writes
+/// Trains one network of the `chizat-python` family (chizat-julia included; one input;
+/// linear blocks against the exact limit, any other activation against the Monte-Carlo
+/// one), and writes
 /// into `out` the coordinate plots of PAPERS.md §2.5, E3, as PNG and SVG:
 /// `coord_trajectory_h`, `coord_trajectory_b` (the first `n_h` coordinates of `h_l` and the
 /// first `n_b` of `D b_l` against depth `l/L` at `traj_step`, each beside its coupled limit
@@ -865,14 +878,40 @@ pub fn coordinates(spec: &CoordsSpec, out: &Path) -> crate::Result<CoordsSummary
         dout: spec.y.len(),
         n: 1,
     };
+    let linear = spec.activation == Activation::Linear;
+    let num_s = spec
+        .solver
+        .num_s
+        .unwrap_or(if linear { 100 } else { crate::solve::MC_NUM_S });
+    let mc_bytes = if linear {
+        0
+    } else {
+        crate::limit::nonlinear::nonlinear_bytes(
+            steps,
+            1,
+            dims.din,
+            dims.dout,
+            num_s,
+            &spec.mc,
+            rayon::current_num_threads(),
+        )
+        .ok_or_else(|| invalid("samples", spec.mc.samples, "the limit's size overflows"))?
+    };
     crate::memory::check(
-        coords_bytes(&dims, steps, snaps.len(), spec.solver.num_s.unwrap_or(100))?,
+        crate::memory::sum(&[
+            (
+                "run and limit",
+                coords_bytes(&dims, steps, snaps.len(), num_s)?,
+            ),
+            ("Monte-Carlo limit", mc_bytes),
+        ])?,
         &format!(
             "coords with 'L' = {}, 'M' = {}, 'D' = {} for {steps} steps",
             spec.l, spec.m, spec.d
         ),
     )?;
-    let mut param = Parametrization::preset("chizat-python")?;
+    let mut param = Parametrization::preset(&spec.preset)
+        .map_err(|e| invalid("preset", &spec.preset, e.to_string()))?;
     param.alpha = spec.alpha;
     let data = Data {
         din: dims.din,
@@ -881,15 +920,17 @@ pub fn coordinates(spec: &CoordsSpec, out: &Path) -> crate::Result<CoordsSummary
         x: spec.x.clone(),
         y: spec.y.clone(),
     };
-    let lp = limit_params(
-        &param,
-        Activation::Linear,
-        (dims.din, dims.dout, 1),
-        steps,
-        spec.eta,
-        spec.solver,
-    )?;
-    let lim = LimitReference::solve(&data, &lp)?;
+    let act = spec.activation;
+    let settings = SolverSettings {
+        num_s: Some(num_s),
+        ..spec.solver
+    };
+    let lp = frame_params(&param, (dims.din, dims.dout, 1), steps, spec.eta, settings)?;
+    let lim = if linear {
+        LimitReference::solve(&data, &lp)?
+    } else {
+        LimitReference::solve_nonlinear(&data, &lp, act, &spec.mc)?
+    };
     let r = param.resolve(&dims);
     let mut w = Weights::<f64>::draw(&dims, &r, spec.embed_seed, spec.seed, true);
     let traj = lim.trajectories(&w.we, &w.wu)?;
@@ -906,7 +947,7 @@ pub fn coordinates(spec: &CoordsSpec, out: &Path) -> crate::Result<CoordsSummary
             let opts = TrainOptions {
                 steps: k - done,
                 eta: spec.eta,
-                activation: Activation::Linear,
+                activation: act,
                 record_hidden: false,
                 hidden_steps: None,
                 layer_stats: false,
@@ -917,20 +958,12 @@ pub fn coordinates(spec: &CoordsSpec, out: &Path) -> crate::Result<CoordsSummary
             train::train(&mut w, &data, &r, &opts, Par::Rayon, &mut |_, _| {})?;
             done = k;
         }
-        train::forward(
-            &mut w,
-            &data,
-            &r,
-            Activation::Linear,
-            &mut ws,
-            Par::Rayon,
-            k,
-        )?;
+        train::forward(&mut w, &data, &r, act, &mut ws, Par::Rayon, k)?;
         let mut h = vec![0.0; (l_n + 1) * d];
         for l in 0..=l_n {
             h[l * d..(l + 1) * d].copy_from_slice(ws.hidden(l, 1, d));
         }
-        let mut b = backward_states(&w, &data, &r, Activation::Linear, &ws);
+        let mut b = backward_states(&w, &data, &r, act, &ws);
         b.iter_mut().for_each(|v| *v *= b_scale);
         snap_h.push(h);
         snap_b.push(b);

@@ -579,6 +579,59 @@ fn coords_draws_trajectories_and_histograms() {
         "{}",
         stderr(&r)
     );
+    // Tanh blocks (the Julia conventions) against the Monte-Carlo limit: the same plots,
+    // h = W_E x at l = 0 is still the limit's H exactly, and the output is close.
+    let tanh = out.join("tanh");
+    let r = reslim(&[
+        "coords",
+        "--activation",
+        "tanh",
+        "--preset",
+        "chizat-julia",
+        "--lr",
+        "1",
+        "--L",
+        "10",
+        "--M",
+        "100",
+        "--D",
+        "100",
+        "--samples",
+        "200",
+        "--replicas",
+        "2",
+        "--out",
+        tanh.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(tanh.join("coord_trajectory_h.png").is_file());
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tanh.join("coords.json")).unwrap()).unwrap();
+    let stats = s["stats"].as_array().unwrap();
+    assert!(
+        stats
+            .iter()
+            .filter(|st| st["layer"] == 0)
+            .all(|st| st["mad_h"].as_f64().unwrap() < 1e-12),
+        "{s}"
+    );
+    let f: Vec<f64> = serde_json::from_value(s["f"].clone()).unwrap();
+    let fl: Vec<f64> = serde_json::from_value(s["f_limit"].clone()).unwrap();
+    for (a, b) in f.iter().zip(&fl) {
+        assert!((a - b).abs() < 0.3, "f {f:?} vs limit {fl:?}");
+    }
+    let r = reslim(&[
+        "coords",
+        "--activation",
+        "sigmoid",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        !r.status.success() && stderr(&r).contains("--activation"),
+        "{}",
+        stderr(&r)
+    );
 }
 
 #[test]
