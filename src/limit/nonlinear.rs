@@ -997,6 +997,65 @@ mod tests {
         assert!(a.loss[3] < a.loss[0], "{:?}", a.loss);
     }
 
+    /// Rotations: x → Qx leaves f unchanged, y → Q'y maps f → Q'f. Exact for σ = identity
+    /// (any whitened cloud gives the exact answer); for tanh within the standard errors
+    /// (the clouds are not rotated along, so only the law is invariant).
+    #[test]
+    fn rotations_of_inputs_and_outputs_act_as_they_should() {
+        let (x, y) = data(3, 2, 2, 23);
+        let (c, s) = (0.6f64, 0.8f64); // a rotation by atan(4/3)
+        let rot = |v: &Vec<Vec<f64>>| -> Vec<Vec<f64>> {
+            v.iter()
+                .map(|r| vec![c * r[0] - s * r[1], s * r[0] + c * r[1]])
+                .collect()
+        };
+        let p = params(4, 21);
+        for (act, samples, tol_z) in [
+            (Activation::Linear, 16, None),
+            (Activation::Tanh, 800, Some(4.0)),
+        ] {
+            let m = MonteCarlo {
+                samples,
+                replicas: 4,
+                seed: 9,
+            };
+            let base = solve_nonlinear_limit(&x, &y, &p, act, &m).unwrap();
+            let rx = solve_nonlinear_limit(&rot(&x), &y, &p, act, &mc_with(&m, 10)).unwrap();
+            let ry = solve_nonlinear_limit(&x, &rot(&y), &p, act, &mc_with(&m, 11)).unwrap();
+            let mut z2 = (0.0, 0.0);
+            for k in 0..4 {
+                for n in 0..3 {
+                    let fb = &base.f[k][n];
+                    let want_y = [c * fb[0] - s * fb[1], s * fb[0] + c * fb[1]];
+                    for o in 0..2 {
+                        let se_x = (base.f_se[k][n][o].powi(2) + rx.f_se[k][n][o].powi(2)).sqrt();
+                        let se_y = (base.f_se[k][n][o].powi(2) + ry.f_se[k][n][o].powi(2)).sqrt();
+                        let (dx, dy) = (rx.f[k][n][o] - fb[o], ry.f[k][n][o] - want_y[o]);
+                        match tol_z {
+                            None => {
+                                assert!(dx.abs() < 1e-11 && dy.abs() < 1e-11, "{dx} {dy}");
+                            }
+                            Some(_) if k > 0 => {
+                                z2.0 += (dx / se_x).powi(2);
+                                z2.1 += (dy / se_y).powi(2);
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+            }
+            if let Some(t) = tol_z {
+                let count = 3.0 * 3.0 * 2.0;
+                let (zx, zy) = ((z2.0 / count).sqrt(), (z2.1 / count).sqrt());
+                assert!(zx < t && zy < t, "rms z: inputs {zx}, outputs {zy}");
+            }
+        }
+    }
+
+    fn mc_with(m: &MonteCarlo, seed: u64) -> MonteCarlo {
+        MonteCarlo { seed, ..m.clone() }
+    }
+
     /// Permuting the inputs permutes the outputs.
     #[test]
     fn permuting_samples_permutes_outputs() {
