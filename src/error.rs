@@ -60,7 +60,7 @@ mod tests {
         };
         let e = Error::Sweep(crate::sweep::SweepError::Task {
             task: "r0-L3-M4-D5".into(),
-            source: Box::new(Error::Train(inner)),
+            source: Box::new(crate::sweep::SweepError::Train(inner)),
         });
         let m = chain_message(&e);
         assert_eq!(m.matches("diverged").count(), 1, "{m}");

@@ -4,6 +4,7 @@
 //! `../shared/spec/PAPERS.md` for the mathematics they implement.
 
 pub mod bench;
+pub mod coords;
 pub mod error;
 pub mod factored;
 pub mod fit;
@@ -16,7 +17,6 @@ pub mod model;
 pub mod param;
 pub mod plot;
 pub mod provenance;
-pub mod report;
 pub mod rng;
 pub mod run;
 pub mod solve;

@@ -418,6 +418,10 @@ fn diverged(e: &anyhow::Error) -> bool {
             || c.downcast_ref::<reslim::Error>().is_some_and(train)
             || c.downcast_ref::<Box<reslim::Error>>()
                 .is_some_and(|b| train(b))
+            || c.downcast_ref::<reslim::sweep::SweepError>()
+                .is_some_and(|s| matches!(s, reslim::sweep::SweepError::Train(t) if at(t)))
+            || c.downcast_ref::<Box<reslim::sweep::SweepError>>()
+                .is_some_and(|s| matches!(**s, reslim::sweep::SweepError::Train(ref t) if at(t)))
     })
 }
 
@@ -692,120 +696,120 @@ fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
 }
 
 fn cmd_sweep(spec: SweepSpec, out: &Path, a: &SweepArgs) -> Result<()> {
-    let jobs = match a.jobs {
-        Some(j) => sweep::check_jobs("--jobs", j)?,
-        None => rayon::current_num_threads().max(1),
-    };
+    let jobs = a.jobs.map(|j| sweep::check_jobs("--jobs", j)).transpose()?;
     let sw = spec.check()?;
     let dir = SweepDir::new(out);
-    if !a.plan {
-        // Held until the report is written: no second sweep writes here meanwhile.
-        dir.lock()?;
-    }
-    let plan = sw.plan();
-    let survey = dir.survey(&sw);
-    let work: f64 = plan.iter().map(|t| t.cost()).sum();
-    let bytes = plan
-        .iter()
-        .map(|t| {
-            sw.task_bytes(t)
-                .map_err(|e| anyhow::anyhow!("task {}: {e}", t.id()))
-        })
-        .collect::<Result<Vec<usize>>>()?;
-    let biggest = bytes.iter().copied().max().unwrap_or(0);
-    // Never more parallel jobs than tasks (the message states what runs).
-    let jobs = jobs.min(plan.len().max(1));
-    eprintln!(
-        "sweep '{}': {} tasks ({} finished), {:.3e} parameter-steps of work, largest task needs {:.2} GB, {} parallel job(s)",
-        sw.spec.name,
-        plan.len(),
-        survey.done.len(),
-        work * sw.spec.steps as f64,
-        biggest as f64 / 1e9,
-        jobs
-    );
-    for (t, why) in &survey.corrupt {
-        eprintln!(
-            "warning: task {} has unusable records and will be redone: {why}",
-            t.id()
-        );
-    }
-    if !survey.stale.is_empty() {
-        eprintln!(
-            "{}: {} finished task(s) were made by a different spec ({}); they are not used{}",
-            if a.redo_stale { "note" } else { "warning" },
-            survey.stale.len(),
-            survey.stale_fields().join("; "),
-            if a.redo_stale {
-                " and will be retrained"
-            } else {
-                ""
+    let opts = sweep::PipelineOptions {
+        jobs,
+        max_tasks: a.max_tasks,
+        redo_stale: a.redo_stale,
+        report_only: a.report_only,
+        plan_only: a.plan,
+        memory: None,
+    };
+    let shown = SweepProgress {
+        redo_stale: a.redo_stale,
+        trains: !(a.plan || a.report_only),
+        bar: std::sync::Mutex::new(None),
+    };
+    match sweep::execute(&sw, &dir, &opts, &shown)? {
+        sweep::Outcome::Planned { entries, .. } => {
+            for e in entries {
+                println!("{}\t{}\t{:.3e} bytes", e.task.id(), e.state, e.bytes as f64);
             }
-        );
-    }
-    if a.plan {
-        for (t, b) in plan.iter().zip(&bytes) {
-            let state = match dir.state(&sw, t) {
-                sweep::TaskState::Done(_) => "done",
-                sweep::TaskState::Missing => "todo",
-                sweep::TaskState::Stale(_) => "stale",
-                sweep::TaskState::Corrupt(_) => "corrupt",
-            };
-            println!("{}\t{}\t{:.3e} bytes", t.id(), state, *b as f64);
         }
-        return Ok(());
+        sweep::Outcome::Done { report, .. } => println!("report: {}", report.display()),
     }
-    let t0 = std::time::Instant::now();
-    if !a.report_only {
-        let total_units = 1000u64;
-        let prog = std::sync::Mutex::new(Progress::new(total_units, "sweep"));
-        let opts = sweep::RunOptions {
-            jobs,
-            max_tasks: a.max_tasks,
-            memory: None,
-            redo_stale: a.redo_stale,
+    Ok(())
+}
+
+/// What `reslim sweep` shows while the pipeline runs: the plan, warnings, a progress bar.
+struct SweepProgress {
+    redo_stale: bool,
+    /// Whether tasks will run (a bar is shown from the plan on).
+    trains: bool,
+    bar: std::sync::Mutex<Option<Progress>>,
+}
+
+impl SweepProgress {
+    const UNITS: u64 = 1000;
+}
+
+impl sweep::Observer for SweepProgress {
+    fn planned(&self, p: &sweep::PlanSummary) {
+        eprintln!(
+            "sweep '{}': {} tasks ({} finished), {:.3e} parameter-steps of work, largest task needs {:.2} GB, {} parallel job(s)",
+            p.name,
+            p.tasks,
+            p.finished,
+            p.work,
+            p.largest_bytes as f64 / 1e9,
+            p.jobs
+        );
+        for (t, why) in &p.corrupt {
+            eprintln!(
+                "warning: task {} has unusable records and will be redone: {why}",
+                t.id()
+            );
+        }
+        if p.stale > 0 {
+            eprintln!(
+                "{}: {} finished task(s) were made by a different spec ({}); they are not used{}",
+                if self.redo_stale { "note" } else { "warning" },
+                p.stale,
+                p.stale_fields.join("; "),
+                if self.redo_stale {
+                    " and will be retrained"
+                } else {
+                    ""
+                }
+            );
+        }
+        if self.trains {
+            *self.bar.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Progress::new(Self::UNITS, "sweep"));
+        }
+    }
+
+    fn progress(&self, done: f64, total: f64, t: &sweep::Task) {
+        let pos = if total > 0.0 {
+            (done / total * Self::UNITS as f64) as u64
+        } else {
+            Self::UNITS
         };
-        let summary = sweep::run(&sw, &dir, &opts, &|done, total, t| {
-            let pos = if total > 0.0 {
-                (done / total * total_units as f64) as u64
-            } else {
-                total_units
-            };
-            prog.lock().expect("progress").set(pos, &t.id());
-        })?;
-        prog.lock().expect("progress").finish();
+        let mut bar = self.bar.lock().unwrap_or_else(|e| e.into_inner());
+        bar.get_or_insert_with(|| Progress::new(Self::UNITS, "sweep"))
+            .set(pos, &t.id());
+    }
+
+    fn ran(&self, s: &sweep::RunSummary) {
+        if let Some(b) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            b.finish();
+        }
         eprintln!(
             "ran {} task(s), skipped {} finished, in {:.1} s{}{}",
-            summary.ran,
-            summary.skipped,
-            summary.seconds,
-            if summary.redone_stale > 0 {
-                format!("; {} stale task(s) retrained", summary.redone_stale)
+            s.ran,
+            s.skipped,
+            s.seconds,
+            if s.redone_stale > 0 {
+                format!("; {} stale task(s) retrained", s.redone_stale)
             } else {
                 String::new()
             },
-            if summary.redone_corrupt.is_empty() {
+            if s.redone_corrupt.is_empty() {
                 String::new()
             } else {
                 format!(
                     "; {} task(s) with unusable records redone",
-                    summary.redone_corrupt.len()
+                    s.redone_corrupt.len()
                 )
             }
         );
     }
-    let rows = sweep::collect(&sw, &dir)?;
-    sweep::write_tables(&dir, &rows)?;
-    if sw.limit.is_some() {
-        sweep::write_limit_table(&sw, &dir)?;
-    }
-    let report = reslim::report::write_report(&sw, &dir, &rows, t0.elapsed().as_secs_f64())?;
-    println!("report: {}", report.display());
-    Ok(())
 }
 
 fn cmd_coords(a: CoordsArgs) -> Result<()> {
-    use reslim::vslimit::{CoordsSpec, coordinates};
+    use reslim::coords::{CoordsSpec, coordinates};
     let d = CoordsSpec::default();
     let activation: reslim::model::Activation = a
         .activation

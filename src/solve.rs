@@ -91,16 +91,16 @@ pub struct SolverSpec {
 pub struct LimitSpec {
     #[serde(default = "default_name")]
     pub name: String,
-    #[serde(default = "crate::sweep::default_preset")]
+    #[serde(default = "crate::sweep::spec::default_preset")]
     pub preset: String,
     #[serde(default)]
     pub param: Option<ParamOverride>,
-    #[serde(default = "crate::sweep::default_activation")]
+    #[serde(default = "crate::sweep::spec::default_activation")]
     pub activation: String,
     pub data: DataSpec,
     /// Forward passes K (`f_0 .. f_{K-1}`).
     pub steps: usize,
-    #[serde(default = "crate::sweep::default_lr")]
+    #[serde(default = "crate::sweep::spec::default_lr")]
     pub lr: f64,
     #[serde(default)]
     pub solver: SolverSpec,

@@ -9,11 +9,12 @@
 //! 0.8 per rung and below 0.5 over the ladder: far from what the noise of the averages
 //! produces, and far from a limit with an O(1) bias (the errors would level off).
 
+use reslim::coords::{PAPER_X, PAPER_Y};
 use reslim::kernels::Par;
 use reslim::model::{Activation, Data, Weights};
 use reslim::param::{Dims, Parametrization};
 use reslim::train::{self, TrainOptions};
-use reslim::vslimit::{LimitReference, PAPER_X, PAPER_Y, SolverSettings, limit_params};
+use reslim::vslimit::{LimitReference, SolverSettings, limit_params};
 
 const K: usize = 6;
 const READ: usize = 5;

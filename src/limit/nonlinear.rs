@@ -348,18 +348,15 @@ pub fn nonlinear_bytes(
         .checked_mul(8)
 }
 
-/// Solves the limit of `NONLINEAR_LIMIT.md` (module documentation) for activation `act`
-/// on the pairs `(x[n], y[n])`, with `params.num_s` depth points and `mc`'s clouds
-/// (`params.rtol`, `atol` are not used: the integrator is Heun on the grid).
-pub fn solve_nonlinear_limit(
+/// Checks the inputs of [`solve_nonlinear_limit`] without solving anything: the
+/// parameters, the data, the frame's embedding scales, the clouds' size and the
+/// replicas, and the depth grid. Returns `(d_in, d_out)`.
+pub fn check_inputs(
     x: &[Vec<f64>],
     y: &[Vec<f64>],
     params: &LinearLimitParams,
-    act: Activation,
     mc: &MonteCarlo,
-) -> Result<NonlinearLimit, LimitError> {
-    use rayon::prelude::*;
-    let t0 = std::time::Instant::now();
+) -> Result<(usize, usize), LimitError> {
     params.validate()?;
     let (di, d_o) = check_data(x, y)?;
     for (field, v) in [("sigma_we", params.sigma_we), ("sigma_wu", params.sigma_wu)] {
@@ -387,6 +384,24 @@ pub fn solve_nonlinear_limit(
             "must be at least 2 (the standard errors come from the spread of the replicas)",
         ));
     }
+    DepthGrid::new(params.num_s)?;
+    Ok((di, d_o))
+}
+
+/// Solves the limit of `NONLINEAR_LIMIT.md` (module documentation) for activation `act`
+/// on the pairs `(x[n], y[n])`, with `params.num_s` depth points and `mc`'s clouds
+/// (`params.rtol`, `atol` are not used: the integrator is Heun on the grid).
+pub fn solve_nonlinear_limit(
+    x: &[Vec<f64>],
+    y: &[Vec<f64>],
+    params: &LinearLimitParams,
+    act: Activation,
+    mc: &MonteCarlo,
+) -> Result<NonlinearLimit, LimitError> {
+    use rayon::prelude::*;
+    let t0 = std::time::Instant::now();
+    let (di, d_o) = check_inputs(x, y, params, mc)?;
+    let de = di + d_o;
     let grid = DepthGrid::new(params.num_s)?;
     let (kk, nn, ns) = (params.k_steps, x.len(), params.num_s);
     let reps: Vec<Replica> = (0..mc.replicas)

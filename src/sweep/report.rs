@@ -18,10 +18,11 @@
 //!
 //! The reference shape itself (error 0 by construction) never enters a fit.
 
+use super::{Coupling, ErrorRow, Sweep, SweepDir, SweepError};
 use crate::fit::{self, LinearFit, RateFit, RateModel, Shape};
 use crate::io;
 use crate::plot::{self, Figure, Scale, Series, Style};
-use crate::sweep::{Coupling, ErrorRow, Sweep, SweepDir};
+use crate::vslimit::LimitReference;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -122,7 +123,12 @@ pub fn write_report(
     dir: &SweepDir,
     rows: &[ErrorRow],
     wall_s: f64,
-) -> crate::Result<PathBuf> {
+) -> Result<PathBuf, SweepError> {
+    let lim = if sw.against_limit() {
+        Some(sw.limit_reference()?)
+    } else {
+        None
+    };
     // Checked again (SweepSpec::check refuses these before training), so that a `Sweep`
     // built or edited by a library caller cannot make the report index past its data.
     let settings = sw.spec.report.resolve(&sw.read_steps, &sw.ms, &sw.ds)?;
@@ -144,7 +150,7 @@ pub fn write_report(
     // Against the linear limit, the authors' constants are their fits of E2 (PAPERS.md
     // 2.5); otherwise (the largest network, or the nonlinear limit of the E1 setting)
     // their hand-set E1 curves.
-    let (authors_h, authors_y) = match &sw.limit {
+    let (authors_h, authors_y) = match &lim {
         Some(l) if l.monte_carlo().is_none() => (
             RateFit::with_coefs(RateModel::embedding(), vec![0.673, 0.437, 0.0])?,
             RateFit::with_coefs(RateModel::output(), vec![0.0265, 0.250])?,
@@ -535,7 +541,7 @@ pub fn write_report(
             .into_iter()
             .find(|t| t.rep == 0 && (t.l, t.m, t.d) == (l, m, d));
         if let Some(t) = t
-            && let crate::sweep::TaskState::Done(recs) = dir.state(sw, &t)
+            && let super::TaskState::Done(recs) = dir.state(sw, &t)
             && let Some(rec) = recs.into_iter().next()
         {
             let x: Vec<f64> = (0..rec.losses.len()).map(|k| k as f64).collect();
@@ -561,7 +567,7 @@ pub fn write_report(
             .expect("summary serialises")
             .as_bytes(),
     )?;
-    let md = markdown(sw, &summary, &figures, &dir.root);
+    let md = markdown(sw, lim.as_deref(), &summary, &figures, &dir.root);
     let path = dir.root.join("report.md");
     io::atomic_write(&path, md.as_bytes())?;
     Ok(path)
@@ -668,7 +674,13 @@ fn comparison(md: &mut String, s: &Summary, other: &Path) {
     }
 }
 
-fn markdown(sw: &Sweep, s: &Summary, figures: &[(String, PathBuf)], root: &Path) -> String {
+fn markdown(
+    sw: &Sweep,
+    lim: Option<&LimitReference>,
+    s: &Summary,
+    figures: &[(String, PathBuf)],
+    root: &Path,
+) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Sweep `{}`\n", sw.spec.name);
     let _ = writeln!(
@@ -686,7 +698,7 @@ fn markdown(sw: &Sweep, s: &Summary, figures: &[(String, PathBuf)], root: &Path)
         sw.ls,
         sw.ms,
         sw.ds,
-        match (&sw.limit, sw.limit.as_ref().and_then(|l| l.monte_carlo())) {
+        match (lim, lim.and_then(|l| l.monte_carlo())) {
             (Some(l), Some(mc)) => format!(
                 "the large-D limit of {} blocks, solved by Monte Carlo over single units \
                  (`reslim::limit::nonlinear`; Heun on num_s = {} depth points, {} units per point, \
@@ -714,7 +726,7 @@ fn markdown(sw: &Sweep, s: &Summary, figures: &[(String, PathBuf)], root: &Path)
         },
         s.wall_s
     );
-    let log = crate::sweep::read_run_log(&SweepDir::new(root));
+    let log = super::read_run_log(&SweepDir::new(root));
     let _ = writeln!(
         md,
         "Training wall time over {} invocation(s): {:.1} s ({} tasks trained in all).\n",

@@ -1,0 +1,646 @@
+use super::SweepError;
+use super::spec::{Axis, Coupling, ReferenceSpec, SweepSpec, inv_data};
+use super::task::TaskRecord;
+use crate::limit::{LinearLimitParams, MonteCarlo};
+use std::sync::Arc;
+
+use crate::memory::{self, MemoryError};
+use crate::model::Activation;
+use crate::param::{Dims, Parametrization};
+use crate::rng::derive_seed;
+use crate::spec::SpecError;
+use crate::vslimit::LimitReference;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// A checked sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sweep {
+    pub spec: SweepSpec,
+    pub param: Parametrization,
+    pub activation: Activation,
+    pub ls: Vec<usize>,
+    pub ms: Vec<usize>,
+    pub ds: Vec<usize>,
+    /// The reference shape; (0, 0, 0) for a limit reference.
+    pub reference: (usize, usize, usize),
+    pub read_steps: Vec<usize>,
+    /// The limit of a `kind = "limit"` reference: checked with the spec, solved when
+    /// first needed ([`Sweep::limit_reference`]).
+    #[serde(skip)]
+    pub limit: Option<LimitPlan>,
+}
+
+/// How a sweep's limit reference is solved, checked but not yet solved, and the
+/// solution once it is (shared by the clones of the [`Sweep`]).
+#[derive(Debug, Clone)]
+pub struct LimitPlan {
+    pub solver: LimitSolver,
+    solved: Arc<Mutex<Option<Arc<LimitReference>>>>,
+}
+
+/// The limit a sweep is measured against.
+#[derive(Debug, Clone)]
+pub enum LimitSolver {
+    /// Linear blocks: the exact ODE systems ([`LimitReference::solve`]).
+    Exact(LinearLimitParams),
+    /// Any other activation: the Monte-Carlo limit ([`LimitReference::solve_nonlinear`]).
+    MonteCarlo {
+        params: LinearLimitParams,
+        activation: Activation,
+        mc: MonteCarlo,
+    },
+}
+
+impl LimitPlan {
+    fn new(solver: LimitSolver) -> Self {
+        LimitPlan {
+            solver,
+            solved: Arc::new(Mutex::new(None)),
+        }
+    }
+}
+
+impl Sweep {
+    /// Whether the reference is the large-scale limit (`[reference] kind = "limit"`).
+    pub fn against_limit(&self) -> bool {
+        self.limit.is_some()
+    }
+
+    /// The solved limit reference: solved on the first call (with every core), the same
+    /// `Arc` afterwards. An error for a sweep with a finite reference.
+    pub fn limit_reference(&self) -> Result<Arc<LimitReference>, SweepError> {
+        let Some(plan) = &self.limit else {
+            return Err(SpecError::Invalid {
+                field: "reference".into(),
+                value: format!("{:?}", self.spec.reference),
+                why: "is not the limit".into(),
+            }
+            .into());
+        };
+        let mut solved = plan.solved.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = &*solved {
+            return Ok(l.clone());
+        }
+        let data = self.spec.data.data()?;
+        let lim = match &plan.solver {
+            LimitSolver::Exact(lp) => LimitReference::solve(&data, lp)?,
+            LimitSolver::MonteCarlo {
+                params,
+                activation,
+                mc,
+            } => LimitReference::solve_nonlinear(&data, params, *activation, mc)?,
+        };
+        let lim = Arc::new(lim);
+        *solved = Some(lim.clone());
+        Ok(lim)
+    }
+}
+
+impl SweepSpec {
+    pub fn from_file(path: &Path) -> Result<Self, SpecError> {
+        crate::spec::read_toml(path)
+    }
+
+    /// Validates the spec.
+    pub fn check(self) -> Result<Sweep, SpecError> {
+        let inv = |field: &str, value: String, why: &str| SpecError::Invalid {
+            field: field.into(),
+            value,
+            why: why.into(),
+        };
+        let mut param = Parametrization::preset(&self.preset)
+            .map_err(|e| inv("preset", self.preset.clone(), &e.to_string()))?;
+        if let Some(o) = &self.param {
+            o.apply(&mut param);
+        }
+        param
+            .check()
+            .map_err(|e| inv("param", param.name.clone(), &e.to_string()))?;
+        let activation: Activation = self
+            .activation
+            .parse()
+            .map_err(|e: String| inv("activation", self.activation.clone(), &e))?;
+        for (f, v) in [
+            ("data.din", self.data.din),
+            ("data.dout", self.data.dout),
+            ("data.N", self.data.n),
+            ("steps", self.steps),
+            ("reps", self.reps),
+        ] {
+            if v == 0 {
+                return Err(inv(f, "0".into(), "must be positive"));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return Err(inv(
+                "lr",
+                self.lr.to_string(),
+                "must be finite and non-negative",
+            ));
+        }
+        if self.couplings.is_empty() {
+            return Err(inv(
+                "couplings",
+                "[]".into(),
+                "must name at least one variant",
+            ));
+        }
+        self.check_sizes()?;
+        let ls = self.grid.l.values("grid.L")?;
+        let ms = self.grid.m.values("grid.M")?;
+        let ds = self.grid.d.values("grid.D")?;
+        plan_size(self.reps, &ls, &ms, &ds)?;
+        let reference = match self.reference {
+            ReferenceSpec::Largest => (
+                *ls.last().unwrap(),
+                *ms.last().unwrap(),
+                *ds.last().unwrap(),
+            ),
+            ReferenceSpec::Shape { l, m, d } => {
+                if l == 0 || m == 0 || d == 0 {
+                    return Err(inv(
+                        "reference",
+                        format!("L={l} M={m} D={d}"),
+                        "dimensions must be positive",
+                    ));
+                }
+                (l, m, d)
+            }
+            ReferenceSpec::Limit { .. } => (0, 0, 0),
+        };
+        if let Some(&dmax) = ds.last()
+            && dmax > reference.2
+            && reference != (0, 0, 0)
+        {
+            return Err(inv(
+                "reference.D",
+                reference.2.to_string(),
+                &format!(
+                    "must be at least the largest D of the grid ({dmax}) for coupled embeddings"
+                ),
+            ));
+        }
+        let read_steps = self
+            .read_steps
+            .clone()
+            .unwrap_or_else(|| vec![self.steps - 1]);
+        if read_steps.is_empty() {
+            return Err(inv(
+                "read_steps",
+                "[]".into(),
+                "must name at least one record (leave it out for the last)",
+            ));
+        }
+        if let Some(&bad) = read_steps.iter().find(|&&k| k >= self.steps) {
+            return Err(inv(
+                "read_steps",
+                bad.to_string(),
+                &format!(
+                    "records are 0..{} (record k is after k updates)",
+                    self.steps - 1
+                ),
+            ));
+        }
+        let mut read_steps = read_steps;
+        read_steps.sort_unstable();
+        read_steps.dedup();
+        self.report.resolve(&read_steps, &ms, &ds)?;
+        let data = self.data.data()?;
+        let limit = match self.reference {
+            ReferenceSpec::Limit {
+                rtol,
+                atol,
+                num_s,
+                samples,
+                replicas,
+                seed,
+            } => {
+                let dd = (data.din, data.dout, data.n);
+                let solver = if activation == Activation::Linear {
+                    for (f, set) in [
+                        ("reference.samples", samples.is_some()),
+                        ("reference.replicas", replicas.is_some()),
+                        ("reference.seed", seed.is_some()),
+                    ] {
+                        if set {
+                            return Err(inv(
+                                f,
+                                "set".into(),
+                                "only for the Monte-Carlo limit of nonlinear blocks (linear blocks use the exact ODEs)",
+                            ));
+                        }
+                    }
+                    let settings = crate::vslimit::SolverSettings { rtol, atol, num_s };
+                    let lp = crate::vslimit::limit_params(
+                        &param, activation, dd, self.steps, self.lr, settings,
+                    )?;
+                    LimitSolver::Exact(lp)
+                } else {
+                    for (f, set) in [
+                        ("reference.rtol", rtol.is_some()),
+                        ("reference.atol", atol.is_some()),
+                    ] {
+                        if set {
+                            return Err(inv(
+                                f,
+                                "set".into(),
+                                "only for the exact limit of linear blocks (nonlinear blocks use Monte Carlo: num_s, samples, replicas, seed)",
+                            ));
+                        }
+                    }
+                    let settings = crate::vslimit::SolverSettings {
+                        rtol: None,
+                        atol: None,
+                        num_s: Some(num_s.unwrap_or(crate::solve::MC_NUM_S)),
+                    };
+                    let lp =
+                        crate::vslimit::frame_params(&param, dd, self.steps, self.lr, settings)?;
+                    let d = crate::limit::MonteCarlo::default();
+                    let mc = crate::limit::MonteCarlo {
+                        samples: samples.unwrap_or(d.samples),
+                        replicas: replicas.unwrap_or(d.replicas),
+                        seed: seed.unwrap_or(d.seed),
+                    };
+                    let (de, kn) = (dd.0.saturating_add(dd.1), self.steps.saturating_mul(dd.2));
+                    if mc.samples > 100_000_000 || mc.replicas > 10_000 || kn > 100_000 {
+                        return Err(inv(
+                            "reference",
+                            format!(
+                                "samples = {}, replicas = {}, steps x data.N = {kn}",
+                                mc.samples, mc.replicas
+                            ),
+                            "the Monte-Carlo limit allows at most 1e8 samples, 10000 replicas and 100000 passes x samples",
+                        ));
+                    }
+                    let need = crate::limit::nonlinear::nonlinear_bytes(
+                        self.steps,
+                        dd.2,
+                        dd.0,
+                        dd.1,
+                        lp.num_s,
+                        &mc,
+                        rayon::current_num_threads(),
+                    );
+                    let avail = memory::available()
+                        .map_err(|e| inv("reference", "limit".into(), &e.to_string()))?;
+                    match need {
+                        Some(b) if b <= avail.bytes => {}
+                        _ => {
+                            return Err(inv(
+                                "reference",
+                                format!(
+                                    "samples = {}, num_s = {}, d_in + d_out = {de}",
+                                    mc.samples, lp.num_s
+                                ),
+                                &format!(
+                                    "the Monte-Carlo limit needs {} bytes, {} available",
+                                    need.map_or("more than 2^64".into(), |b| b.to_string()),
+                                    avail.bytes
+                                ),
+                            ));
+                        }
+                    }
+                    LimitSolver::MonteCarlo {
+                        params: lp,
+                        activation,
+                        mc,
+                    }
+                };
+                // Everything the solver would refuse is refused now, naming the field,
+                // without solving (the solve waits for the first task or the report).
+                let xs = crate::vslimit::columns(&data.x, data.din, data.n);
+                let ys = crate::vslimit::columns(&data.y, data.dout, data.n);
+                let checked = match &solver {
+                    LimitSolver::Exact(lp) => lp.validate(),
+                    LimitSolver::MonteCarlo { params, mc, .. } => {
+                        crate::limit::nonlinear::check_inputs(&xs, &ys, params, mc).map(|_| ())
+                    }
+                };
+                checked.map_err(|e| inv("reference", "limit".into(), &e.to_string()))?;
+                Some(LimitPlan::new(solver))
+            }
+            _ => None,
+        };
+        Ok(Sweep {
+            spec: self,
+            param,
+            activation,
+            ls,
+            ms,
+            ds,
+            reference,
+            read_steps,
+            limit,
+        })
+    }
+}
+
+/// The most tasks a sweep may plan (and the most values a logspace axis may have): the
+/// plan, the finished-task scan and the tables hold one entry per task.
+pub const MAX_TASKS: usize = 1_000_000;
+
+impl SweepSpec {
+    /// Refuses sizes that would allocate more than the machine has while the sweep is
+    /// checked and planned, before anything is allocated: logspace counts, the data
+    /// (N x (din + dout)) and the per-step records (steps x (1 + dout x N) per variant).
+    fn check_sizes(&self) -> Result<(), SpecError> {
+        for (field, axis) in [
+            ("grid.L", &self.grid.l),
+            ("grid.M", &self.grid.m),
+            ("grid.D", &self.grid.d),
+        ] {
+            if let Axis::Logspace {
+                logspace: (_, _, n),
+            } = axis
+                && *n > MAX_TASKS
+            {
+                return Err(inv_data(
+                    field,
+                    n,
+                    &format!("a logspace count must be at most {MAX_TASKS}"),
+                ));
+            }
+        }
+        let size = |field: &str, r: Result<usize, MemoryError>| {
+            r.map_err(|e| inv_data(field, "too large", &e.to_string()))
+        };
+        let io = size(
+            "data.N",
+            memory::sum(&[("data.din", self.data.din), ("data.dout", self.data.dout)]),
+        )?;
+        let data = size(
+            "data.N",
+            memory::product(&[
+                ("data.N", self.data.n),
+                ("data.din + data.dout", io),
+                ("8", 8),
+            ]),
+        )?;
+        let dout_n = size(
+            "data.N",
+            memory::product(&[("data.dout", self.data.dout), ("data.N", self.data.n)]),
+        )?;
+        let per_step = size(
+            "steps",
+            memory::sum(&[("loss", 1), ("data.dout x data.N", dout_n)]),
+        )?;
+        let records = size(
+            "steps",
+            memory::product(&[
+                ("steps", self.steps),
+                ("1 + data.dout x data.N", per_step),
+                ("couplings", self.couplings.len().max(1)),
+                ("8", 8),
+            ]),
+        )?;
+        let need = size(
+            "steps",
+            memory::sum(&[("data bytes", data), ("record bytes", records)]),
+        )?;
+        // The records are steps x (1 + dout x N): name the larger factor.
+        let field = if self.steps >= dout_n {
+            "steps"
+        } else {
+            "data.N"
+        };
+        let what = format!(
+            "the data and per-step records of one task (steps = {}, data.N = {})",
+            self.steps, self.data.n
+        );
+        let available = memory::available().map_err(|e| match e {
+            MemoryError::BadOverride(v) => inv_data("RESLIM_MEMORY_LIMIT", v, "is not a size"),
+            e => inv_data(field, "too large", &e.to_string()),
+        })?;
+        available
+            .check(need, &what)
+            .map_err(|e| inv_data(field, "too large", &e.to_string()))
+    }
+}
+
+/// Refuses a plan of more than [`MAX_TASKS`] tasks, before it is built.
+fn plan_size(reps: usize, ls: &[usize], ms: &[usize], ds: &[usize]) -> Result<(), SpecError> {
+    // In floating point: the count itself may not fit `usize`.
+    let tasks = reps as f64 * ls.len() as f64 * ms.len() as f64 * ds.len() as f64;
+    if tasks > MAX_TASKS as f64 {
+        return Err(inv_data(
+            "reps",
+            reps,
+            &format!(
+                "the plan would hold 'reps' x L values x M values x D values = {reps} x {} x {} x {} = {tasks:.3e} tasks, more than {MAX_TASKS}",
+                ls.len(),
+                ms.len(),
+                ds.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One unit of work: a shape in one repetition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Task {
+    pub rep: usize,
+    #[serde(rename = "L")]
+    pub l: usize,
+    #[serde(rename = "M")]
+    pub m: usize,
+    #[serde(rename = "D")]
+    pub d: usize,
+    /// Whether this is the reference shape (trained coupled only... and as a grid point).
+    pub is_reference: bool,
+}
+
+impl Task {
+    pub fn id(&self) -> String {
+        format!("r{}-L{}-M{}-D{}", self.rep, self.l, self.m, self.d)
+    }
+    /// Work of the task, for scheduling: its parameters L M D (times steps, the same
+    /// for every task). In floating point: the shape's product may not fit `usize`.
+    pub fn cost(&self) -> f64 {
+        self.l as f64 * self.m as f64 * self.d as f64
+    }
+}
+
+impl Sweep {
+    /// Every task, reference shapes included, in a deterministic order.
+    pub fn plan(&self) -> Vec<Task> {
+        let mut tasks = Vec::new();
+        let (rl, rm, rd) = self.reference;
+        for rep in 0..self.spec.reps {
+            let mut in_grid = false;
+            for &l in &self.ls {
+                for &m in &self.ms {
+                    for &d in &self.ds {
+                        let is_ref = (l, m, d) == (rl, rm, rd);
+                        in_grid |= is_ref;
+                        tasks.push(Task {
+                            rep,
+                            l,
+                            m,
+                            d,
+                            is_reference: is_ref,
+                        });
+                    }
+                }
+            }
+            if !in_grid && !self.against_limit() {
+                tasks.push(Task {
+                    rep,
+                    l: rl,
+                    m: rm,
+                    d: rd,
+                    is_reference: true,
+                });
+            }
+        }
+        tasks
+    }
+
+    pub(crate) fn dims(&self, t: &Task) -> Dims {
+        Dims {
+            l: t.l,
+            m: t.m,
+            d: t.d,
+            din: self.spec.data.din,
+            dout: self.spec.data.dout,
+            n: self.spec.data.n,
+        }
+    }
+
+    /// Seed of the repetition's coupled embeddings (shared by every shape).
+    pub fn embed_seed(&self, rep: usize) -> u64 {
+        derive_seed(self.spec.seed, 0x45_4D_42 ^ ((rep as u64) << 20))
+    }
+
+    /// Seeds of a task: (block weights, uncoupled embeddings), from the task id.
+    pub fn task_seeds(&self, t: &Task) -> (u64, u64) {
+        let h = fnv1a(t.id().as_bytes());
+        (
+            derive_seed(self.spec.seed, h),
+            derive_seed(self.spec.seed, h ^ 0x55_4E_43),
+        )
+    }
+
+    /// Couplings a task trains: the reference only needs its coupled run unless it is
+    /// also a grid point.
+    pub(crate) fn couplings_of(&self, t: &Task) -> Vec<Coupling> {
+        let mut c = self.spec.couplings.clone();
+        if t.is_reference && !c.contains(&Coupling::Coupled) {
+            c.insert(0, Coupling::Coupled);
+        }
+        c
+    }
+
+    /// Everything the records of task `t` depend on, and nothing else
+    /// ([`crate::provenance`]): the task (repetition, shape, whether it is the
+    /// reference), its coupling variants, the dtype, the parametrization table, the
+    /// activation, the data (the explicit samples, or the synthetic draw's seed), steps,
+    /// learning rate, the sweep seed (every task seed derives from it and the task id), the
+    /// read steps, and for a limit reference its solver settings. The sweep's name, its
+    /// other grid points and the report options are left out: extending a grid or
+    /// re-plotting reuses every finished task.
+    pub fn task_inputs(&self, t: &Task) -> serde_json::Value {
+        let mut data = serde_json::to_value(&self.spec.data).expect("data spec serialises");
+        if self.spec.data.x.is_some()
+            && let Some(o) = data.as_object_mut()
+        {
+            o.remove("seed");
+        }
+        let reference = match &self.spec.reference {
+            r @ ReferenceSpec::Limit { .. } => serde_json::to_value(r).expect("serialises"),
+            _ => serde_json::Value::Null,
+        };
+        serde_json::json!({
+            "format": crate::provenance::FORMAT,
+            "task": t,
+            "couplings": self.couplings_of(t),
+            "dtype": self.spec.dtype,
+            "param": self.param,
+            "activation": self.activation.name(),
+            "data": data,
+            "steps": self.spec.steps,
+            "lr": self.spec.lr,
+            "seed": self.spec.seed,
+            "read_steps": self.read_steps,
+            "reference": reference,
+        })
+    }
+
+    /// Whether `recs` are the complete records of task `t` as this sweep writes them: one
+    /// per coupling variant in order, each of this task, with K losses (at most K against
+    /// the limit, where a divergence is recorded) and outputs, hidden states or limit
+    /// errors for exactly the read steps. Anything else is a corrupt record.
+    pub fn check_records(&self, t: &Task, recs: &[TaskRecord]) -> Result<(), String> {
+        let want = self.couplings_of(t);
+        let got: Vec<Coupling> = recs.iter().map(|r| r.coupling).collect();
+        if got != want {
+            return Err(format!("holds the variants {got:?}, expected {want:?}"));
+        }
+        let (k, reads) = (self.spec.steps, self.read_steps.len());
+        let (dout, n) = (self.spec.data.dout, self.spec.data.n);
+        for r in recs {
+            let c = r.coupling.name();
+            if r.task != *t {
+                return Err(format!("the {c} record is of task {}", r.task.id()));
+            }
+            let limit = self.against_limit();
+            let losses_ok = if limit {
+                r.losses.len() <= k
+            } else {
+                r.losses.len() == k
+            };
+            if !losses_ok {
+                return Err(format!(
+                    "the {c} record has {} losses, K = {k}",
+                    r.losses.len()
+                ));
+            }
+            let len = |what: &str, got: usize, want: Option<usize>| match want {
+                Some(w) if w != got => {
+                    Err(format!("the {c} record has {got} {what}, expected {w}"))
+                }
+                _ => Ok(()),
+            };
+            if limit {
+                let steps: Vec<usize> = match &r.limit {
+                    Some(e) => e.iter().map(|e| e.step).collect(),
+                    None => return Err(format!("the {c} record has no limit errors")),
+                };
+                let mut sorted = steps.clone();
+                sorted.sort_unstable();
+                if sorted != self.read_steps {
+                    return Err(format!(
+                        "the {c} record has limit errors at steps {steps:?}, expected {:?}",
+                        self.read_steps
+                    ));
+                }
+            } else {
+                let hidden = if r.coupling == Coupling::Coupled {
+                    reads.checked_mul(t.d).and_then(|x| x.checked_mul(n))
+                } else {
+                    Some(0)
+                };
+                len("outputs", r.outputs.len(), reads.checked_mul(dout * n))?;
+                len("hidden values", r.hidden.len(), hidden)?;
+                if r.limit.is_some() {
+                    return Err(format!(
+                        "the {c} record has limit errors in a finite-reference sweep"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// FNV-1a, for stable ids -> seeds.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}

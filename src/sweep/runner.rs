@@ -1,0 +1,196 @@
+use super::SweepError;
+use super::plan::{Sweep, Task};
+use super::store::SweepDir;
+use super::task::run_task;
+
+use crate::io::{self};
+use crate::memory::{self};
+use crate::spec::SpecError;
+use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Most parallel jobs (`--jobs`) or threads (`--threads`) reslim accepts: far above any
+/// core count it runs on, far below the point where starting the threads fails.
+pub const MAX_JOBS: usize = 4096;
+
+/// Checks a parallelism flag (`--jobs`, `--threads`): between 1 and [`MAX_JOBS`].
+pub fn check_jobs(flag: &str, n: usize) -> Result<usize, SpecError> {
+    if n == 0 || n > MAX_JOBS {
+        return Err(SpecError::Flag {
+            flag: flag.into(),
+            value: n.to_string(),
+            why: format!("must be between 1 and {MAX_JOBS}"),
+        });
+    }
+    Ok(n)
+}
+
+/// How to run a sweep.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Parallel tasks.
+    pub jobs: usize,
+    /// Stop after this many tasks have finished in this invocation (for tests).
+    pub max_tasks: Option<usize>,
+    /// The memory the tasks may use together; `None`: [`MEMORY_FRACTION`] of
+    /// [`memory::available`] when the run starts.
+    pub memory: Option<memory::Available>,
+    /// Retrain tasks whose stored records were made by a different spec (overwriting
+    /// them); without it such a sweep is refused ([`SweepError::Stale`]).
+    pub redo_stale: bool,
+}
+
+/// The share of the available memory a sweep's tasks may use together: the estimates
+/// leave out the allocator's slack, the data and the records being written.
+pub const MEMORY_FRACTION: f64 = 0.85;
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub planned: usize,
+    pub skipped: usize,
+    pub ran: usize,
+    pub seconds: f64,
+    /// Stale tasks retrained (with `redo_stale`).
+    #[serde(default)]
+    pub redone_stale: usize,
+    /// Tasks whose records were unreadable or incomplete, retrained: id and why.
+    #[serde(default)]
+    pub redone_corrupt: Vec<(String, String)>,
+}
+
+/// Runs every unfinished task of the sweep in `dir`, largest first, `jobs` at a time.
+/// `progress(done_cost, total_cost, task)` is called after each task.
+pub fn run(
+    sw: &Sweep,
+    dir: &SweepDir,
+    opts: &RunOptions,
+    progress: &(dyn Fn(f64, f64, &Task) + Sync),
+) -> Result<RunSummary, SweepError> {
+    let t0 = std::time::Instant::now();
+    dir.lock()?;
+    let survey = dir.survey(sw);
+    if !survey.stale.is_empty() && !opts.redo_stale {
+        return Err(SweepError::Stale {
+            dir: dir.root.clone(),
+            count: survey.stale.len(),
+            fields: survey.stale_fields().join("; "),
+        });
+    }
+    io::atomic_write(
+        &dir.root.join("sweep.json"),
+        serde_json::to_string_pretty(sw)
+            .expect("sweep serialises")
+            .as_bytes(),
+    )?;
+    let all = sw.plan();
+    let mut todo: Vec<Task> = survey.missing.clone();
+    todo.extend(survey.stale.iter().map(|(t, _)| *t));
+    todo.extend(survey.corrupt.iter().map(|(t, _)| *t));
+    let skipped = survey.done.len();
+    todo.sort_by(|a, b| b.cost().total_cmp(&a.cost()).then(a.id().cmp(&b.id())));
+    // Memory: refuse a task that cannot fit at all; limit concurrency so that the
+    // largest tasks running together fit.
+    // Never more workers than tasks to run (a worker per core is the point; idle threads
+    // only cost), and never an absurd number whatever the caller asked.
+    let mut jobs = opts.jobs.clamp(1, MAX_JOBS).min(todo.len().max(1));
+    if let Some(big) = todo.first() {
+        let memory_err = |source| SweepError::Memory {
+            task: big.id(),
+            source,
+        };
+        let need = sw.task_bytes(big).map_err(memory_err)?;
+        let budget = match opts.memory {
+            Some(a) => a,
+            None => memory::available()?.scaled(MEMORY_FRACTION),
+        };
+        budget.check(need, "the largest task").map_err(memory_err)?;
+        jobs = jobs.min((budget.bytes / need.max(1)).max(1));
+    }
+    let data = sw.spec.data.data()?;
+    if sw.against_limit() && !todo.is_empty() {
+        // Solved once, with every core, before the workers start.
+        sw.limit_reference()?;
+    }
+    let total: f64 = todo.iter().map(|t| t.cost()).sum();
+    let next = AtomicUsize::new(0);
+    let finished = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let done_cost = Mutex::new(0.0f64);
+    let first_err: Mutex<Option<SweepError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                loop {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(t) = todo.get(i) else { return };
+                    if opts
+                        .max_tasks
+                        .is_some_and(|max| finished.load(Ordering::SeqCst) >= max)
+                    {
+                        return;
+                    }
+                    let res =
+                        run_task(sw, t, &data).and_then(|recs| Ok(dir.write_task(sw, t, &recs)?));
+                    match res {
+                        Ok(()) => {
+                            let n = finished.fetch_add(1, Ordering::SeqCst) + 1;
+                            let mut dc = done_cost.lock().expect("progress lock");
+                            *dc += t.cost();
+                            progress(*dc, total, t);
+                            if opts.max_tasks.is_some_and(|m| n >= m) {
+                                stop.store(true, Ordering::SeqCst);
+                            }
+                        }
+                        Err(e) => {
+                            stop.store(true, Ordering::SeqCst);
+                            let mut fe = first_err.lock().expect("error lock");
+                            if fe.is_none() {
+                                *fe = Some(SweepError::Task {
+                                    task: t.id(),
+                                    source: Box::new(e),
+                                });
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_err.into_inner().expect("error lock") {
+        return Err(e);
+    }
+    let summary = RunSummary {
+        planned: all.len(),
+        skipped,
+        ran: finished.into_inner(),
+        seconds: t0.elapsed().as_secs_f64(),
+        redone_stale: survey.stale.len(),
+        redone_corrupt: survey
+            .corrupt
+            .iter()
+            .map(|(t, why)| (t.id(), why.clone()))
+            .collect(),
+    };
+    let mut log = read_run_log(dir);
+    log.push(summary.clone());
+    io::atomic_write(
+        &dir.root.join("runs.json"),
+        serde_json::to_string_pretty(&log)
+            .expect("run log serialises")
+            .as_bytes(),
+    )?;
+    Ok(summary)
+}
+
+/// Every invocation's summary so far (`runs.json`), oldest first.
+pub fn read_run_log(dir: &SweepDir) -> Vec<RunSummary> {
+    std::fs::read(dir.root.join("runs.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}

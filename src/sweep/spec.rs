@@ -1,0 +1,516 @@
+use crate::model::Data;
+use crate::param::ParamOverride;
+use crate::spec::SpecError;
+use serde::{Deserialize, Serialize};
+
+/// A grid axis as written: a list, or `{ logspace = [lo, hi, count] }` meaning
+/// `floor(10^linspace(log10 lo, log10 hi, count))` with duplicates removed (the paper's
+/// grids).
+///
+/// In a [`GridSpec`] an axis is read through [`axis_from_value`]: this untagged enum
+/// alone would silently ignore unknown keys beside `logspace` (a typo like
+/// `{ logspace = [...], cout = 8 }` would pass).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Axis {
+    List(Vec<i64>),
+    Logspace { logspace: (f64, f64, usize) },
+}
+
+/// Parses a grid axis as written, with errors naming `field` (e.g. `grid.M`): a list of
+/// integers, or a table whose only key is `logspace`.
+fn axis_from_value(field: &str, v: toml::Value) -> Result<Axis, String> {
+    const FORMS: &str = "a list of integers or { logspace = [lo, hi, count] }";
+    match v {
+        toml::Value::Array(xs) => xs
+            .into_iter()
+            .map(|x| match x {
+                toml::Value::Integer(i) => Ok(i),
+                other => Err(format!(
+                    "{field}: list entries must be integers, got {other}"
+                )),
+            })
+            .collect::<Result<_, _>>()
+            .map(Axis::List),
+        toml::Value::Table(t) => {
+            if let Some(k) = t.keys().find(|k| *k != "logspace") {
+                return Err(format!("{field}: unknown key '{k}' (expected {FORMS})"));
+            }
+            let ls = t
+                .get("logspace")
+                .ok_or_else(|| format!("{field}: empty table (expected {FORMS})"))?;
+            ls.clone()
+                .try_into::<(f64, f64, usize)>()
+                .map(|logspace| Axis::Logspace { logspace })
+                .map_err(|_| {
+                    format!("{field}: logspace must be [lo, hi, count] with an integer count >= 0, got {ls}")
+                })
+        }
+        other => Err(format!("{field}: expected {FORMS}, got {other}")),
+    }
+}
+
+impl Axis {
+    pub(crate) fn values(&self, field: &str) -> Result<Vec<usize>, SpecError> {
+        let bad = |v: String, why: &str| SpecError::Invalid {
+            field: field.into(),
+            value: v,
+            why: why.into(),
+        };
+        let mut v: Vec<usize> = match self {
+            Axis::List(xs) => {
+                if xs.is_empty() {
+                    return Err(bad("[]".into(), "must not be empty"));
+                }
+                xs.iter()
+                    .map(|&x| {
+                        if x <= 0 {
+                            Err(bad(x.to_string(), "must hold positive integers"))
+                        } else {
+                            Ok(x as usize)
+                        }
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            Axis::Logspace {
+                logspace: (lo, hi, n),
+            } => {
+                if !(lo.is_finite() && hi.is_finite() && *lo >= 1.0 && hi >= lo && *n >= 1) {
+                    return Err(bad(
+                        format!("[{lo}, {hi}, {n}]"),
+                        "logspace needs 1 <= lo <= hi and count >= 1",
+                    ));
+                }
+                logspace(*lo, *hi, *n)
+            }
+        };
+        v.sort_unstable();
+        v.dedup();
+        Ok(v)
+    }
+}
+
+/// `floor(10^linspace(log10 lo, log10 hi, n))`, as NumPy/Julia compute it.
+pub fn logspace(lo: f64, hi: f64, n: usize) -> Vec<usize> {
+    let (a, b) = (lo.log10(), hi.log10());
+    (0..n)
+        .map(|i| {
+            let t = if n == 1 {
+                0.0
+            } else {
+                i as f64 / (n - 1) as f64
+            };
+            // Guard the endpoints against 10^log10(x) landing just below an integer.
+            let e = if i + 1 == n { b } else { a + (b - a) * t };
+            let x = 10f64.powf(e);
+            let r = x.round();
+            (if (x - r).abs() < 1e-9 * r.max(1.0) {
+                r
+            } else {
+                x.floor()
+            }) as usize
+        })
+        .collect()
+}
+
+/// The data of a sweep: seeded synthetic regression (X, Y standard Gaussian), or the
+/// explicit samples `x`, `y` when given (both; e.g. the input of PAPERS.md 2.5, E2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    pub din: usize,
+    pub dout: usize,
+    #[serde(rename = "N")]
+    pub n: usize,
+    #[serde(default = "one")]
+    pub seed: u64,
+    /// Explicit inputs: one list of `din` numbers when N = 1, or N such lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x: Option<Samples>,
+    /// Explicit targets: one list of `dout` numbers when N = 1, or N such lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<Samples>,
+}
+fn one() -> u64 {
+    1
+}
+
+/// Explicit samples: one vector (N = 1) or one vector per sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Samples {
+    One(Vec<f64>),
+    Many(Vec<Vec<f64>>),
+}
+
+impl DataSpec {
+    /// The training data: the explicit samples, or the synthetic draw of `seed`.
+    pub fn data(&self) -> Result<Data, SpecError> {
+        let (x, y) = match (&self.x, &self.y) {
+            (None, None) => return Ok(Data::synthetic(self.din, self.dout, self.n, self.seed)),
+            (Some(x), Some(y)) => (x, y),
+            (Some(_), None) => return Err(inv_data("data.y", "missing", "give y with x")),
+            (None, Some(_)) => return Err(inv_data("data.x", "missing", "give x with y")),
+        };
+        let cols = |field: &str, s: &Samples, dim: usize| -> Result<Vec<f64>, SpecError> {
+            let rows: Vec<&Vec<f64>> = match s {
+                Samples::One(v) => vec![v],
+                Samples::Many(v) => v.iter().collect(),
+            };
+            if rows.len() != self.n {
+                return Err(inv_data(
+                    field,
+                    format!("{} sample(s)", rows.len()),
+                    &format!("data.N = {} samples expected", self.n),
+                ));
+            }
+            let mut out = vec![0.0; dim * self.n];
+            for (sm, r) in rows.iter().enumerate() {
+                if r.len() != dim {
+                    return Err(inv_data(
+                        field,
+                        format!("{r:?}"),
+                        &format!("each sample needs {dim} numbers (data.din / data.dout)"),
+                    ));
+                }
+                if let Some(v) = r.iter().find(|v| !v.is_finite()) {
+                    return Err(inv_data(field, v, "entries must be finite"));
+                }
+                for (i, v) in r.iter().enumerate() {
+                    out[i * self.n + sm] = *v;
+                }
+            }
+            Ok(out)
+        };
+        Ok(Data {
+            din: self.din,
+            dout: self.dout,
+            n: self.n,
+            x: cols("data.x", x, self.din)?,
+            y: cols("data.y", y, self.dout)?,
+        })
+    }
+}
+
+pub(crate) fn inv_data(field: &str, value: impl ToString, why: &str) -> SpecError {
+    SpecError::Invalid {
+        field: field.into(),
+        value: value.to_string(),
+        why: why.into(),
+    }
+}
+
+/// The grids of shapes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawGrid")]
+pub struct GridSpec {
+    #[serde(rename = "L")]
+    pub l: Axis,
+    #[serde(rename = "M")]
+    pub m: Axis,
+    #[serde(rename = "D")]
+    pub d: Axis,
+}
+
+/// `[grid]` as written; its axes are checked by [`axis_from_value`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrid {
+    #[serde(rename = "L")]
+    l: toml::Value,
+    #[serde(rename = "M")]
+    m: toml::Value,
+    #[serde(rename = "D")]
+    d: toml::Value,
+}
+
+impl TryFrom<RawGrid> for GridSpec {
+    type Error = String;
+    fn try_from(g: RawGrid) -> Result<Self, String> {
+        Ok(GridSpec {
+            l: axis_from_value("grid.L", g.l)?,
+            m: axis_from_value("grid.M", g.m)?,
+            d: axis_from_value("grid.D", g.d)?,
+        })
+    }
+}
+
+/// What the models are compared with.
+///
+/// Read through [`ReferenceRepr`]: serde's `deny_unknown_fields` covers the struct
+/// variants of an internally tagged enum but not its unit variants, so
+/// `kind = "largest"` beside a stray `L = 100` would pass silently.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "snake_case",
+    deny_unknown_fields,
+    from = "ReferenceRepr"
+)]
+pub enum ReferenceSpec {
+    /// The largest shape of the grid (max L, max M, max D).
+    Largest,
+    /// A named shape (need not be in the grid).
+    Shape {
+        #[serde(rename = "L")]
+        l: usize,
+        #[serde(rename = "M")]
+        m: usize,
+        #[serde(rename = "D")]
+        d: usize,
+    },
+    /// The large-D limit (PAPERS.md 2.3; [`crate::vslimit`]) of a table of the
+    /// chizat-python family (chizat-julia included); errors of PAPERS.md 2.4 "Python
+    /// errors". Linear blocks: the exact ODE limit, optional settings `rtol`, `atol`,
+    /// `num_s` (defaults: the authors' 1e-5, 1e-7, 100). Any other activation: the
+    /// Monte-Carlo limit of [`crate::limit::nonlinear`], optional settings `num_s`
+    /// (default 101), `samples`, `replicas`, `seed` (defaults of
+    /// [`crate::limit::MonteCarlo`]).
+    Limit {
+        rtol: Option<f64>,
+        atol: Option<f64>,
+        num_s: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        samples: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replicas: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seed: Option<u64>,
+    },
+}
+
+/// [`ReferenceSpec`] as written, every variant a struct so that unknown keys are refused.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum ReferenceRepr {
+    Largest {},
+    Shape {
+        #[serde(rename = "L")]
+        l: usize,
+        #[serde(rename = "M")]
+        m: usize,
+        #[serde(rename = "D")]
+        d: usize,
+    },
+    Limit {
+        rtol: Option<f64>,
+        atol: Option<f64>,
+        num_s: Option<usize>,
+        samples: Option<usize>,
+        replicas: Option<usize>,
+        seed: Option<u64>,
+    },
+}
+
+impl From<ReferenceRepr> for ReferenceSpec {
+    fn from(r: ReferenceRepr) -> Self {
+        match r {
+            ReferenceRepr::Largest {} => ReferenceSpec::Largest,
+            ReferenceRepr::Shape { l, m, d } => ReferenceSpec::Shape { l, m, d },
+            ReferenceRepr::Limit {
+                rtol,
+                atol,
+                num_s,
+                samples,
+                replicas,
+                seed,
+            } => ReferenceSpec::Limit {
+                rtol,
+                atol,
+                num_s,
+                samples,
+                replicas,
+                seed,
+            },
+        }
+    }
+}
+
+/// Embedding randomness of the models relative to the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Coupling {
+    Coupled,
+    Uncoupled,
+}
+
+impl Coupling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Coupling::Coupled => "coupled",
+            Coupling::Uncoupled => "uncoupled",
+        }
+    }
+}
+
+/// Which plots and fits the report makes (all optional).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSpec {
+    /// Read step of the slice plots and rate fits (default: the last read step).
+    pub step: Option<usize>,
+    /// Read step of the P plots (default: `step`).
+    pub p_step: Option<usize>,
+    /// M values of the error-vs-D slices (default: four spread over the grid).
+    pub slice_m: Option<Vec<usize>>,
+    /// D values of the error-vs-M slices (default: four spread over the grid).
+    pub slice_d: Option<Vec<usize>>,
+    /// Only shapes with P = L M D below this enter the P plots and P fits.
+    pub p_max: Option<f64>,
+    /// Bootstrap replicates of the joint fits (default 200).
+    pub bootstrap: Option<usize>,
+    /// Another sweep's output directory (relative to the working directory), whose
+    /// headline and joint fits the report sets beside this sweep's: e.g. the same grid
+    /// against the largest network and against the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<std::path::PathBuf>,
+}
+
+/// Fewest bootstrap replicates a report accepts: below 20 the 2.5% and 97.5% percentiles
+/// of the replicates are their minimum and maximum, not a 95% interval.
+pub const MIN_BOOTSTRAP: usize = 20;
+/// Most bootstrap replicates a report accepts: each is a full rate fit, and beyond this
+/// the interval's endpoints no longer move while the report takes minutes.
+pub const MAX_BOOTSTRAP: usize = 100_000;
+
+/// The report's settings, checked and with their defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportSettings {
+    pub step: usize,
+    pub p_step: usize,
+    pub slice_m: Vec<usize>,
+    pub slice_d: Vec<usize>,
+    pub p_max: f64,
+    pub bootstrap: usize,
+}
+
+impl ReportSpec {
+    /// Checks the settings against the sweep's read steps and grid (sorted, non-empty),
+    /// so that a report that cannot be written is refused before any training: a step
+    /// that is not read has no errors to fit, and a slice outside the grid has no points.
+    pub fn resolve(
+        &self,
+        read_steps: &[usize],
+        ms: &[usize],
+        ds: &[usize],
+    ) -> Result<ReportSettings, SpecError> {
+        let Some(&last) = read_steps.last() else {
+            return Err(inv_data(
+                "read_steps",
+                "[]",
+                "must name at least one record",
+            ));
+        };
+        let read = |field: &str, k: Option<usize>, default: usize| {
+            let k = k.unwrap_or(default);
+            if read_steps.contains(&k) {
+                Ok(k)
+            } else {
+                Err(inv_data(
+                    field,
+                    k,
+                    &format!(
+                        "must be one of the read steps {read_steps:?} (only those are recorded)"
+                    ),
+                ))
+            }
+        };
+        let step = read("report.step", self.step, last)?;
+        let p_step = read("report.p_step", self.p_step, step)?;
+        let in_grid =
+            |field: &str, grid_field: &str, v: &Option<Vec<usize>>, grid: &[usize]| match v {
+                None => Ok(super::report::pick_spread(grid, 4)),
+                Some(v) => match v.iter().find(|x| !grid.contains(x)) {
+                    Some(x) => Err(inv_data(
+                        field,
+                        x,
+                        &format!("must be values of {grid_field} {grid:?}"),
+                    )),
+                    None => Ok(v.clone()),
+                },
+            };
+        let slice_m = in_grid("report.slice_m", "grid.M", &self.slice_m, ms)?;
+        let slice_d = in_grid("report.slice_d", "grid.D", &self.slice_d, ds)?;
+        let p_max = self.p_max.unwrap_or(f64::INFINITY);
+        if self.p_max.is_some() && !(p_max.is_finite() && p_max > 0.0) {
+            return Err(inv_data(
+                "report.p_max",
+                p_max,
+                "must be a finite positive number (or left out: no limit)",
+            ));
+        }
+        let bootstrap = self.bootstrap.unwrap_or(200);
+        if !(MIN_BOOTSTRAP..=MAX_BOOTSTRAP).contains(&bootstrap) {
+            return Err(inv_data(
+                "report.bootstrap",
+                bootstrap,
+                &format!(
+                    "must be between {MIN_BOOTSTRAP} (fewer replicates give no 95% interval) and {MAX_BOOTSTRAP}"
+                ),
+            ));
+        }
+        Ok(ReportSettings {
+            step,
+            p_step,
+            slice_m,
+            slice_d,
+            p_max,
+            bootstrap,
+        })
+    }
+}
+
+/// A sweep spec as written in TOML. See `experiments/*.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    pub name: String,
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    #[serde(default)]
+    pub param: Option<ParamOverride>,
+    #[serde(default = "default_activation")]
+    pub activation: String,
+    pub data: DataSpec,
+    pub grid: GridSpec,
+    /// GD steps K.
+    pub steps: usize,
+    /// Global learning rate eta.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Repetitions (independent weight draws).
+    #[serde(default = "default_reps")]
+    pub reps: usize,
+    /// Sweep seed: every task's seeds derive from it.
+    #[serde(default = "one")]
+    pub seed: u64,
+    /// Records (0-based, record k = after k updates) at which errors are read
+    /// (default: the last).
+    #[serde(default)]
+    pub read_steps: Option<Vec<usize>>,
+    pub reference: ReferenceSpec,
+    /// Coupling variants (default: both).
+    #[serde(default = "default_couplings")]
+    pub couplings: Vec<Coupling>,
+    #[serde(default)]
+    pub report: ReportSpec,
+    /// Precision of the training runs: "f64" (default) or "f32". Errors are computed in
+    /// f64 either way.
+    #[serde(default)]
+    pub dtype: crate::model::Dtype,
+}
+pub(crate) fn default_preset() -> String {
+    "chizat-julia".into()
+}
+pub(crate) fn default_activation() -> String {
+    "tanh".into()
+}
+pub(crate) fn default_lr() -> f64 {
+    1.0
+}
+fn default_reps() -> usize {
+    1
+}
+fn default_couplings() -> Vec<Coupling> {
+    vec![Coupling::Coupled, Coupling::Uncoupled]
+}

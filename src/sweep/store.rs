@@ -1,0 +1,189 @@
+use super::plan::{Sweep, Task};
+use super::task::TaskRecord;
+
+use crate::io::{self, IoError};
+use crate::provenance;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A task's `records.json`: its records and their provenance ([`crate::provenance`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredTask {
+    /// [`crate::provenance::FORMAT`] of the reslim that wrote it.
+    pub format: u32,
+    /// The fingerprint of `inputs`.
+    pub fingerprint: String,
+    /// [`Sweep::task_inputs`] of the sweep that wrote it.
+    pub inputs: serde_json::Value,
+    /// The version of the reslim that wrote it (for information).
+    pub reslim_version: String,
+    pub records: Vec<TaskRecord>,
+}
+
+/// What a sweep directory holds for one task.
+#[derive(Debug, Clone)]
+pub enum TaskState {
+    /// Nothing: the task has not finished.
+    Missing,
+    /// Complete records made by this very spec.
+    Done(Vec<TaskRecord>),
+    /// Records made by a different spec (or an older reslim): never used. The fields that
+    /// differ, as `field: stored -> now`.
+    Stale(Vec<String>),
+    /// Records that cannot be read or are incomplete: redone. Why.
+    Corrupt(String),
+}
+
+/// Where a sweep keeps its files.
+pub struct SweepDir {
+    pub root: PathBuf,
+    lock: std::sync::OnceLock<io::DirLock>,
+}
+
+impl SweepDir {
+    pub fn new(root: &Path) -> Self {
+        SweepDir {
+            root: root.to_path_buf(),
+            lock: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Takes the directory's lock ([`io::DirLock`]) for as long as this `SweepDir`
+    /// lives (a second call does nothing), then removes the temporary files and
+    /// directories that killed runs of this host left ([`io::remove_stale_temps`]).
+    /// Another process working in the directory makes it fail at once with
+    /// [`IoError::Busy`]. [`run`] calls it; a caller that collects and reports after the
+    /// run should call it first, so that no other sweep writes while it reads.
+    pub fn lock(&self) -> Result<(), IoError> {
+        if self.lock.get().is_some() {
+            return Ok(());
+        }
+        let l = io::DirLock::acquire(&self.root)?;
+        let _ = self.lock.set(l);
+        io::remove_stale_temps(&self.root, 2);
+        Ok(())
+    }
+
+    pub fn tasks(&self) -> PathBuf {
+        self.root.join("tasks")
+    }
+    pub fn task_dir(&self, t: &Task) -> PathBuf {
+        self.tasks().join(t.id())
+    }
+
+    /// What the directory holds for task `t` of sweep `sw` ([`TaskState`]).
+    pub fn state(&self, sw: &Sweep, t: &Task) -> TaskState {
+        let dir = self.task_dir(t);
+        if !dir.exists() {
+            return TaskState::Missing;
+        }
+        let p = dir.join("records.json");
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) => return TaskState::Corrupt(format!("{}: {e}", p.display())),
+        };
+        let stored: StoredTask = match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                if serde_json::from_slice::<Vec<TaskRecord>>(&bytes).is_ok() {
+                    return TaskState::Stale(vec![format!(
+                        "format: 1 -> {} (written by an older reslim, without provenance)",
+                        crate::provenance::FORMAT
+                    )]);
+                }
+                return TaskState::Corrupt(format!("{}: unreadable: {e}", p.display()));
+            }
+        };
+        if stored.fingerprint != crate::provenance::fingerprint(&stored.inputs) {
+            return TaskState::Corrupt(format!(
+                "{}: its fingerprint does not match its inputs",
+                p.display()
+            ));
+        }
+        let inputs = sw.task_inputs(t);
+        if stored.fingerprint != crate::provenance::fingerprint(&inputs) {
+            let mut changed = crate::provenance::changed_fields(&stored.inputs, &inputs);
+            if changed.is_empty() {
+                changed.push("(fingerprint)".into());
+            }
+            return TaskState::Stale(changed);
+        }
+        match sw.check_records(t, &stored.records) {
+            Ok(()) => TaskState::Done(stored.records),
+            Err(why) => TaskState::Corrupt(format!("{}: {why}", p.display())),
+        }
+    }
+
+    /// Whether task `t` has complete records made by this spec.
+    pub fn is_done(&self, sw: &Sweep, t: &Task) -> bool {
+        matches!(self.state(sw, t), TaskState::Done(_))
+    }
+
+    /// Writes a task's records with their provenance: into a temporary directory (a name
+    /// no other process uses, [`io::temp_name`]), renamed into place. A stale or corrupt
+    /// directory of the task is replaced.
+    pub fn write_task(&self, sw: &Sweep, t: &Task, recs: &[TaskRecord]) -> Result<(), IoError> {
+        let final_dir = self.task_dir(t);
+        let tmp = self.tasks().join(io::temp_name(&t.id()));
+        let os = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| IoError::Os { path, source }
+        };
+        std::fs::create_dir_all(&tmp).map_err(os(&tmp))?;
+        let inputs = sw.task_inputs(t);
+        let stored = StoredTask {
+            format: crate::provenance::FORMAT,
+            fingerprint: crate::provenance::fingerprint(&inputs),
+            inputs,
+            reslim_version: env!("CARGO_PKG_VERSION").into(),
+            records: recs.to_vec(),
+        };
+        let json = serde_json::to_vec(&stored).expect("records serialise");
+        let written = io::atomic_write(&tmp.join("records.json"), &json).and_then(|()| {
+            if final_dir.exists() {
+                std::fs::remove_dir_all(&final_dir).map_err(os(&final_dir))?;
+            }
+            std::fs::rename(&tmp, &final_dir).map_err(os(&final_dir))
+        });
+        if written.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        written
+    }
+
+    /// The state of every task of the plan.
+    pub fn survey(&self, sw: &Sweep) -> Survey {
+        let mut s = Survey::default();
+        for t in sw.plan() {
+            match self.state(sw, &t) {
+                TaskState::Missing => s.missing.push(t),
+                TaskState::Done(_) => s.done.push(t),
+                TaskState::Stale(c) => s.stale.push((t, c)),
+                TaskState::Corrupt(why) => s.corrupt.push((t, why)),
+            }
+        }
+        s
+    }
+}
+
+/// The tasks of a plan by their state in a sweep directory.
+#[derive(Debug, Clone, Default)]
+pub struct Survey {
+    pub done: Vec<Task>,
+    pub missing: Vec<Task>,
+    /// With the fields that changed.
+    pub stale: Vec<(Task, Vec<String>)>,
+    /// With why.
+    pub corrupt: Vec<(Task, String)>,
+}
+
+impl Survey {
+    /// The changed fields of every stale task, each once, in order of first appearance.
+    /// The task's own coordinates are left out: they differ between tasks, not specs.
+    pub fn stale_fields(&self) -> Vec<String> {
+        provenance::union_of_changes(self.stale.iter().map(|(_, c)| c.as_slice()), |field| {
+            field == "task" || field.starts_with("task.")
+        })
+    }
+}

@@ -1,0 +1,344 @@
+//! How one task runs: its [`Strategy`] (the dense step, the low-rank step, or the dense
+//! step against the limit), chosen once from the task's shape, gives both the bytes the
+//! task needs at its peak ([`Strategy::bytes`], which the runner checks against the
+//! memory before it starts anything) and the run itself ([`Strategy::run`]), so the two
+//! can never disagree on which engine a task uses.
+//!
+//! Every coupling variant of a task starts from the same block weights U, V (drawn once
+//! from the task's seed); the `coupled` variant keeps the repetition's embedding rows,
+//! the `uncoupled` one draws its own (module docs of [`crate::sweep`]).
+
+use super::SweepError;
+use super::plan::{Sweep, Task};
+use super::spec::Coupling;
+use crate::factored;
+use crate::kernels::Par;
+use crate::memory::{self, MemoryError};
+use crate::model::{Data, Dtype, Real, Weights};
+use crate::param::{Dims, Resolved};
+use crate::train::{self, TrainOptions};
+use crate::vslimit::{LimitReference, StepErrors};
+use serde::{Deserialize, Serialize};
+
+/// What one task wrote, per coupling variant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task: Task,
+    pub coupling: Coupling,
+    /// One per step done (fewer than K when a run against the limit diverged).
+    pub losses: Vec<f64>,
+    /// (read steps) x d_out x N (empty with a limit reference).
+    pub outputs: Vec<f64>,
+    /// (read steps) x D x N, coupled variant only (empty with a limit reference).
+    pub hidden: Vec<f64>,
+    pub seconds: f64,
+    /// With a limit reference: the errors at each read step (NaN at and after a
+    /// divergence, which is recorded rather than fatal, as in PAPERS.md 2.5 E2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<Vec<StepErrors>>,
+}
+
+/// How a task trains its coupling variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// The dense step ([`crate::train`]), one variant after another, from a copy of the
+    /// block weights each. `rows_m`: the weights are transposed once, for every variant,
+    /// for the step on rows of M ([`train::Layout::Auto`]).
+    Dense { rows_m: bool },
+    /// The low-rank step ([`crate::factored`]): every variant trained together from one
+    /// read-only copy of the block weights, when [`factored::worth_it`] says it is
+    /// cheaper.
+    LowRank,
+    /// Against the limit: the dense step (it records every layer at the read steps),
+    /// one variant after another, each measured against the solved limit
+    /// ([`LimitReference::train_against`]).
+    Limit,
+}
+
+impl Sweep {
+    /// The strategy of task `t`.
+    pub fn strategy(&self, t: &Task) -> Strategy {
+        let dims = self.dims(t);
+        if self.against_limit() {
+            Strategy::Limit
+        } else if factored::worth_it(&dims, self.spec.steps, self.couplings_of(t).len()) {
+            Strategy::LowRank
+        } else {
+            Strategy::Dense {
+                rows_m: train::Layout::Auto.rows_m(&dims),
+            }
+        }
+    }
+
+    /// Bytes task `t` needs at its peak ([`Strategy::bytes`]).
+    pub fn task_bytes(&self, t: &Task) -> Result<usize, MemoryError> {
+        self.strategy(t).bytes(self, t)
+    }
+}
+
+/// Trains one task: every coupling variant from the same block weights.
+pub fn run_task(sw: &Sweep, t: &Task, data: &Data) -> Result<Vec<TaskRecord>, SweepError> {
+    sw.strategy(t).run(sw, t, data)
+}
+
+impl Strategy {
+    /// Bytes task `t` of `sw` needs at its peak under this strategy: every variant's
+    /// records (losses and outputs at every step, h_L at the read steps), and
+    /// - dense (and against the limit): two copies of the weights (one per variant, when
+    ///   there are several) and the step's workspace;
+    /// - low-rank: the initial weights and every variant's factors.
+    ///
+    /// An error naming the quantities if the count overflows.
+    pub fn bytes(self, sw: &Sweep, t: &Task) -> Result<usize, MemoryError> {
+        let dims = sw.dims(t);
+        let variants = sw.couplings_of(t).len();
+        let k = sw.spec.steps;
+        let dout_n = memory::product(&[("data.dout", dims.dout), ("data.N", dims.n)])?;
+        let per_step = memory::sum(&[("loss", 1), ("data.dout x data.N", dout_n)])?;
+        let records = memory::sum(&[
+            (
+                "output records",
+                memory::product(&[
+                    ("variants", variants),
+                    ("steps", k),
+                    ("1 + data.dout x data.N", per_step),
+                    ("8", 8),
+                ])?,
+            ),
+            (
+                "hidden records",
+                memory::product(&[
+                    ("read steps", sw.read_steps.len()),
+                    ("D", dims.d),
+                    ("data.N", dims.n),
+                    ("8", 8),
+                ])?,
+            ),
+        ])?;
+        let w = match sw.spec.dtype {
+            Dtype::F64 => Weights::<f64>::bytes(&dims)?,
+            Dtype::F32 => Weights::<f32>::bytes(&dims)?,
+        };
+        match self {
+            Strategy::LowRank => {
+                let f = match sw.spec.dtype {
+                    Dtype::F64 => factored::bytes::<f64>(&dims, k, variants)?,
+                    Dtype::F32 => factored::bytes::<f32>(&dims, k, variants)?,
+                };
+                memory::sum(&[("weights", w), ("factors", f), ("records", records)])
+            }
+            Strategy::Dense { .. } | Strategy::Limit => {
+                let copies = if variants > 1 { 2 } else { 1 };
+                let ws = match sw.spec.dtype {
+                    Dtype::F64 => train::Workspace::<f64>::bytes(&dims)?,
+                    Dtype::F32 => train::Workspace::<f32>::bytes(&dims)?,
+                };
+                memory::sum(&[
+                    (
+                        "weights",
+                        memory::product(&[("copies", copies), ("weight bytes", w)])?,
+                    ),
+                    ("workspace", ws),
+                    ("records", records),
+                ])
+            }
+        }
+    }
+
+    /// Trains every coupling variant of task `t` of `sw` on `data` (single-threaded: the
+    /// runner parallelizes across tasks), in the sweep's dtype.
+    pub fn run(self, sw: &Sweep, t: &Task, data: &Data) -> Result<Vec<TaskRecord>, SweepError> {
+        match sw.spec.dtype {
+            Dtype::F64 => self.run_t::<f64>(sw, t, data),
+            Dtype::F32 => self.run_t::<f32>(sw, t, data),
+        }
+    }
+
+    fn run_t<T: Real>(
+        self,
+        sw: &Sweep,
+        t: &Task,
+        data: &Data,
+    ) -> Result<Vec<TaskRecord>, SweepError> {
+        let dims = sw.dims(t);
+        let r = sw.param.resolve(&dims);
+        let (block_seed, own_embed) = sw.task_seeds(t);
+        let base = Weights::<T>::draw(&dims, &r, sw.embed_seed(t.rep), block_seed, false);
+        let variants = Variants {
+            couplings: sw.couplings_of(t),
+            dims,
+            r: &r,
+            own_embed,
+        };
+        match self {
+            Strategy::LowRank => run_lowrank(sw, t, data, &variants, base),
+            Strategy::Dense { rows_m } => {
+                let mut base = base;
+                if rows_m {
+                    base.transpose_blocks(true);
+                }
+                variants.each(base, |c, mut w| {
+                    let opts = TrainOptions {
+                        steps: sw.spec.steps,
+                        eta: sw.spec.lr,
+                        activation: sw.activation,
+                        record_hidden: c == Coupling::Coupled,
+                        hidden_steps: Some(sw.read_steps.clone()),
+                        ..TrainOptions::default()
+                    };
+                    let t0 = std::time::Instant::now();
+                    let h = train::train_laid_out(
+                        &mut w,
+                        data,
+                        &r,
+                        &opts,
+                        Par::Seq,
+                        &mut |_, _| {},
+                        rows_m,
+                    )?;
+                    Ok(TaskRecord {
+                        task: *t,
+                        coupling: c,
+                        outputs: read_outputs(sw, &dims, &h.outputs),
+                        losses: h.losses,
+                        hidden: h.hidden,
+                        seconds: t0.elapsed().as_secs_f64(),
+                        limit: None,
+                    })
+                })
+            }
+            Strategy::Limit => {
+                let lim: std::sync::Arc<LimitReference> = sw.limit_reference()?;
+                variants.each(base, |c, mut w| {
+                    let t0 = std::time::Instant::now();
+                    let (eta, k) = (sw.spec.lr, sw.spec.steps);
+                    let a = lim.train_against(&mut w, data, &r, eta, k, &sw.read_steps)?;
+                    Ok(TaskRecord {
+                        task: *t,
+                        coupling: c,
+                        losses: a.losses,
+                        outputs: Vec::new(),
+                        hidden: Vec::new(),
+                        seconds: t0.elapsed().as_secs_f64(),
+                        limit: Some(a.errors),
+                    })
+                })
+            }
+        }
+    }
+}
+
+/// The coupling variants of a task and how their embeddings are made.
+struct Variants<'a> {
+    couplings: Vec<Coupling>,
+    dims: Dims,
+    r: &'a Resolved,
+    /// Seed of the `uncoupled` variant's own embeddings.
+    own_embed: u64,
+}
+
+impl Variants<'_> {
+    /// The embeddings (W_E, W_U) of variant `c`: the base weights' (the repetition's
+    /// coupled rows), or a fresh draw for `uncoupled`.
+    fn embeddings<T: Real>(&self, c: Coupling, base: &Weights<T>) -> (Vec<T>, Vec<T>) {
+        if c == Coupling::Uncoupled {
+            let no_blocks = Dims { l: 0, ..self.dims };
+            let fresh = Weights::<T>::draw(&no_blocks, self.r, self.own_embed, 0, false);
+            (fresh.we, fresh.wu)
+        } else {
+            (base.we.clone(), base.wu.clone())
+        }
+    }
+
+    /// Runs `train` on every variant in turn, each on its own copy of `base` (the last
+    /// variant takes `base` itself) with the variant's embeddings.
+    fn each<T: Real>(
+        &self,
+        base: Weights<T>,
+        mut train: impl FnMut(Coupling, Weights<T>) -> Result<TaskRecord, SweepError>,
+    ) -> Result<Vec<TaskRecord>, SweepError> {
+        let mut out = Vec::with_capacity(self.couplings.len());
+        let mut spare = Some(base);
+        for (i, &c) in self.couplings.iter().enumerate() {
+            let last = i + 1 == self.couplings.len();
+            let mut w = if last {
+                spare.take().expect("weights available")
+            } else {
+                spare.as_ref().expect("weights available").clone()
+            };
+            if c == Coupling::Uncoupled {
+                (w.we, w.wu) = self.embeddings(c, &w);
+            }
+            out.push(train(c, w)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The outputs of `outputs` (K x d_out x N) at the sweep's read steps.
+fn read_outputs(sw: &Sweep, dims: &Dims, outputs: &[f64]) -> Vec<f64> {
+    let dn = dims.dout * dims.n;
+    let mut out = Vec::with_capacity(sw.read_steps.len() * dn);
+    for &k in &sw.read_steps {
+        out.extend_from_slice(&outputs[k * dn..(k + 1) * dn]);
+    }
+    out
+}
+
+/// [`Strategy::LowRank`]: every variant trained together from one read-only copy of the
+/// block weights.
+fn run_lowrank<T: Real>(
+    sw: &Sweep,
+    t: &Task,
+    data: &Data,
+    variants: &Variants,
+    base: Weights<T>,
+) -> Result<Vec<TaskRecord>, SweepError> {
+    let dims = base.dims;
+    let mut factored_variants: Vec<factored::Variant<T>> = variants
+        .couplings
+        .iter()
+        .map(|&c| {
+            let (we, wu) = variants.embeddings(c, &base);
+            factored::Variant {
+                we,
+                wu,
+                record_hidden: c == Coupling::Coupled,
+            }
+        })
+        .collect();
+    let opts = TrainOptions {
+        steps: sw.spec.steps,
+        eta: sw.spec.lr,
+        activation: sw.activation,
+        record_hidden: true,
+        hidden_steps: Some(sw.read_steps.clone()),
+        ..TrainOptions::default()
+    };
+    let t0 = std::time::Instant::now();
+    let hs = factored::train_shared(
+        &dims,
+        &base.ut,
+        &base.vt,
+        &mut factored_variants,
+        data,
+        variants.r,
+        &opts,
+        Par::Seq,
+    )?;
+    let seconds = t0.elapsed().as_secs_f64() / variants.couplings.len() as f64;
+    Ok(variants
+        .couplings
+        .iter()
+        .zip(hs)
+        .map(|(&c, h)| TaskRecord {
+            task: *t,
+            coupling: c,
+            outputs: read_outputs(sw, &dims, &h.outputs),
+            losses: h.losses,
+            hidden: h.hidden,
+            seconds,
+            limit: None,
+        })
+        .collect())
+}

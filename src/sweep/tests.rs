@@ -1,0 +1,248 @@
+use super::*;
+use std::path::Path;
+
+const QUICK: &str = include_str!("../../experiments/quick.toml");
+
+fn quick_with(from: &str, to: &str) -> SweepSpec {
+    let text = QUICK.replacen(from, to, 1);
+    assert_ne!(text, QUICK, "{from}");
+    toml::from_str(&text).unwrap()
+}
+
+#[test]
+fn huge_sizes_are_refused_before_the_plan_is_built() {
+    let e = quick_with("reps = 3", "reps = 10000000")
+        .check()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'reps'") && e.contains("1000000"), "{e}");
+    let e = quick_with("[4, 640, 8]", "[4, 640, 100000000000]")
+        .check()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("'grid.M'") && e.contains("logspace count"),
+        "{e}"
+    );
+    let e = quick_with("steps = 15", "steps = 1000000000000000")
+        .check()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'steps'") && e.contains("needs"), "{e}");
+    let e = quick_with("N = 10", "N = 4611686018427387904")
+        .check()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'data.N'") && e.contains("overflows"), "{e}");
+    // M = 2^62: the plan is small, the task's size overflows and says so.
+    let sw = quick_with(
+        "M = { logspace = [4, 640, 8] }",
+        "M = [4611686018427387904]",
+    )
+    .check()
+    .unwrap();
+    let big = sw.plan().into_iter().find(|t| t.m == 1 << 62).unwrap();
+    let e = sw.task_bytes(&big).unwrap_err().to_string();
+    assert!(
+        e.contains("'M'") && e.contains("4611686018427387904"),
+        "{e}"
+    );
+    assert!(big.cost() > 1e18);
+    let quick: SweepSpec = toml::from_str(QUICK).unwrap();
+    let sw = quick.check().unwrap();
+    let plan = sw.plan();
+    let bytes: Vec<usize> = plan.iter().map(|t| sw.task_bytes(t).unwrap()).collect();
+    assert!(bytes.iter().all(|&b| b > 0));
+}
+
+#[test]
+fn logspace_matches_the_papers_grids() {
+    assert_eq!(
+        logspace(1.5, 2000.0, 20),
+        vec![
+            1, 2, 3, 4, 6, 9, 14, 21, 31, 45, 66, 96, 141, 206, 301, 439, 642, 937, 1369, 2000
+        ]
+    );
+    assert_eq!(
+        logspace(10.0, 500.0, 15),
+        vec![
+            10, 13, 17, 23, 30, 40, 53, 70, 93, 123, 163, 216, 285, 378, 500
+        ]
+    );
+}
+
+const BASE: &str = r#"
+name = "t"
+steps = 4
+read_steps = [2, 3]
+[data]
+din = 3
+dout = 2
+N = 4
+[grid]
+L = [3]
+M = [4, 8, 16]
+D = [5, 10, 20]
+[reference]
+kind = "largest"
+[report]
+bootstrap = 20
+"#;
+
+/// The check's error for BASE with `from` replaced by `to` (parse errors included).
+fn refused(from: &str, to: &str) -> String {
+    assert!(BASE.contains(from), "{from}");
+    let text = BASE.replacen(from, to, 1);
+    match toml::from_str::<SweepSpec>(&text) {
+        Err(e) => e.to_string(),
+        Ok(spec) => spec.check().expect_err(&text).to_string(),
+    }
+}
+
+#[test]
+fn every_report_and_grid_setting_is_checked_before_training() {
+    toml::from_str::<SweepSpec>(BASE).unwrap().check().unwrap();
+    for (from, to, names) in [
+        (
+            "read_steps = [2, 3]",
+            "read_steps = []",
+            &["'read_steps'", "[]"][..],
+        ),
+        (
+            "bootstrap = 20",
+            "step = 1",
+            &["'report.step'", "1", "[2, 3]"],
+        ),
+        ("bootstrap = 20", "p_step = 0", &["'report.p_step'", "0"]),
+        ("bootstrap = 20", "p_max = 0", &["'report.p_max'", "0"]),
+        ("bootstrap = 20", "p_max = -1e5", &["'report.p_max'"]),
+        ("bootstrap = 20", "p_max = nan", &["'report.p_max'", "NaN"]),
+        (
+            "bootstrap = 20",
+            "slice_m = [4, 7]",
+            &["'report.slice_m'", "7", "grid.M"],
+        ),
+        (
+            "bootstrap = 20",
+            "slice_d = [6]",
+            &["'report.slice_d'", "6", "grid.D"],
+        ),
+        (
+            "bootstrap = 20",
+            "bootstrap = 1",
+            &["'report.bootstrap'", "1"],
+        ),
+        (
+            "bootstrap = 20",
+            "bootstrap = 10000000",
+            &["'report.bootstrap'"],
+        ),
+        ("bootstrap = 20", "colour = 1", &["colour"]),
+        (
+            "M = [4, 8, 16]",
+            "M = { logspace = [4, 16, 3], cout = 2 }",
+            &["grid.M", "unknown key 'cout'"],
+        ),
+        (
+            "M = [4, 8, 16]",
+            "M = { logspace = [4, 16] }",
+            &["grid.M", "logspace"],
+        ),
+        ("M = [4, 8, 16]", "M = \"big\"", &["grid.M", "big"]),
+        ("D = [5, 10, 20]", "D = [5, 1.5]", &["grid.D", "1.5"]),
+        (
+            "kind = \"largest\"",
+            "kind = \"largest\"\nL = 3",
+            &["unknown field `L`"],
+        ),
+        (
+            "kind = \"largest\"",
+            "kind = \"shape\"\nL = 3\nM = 4\nD = 20\nwidth = 3",
+            &["unknown field `width`"],
+        ),
+        (
+            "kind = \"largest\"",
+            "kind = \"limit\"\nrtoll = 1e-3",
+            &["unknown field `rtoll`"],
+        ),
+        ("N = 4", "N = 4\nseeed = 2", &["seeed"]),
+        (
+            "steps = 4",
+            "steps = 4\nparam = { alphaa = 2 }",
+            &["alphaa"],
+        ),
+        (
+            "steps = 4",
+            "steps = 4\npreset = \"chizat-python\"\nparam = { alpha = 0 }",
+            &["'param'", "'alpha' is 0", "U.lr"],
+        ),
+        (
+            "steps = 4",
+            "steps = 4\nparam = { alpha = -1 }",
+            &["alpha", "non-negative", "-1"],
+        ),
+    ] {
+        let e = refused(from, to);
+        for n in names {
+            assert!(e.contains(n), "{to}: {n} not in {e}");
+        }
+    }
+    // alpha = 0 where nothing divides by it: a frozen branch, accepted.
+    let text = BASE.replacen("steps = 4", "steps = 4\nparam = { alpha = 0 }", 1);
+    toml::from_str::<SweepSpec>(&text).unwrap().check().unwrap();
+    // The logspace form still reads.
+    let text = BASE.replacen("M = [4, 8, 16]", "M = { logspace = [4, 16, 3] }", 1);
+    let sw = toml::from_str::<SweepSpec>(&text).unwrap().check().unwrap();
+    assert_eq!(sw.ms, vec![4, 8, 16]);
+}
+
+#[test]
+fn the_shipped_experiments_pass_their_checks() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let p = e.path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("spirals") || p.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        if name.starts_with("limit") {
+            let spec = crate::solve::LimitSpec::from_file(&p).unwrap();
+            spec.check().expect(&name);
+            continue;
+        }
+        let spec = SweepSpec::from_file(&p).unwrap();
+        if matches!(spec.reference, ReferenceSpec::Limit { .. }) {
+            // The limit's solve is slow: check the report's settings alone.
+            let ms = spec.grid.m.values("grid.M").unwrap();
+            let ds = spec.grid.d.values("grid.D").unwrap();
+            let mut reads = spec.read_steps.clone().unwrap_or(vec![spec.steps - 1]);
+            reads.sort_unstable();
+            spec.report.resolve(&reads, &ms, &ds).expect(&name);
+        } else {
+            spec.check().expect(&name);
+        }
+    }
+}
+
+#[test]
+fn parallelism_flags_are_bounded() {
+    assert_eq!(check_jobs("--jobs", 4).unwrap(), 4);
+    assert_eq!(check_jobs("--jobs", MAX_JOBS).unwrap(), MAX_JOBS);
+    for bad in [0, MAX_JOBS + 1, 100_000] {
+        let e = check_jobs("--jobs", bad).unwrap_err().to_string();
+        assert!(e.contains("--jobs") && e.contains(&bad.to_string()), "{e}");
+    }
+}
+
+#[test]
+fn explicit_data_is_column_per_sample_and_checked() {
+    let spec: DataSpec =
+        toml::from_str("din = 2\ndout = 1\nN = 2\nx = [[1, 2], [3, 4]]\ny = [[5], [6]]").unwrap();
+    let d = spec.data().unwrap();
+    assert_eq!((d.x, d.y), (vec![1.0, 3.0, 2.0, 4.0], vec![5.0, 6.0]));
+    let one: DataSpec = toml::from_str("din = 2\ndout = 1\nN = 1\nx = [0.5, -1]\ny = [2]").unwrap();
+    assert_eq!(one.data().unwrap().x, vec![0.5, -1.0]);
+    let no_y = DataSpec { y: None, ..one };
+    let e = no_y.data().unwrap_err().to_string();
+    assert!(e.contains("'data.y'"), "{e}");
+}
