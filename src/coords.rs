@@ -268,10 +268,11 @@ pub fn coordinates(spec: &CoordsSpec, out: &Path) -> crate::Result<CoordsSummary
         n: 1,
     };
     let linear = spec.activation == Activation::Linear;
-    let num_s = spec
-        .solver
-        .num_s
-        .unwrap_or(if linear { 100 } else { crate::solve::MC_NUM_S });
+    let num_s = spec.solver.num_s.unwrap_or(if linear {
+        100
+    } else {
+        crate::limit::nonlinear::DEFAULT_NUM_S
+    });
     let mc_bytes = if linear {
         0
     } else {

@@ -931,18 +931,18 @@ fn refine_log_lm(psi: &[Vec<f64>], log_err: &[f64], x: &mut [f64]) -> (usize, bo
 // Bootstrap
 // ---------------------------------------------------------------------------------------
 
-/// SplitMix64 (Steele, Lea & Flood 2014; constants from Vigna's reference code): a tiny,
-/// well-mixed 64-bit generator. Kept private: it only makes bootstrap resampling
+/// SplitMix64 (Steele, Lea & Flood 2014; Vigna's reference code): a tiny, well-mixed
+/// 64-bit generator, the state counted by the golden-ratio increment and each output
+/// [`crate::rng::mix64`] of it. Kept private: it only makes bootstrap resampling
 /// reproducible from a seed and is not the models' RNG.
 struct SplitMix64(u64);
 
 impl SplitMix64 {
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        let z = self.0;
+        self.0 = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        // mix64 adds the increment itself: the output is the mixed new state.
+        crate::rng::mix64(z)
     }
 
     /// Uniform in `0..n` (multiply-shift; the bias is below `n / 2^64`).

@@ -692,6 +692,22 @@ fn fortran_to_c(shape: &[usize], data: &[f64]) -> Vec<f64> {
     out
 }
 
+/// NaN-tolerant `f64` fields in JSON: a non-finite value is written as `null` and `null`
+/// is read back as NaN (`#[serde(with = "crate::io::nullable")]`).
+pub mod nullable {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            s.serialize_f64(*x)
+        } else {
+            s.serialize_none()
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -91,16 +91,16 @@ pub struct SolverSpec {
 pub struct LimitSpec {
     #[serde(default = "default_name")]
     pub name: String,
-    #[serde(default = "crate::sweep::spec::default_preset")]
+    #[serde(default = "crate::spec::default_preset")]
     pub preset: String,
     #[serde(default)]
     pub param: Option<ParamOverride>,
-    #[serde(default = "crate::sweep::spec::default_activation")]
+    #[serde(default = "crate::spec::default_activation")]
     pub activation: String,
     pub data: DataSpec,
     /// Forward passes K (`f_0 .. f_{K-1}`).
     pub steps: usize,
-    #[serde(default = "crate::sweep::spec::default_lr")]
+    #[serde(default = "crate::spec::default_lr")]
     pub lr: f64,
     #[serde(default)]
     pub solver: SolverSpec,
@@ -109,8 +109,8 @@ fn default_name() -> String {
     "limit".into()
 }
 
-/// Default depth grid points of the Monte-Carlo solver (`NONLINEAR_LIMIT.md` §3.3).
-pub const MC_NUM_S: usize = 101;
+/// Default depth grid points of the Monte-Carlo solver ([`crate::limit::nonlinear::DEFAULT_NUM_S`]).
+pub use crate::limit::nonlinear::DEFAULT_NUM_S as MC_NUM_S;
 /// Default depth grid points of the exact solver.
 pub const EXACT_NUM_S: usize = 201;
 

@@ -100,6 +100,18 @@ pub fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, SpecErr
     })
 }
 
+/// The defaults that sweep and limit specs share: the papers' scaling
+/// (`chizat-julia`), tanh blocks, eta = 1.
+pub(crate) fn default_preset() -> String {
+    "chizat-julia".into()
+}
+pub(crate) fn default_activation() -> String {
+    "tanh".into()
+}
+pub(crate) fn default_lr() -> f64 {
+    1.0
+}
+
 impl TrainSpec {
     pub fn from_file(path: &Path) -> Result<Self, SpecError> {
         read_toml(path)

@@ -25,6 +25,7 @@
 //! [`crate::limit::multi`]); for the engine's loss `c Σ (f − y)²` that is
 //! `B = D g / (2c)` with `g = ∂loss/∂h`.
 
+use crate::io;
 use crate::kernels::Par;
 use crate::limit::nonlinear::McReport;
 use crate::limit::{
@@ -608,12 +609,6 @@ pub struct AgainstLimit {
     pub diverged_at: Option<usize>,
 }
 
-/// A number that JSON writes as `null` when it is NaN (serde_json's convention) read back.
-fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    use serde::Deserialize;
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
-
 /// The distance of one finite network to the limit at one step (PAPERS.md §2.4, Python).
 /// NaN (written `null` in JSON) where the run diverged before the step.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
@@ -621,21 +616,21 @@ pub struct StepErrors {
     /// Record `k` (the network after `k` updates).
     pub step: usize,
     /// `max_l mean_{d,n} |h(l) − H(l/L)|` (the paper's embedding error).
-    #[serde(deserialize_with = "nan_if_null")]
+    #[serde(deserialize_with = "io::nullable::deserialize")]
     pub h_mad_max: f64,
     /// `mean_l mean_{d,n} |h(l) − H(l/L)|`.
-    #[serde(deserialize_with = "nan_if_null")]
+    #[serde(deserialize_with = "io::nullable::deserialize")]
     pub h_mad_mean: f64,
     /// `√(mean_{d,n} (h(L) − H(1))²)`.
-    #[serde(deserialize_with = "nan_if_null")]
+    #[serde(deserialize_with = "io::nullable::deserialize")]
     pub h_rms_last: f64,
     /// `√(mean_{o,n} (f − f^lim)²)` (the paper's output error).
-    #[serde(deserialize_with = "nan_if_null")]
+    #[serde(deserialize_with = "io::nullable::deserialize")]
     pub y_rms: f64,
     /// The finite network's loss and the limit's.
-    #[serde(deserialize_with = "nan_if_null")]
+    #[serde(deserialize_with = "io::nullable::deserialize")]
     pub loss: f64,
-    #[serde(deserialize_with = "nan_if_null")]
+    #[serde(deserialize_with = "io::nullable::deserialize")]
     pub loss_limit: f64,
 }
 

@@ -31,9 +31,10 @@
 
 use super::LimitError;
 use super::grid::{DepthGrid, DepthSeries};
-use super::linear::{LinearLimit, LinearLimitParams};
+use super::linear::LinearLimit;
 use super::multi::LinearLimitMulti;
 use super::ode::{Dopri5, SolverReport};
+use super::params::LinearLimitParams;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 

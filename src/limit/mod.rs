@@ -138,15 +138,17 @@ pub mod linear;
 pub mod multi;
 pub mod nonlinear;
 pub mod ode;
+pub mod params;
 
 pub use coords::{
     CoordinateBasis, CoordinateMoments, CoordinateTrajectories, coordinate_trajectories,
 };
 pub use grid::{DepthGrid, DepthSeries};
-pub use linear::{LinearLimit, LinearLimitParams, solve_linear_limit};
+pub use linear::{LinearLimit, solve_linear_limit};
 pub use multi::{LinearLimitMulti, solve_linear_limit_multi};
 pub use nonlinear::{MonteCarlo, NonlinearLimit, solve_nonlinear_limit};
 pub use ode::{DenseSolution, Dopri5, SolverReport};
+pub use params::LinearLimitParams;
 
 /// Errors of the limit solvers.
 #[derive(Debug, thiserror::Error)]

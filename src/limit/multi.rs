@@ -45,8 +45,8 @@
 
 use super::LimitError;
 use super::grid::{DepthGrid, DepthSeries};
-use super::linear::LinearLimitParams;
 use super::ode::{Dopri5, SolverReport};
+use super::params::LinearLimitParams;
 use serde::{Deserialize, Serialize};
 
 /// Everything the `N`-input linear limit computes. Combined indices `a = k·N + n` (step `k`,
@@ -145,7 +145,7 @@ pub fn solve_linear_limit_multi(
     params: &LinearLimitParams,
 ) -> Result<LinearLimitMulti, LimitError> {
     params.validate()?;
-    super::nonlinear::check_data(x, y)?;
+    super::params::check_data(x, y)?;
     let mut st = State::new(x, y, params)?;
     st.base_case();
     for k in 1..params.k_steps {

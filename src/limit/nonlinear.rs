@@ -91,7 +91,7 @@
 use super::LimitError;
 use super::coords::CoordinateTrajectories;
 use super::grid::{DepthGrid, DepthSeries};
-use super::linear::LinearLimitParams;
+use super::params::{LinearLimitParams, check_data};
 use crate::model::Activation;
 use crate::rng::{Stream, Tensor, derive_seed};
 use serde::{Deserialize, Serialize};
@@ -277,48 +277,6 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// Checks the training pairs of a limit solver (at least one; inputs, and targets, all of
-/// one non-zero length; finite entries): returns `(d_in, d_out)`.
-pub(crate) fn check_data(x: &[Vec<f64>], y: &[Vec<f64>]) -> Result<(usize, usize), LimitError> {
-    if x.is_empty() {
-        return Err(LimitError::invalid("x", "[]", "needs at least one sample"));
-    }
-    if y.len() != x.len() {
-        return Err(LimitError::Dimension {
-            what: "y (one target per input)",
-            expected: x.len(),
-            got: y.len(),
-        });
-    }
-    let (di, d_o) = (x[0].len(), y[0].len());
-    if di == 0 {
-        return Err(LimitError::invalid("x", "[]", "inputs must not be empty"));
-    }
-    if d_o == 0 {
-        return Err(LimitError::invalid("y", "[]", "targets must not be empty"));
-    }
-    for (xn, yn) in x.iter().zip(y) {
-        if xn.len() != di {
-            return Err(LimitError::Dimension {
-                what: "x[n] (all inputs of one length)",
-                expected: di,
-                got: xn.len(),
-            });
-        }
-        if yn.len() != d_o {
-            return Err(LimitError::Dimension {
-                what: "y[n] (all targets of one length)",
-                expected: d_o,
-                got: yn.len(),
-            });
-        }
-        if let Some(v) = xn.iter().chain(yn).find(|v| !v.is_finite()) {
-            return Err(LimitError::invalid("x/y", v, "entries must be finite"));
-        }
-    }
-    Ok((di, d_o))
-}
-
 /// Bytes [`solve_nonlinear_limit`] needs at its peak (the replicas running at once, each
 /// with its clouds and activation caches, plus the accumulated outputs), or `None` if the
 /// count overflows.
@@ -347,6 +305,10 @@ pub fn nonlinear_bytes(
         .checked_add(thetas)?
         .checked_mul(8)
 }
+
+/// Default depth grid points of the Monte-Carlo limit: the document's grid
+/// (`docs/nonlinear-limit.md` §3.3), Heun's error well below the Monte-Carlo error there.
+pub const DEFAULT_NUM_S: usize = 101;
 
 /// Checks the inputs of [`solve_nonlinear_limit`] without solving anything: the
 /// parameters, the data, the frame's embedding scales, the clouds' size and the

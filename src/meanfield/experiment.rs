@@ -66,21 +66,6 @@ pub enum MeanFieldError {
     Memory(#[from] MemoryError),
 }
 
-/// NaN-tolerant f64 fields in JSON (NaN is written as null and read back as NaN).
-pub(crate) mod nullable {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if x.is_finite() {
-            s.serialize_f64(*x)
-        } else {
-            s.serialize_none()
-        }
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-    }
-}
-
 /// The terms of the generalization bound (PAPERS.md 1.3, "Rademacher / generalization"),
 /// with the unknown constants set to 1:
 /// `P[y f(x) < 0] <= surrogate + 2 beta sqrt(r/n) + 3 sqrt(log(2/delta) / (2n))`.
@@ -131,10 +116,10 @@ pub struct Checkpoint {
     pub g2: Option<Spectrum>,
     pub g: Option<Spectrum>,
     /// `lambda_min(G) / (beta^2 Lambda)`: the claim is that it stays at least 1/2.
-    #[serde(with = "nullable")]
+    #[serde(with = "crate::io::nullable")]
     pub ratio: f64,
     /// Instantaneous decay rate of the loss under the flow, `2 r^T G r / (n |r|^2)`.
-    #[serde(with = "nullable")]
+    #[serde(with = "crate::io::nullable")]
     pub rayleigh_rate: f64,
 }
 
@@ -143,17 +128,17 @@ pub struct Checkpoint {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Rates {
     /// `-slope` of the OLS fit of `log L` against t over the whole run.
-    #[serde(with = "nullable")]
+    #[serde(with = "crate::io::nullable")]
     pub fitted: f64,
     /// `-slope` over the second half of the run.
-    #[serde(with = "nullable")]
+    #[serde(with = "crate::io::nullable")]
     pub fitted_tail: f64,
     /// `2 min_t lambda_min(G(t)) / n` over the checkpoints: the rate the Gram matrix
     /// guarantees.
-    #[serde(with = "nullable")]
+    #[serde(with = "crate::io::nullable")]
     pub gram: f64,
     /// `beta^2 Lambda / n`: the rate of the paper's bound with lambda = beta^2 Lambda / 2.
-    #[serde(with = "nullable")]
+    #[serde(with = "crate::io::nullable")]
     pub paper: f64,
 }
 

@@ -172,9 +172,9 @@ fn symmetrize(g: &mut [f64], n: usize) {
 /// `resolved` is false when `min` lies below it, and `min` is then only a bound.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Spectrum {
-    #[serde(with = "super::experiment::nullable")]
+    #[serde(with = "crate::io::nullable")]
     pub min: f64,
-    #[serde(with = "super::experiment::nullable")]
+    #[serde(with = "crate::io::nullable")]
     pub max: f64,
     pub floor: f64,
     pub resolved: bool,

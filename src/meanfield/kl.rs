@@ -24,7 +24,7 @@
 //! Kozachenko–Leonenko nearest-neighbour entropy estimator), used to cross-check the
 //! flow estimator in low dimension.
 
-use super::net::Net;
+use super::net::{Net, StepDeterminants};
 use serde::{Deserialize, Serialize};
 
 /// Per-particle log-determinants of the flow map (see the module docs).
@@ -69,20 +69,6 @@ impl FlowKl {
             head_norm0,
             folds: 0,
         }
-    }
-
-    /// Adds a step with `det(I - eta H) = det` to stack particle `idx`.
-    #[inline]
-    pub fn push_stack(&mut self, idx: usize, det: f64) {
-        self.folds += u64::from(det <= 0.0);
-        self.stack[idx] -= det.abs().ln();
-    }
-
-    /// Adds a step with `det(I - eta H) = det` to head particle `j`.
-    #[inline]
-    pub fn push_head(&mut self, j: usize, det: f64) {
-        self.folds += u64::from(det <= 0.0);
-        self.head[j] -= det.abs().ln();
     }
 
     /// The divergences at the current particles of `net`.
@@ -183,4 +169,17 @@ pub fn knn_kl_to_standard_normal(points: &[f64], dim: usize, k: usize) -> f64 {
     let entropy = digamma(n as f64) - digamma(k as f64) + log_vd + dimf * sum_log_eps / n as f64;
     let mean_sq = points.iter().map(|x| x * x).sum::<f64>() / n as f64;
     -entropy + 0.5 * dimf * (2.0 * std::f64::consts::PI).ln() + 0.5 * mean_sq
+}
+
+impl StepDeterminants for FlowKl {
+    #[inline]
+    fn push_stack(&mut self, idx: usize, det: f64) {
+        self.folds += u64::from(det <= 0.0);
+        self.stack[idx] -= det.abs().ln();
+    }
+    #[inline]
+    fn push_head(&mut self, j: usize, det: f64) {
+        self.folds += u64::from(det <= 0.0);
+        self.head[j] -= det.abs().ln();
+    }
 }

@@ -115,6 +115,15 @@ pub(crate) fn sym_index(d: usize, a: usize, b: usize) -> usize {
     a * d - a * (a + 1) / 2 + b
 }
 
+/// Where [`Net::apply`] puts each particle's `det(I - eta H)` of a step: the flow
+/// KL estimator ([`super::kl::FlowKl`]) accumulates their log-determinants.
+pub trait StepDeterminants {
+    /// Adds a step with `det(I - eta H) = det` to stack particle `idx`.
+    fn push_stack(&mut self, idx: usize, det: f64);
+    /// Adds a step with `det(I - eta H) = det` to head particle `j`.
+    fn push_head(&mut self, j: usize, det: f64);
+}
+
 impl Net {
     /// Draws the particles from the RNG streams [`STACK_STREAM`] and [`HEAD_STREAM`] of
     /// `seed`, each coordinate standard normal (PAPERS.md 1.2: tau_0 = N(0, I_2d),
@@ -393,7 +402,7 @@ impl Net {
     /// rates L M and M0 of PAPERS.md 1.2 are inside Psi), from `der` computed at the
     /// current particles. With `kl`, each particle first adds `-log|det(I - eta H)|` of
     /// its potential Hessian H to its log-determinant (PAPERS.md 1.3, discrete steps).
-    pub fn apply(&mut self, der: &Derivatives, eta: f64, kl: Option<&mut super::kl::FlowKl>) {
+    pub fn apply(&mut self, der: &Derivatives, eta: f64, kl: Option<&mut dyn StepDeterminants>) {
         let Arch {
             d, l: depth, m, m0, ..
         } = self.arch;

@@ -1,6 +1,5 @@
 use super::SweepError;
 use super::spec::{Axis, Coupling, ReferenceSpec, SweepSpec, inv_data};
-use super::task::TaskRecord;
 use crate::limit::{LinearLimitParams, MonteCarlo};
 use std::sync::Arc;
 
@@ -253,7 +252,7 @@ impl SweepSpec {
                     let settings = crate::vslimit::SolverSettings {
                         rtol: None,
                         atol: None,
-                        num_s: Some(num_s.unwrap_or(crate::solve::MC_NUM_S)),
+                        num_s: Some(num_s.unwrap_or(crate::limit::nonlinear::DEFAULT_NUM_S)),
                     };
                     let lp =
                         crate::vslimit::frame_params(&param, dd, self.steps, self.lr, settings)?;
@@ -566,72 +565,6 @@ impl Sweep {
             "read_steps": self.read_steps,
             "reference": reference,
         })
-    }
-
-    /// Whether `recs` are the complete records of task `t` as this sweep writes them: one
-    /// per coupling variant in order, each of this task, with K losses (at most K against
-    /// the limit, where a divergence is recorded) and outputs, hidden states or limit
-    /// errors for exactly the read steps. Anything else is a corrupt record.
-    pub fn check_records(&self, t: &Task, recs: &[TaskRecord]) -> Result<(), String> {
-        let want = self.couplings_of(t);
-        let got: Vec<Coupling> = recs.iter().map(|r| r.coupling).collect();
-        if got != want {
-            return Err(format!("holds the variants {got:?}, expected {want:?}"));
-        }
-        let (k, reads) = (self.spec.steps, self.read_steps.len());
-        let (dout, n) = (self.spec.data.dout, self.spec.data.n);
-        for r in recs {
-            let c = r.coupling.name();
-            if r.task != *t {
-                return Err(format!("the {c} record is of task {}", r.task.id()));
-            }
-            let limit = self.against_limit();
-            let losses_ok = if limit {
-                r.losses.len() <= k
-            } else {
-                r.losses.len() == k
-            };
-            if !losses_ok {
-                return Err(format!(
-                    "the {c} record has {} losses, K = {k}",
-                    r.losses.len()
-                ));
-            }
-            let len = |what: &str, got: usize, want: Option<usize>| match want {
-                Some(w) if w != got => {
-                    Err(format!("the {c} record has {got} {what}, expected {w}"))
-                }
-                _ => Ok(()),
-            };
-            if limit {
-                let steps: Vec<usize> = match &r.limit {
-                    Some(e) => e.iter().map(|e| e.step).collect(),
-                    None => return Err(format!("the {c} record has no limit errors")),
-                };
-                let mut sorted = steps.clone();
-                sorted.sort_unstable();
-                if sorted != self.read_steps {
-                    return Err(format!(
-                        "the {c} record has limit errors at steps {steps:?}, expected {:?}",
-                        self.read_steps
-                    ));
-                }
-            } else {
-                let hidden = if r.coupling == Coupling::Coupled {
-                    reads.checked_mul(t.d).and_then(|x| x.checked_mul(n))
-                } else {
-                    Some(0)
-                };
-                len("outputs", r.outputs.len(), reads.checked_mul(dout * n))?;
-                len("hidden values", r.hidden.len(), hidden)?;
-                if r.limit.is_some() {
-                    return Err(format!(
-                        "the {c} record has limit errors in a finite-reference sweep"
-                    ));
-                }
-            }
-        }
-        Ok(())
     }
 }
 

@@ -465,18 +465,18 @@ impl ReportSpec {
 #[serde(deny_unknown_fields)]
 pub struct SweepSpec {
     pub name: String,
-    #[serde(default = "default_preset")]
+    #[serde(default = "crate::spec::default_preset")]
     pub preset: String,
     #[serde(default)]
     pub param: Option<ParamOverride>,
-    #[serde(default = "default_activation")]
+    #[serde(default = "crate::spec::default_activation")]
     pub activation: String,
     pub data: DataSpec,
     pub grid: GridSpec,
     /// GD steps K.
     pub steps: usize,
     /// Global learning rate eta.
-    #[serde(default = "default_lr")]
+    #[serde(default = "crate::spec::default_lr")]
     pub lr: f64,
     /// Repetitions (independent weight draws).
     #[serde(default = "default_reps")]
@@ -498,15 +498,6 @@ pub struct SweepSpec {
     /// f64 either way.
     #[serde(default)]
     pub dtype: crate::model::Dtype,
-}
-pub(crate) fn default_preset() -> String {
-    "chizat-julia".into()
-}
-pub(crate) fn default_activation() -> String {
-    "tanh".into()
-}
-pub(crate) fn default_lr() -> f64 {
-    1.0
 }
 fn default_reps() -> usize {
     1
