@@ -355,3 +355,201 @@ pub fn bench_shape<T: Real>(
         other_s,
     }
 }
+
+/// What `reslim bench` measures: steps of networks of depth `l`, `n` samples and
+/// M = D = each of `sizes`, `steps` timed steps each (after a warm-up), and, when
+/// `peers` names the directory of `peer_numpy.py` and python3 with NumPy is there, the
+/// NumPy port of the same step in the same run.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub l: usize,
+    pub n: usize,
+    pub sizes: Vec<usize>,
+    pub steps: usize,
+    pub peers: Option<std::path::PathBuf>,
+}
+
+/// One measured shape of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableRow {
+    pub bench: StepBench,
+    /// Seconds per step of the NumPy peer (its fused implementation), same shape and
+    /// threads, when it ran.
+    pub numpy_fused_s: Option<f64>,
+}
+
+/// What [`table`] measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Table {
+    /// The machine's limits at the start.
+    pub machine: Machine,
+    /// The median of the limits sampled beside the timed steps.
+    pub machine_median: Machine,
+    pub rows: Vec<TableRow>,
+}
+
+/// The step's speed against the roofline at each size of `spec`, and the NumPy peer's,
+/// measured in the same run. `print` gets the table's lines as they are measured (the
+/// machine, one row per shape, then where each step's time goes). A shape whose weights
+/// would not fit in 80% of the memory available is skipped with a line saying so.
+pub fn table<T: Real>(
+    spec: &TableSpec,
+    par: Par,
+    print: &mut dyn FnMut(&str),
+) -> Result<Table, crate::memory::MemoryError> {
+    let mut probe = Probe::<T>::new(par, 256);
+    let machine_line = |m: &Machine, when: &str| {
+        format!(
+            "machine ({when}): {} threads, {}, triad bandwidth {:.1} GB/s, {} multiply-add peak {:.1} GFLOP/s",
+            m.threads,
+            m.isa,
+            m.bandwidth / 1e9,
+            T::NAME,
+            m.peak_flops / 1e9
+        )
+    };
+    let start = probe.machine();
+    print(&machine_line(&start, "at the start"));
+    print(&format!(
+        "{:>5} {:>5} {:>5} {:>3} {:>11} {:>10} {:>8} {:>8} {:>8} {:>11} {:>7} {:>9} {:>10}",
+        "L",
+        "M",
+        "D",
+        "N",
+        "s/step",
+        "MB/step",
+        "GB/s",
+        "GFLOP/s",
+        "triad",
+        "roofline s",
+        "bound",
+        "fraction",
+        "numpy s"
+    ));
+    let mut rows = Vec::new();
+    // The weights, with headroom for the workspace and the probe's arrays.
+    let budget = crate::memory::available()?.scaled(0.8);
+    for &s in &spec.sizes {
+        let dims = Dims {
+            l: spec.l,
+            m: s,
+            d: s,
+            din: 5,
+            dout: 5,
+            n: spec.n,
+        };
+        let need = Weights::<T>::bytes(&dims)?;
+        if need > budget.bytes {
+            print(&format!(
+                "{:>5} {s:>5} {s:>5}: skipped, needs {:.1} GB",
+                spec.l,
+                need as f64 / 1e9
+            ));
+            continue;
+        }
+        let r = bench_shape::<T>(&dims, spec.steps, par, &mut probe);
+        let peer = spec
+            .peers
+            .as_deref()
+            .and_then(|dir| numpy_peer(dir, &dims, T::NAME, r.machine.threads));
+        print(&format!(
+            "{:>5} {:>5} {:>5} {:>3} {:>11.5} {:>10.1} {:>8.1} {:>8.1} {:>8.1} {:>11.5} {:>7} {:>8.0}% {:>10}",
+            spec.l,
+            s,
+            s,
+            spec.n,
+            r.sec_per_step,
+            r.bytes / 1e6,
+            r.achieved_gb_s,
+            r.achieved_gflop_s,
+            r.machine.bandwidth / 1e9,
+            r.roofline_s,
+            r.bound,
+            100.0 * r.fraction,
+            match peer {
+                Some(p) => format!("{p:.5} ({:.1}x)", p / r.sec_per_step),
+                None => "-".into(),
+            }
+        ));
+        rows.push(TableRow {
+            bench: r,
+            numpy_fused_s: peer,
+        });
+    }
+    let machine_median = probe.median();
+    print(&machine_line(
+        &machine_median,
+        "median of the samples beside the steps",
+    ));
+    if !rows.is_empty() {
+        print(
+            "where the step's time goes, ms per step (GB/s of each weight pass, against the triad's):",
+        );
+        print(&format!(
+            "{:>5} {:>5}  {:>14} {:>6} {:>14} {:>14} {:>6} {:>14} {:>6}",
+            "M", "D", "forward U", "sigma", "forward V", "backward V", "G", "backward U", "rest"
+        ));
+        for row in &rows {
+            let r = &row.bench;
+            let ms = |s: f64| s * 1e3;
+            let gb = r.pass_gb_s;
+            let t = r.passes.weight_passes();
+            let pass = |i: usize| format!("{:.2} ({:.1})", ms(t[i]), gb[i]);
+            print(&format!(
+                "{:>5} {:>5}  {:>14} {:>6.2} {:>14} {:>14} {:>6.2} {:>14} {:>6.2}",
+                r.dims.m,
+                r.dims.d,
+                pass(0),
+                ms(r.passes.activation),
+                pass(1),
+                pass(2),
+                ms(r.passes.between),
+                pass(3),
+                ms(r.other_s)
+            ));
+        }
+    }
+    Ok(Table {
+        machine: start,
+        machine_median,
+        rows,
+    })
+}
+
+/// Seconds per step of the NumPy port of the step (`peer_numpy.py --impl fused` in
+/// `dir`), 4 steps of shape `dims` in `dtype` on `threads` threads; `None` when the
+/// script, python3 or NumPy is missing or the run fails.
+pub fn numpy_peer(dir: &std::path::Path, dims: &Dims, dtype: &str, threads: usize) -> Option<f64> {
+    let script = dir.join("peer_numpy.py");
+    if !script.is_file() {
+        return None;
+    }
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--impl", "fused", "--json", "--K", "4"])
+        .args([
+            "--L",
+            &dims.l.to_string(),
+            "--M",
+            &dims.m.to_string(),
+            "--D",
+            &dims.d.to_string(),
+        ])
+        .args([
+            "--N",
+            &dims.n.to_string(),
+            "--dtype",
+            dtype,
+            "--threads",
+            &threads.to_string(),
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find_map(|l| l.strip_prefix("JSON "))?;
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    v.get("sec_per_step")?.as_f64()
+}

@@ -338,12 +338,7 @@ pub fn coordinates(spec: &CoordsSpec, out: &Path) -> crate::Result<CoordsSummary
                 steps: k - done,
                 eta: spec.eta,
                 activation: act,
-                record_hidden: false,
-                hidden_steps: None,
-                layer_stats: false,
-                layer_steps: Vec::new(),
-                layout: Default::default(),
-                max_loss_growth: train::DEFAULT_MAX_LOSS_GROWTH,
+                ..TrainOptions::default()
             };
             train::train(&mut w, &data, &r, &opts, Par::Rayon, &mut |_, _| {})?;
             done = k;

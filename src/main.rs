@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use reslim::kernels::Par;
+use reslim::model::Dtype;
 use reslim::spec::TrainSpec;
 use reslim::sweep::{self, SweepDir, SweepSpec};
 use std::io::IsTerminal;
@@ -231,8 +232,9 @@ struct BenchArgs {
     /// Timed steps per shape (after one warm-up).
     #[arg(long, default_value_t = 5)]
     steps: usize,
+    /// f64 or f32.
     #[arg(long, default_value = "f64")]
-    dtype: String,
+    dtype: Dtype,
     /// Directory with peer_numpy.py; the peer runs if python3 with numpy and scipy is
     /// available.
     #[arg(long, default_value = "../shared/peers")]
@@ -566,131 +568,22 @@ fn cmd_spirals(a: SpiralsArgs) -> Result<()> {
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<()> {
-    match a.dtype.as_str() {
-        "f64" => bench_t::<f64>(&a),
-        "f32" => bench_t::<f32>(&a),
-        other => anyhow::bail!("--dtype must be f64 or f32, got '{other}'"),
-    }
-}
-
-fn bench_t<T: reslim::model::Real>(a: &BenchArgs) -> Result<()> {
     use reslim::bench;
-    let par = Par::Rayon;
-    eprintln!("measuring memory bandwidth and compute peak...");
-    let mut probe = bench::Probe::<T>::new(par, 256);
-    let machine_line = |m: &bench::Machine, when: &str| {
-        println!(
-            "machine ({when}): {} threads, {}, triad bandwidth {:.1} GB/s, {} multiply-add peak {:.1} GFLOP/s",
-            m.threads,
-            m.isa,
-            m.bandwidth / 1e9,
-            T::NAME,
-            m.peak_flops / 1e9
-        )
+    let spec = bench::TableSpec {
+        l: a.l,
+        n: a.n,
+        sizes: a.sizes.clone(),
+        steps: a.steps,
+        peers: (!a.no_peer).then(|| a.peers.clone()),
     };
-    machine_line(&probe.machine(), "at the start");
-    println!(
-        "{:>5} {:>5} {:>5} {:>3} {:>11} {:>10} {:>8} {:>8} {:>8} {:>11} {:>7} {:>9} {:>10}",
-        "L",
-        "M",
-        "D",
-        "N",
-        "s/step",
-        "MB/step",
-        "GB/s",
-        "GFLOP/s",
-        "triad",
-        "roofline s",
-        "bound",
-        "fraction",
-        "numpy s"
-    );
-    let mut rows = Vec::new();
-    // The weights, with headroom for the workspace and the probe's arrays.
-    let budget = reslim::memory::available()?.scaled(0.8);
-    for &s in &a.sizes {
-        let dims = reslim::param::Dims {
-            l: a.l,
-            m: s,
-            d: s,
-            din: 5,
-            dout: 5,
-            n: a.n,
-        };
-        let need = reslim::model::Weights::<T>::bytes(&dims)?;
-        if need > budget.bytes {
-            println!(
-                "{:>5} {s:>5} {s:>5}: skipped, needs {:.1} GB",
-                a.l,
-                need as f64 / 1e9
-            );
-            continue;
-        }
-        let r = bench::bench_shape::<T>(&dims, a.steps, par, &mut probe);
-        let peer = if a.no_peer {
-            None
-        } else {
-            run_peer(&a.peers, &dims, T::NAME, r.machine.threads)
-        };
-        println!(
-            "{:>5} {:>5} {:>5} {:>3} {:>11.5} {:>10.1} {:>8.1} {:>8.1} {:>8.1} {:>11.5} {:>7} {:>8.0}% {:>10}",
-            a.l,
-            s,
-            s,
-            a.n,
-            r.sec_per_step,
-            r.bytes / 1e6,
-            r.achieved_gb_s,
-            r.achieved_gflop_s,
-            r.machine.bandwidth / 1e9,
-            r.roofline_s,
-            r.bound,
-            100.0 * r.fraction,
-            match peer {
-                Some(p) => format!("{p:.5} ({:.1}x)", p / r.sec_per_step),
-                None => "-".into(),
-            }
-        );
-        rows.push((r, peer));
-    }
-    machine_line(&probe.median(), "median of the samples beside the steps");
-    if !rows.is_empty() {
-        println!(
-            "where the step's time goes, ms per step (GB/s of each weight pass, against the triad's):"
-        );
-        println!(
-            "{:>5} {:>5}  {:>14} {:>6} {:>14} {:>14} {:>6} {:>14} {:>6}",
-            "M", "D", "forward U", "sigma", "forward V", "backward V", "G", "backward U", "rest"
-        );
-        for (r, _) in &rows {
-            let ms = |s: f64| s * 1e3;
-            let gb = r.pass_gb_s;
-            let t = r.passes.weight_passes();
-            let pass = |i: usize| format!("{:.2} ({:.1})", ms(t[i]), gb[i]);
-            println!(
-                "{:>5} {:>5}  {:>14} {:>6.2} {:>14} {:>14} {:>6.2} {:>14} {:>6.2}",
-                r.dims.m,
-                r.dims.d,
-                pass(0),
-                ms(r.passes.activation),
-                pass(1),
-                pass(2),
-                ms(r.passes.between),
-                pass(3),
-                ms(r.other_s)
-            );
-        }
-    }
+    eprintln!("measuring memory bandwidth and compute peak...");
+    let mut print = |line: &str| println!("{line}");
+    let table = match a.dtype {
+        Dtype::F64 => bench::table::<f64>(&spec, Par::Rayon, &mut print)?,
+        Dtype::F32 => bench::table::<f32>(&spec, Par::Rayon, &mut print)?,
+    };
     if let Some(p) = &a.json {
-        let j = serde_json::json!({
-            "machine": probe.machine(),
-            "machine_median": probe.median(),
-            "rows": rows
-                .iter()
-                .map(|(r, peer)| serde_json::json!({"bench": r, "numpy_fused_s": peer}))
-                .collect::<Vec<_>>()
-        });
-        reslim::io::atomic_write(p, serde_json::to_string_pretty(&j)?.as_bytes())?;
+        reslim::io::atomic_write(p, serde_json::to_string_pretty(&table)?.as_bytes())?;
     }
     Ok(())
 }
@@ -873,40 +766,4 @@ fn cmd_coords(a: CoordsArgs) -> Result<()> {
         a.out.display()
     );
     Ok(())
-}
-
-/// Seconds per step of the NumPy fused peer on the same shape, if it can run here.
-fn run_peer(dir: &Path, dims: &reslim::param::Dims, dtype: &str, threads: usize) -> Option<f64> {
-    let script = dir.join("peer_numpy.py");
-    if !script.is_file() {
-        return None;
-    }
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .args(["--impl", "fused", "--json", "--K", "4"])
-        .args([
-            "--L",
-            &dims.l.to_string(),
-            "--M",
-            &dims.m.to_string(),
-            "--D",
-            &dims.d.to_string(),
-        ])
-        .args([
-            "--N",
-            &dims.n.to_string(),
-            "--dtype",
-            dtype,
-            "--threads",
-            &threads.to_string(),
-        ])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find_map(|l| l.strip_prefix("JSON "))?;
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    v.get("sec_per_step")?.as_f64()
 }

@@ -86,6 +86,17 @@ pub enum Dtype {
     F32,
 }
 
+impl std::str::FromStr for Dtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f64" => Ok(Dtype::F64),
+            "f32" => Ok(Dtype::F32),
+            other => Err(format!("must be f64 or f32, got '{other}'")),
+        }
+    }
+}
+
 /// The activation sigma of the blocks, with its first two derivatives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -154,11 +154,8 @@ fn execute_t<T: Real>(
         eta: cfg.eta,
         activation: cfg.activation,
         record_hidden: cfg.record_hidden,
-        hidden_steps: None,
         layer_stats: cfg.layer_stats,
-        layer_steps: Vec::new(),
-        layout: Default::default(),
-        max_loss_growth: train::DEFAULT_MAX_LOSS_GROWTH,
+        ..TrainOptions::default()
     };
     let t1 = Instant::now();
     let history = train::train(&mut w, &data, &resolved, &opts, par, on_step)?;

@@ -1231,13 +1231,9 @@ mod tests {
             steps: 50,
             eta: 1e200,
             activation: Activation::Linear,
-            record_hidden: false,
-            hidden_steps: None,
-            layer_stats: false,
-            layer_steps: Vec::new(),
-            layout: Layout::Auto,
             // Past the growth check: this test is about non-finite values.
             max_loss_growth: f64::INFINITY,
+            ..TrainOptions::default()
         };
         let e = train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap_err();
         let msg = e.to_string();
@@ -1336,11 +1332,9 @@ mod tests {
             eta: 1.0,
             activation: Activation::Tanh,
             record_hidden: true,
-            hidden_steps: None,
             layer_stats: true,
             layer_steps: vec![1, 3],
-            layout: Layout::Auto,
-            max_loss_growth: DEFAULT_MAX_LOSS_GROWTH,
+            ..TrainOptions::default()
         };
         let run = |par| {
             let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);

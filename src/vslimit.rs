@@ -758,12 +758,8 @@ mod tests {
             steps: 4,
             eta: 0.1,
             activation: Activation::Linear,
-            record_hidden: false,
-            hidden_steps: None,
-            layer_stats: false,
             layer_steps: vec![0, 3],
-            layout: Default::default(),
-            max_loss_growth: train::DEFAULT_MAX_LOSS_GROWTH,
+            ..TrainOptions::default()
         };
         let hist = train::train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap();
         let e = lim

@@ -42,12 +42,8 @@ fn ladder(data: &Data, lim: &LimitReference, other: Option<&[f64]>) -> Vec<(f64,
                 steps: K,
                 eta: 0.1,
                 activation: Activation::Linear,
-                record_hidden: false,
-                hidden_steps: None,
-                layer_stats: false,
                 layer_steps: vec![READ],
-                layout: Default::default(),
-                max_loss_growth: reslim::train::DEFAULT_MAX_LOSS_GROWTH,
+                ..TrainOptions::default()
             };
             let mut acc = (0.0, 0.0, 0.0);
             for i in 0..draws {
