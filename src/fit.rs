@@ -576,6 +576,19 @@ impl RateFit {
             .expect("valid constant coefficients")
     }
 
+    /// The authors' fitted constants of the linear experiments against the linear limit
+    /// (docs/papers.md 2.5, E2): embedding `a = 0.673`, `b = 0.437` (no `1/L²` term).
+    pub fn authors_e2_embedding() -> RateFit {
+        RateFit::with_coefs(RateModel::embedding(), vec![0.673, 0.437, 0.0])
+            .expect("valid constant coefficients")
+    }
+
+    /// The authors' E2 output constants `a = 0.0265`, `b = 0.250` (docs/papers.md 2.5).
+    pub fn authors_e2_output() -> RateFit {
+        RateFit::with_coefs(RateModel::output(), vec![0.0265, 0.250])
+            .expect("valid constant coefficients")
+    }
+
     /// The fitted error `√(Σ_i c_i φ_i(shape))` (NaN if a size is not positive).
     pub fn predict(&self, shape: Shape) -> f64 {
         if !shape.is_valid() {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 /// One tidy row: a model, a repetition, a coupling variant and a read step.
 #[derive(Debug, Clone, Serialize)]
 pub struct ErrorRow {
-    pub coupling: &'static str,
+    pub coupling: Coupling,
     pub rep: usize,
     #[serde(rename = "L")]
     pub l: usize,
@@ -110,7 +110,7 @@ pub fn collect(sw: &Sweep, dir: &SweepDir) -> Result<Vec<ErrorRow>, SweepError> 
                     f64::NAN
                 };
                 rows.push(ErrorRow {
-                    coupling: rec.coupling.name(),
+                    coupling: rec.coupling,
                     rep: t.rep,
                     l: t.l,
                     m: t.m,
@@ -155,7 +155,7 @@ pub fn collect_limit(
             }
             for e in errs.iter().filter(|e| sw.read_steps.contains(&e.step)) {
                 let row = ErrorRow {
-                    coupling: rec.coupling.name(),
+                    coupling: rec.coupling,
                     rep: t.rep,
                     l: t.l,
                     m: t.m,
@@ -183,7 +183,7 @@ fn diverged_nan(err: f64, v: f64) -> f64 {
 pub fn write_limit_table(sw: &Sweep, dir: &SweepDir) -> Result<(), SweepError> {
     #[derive(Serialize)]
     struct Row {
-        coupling: &'static str,
+        coupling: Coupling,
         rep: usize,
         #[serde(rename = "L")]
         l: usize,
@@ -252,7 +252,7 @@ pub fn write_tables(dir: &SweepDir, rows: &[ErrorRow]) -> Result<(), SweepError>
 /// Errors aggregated over repetitions: RMS, as the paper's `errs_h` and `errs_y`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AggRow {
-    pub coupling: &'static str,
+    pub coupling: Coupling,
     #[serde(rename = "L")]
     pub l: usize,
     #[serde(rename = "M")]
@@ -270,7 +270,7 @@ pub struct AggRow {
 }
 
 pub fn aggregate(rows: &[ErrorRow]) -> Vec<AggRow> {
-    let mut groups: BTreeMap<(&'static str, usize, usize, usize, usize), Vec<&ErrorRow>> =
+    let mut groups: BTreeMap<(Coupling, usize, usize, usize, usize), Vec<&ErrorRow>> =
         BTreeMap::new();
     for r in rows {
         groups

@@ -75,24 +75,66 @@ pub struct Headline {
     pub paper: f64,
 }
 
+/// The two error spaces of docs/papers.md 2.4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Metric {
+    /// `err_h`, the embedding (hidden-state) error of coupled runs.
+    Embedding,
+    /// `err_y`, the output error.
+    Output,
+}
+
+impl Metric {
+    fn name(self) -> &'static str {
+        match self {
+            Metric::Embedding => "embedding",
+            Metric::Output => "output",
+        }
+    }
+    /// The row's mean squared error in this space.
+    fn msq(self, r: &ErrorRow) -> f64 {
+        match self {
+            Metric::Embedding => r.msq_h,
+            Metric::Output => r.msq_y,
+        }
+    }
+    /// The rate model fitted in this space (docs/papers.md 2.4, "Fitted laws").
+    fn model(self) -> RateModel {
+        match self {
+            Metric::Embedding => RateModel::embedding(),
+            Metric::Output => RateModel::output(),
+        }
+    }
+    /// The paper's P exponent at the best shape: -1/6 (embedding), -1/5 (output).
+    fn paper_p_exponent(self) -> f64 {
+        match self {
+            Metric::Embedding => -1.0 / 6.0,
+            Metric::Output => -1.0 / 5.0,
+        }
+    }
+}
+
 struct Space {
+    metric: Metric,
     name: &'static str,
-    key: &'static str,
     coupling: Coupling,
     model: RateModel,
     authors: RateFit,
 }
 
+/// A grid shape (L, M, D).
+type ShapeKey = (usize, usize, usize);
+
 /// Per shape: the per-repetition mean squared errors of one space at one step.
-type PerShape = BTreeMap<(usize, usize, usize), BTreeMap<usize, f64>>;
+type PerShape = BTreeMap<ShapeKey, BTreeMap<usize, f64>>;
 
 fn per_shape(rows: &[ErrorRow], sp: &Space, step: usize) -> PerShape {
     let mut m: PerShape = BTreeMap::new();
     for r in rows {
-        if r.coupling != sp.coupling.name() || r.step != step || r.is_reference {
+        if r.coupling != sp.coupling || r.step != step || r.is_reference {
             continue;
         }
-        let v = if sp.key == "h" { r.msq_h } else { r.msq_y };
+        let v = sp.metric.msq(r);
         if v.is_finite() && v > 0.0 {
             m.entry((r.l, r.m, r.d)).or_default().insert(r.rep, v);
         }
@@ -152,8 +194,8 @@ pub fn write_report(
     // their hand-set E1 curves.
     let (authors_h, authors_y) = match &lim {
         Some(l) if l.monte_carlo().is_none() => (
-            RateFit::with_coefs(RateModel::embedding(), vec![0.673, 0.437, 0.0])?,
-            RateFit::with_coefs(RateModel::output(), vec![0.0265, 0.250])?,
+            RateFit::authors_e2_embedding(),
+            RateFit::authors_e2_output(),
         ),
         _ => (
             RateFit::hand_tuned_embedding(),
@@ -162,10 +204,10 @@ pub fn write_report(
     };
     if has(Coupling::Coupled) {
         spaces.push(Space {
-            name: "embedding",
-            key: "h",
+            metric: Metric::Embedding,
+            name: Metric::Embedding.name(),
             coupling: Coupling::Coupled,
-            model: RateModel::embedding(),
+            model: Metric::Embedding.model(),
             authors: authors_h,
         });
     }
@@ -175,10 +217,10 @@ pub fn write_report(
         Coupling::Coupled
     };
     spaces.push(Space {
-        name: "output",
-        key: "y",
+        metric: Metric::Output,
+        name: Metric::Output.name(),
         coupling: out_coupling,
-        model: RateModel::output(),
+        model: Metric::Output.model(),
         authors: authors_y,
     });
     let figdir = dir.root.join("figures");
@@ -191,333 +233,22 @@ pub fn write_report(
         wall_s,
     };
     let mut figures: Vec<(String, PathBuf)> = Vec::new();
+    let cx = Context {
+        sw,
+        rows,
+        step,
+        p_step,
+        p_max: settings.p_max,
+        n_boot,
+        slice_m: &slice_m,
+        slice_d: &slice_d,
+        lmax,
+        mmax,
+        dmax,
+        figdir: &figdir,
+    };
     for sp in &spaces {
-        let data = per_shape(rows, sp, step);
-        if data.is_empty() {
-            continue;
-        }
-        let label = format!("{} error ({}, k={step})", sp.name, sp.coupling.name());
-        // Joint fit, with bootstrap over repetitions where every shape has every rep.
-        let shapes: Vec<(usize, usize, usize)> = data.keys().copied().collect();
-        let shp: Vec<Shape> = shapes
-            .iter()
-            .map(|&(l, m, d)| Shape::new(l as f64, m as f64, d as f64))
-            .collect();
-        let errs: Vec<f64> = shapes.iter().map(|k| rms(&data[k])).collect();
-        let reps: Vec<usize> = (0..sw.spec.reps).collect();
-        // The bootstrap resamples repetitions: it uses the shapes that have every one (all
-        // of them, unless some runs are missing or diverged).
-        let full: Vec<usize> = (0..shapes.len())
-            .filter(|&i| reps.iter().all(|r| data[&shapes[i]].contains_key(r)))
-            .collect();
-        let (joint, ci, nb) = if sw.spec.reps >= 2 && full.len() > sp.model.terms.len() {
-            let per_rep: Vec<Vec<f64>> = reps
-                .iter()
-                .map(|r| full.iter().map(|&i| data[&shapes[i]][r]).collect())
-                .collect();
-            let shp_full: Vec<Shape> = full.iter().map(|&i| shp[i]).collect();
-            match fit::bootstrap_rate_fit(&sp.model, &shp_full, &per_rep, n_boot, sw.spec.seed) {
-                Ok(b) => (Some(b.fit), b.coef_ci95, n_boot),
-                Err(_) => (fit::fit_rate_model(&sp.model, &shp, &errs).ok(), vec![], 0),
-            }
-        } else {
-            (fit::fit_rate_model(&sp.model, &shp, &errs).ok(), vec![], 0)
-        };
-        let resid = |f: &RateFit| -> f64 {
-            shp.iter()
-                .zip(&errs)
-                .map(|(s, e)| (e.ln() - f.predict(*s).ln()).powi(2))
-                .sum()
-        };
-        // Slices.
-        let mut slice =
-            |against: &'static str, fixed: String, pts: Vec<(f64, f64)>| -> Option<LinearFit> {
-                let f = slice_fit(&pts)?;
-                summary.slices.push(SliceFit {
-                    space: sp.name.into(),
-                    against,
-                    fixed,
-                    fit: f.clone(),
-                });
-                Some(f)
-            };
-        let mut fig_d = Figure::new(
-            format!("{label} vs D"),
-            "D",
-            "RMS error",
-            Scale::Log,
-            Scale::Log,
-        );
-        for (ci, &m) in slice_m.iter().enumerate() {
-            let pts: Vec<(f64, f64)> = sw
-                .ds
-                .iter()
-                .filter_map(|&d| data.get(&(lmax, m, d)).map(|r| (d as f64, rms(r))))
-                .collect();
-            if pts.is_empty() {
-                continue;
-            }
-            let f = slice("D", format!("L={lmax}, M={m}"), pts.clone());
-            let (x, y): (Vec<f64>, Vec<f64>) = pts.into_iter().unzip();
-            let lab = match &f {
-                Some(f) => format!("M={m} (slope {:.2})", f.slope),
-                None => format!("M={m}"),
-            };
-            if let Some(j) = &joint {
-                let yf: Vec<f64> = x
-                    .iter()
-                    .map(|&d| j.predict(Shape::new(lmax as f64, m as f64, d)))
-                    .collect();
-                fig_d
-                    .series
-                    .push(Series::new("", x.clone(), yf, Style::Dashed).with_color(ci));
-            }
-            fig_d
-                .series
-                .push(Series::new(lab, x, y, Style::LinePoints).with_color(ci));
-        }
-        let mut fig_m = Figure::new(
-            format!("{label} vs M"),
-            "M",
-            "RMS error",
-            Scale::Log,
-            Scale::Log,
-        );
-        for (ci, &d) in slice_d.iter().enumerate() {
-            let pts: Vec<(f64, f64)> = sw
-                .ms
-                .iter()
-                .filter_map(|&m| data.get(&(lmax, m, d)).map(|r| (m as f64, rms(r))))
-                .collect();
-            if pts.is_empty() {
-                continue;
-            }
-            let f = slice("M", format!("L={lmax}, D={d}"), pts.clone());
-            let (x, y): (Vec<f64>, Vec<f64>) = pts.into_iter().unzip();
-            let lab = match &f {
-                Some(f) => format!("D={d} (slope {:.2})", f.slope),
-                None => format!("D={d}"),
-            };
-            if let Some(j) = &joint {
-                let yf: Vec<f64> = x
-                    .iter()
-                    .map(|&m| j.predict(Shape::new(lmax as f64, m, d as f64)))
-                    .collect();
-                fig_m
-                    .series
-                    .push(Series::new("", x.clone(), yf, Style::Dashed).with_color(ci));
-            }
-            fig_m
-                .series
-                .push(Series::new(lab, x, y, Style::LinePoints).with_color(ci));
-        }
-        // Headline slices: at the largest M (against D), the largest D (against M).
-        let hd: Vec<(f64, f64)> = sw
-            .ds
-            .iter()
-            .filter_map(|&d| data.get(&(lmax, mmax, d)).map(|r| (d as f64, rms(r))))
-            .collect();
-        let hm: Vec<(f64, f64)> = sw
-            .ms
-            .iter()
-            .filter_map(|&m| data.get(&(lmax, m, dmax)).map(|r| (m as f64, rms(r))))
-            .collect();
-        let fd = if slice_m.contains(&mmax) {
-            slice_fit(&hd)
-        } else {
-            slice("D", format!("L={lmax}, M={mmax}"), hd)
-        };
-        let fm = if slice_d.contains(&dmax) {
-            slice_fit(&hm)
-        } else {
-            slice("M", format!("L={lmax}, D={dmax}"), hm)
-        };
-        let mut heads = Vec::new();
-        if let Some(f) = fd {
-            heads.push(Headline {
-                what: format!("{} slope vs D at L={lmax}, M={mmax}", sp.name),
-                value: f.slope,
-                ci95: f.slope_ci95,
-                paper: -0.5,
-            });
-        }
-        if let Some(f) = fm {
-            heads.push(Headline {
-                what: format!("{} slope vs M at L={lmax}, D={dmax}", sp.name),
-                value: f.slope,
-                ci95: f.slope_ci95,
-                paper: -0.5,
-            });
-        }
-        // Against L (when L varies): at the largest M, for the D slices and the largest D.
-        let mut fig_l = Figure::new(
-            format!("{label} vs L"),
-            "L",
-            "RMS error",
-            Scale::Log,
-            Scale::Log,
-        );
-        if sw.ls.len() >= 3 {
-            let mut ds_l = slice_d.clone();
-            if !ds_l.contains(&dmax) {
-                ds_l.push(dmax);
-            }
-            for (ci, &d) in ds_l.iter().enumerate() {
-                let pts: Vec<(f64, f64)> = sw
-                    .ls
-                    .iter()
-                    .filter_map(|&l| data.get(&(l, mmax, d)).map(|r| (l as f64, rms(r))))
-                    .collect();
-                if pts.is_empty() {
-                    continue;
-                }
-                let f = slice("L", format!("M={mmax}, D={d}"), pts.clone());
-                let (x, y): (Vec<f64>, Vec<f64>) = pts.into_iter().unzip();
-                let lab = match &f {
-                    Some(f) => format!("D={d} (slope {:.2})", f.slope),
-                    None => format!("D={d}"),
-                };
-                if let Some(j) = &joint {
-                    let yf: Vec<f64> = x
-                        .iter()
-                        .map(|&l| j.predict(Shape::new(l, mmax as f64, d as f64)))
-                        .collect();
-                    fig_l
-                        .series
-                        .push(Series::new("", x.clone(), yf, Style::Dashed).with_color(ci));
-                }
-                fig_l
-                    .series
-                    .push(Series::new(lab, x, y, Style::LinePoints).with_color(ci));
-            }
-        }
-        summary.headline.extend(heads);
-        // P scaling at p_step.
-        let pdata = per_shape(rows, sp, p_step);
-        let p_max = settings.p_max;
-        let pts: Vec<(f64, f64)> = pdata
-            .iter()
-            .map(|(&(l, m, d), r)| ((l * m * d) as f64, rms(r)))
-            .filter(|&(p, _)| p < p_max)
-            .collect();
-        let envelope = lower_envelope(&pts);
-        let env_fit = if envelope.len() >= 3 {
-            let (x, y): (Vec<f64>, Vec<f64>) = envelope.iter().copied().unzip();
-            fit::loglog_fit(&x, &y).ok()
-        } else {
-            None
-        };
-        let pjoint = if p_step == step {
-            joint.clone()
-        } else {
-            let sh: Vec<(usize, usize, usize)> = pdata.keys().copied().collect();
-            let s2: Vec<Shape> = sh
-                .iter()
-                .map(|&(l, m, d)| Shape::new(l as f64, m as f64, d as f64))
-                .collect();
-            let e2: Vec<f64> = sh.iter().map(|k| rms(&pdata[k])).collect();
-            fit::fit_rate_model(&sp.model, &s2, &e2).ok()
-        };
-        let (pmin, pmax) = pts.iter().fold((f64::INFINITY, 0.0f64), |(a, b), &(p, _)| {
-            (a.min(p), b.max(p))
-        });
-        let pgrid: Vec<f64> = if pmax > pmin {
-            (0..24)
-                .map(|i| pmin * (pmax / pmin).powf(i as f64 / 23.0))
-                .collect()
-        } else {
-            vec![]
-        };
-        let pscal = pjoint.as_ref().and_then(|j| fit::p_scaling(j, &pgrid).ok());
-        let mut fig_p = Figure::new(
-            format!(
-                "{} error ({}, k={p_step}) vs P",
-                sp.name,
-                sp.coupling.name()
-            ),
-            "P = L M D",
-            "RMS error",
-            Scale::Log,
-            Scale::Log,
-        );
-        let (x, y): (Vec<f64>, Vec<f64>) = pts.iter().copied().unzip();
-        fig_p
-            .series
-            .push(Series::new("grid shapes", x, y, Style::Points).with_color(7));
-        if !envelope.is_empty() {
-            let (x, y): (Vec<f64>, Vec<f64>) = envelope.iter().copied().unzip();
-            let lab = match &env_fit {
-                Some(f) => format!("best shape per half-decade (slope {:.3})", f.slope),
-                None => "best shape per half-decade".into(),
-            };
-            fig_p
-                .series
-                .push(Series::new(lab, x, y, Style::LinePoints).with_color(3));
-        }
-        if let Some(ps) = &pscal {
-            fig_p.series.push(
-                Series::new(
-                    format!("fitted model at optimal shapes (slope {:.3})", ps.fit.slope),
-                    ps.p.clone(),
-                    ps.errors.clone(),
-                    Style::Line,
-                )
-                .with_color(0),
-            );
-        }
-        let paper_exp = if sp.key == "h" {
-            -1.0 / 6.0
-        } else {
-            -1.0 / 5.0
-        };
-        if let Some(ps) = &pscal {
-            // The model's asymptotic exponent is fixed by its form; over the finite P range
-            // of the grid it can differ. No interval: it is a property of the fitted curve.
-            summary.headline.push(Headline {
-                what: format!(
-                    "{} P exponent (fitted model at optimal shapes, over the grid's P range)",
-                    sp.name
-                ),
-                value: ps.fit.slope,
-                ci95: (f64::NAN, f64::NAN),
-                paper: paper_exp,
-            });
-        }
-        if let Some(f) = &env_fit {
-            summary.headline.push(Headline {
-                what: format!("{} P exponent (lower envelope of the grid)", sp.name),
-                value: f.slope,
-                ci95: f.slope_ci95,
-                paper: paper_exp,
-            });
-        }
-        for (name, fig) in [
-            ("vs_D", fig_d),
-            ("vs_M", fig_m),
-            ("vs_L", fig_l),
-            ("vs_P", fig_p),
-        ] {
-            if fig.series.is_empty() {
-                continue;
-            }
-            let stem = figdir.join(format!("{}_{}", sp.name, name));
-            plot::save(&fig, &stem)?;
-            figures.push((fig.title.clone(), stem.with_extension("png")));
-        }
-        if let Some(j) = &joint {
-            summary.joint.push(JointFit {
-                space: sp.name.into(),
-                names: j.names.clone(),
-                coefs: j.coefs.clone(),
-                ci95: ci,
-                n_boot: nb,
-                rss_log: resid(j),
-                authors_coefs: sp.authors.coefs.clone(),
-                authors_rss_log: resid(&sp.authors),
-                p_exponent_fitted: pscal.as_ref().map(|p| p.fit.slope),
-                p_exponent_envelope: env_fit.clone(),
-            });
-        }
+        report_space(&cx, sp, &mut summary, &mut figures)?;
     }
     // Loss curves of repetition 0 for a few shapes.
     let mut fig_l = Figure::new(
@@ -571,6 +302,391 @@ pub fn write_report(
     let path = dir.root.join("report.md");
     io::atomic_write(&path, md.as_bytes())?;
     Ok(path)
+}
+
+/// What the per-space part of the report needs from the sweep and its settings.
+struct Context<'a> {
+    sw: &'a Sweep,
+    rows: &'a [ErrorRow],
+    step: usize,
+    p_step: usize,
+    p_max: f64,
+    n_boot: usize,
+    slice_m: &'a [usize],
+    slice_d: &'a [usize],
+    lmax: usize,
+    mmax: usize,
+    dmax: usize,
+    figdir: &'a Path,
+}
+
+/// One error space of the report: its joint fit (bootstrap over repetitions), its
+/// slices against D, M and L, its headline slopes and P exponents, and their figures;
+/// added to `summary` and `figures`.
+fn report_space(
+    cx: &Context,
+    sp: &Space,
+    summary: &mut Summary,
+    figures: &mut Vec<(String, PathBuf)>,
+) -> Result<(), SweepError> {
+    let Context {
+        sw,
+        rows,
+        step,
+        p_step,
+        p_max,
+        n_boot,
+        slice_m,
+        slice_d,
+        lmax,
+        mmax,
+        dmax,
+        figdir,
+    } = *cx;
+    let data = per_shape(rows, sp, step);
+    if data.is_empty() {
+        return Ok(());
+    }
+    let label = format!("{} error ({}, k={step})", sp.name, sp.coupling.name());
+    // Joint fit, with bootstrap over repetitions where every shape has every rep.
+    let shapes: Vec<(usize, usize, usize)> = data.keys().copied().collect();
+    let shp: Vec<Shape> = shapes
+        .iter()
+        .map(|&(l, m, d)| Shape::new(l as f64, m as f64, d as f64))
+        .collect();
+    let errs: Vec<f64> = shapes.iter().map(|k| rms(&data[k])).collect();
+    let reps: Vec<usize> = (0..sw.spec.reps).collect();
+    // The bootstrap resamples repetitions: it uses the shapes that have every one (all
+    // of them, unless some runs are missing or diverged).
+    let full: Vec<usize> = (0..shapes.len())
+        .filter(|&i| reps.iter().all(|r| data[&shapes[i]].contains_key(r)))
+        .collect();
+    let (joint, ci, nb) = if sw.spec.reps >= 2 && full.len() > sp.model.terms.len() {
+        let per_rep: Vec<Vec<f64>> = reps
+            .iter()
+            .map(|r| full.iter().map(|&i| data[&shapes[i]][r]).collect())
+            .collect();
+        let shp_full: Vec<Shape> = full.iter().map(|&i| shp[i]).collect();
+        match fit::bootstrap_rate_fit(&sp.model, &shp_full, &per_rep, n_boot, sw.spec.seed) {
+            Ok(b) => (Some(b.fit), b.coef_ci95, n_boot),
+            Err(_) => (fit::fit_rate_model(&sp.model, &shp, &errs).ok(), vec![], 0),
+        }
+    } else {
+        (fit::fit_rate_model(&sp.model, &shp, &errs).ok(), vec![], 0)
+    };
+    let resid = |f: &RateFit| -> f64 {
+        shp.iter()
+            .zip(&errs)
+            .map(|(s, e)| (e.ln() - f.predict(*s).ln()).powi(2))
+            .sum()
+    };
+    // Slices.
+    let mut slice =
+        |against: &'static str, fixed: String, pts: Vec<(f64, f64)>| -> Option<LinearFit> {
+            let f = slice_fit(&pts)?;
+            summary.slices.push(SliceFit {
+                space: sp.name.into(),
+                against,
+                fixed,
+                fit: f.clone(),
+            });
+            Some(f)
+        };
+    let fig_d = slice_figure(
+        format!("{label} vs D"),
+        Dim::D,
+        slice_m
+            .iter()
+            .map(|&m| SliceLine {
+                legend: format!("M={m}"),
+                fixed: format!("L={lmax}, M={m}"),
+                shapes: sw.ds.iter().map(|&d| (lmax, m, d)).collect(),
+            })
+            .collect(),
+        &data,
+        joint.as_ref(),
+        &mut slice,
+    );
+    let fig_m = slice_figure(
+        format!("{label} vs M"),
+        Dim::M,
+        slice_d
+            .iter()
+            .map(|&d| SliceLine {
+                legend: format!("D={d}"),
+                fixed: format!("L={lmax}, D={d}"),
+                shapes: sw.ms.iter().map(|&m| (lmax, m, d)).collect(),
+            })
+            .collect(),
+        &data,
+        joint.as_ref(),
+        &mut slice,
+    );
+    // Headline slices: at the largest M (against D), the largest D (against M).
+    let hd: Vec<(f64, f64)> = sw
+        .ds
+        .iter()
+        .filter_map(|&d| data.get(&(lmax, mmax, d)).map(|r| (d as f64, rms(r))))
+        .collect();
+    let hm: Vec<(f64, f64)> = sw
+        .ms
+        .iter()
+        .filter_map(|&m| data.get(&(lmax, m, dmax)).map(|r| (m as f64, rms(r))))
+        .collect();
+    let fd = if slice_m.contains(&mmax) {
+        slice_fit(&hd)
+    } else {
+        slice("D", format!("L={lmax}, M={mmax}"), hd)
+    };
+    let fm = if slice_d.contains(&dmax) {
+        slice_fit(&hm)
+    } else {
+        slice("M", format!("L={lmax}, D={dmax}"), hm)
+    };
+    let mut heads = Vec::new();
+    if let Some(f) = fd {
+        heads.push(Headline {
+            what: format!("{} slope vs D at L={lmax}, M={mmax}", sp.name),
+            value: f.slope,
+            ci95: f.slope_ci95,
+            paper: -0.5,
+        });
+    }
+    if let Some(f) = fm {
+        heads.push(Headline {
+            what: format!("{} slope vs M at L={lmax}, D={dmax}", sp.name),
+            value: f.slope,
+            ci95: f.slope_ci95,
+            paper: -0.5,
+        });
+    }
+    // Against L (when L varies): at the largest M, for the D slices and the largest D.
+    let fig_l = if sw.ls.len() >= 3 {
+        let mut ds_l = slice_d.to_vec();
+        if !ds_l.contains(&dmax) {
+            ds_l.push(dmax);
+        }
+        slice_figure(
+            format!("{label} vs L"),
+            Dim::L,
+            ds_l.iter()
+                .map(|&d| SliceLine {
+                    legend: format!("D={d}"),
+                    fixed: format!("M={mmax}, D={d}"),
+                    shapes: sw.ls.iter().map(|&l| (l, mmax, d)).collect(),
+                })
+                .collect(),
+            &data,
+            joint.as_ref(),
+            &mut slice,
+        )
+    } else {
+        Figure::new(
+            format!("{label} vs L"),
+            "L",
+            "RMS error",
+            Scale::Log,
+            Scale::Log,
+        )
+    };
+    summary.headline.extend(heads);
+    // P scaling at p_step.
+    let pdata = per_shape(rows, sp, p_step);
+    let pts: Vec<(f64, f64)> = pdata
+        .iter()
+        .map(|(&(l, m, d), r)| ((l * m * d) as f64, rms(r)))
+        .filter(|&(p, _)| p < p_max)
+        .collect();
+    let envelope = lower_envelope(&pts);
+    let env_fit = if envelope.len() >= 3 {
+        let (x, y): (Vec<f64>, Vec<f64>) = envelope.iter().copied().unzip();
+        fit::loglog_fit(&x, &y).ok()
+    } else {
+        None
+    };
+    let pjoint = if p_step == step {
+        joint.clone()
+    } else {
+        let sh: Vec<(usize, usize, usize)> = pdata.keys().copied().collect();
+        let s2: Vec<Shape> = sh
+            .iter()
+            .map(|&(l, m, d)| Shape::new(l as f64, m as f64, d as f64))
+            .collect();
+        let e2: Vec<f64> = sh.iter().map(|k| rms(&pdata[k])).collect();
+        fit::fit_rate_model(&sp.model, &s2, &e2).ok()
+    };
+    let (pmin, pmax) = pts.iter().fold((f64::INFINITY, 0.0f64), |(a, b), &(p, _)| {
+        (a.min(p), b.max(p))
+    });
+    let pgrid: Vec<f64> = if pmax > pmin {
+        (0..24)
+            .map(|i| pmin * (pmax / pmin).powf(i as f64 / 23.0))
+            .collect()
+    } else {
+        vec![]
+    };
+    let pscal = pjoint.as_ref().and_then(|j| fit::p_scaling(j, &pgrid).ok());
+    let mut fig_p = Figure::new(
+        format!(
+            "{} error ({}, k={p_step}) vs P",
+            sp.name,
+            sp.coupling.name()
+        ),
+        "P = L M D",
+        "RMS error",
+        Scale::Log,
+        Scale::Log,
+    );
+    let (x, y): (Vec<f64>, Vec<f64>) = pts.iter().copied().unzip();
+    fig_p
+        .series
+        .push(Series::new("grid shapes", x, y, Style::Points).with_color(7));
+    if !envelope.is_empty() {
+        let (x, y): (Vec<f64>, Vec<f64>) = envelope.iter().copied().unzip();
+        let lab = match &env_fit {
+            Some(f) => format!("best shape per half-decade (slope {:.3})", f.slope),
+            None => "best shape per half-decade".into(),
+        };
+        fig_p
+            .series
+            .push(Series::new(lab, x, y, Style::LinePoints).with_color(3));
+    }
+    if let Some(ps) = &pscal {
+        fig_p.series.push(
+            Series::new(
+                format!("fitted model at optimal shapes (slope {:.3})", ps.fit.slope),
+                ps.p.clone(),
+                ps.errors.clone(),
+                Style::Line,
+            )
+            .with_color(0),
+        );
+    }
+    let paper_exp = sp.metric.paper_p_exponent();
+    if let Some(ps) = &pscal {
+        // The model's asymptotic exponent is fixed by its form; over the finite P range
+        // of the grid it can differ. No interval: it is a property of the fitted curve.
+        summary.headline.push(Headline {
+            what: format!(
+                "{} P exponent (fitted model at optimal shapes, over the grid's P range)",
+                sp.name
+            ),
+            value: ps.fit.slope,
+            ci95: (f64::NAN, f64::NAN),
+            paper: paper_exp,
+        });
+    }
+    if let Some(f) = &env_fit {
+        summary.headline.push(Headline {
+            what: format!("{} P exponent (lower envelope of the grid)", sp.name),
+            value: f.slope,
+            ci95: f.slope_ci95,
+            paper: paper_exp,
+        });
+    }
+    for (name, fig) in [
+        ("vs_D", fig_d),
+        ("vs_M", fig_m),
+        ("vs_L", fig_l),
+        ("vs_P", fig_p),
+    ] {
+        if fig.series.is_empty() {
+            continue;
+        }
+        let stem = figdir.join(format!("{}_{}", sp.name, name));
+        plot::save(&fig, &stem)?;
+        figures.push((fig.title.clone(), stem.with_extension("png")));
+    }
+    if let Some(j) = &joint {
+        summary.joint.push(JointFit {
+            space: sp.name.into(),
+            names: j.names.clone(),
+            coefs: j.coefs.clone(),
+            ci95: ci,
+            n_boot: nb,
+            rss_log: resid(j),
+            authors_coefs: sp.authors.coefs.clone(),
+            authors_rss_log: resid(&sp.authors),
+            p_exponent_fitted: pscal.as_ref().map(|p| p.fit.slope),
+            p_exponent_envelope: env_fit.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// A shape's dimension that a slice varies.
+#[derive(Debug, Clone, Copy)]
+enum Dim {
+    L,
+    M,
+    D,
+}
+
+impl Dim {
+    fn name(self) -> &'static str {
+        match self {
+            Dim::L => "L",
+            Dim::M => "M",
+            Dim::D => "D",
+        }
+    }
+    fn of(self, (l, m, d): (usize, usize, usize)) -> usize {
+        match self {
+            Dim::L => l,
+            Dim::M => m,
+            Dim::D => d,
+        }
+    }
+}
+
+/// One line of a slice figure: the shapes along it and its labels.
+struct SliceLine {
+    /// In the legend, e.g. "M=640".
+    legend: String,
+    /// The fixed dimensions as `fits.json` states them, e.g. "L=20, M=640".
+    fixed: String,
+    shapes: Vec<(usize, usize, usize)>,
+}
+
+/// The figure of the RMS error against `against` (log-log): per line, the measured
+/// errors of the shapes that have any, fitted by `slice` (which records the fit), and,
+/// dashed, the joint fit's prediction at the same shapes.
+fn slice_figure(
+    title: String,
+    against: Dim,
+    lines: Vec<SliceLine>,
+    data: &PerShape,
+    joint: Option<&RateFit>,
+    slice: &mut dyn FnMut(&'static str, String, Vec<(f64, f64)>) -> Option<LinearFit>,
+) -> Figure {
+    let mut fig = Figure::new(title, against.name(), "RMS error", Scale::Log, Scale::Log);
+    for (ci, line) in lines.into_iter().enumerate() {
+        let (shapes, pts): (Vec<ShapeKey>, Vec<(f64, f64)>) = line
+            .shapes
+            .iter()
+            .filter_map(|&s| data.get(&s).map(|r| (s, (against.of(s) as f64, rms(r)))))
+            .unzip();
+        if pts.is_empty() {
+            continue;
+        }
+        let f = slice(against.name(), line.fixed, pts.clone());
+        let (x, y): (Vec<f64>, Vec<f64>) = pts.into_iter().unzip();
+        let lab = match &f {
+            Some(f) => format!("{} (slope {:.2})", line.legend, f.slope),
+            None => line.legend,
+        };
+        if let Some(j) = joint {
+            let yf: Vec<f64> = shapes
+                .iter()
+                .map(|&(l, m, d)| j.predict(Shape::new(l as f64, m as f64, d as f64)))
+                .collect();
+            fig.series
+                .push(Series::new("", x.clone(), yf, Style::Dashed).with_color(ci));
+        }
+        fig.series
+            .push(Series::new(lab, x, y, Style::LinePoints).with_color(ci));
+    }
+    fig
 }
 
 /// Log-log OLS of a slice with at least 3 points.
