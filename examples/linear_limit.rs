@@ -1,4 +1,4 @@
-//! Solves the linear large-D limit on the authors' input (PAPERS.md §2.5, E2) with the
+//! Solves the linear large-D limit on the authors' input (docs/papers.md §2.5, E2) with the
 //! default parameters and prints the outputs, the losses and the solve time.
 //!
 //! `cargo run --release --example linear_limit [repeats]`

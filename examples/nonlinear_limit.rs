@@ -1,4 +1,4 @@
-//! Solves the nonlinear (tanh) large-D limit in the E1 setting of `NONLINEAR_LIMIT.md`
+//! Solves the nonlinear (tanh) large-D limit in the E1 setting of `docs/nonlinear-limit.md`
 //! §3.3 (K = 15, N = 10, d_in = d_out = 5, the Julia conventions) and prints the solve
 //! time and the Monte-Carlo standard errors of the outputs.
 //!

@@ -1,4 +1,4 @@
-//! The coordinate plots of PAPERS.md §2.5, E3 (the `coords` command): one finite network
+//! The coordinate plots of docs/papers.md §2.5, E3 (the `coords` command): one finite network
 //! of the `chizat-python` family beside its limit, exact (linear blocks) or Monte Carlo
 //! (any other activation): trajectories of coordinates of `h` and `D·b` against depth
 //! beside their limit curves, and histograms against the limit law `N(0, Γ_kk(s))`.
@@ -81,7 +81,7 @@ pub fn backward_states<T: Real>(
     out
 }
 
-/// The coordinate plots of PAPERS.md §2.5, E3: one finite network of the
+/// The coordinate plots of docs/papers.md §2.5, E3: one finite network of the
 /// `chizat-python` family beside its limit.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CoordsSpec {
@@ -123,7 +123,7 @@ pub struct CoordsSpec {
     pub mc: MonteCarlo,
 }
 
-/// The input and target of the paper's linear experiments (PAPERS.md §2.5, E2).
+/// The input and target of the paper's linear experiments (docs/papers.md §2.5, E2).
 pub const PAPER_X: [f64; 3] = [0.4800016366501795, -0.13361224046088563, 0.6258963157042639];
 /// See [`PAPER_X`].
 pub const PAPER_Y: [f64; 3] = [0.627895235604804, 0.2659797617857747, -0.05539644339098687];
@@ -237,7 +237,7 @@ fn coords_bytes(
 /// Trains one network of the `chizat-python` family (chizat-julia included; one input;
 /// linear blocks against the exact limit, any other activation against the Monte-Carlo
 /// one), and writes
-/// into `out` the coordinate plots of PAPERS.md §2.5, E3, as PNG and SVG:
+/// into `out` the coordinate plots of docs/papers.md §2.5, E3, as PNG and SVG:
 /// `coord_trajectory_h`, `coord_trajectory_b` (the first `n_h` coordinates of `h_l` and the
 /// first `n_b` of `D b_l` against depth `l/L` at `traj_step`, each beside its coupled limit
 /// trajectory, dashed), `coord_histogram_h`, `coord_histogram_b` (the coordinates at depths

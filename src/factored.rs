@@ -20,7 +20,7 @@
 //!
 //! The initial weights are then only read (two passes per step instead of the dense
 //! step's read, read and write), and networks that share them, such as a sweep's coupled
-//! and uncoupled variants (PAPERS.md 2.4: same U, V, different W_E, W_U), read them once
+//! and uncoupled variants (docs/papers.md 2.4: same U, V, different W_E, W_U), read them once
 //! for all: each pass runs over all variants' samples together. The update after the last
 //! recorded forward pass is not made (nothing observes it). In exact arithmetic the
 //! records are those of the dense step; in floating point they differ by rounding.

@@ -36,10 +36,10 @@ enum Cmd {
     Sweep(SweepArgs),
     /// A quick sweep (about a minute): trains a small grid and writes its report and plots.
     Quickstart(QuickArgs),
-    /// Coordinates of one linear network beside their large-D limit (PAPERS.md 2.5, E3):
+    /// Coordinates of one linear network beside their large-D limit (docs/papers.md 2.5, E3):
     /// trajectories of h and D b against depth, histograms against N(0, Gamma_kk).
     Coords(CoordsArgs),
-    /// Mean-field generalization experiment (PAPERS.md paper 1): train scaled ResNets on
+    /// Mean-field generalization experiment (docs/papers.md paper 1): train scaled ResNets on
     /// two spirals (or CSV data) for every n_train and seed, then write the report.
     Spirals(SpiralsArgs),
     /// The large-D limit of a spec's network (exact ODEs for linear blocks, Monte Carlo
@@ -103,7 +103,7 @@ struct CoordsArgs {
     /// Steps of the histograms.
     #[arg(long, value_delimiter = ',', default_value = "0,4,8")]
     hist_steps: Vec<usize>,
-    /// The input x (default: the paper's, PAPERS.md 2.5 E2).
+    /// The input x (default: the paper's, docs/papers.md 2.5 E2).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     x: Option<Vec<f64>>,
     /// The target y (default: the paper's).

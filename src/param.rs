@@ -1,7 +1,7 @@
 //! The parametrization table: how every tensor of the ResNet is initialised, scaled in
 //! the forward pass, and trained, as data.
 //!
-//! The model (PAPERS.md section 2.2, with the multipliers made explicit) is
+//! The model (docs/papers.md section 2.2, with the multipliers made explicit) is
 //!
 //! ```text
 //! h_0     = m_E  W_E x                               W_E: D x d_in
@@ -16,14 +16,14 @@
 //! of the run. Every scale (std, multiplier, learning rate, and the loss constant) is a
 //! [`Scale`]: `c * L^l * M^m * D^d * d_in^din * d_out^dout * N^n * alpha^alpha`.
 //!
-//! The presets reproduce the authors' codes exactly (PAPERS.md section 2.2, table and
+//! The presets reproduce the authors' codes exactly (docs/papers.md section 2.2, table and
 //! "Learning rates"):
 //! - `chizat-julia` (nonlinear experiments): std(W_E) = d_in^-1/2, std(U) = std(V) = D^1/2,
 //!   std(W_U) = d_out^1/2; m_U = m_W = 1/D, m_V = 1/(LM); loss = sum/(N d_in);
 //!   lr_U = lr_V = L M D / 2 (the notebook's `gU = (DLM/2) dloss/dU`); W_E, W_U frozen.
 //! - `chizat-python` (linear experiments): std(W_E) = std(W_U) = 1, std(U) = std(V) = D^1/2;
 //!   m_U = m_W = 1/D, branch alpha/(LM); loss = sum/(2N); lr_U = lr_V = L M D / alpha^2
-//!   (the code's `eta_u = eta_v = D` times `eta/alpha`, PAPERS.md "raw-weight rate
+//!   (the code's `eta_u = eta_v = D` times `eta/alpha`, docs/papers.md "raw-weight rate
 //!   eta_0 D L M / alpha^2"); W_E, W_U frozen.
 //! - `lazy`: `chizat-python` with alpha = 10 (override it): the 1/alpha^2 learning rate
 //!   keeps the function-space speed fixed while the features move O(1/alpha)
@@ -33,7 +33,7 @@
 //!
 //! In normalised weights u = U/sqrt(D), v = V/sqrt(D) the two Chizat presets give the
 //! block h + (sqrt(D)/(LM)) v sigma(u^T h / sqrt(D)): the maximal-local-update residual
-//! scale sqrt(D)/(LM) of the companion paper (PAPERS.md 2.2, "Normalised form").
+//! scale sqrt(D)/(LM) of the companion paper (docs/papers.md 2.2, "Normalised form").
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

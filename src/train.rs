@@ -16,7 +16,7 @@
 //! ```
 //!
 //! With the `chizat-julia` table this is exactly the notebook's `B = (D/2) g`,
-//! `gU = (DLM/2) dloss/dU` recursion (PAPERS.md 2.2), and with `chizat-python` the
+//! `gU = (DLM/2) dloss/dU` recursion (docs/papers.md 2.2), and with `chizat-python` the
 //! linear code's `B_L = W_u (f - y)/D` recursion with `eta_u = eta_v = D`.
 //!
 //! Every update uses the gradient at the weights before the step: V_l's rows are updated
@@ -142,7 +142,7 @@ pub struct TrainOptions {
     /// Record per-layer coordinate statistics.
     pub layer_stats: bool,
     /// Steps at which h_l of every layer l = 0..=L is recorded into `History::layers`
-    /// (the finite-vs-limit errors of PAPERS.md 2.4 need every depth); empty: none.
+    /// (the finite-vs-limit errors of docs/papers.md 2.4 need every depth); empty: none.
     pub layer_steps: Vec<usize>,
     /// How the step lays out U_l and V_l in memory (results agree to rounding).
     pub layout: Layout,

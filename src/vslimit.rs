@@ -1,13 +1,13 @@
-//! Finite networks against the linear large-D limit (PAPERS.md §2.3–2.5).
+//! Finite networks against the linear large-D limit (docs/papers.md §2.3–2.5).
 //!
 //! - [`limit_params`]: which finite networks the limit of [`crate::limit`] describes (the
-//!   `chizat-python` family with linear blocks, PAPERS.md §2.2 "Python" column) and the
+//!   `chizat-python` family with linear blocks, docs/papers.md §2.2 "Python" column) and the
 //!   [`LinearLimitParams`] of one of them. The effective rates are `c = η/α` (module
 //!   documentation of [`crate::limit`]).
 //! - [`LimitReference`]: the solved limit of one data set (`N = 1`: [`solve_linear_limit`];
 //!   `N > 1`: [`solve_linear_limit_multi`]) with its per-coordinate basis
 //!   ([`CoordinateBasis`]).
-//! - [`LimitReference::step_errors`]: the Python errors of PAPERS.md §2.4, from a training
+//! - [`LimitReference::step_errors`]: the Python errors of docs/papers.md §2.4, from a training
 //!   [`History`] that recorded every layer at the read steps (`TrainOptions::layer_steps`):
 //!   - embedding space: `max_l mean_{d,n} |h_{d,n}(l) − H_{d,(k,n)}(l/L)|`, where `H_d` is the
 //!     limit trajectory of coordinate `d` driven by that coordinate's own rows of `W_E`,
@@ -90,7 +90,7 @@ fn family_const(
 /// parametrization `param` trained with global rate `eta` for `k_steps` forward passes on
 /// data of dimensions `(d_in, d_out, N)`.
 ///
-/// The finite networks must be in the `chizat-python` family (PAPERS.md §2.2, Python
+/// The finite networks must be in the `chizat-python` family (docs/papers.md §2.2, Python
 /// column; `lazy` is in it, and so is `chizat-julia` with linear blocks: its table has the
 /// same `L, M, D` scalings and other constants): linear activation; `W_E`, `W_U` frozen with `L, M, D`-free init
 /// stds (`σ_we`, `σ_wu`); `U`, `V` with init `σ D^{1/2}`; multipliers exactly `1` (`W_E`),
@@ -392,7 +392,7 @@ impl LimitReference {
         lo + t * (at(i + 1) - lo)
     }
 
-    /// The errors of PAPERS.md §2.4 ("Python errors") of a finite network of shape `dims`
+    /// The errors of docs/papers.md §2.4 ("Python errors") of a finite network of shape `dims`
     /// with embedding rows `we`, `wu`, at each of `steps`; `hist` must hold every layer at
     /// those steps (`TrainOptions::layer_steps`).
     pub fn step_errors(
@@ -504,7 +504,7 @@ impl LimitReference {
     ///
     /// The run goes in segments that end at the read steps (GD has no state besides the
     /// weights, so this is the same run), so a run that diverges later keeps its errors at
-    /// the earlier read steps, as in the paper (PAPERS.md 2.5, E2: `k = 5` is read from runs
+    /// the earlier read steps, as in the paper (docs/papers.md 2.5, E2: `k = 5` is read from runs
     /// whose later steps blow up). Divergence is data: the read steps at or after it get
     /// NaN errors and `diverged_at` says where it happened.
     pub fn train_against<T: crate::model::Real>(
@@ -609,7 +609,7 @@ pub struct AgainstLimit {
     pub diverged_at: Option<usize>,
 }
 
-/// The distance of one finite network to the limit at one step (PAPERS.md §2.4, Python).
+/// The distance of one finite network to the limit at one step (docs/papers.md §2.4, Python).
 /// NaN (written `null` in JSON) where the run diverged before the step.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct StepErrors {

@@ -1,9 +1,9 @@
 //! Finite networks approach the linear large-D limit as D, M, L grow together
-//! (PAPERS.md 2.3-2.4): for N = 1 (the authors' input, PAPERS.md 2.5 E2) and for N = 4
+//! (docs/papers.md 2.3-2.4): for N = 1 (the authors' input, docs/papers.md 2.5 E2) and for N = 4
 //! (the multi-input extension of `reslim::limit::multi`, which the papers do not cover).
 //!
 //! Ladder L = M = D = s in {12, 48, 192}, K = 6 GD steps at eta = 0.1, errors at record
-//! k = 5 (PAPERS.md 2.4, "Python errors"), averaged over independent draws (more draws at
+//! k = 5 (docs/papers.md 2.4, "Python errors"), averaged over independent draws (more draws at
 //! the cheap rungs). The fitted laws predict err_h ~ sqrt(0.67/s + 0.44/s) and
 //! err_y ~ 0.5/sqrt(s): a factor about 0.5 per rung. The test asks for a factor below
 //! 0.8 per rung and below 0.5 over the ladder: far from what the noise of the averages

@@ -1,4 +1,4 @@
-//! Per-coordinate limit trajectories of the linear large-D limit (PAPERS.md §2.3,
+//! Per-coordinate limit trajectories of the linear large-D limit (docs/papers.md §2.3,
 //! "Per-coordinate limit trajectories").
 //!
 //! In the large-D limit, coordinate `d` of the hidden state and of the (D-scaled) backward

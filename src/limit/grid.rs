@@ -2,7 +2,7 @@
 //!
 //! Every depth-dependent quantity of the limit is stored at the points
 //! `s_i = i/(num_s − 1)`, `i = 0..num_s`, and is read back between grid points by
-//! piecewise-linear interpolation, as in the authors' solver (PAPERS.md §2.3: `num_s`
+//! piecewise-linear interpolation, as in the authors' solver (docs/papers.md §2.3: `num_s`
 //! grid points, `interp1d(kind='linear')`). The grid is part of the definition of the
 //! computed object: refining it changes the results by `O(1/num_s²)`.
 

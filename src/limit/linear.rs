@@ -1,5 +1,5 @@
 //! The large-D limit of a ResNet with linear two-layer-perceptron blocks trained on one
-//! input (PAPERS.md §2.3, "Large-D (DMFT) limit, linear case"). See the module
+//! input (docs/papers.md §2.3, "Large-D (DMFT) limit, linear case"). See the module
 //! documentation of [`crate::limit`] for the equations and their derivation.
 //!
 //! The solver is the `N`-input one ([`crate::limit::multi`]) with `N = 1`, which reduces to

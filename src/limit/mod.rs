@@ -1,4 +1,4 @@
-//! Large-D limits of scaled ResNets (`../shared/spec/PAPERS.md` §2.2–2.3).
+//! Large-D limits of scaled ResNets (`docs/papers.md` §2.2–2.3).
 //!
 //! Contents:
 //! - [`ode`]: an adaptive Dormand–Prince 5(4) integrator ([`Dopri5`]) with error control,
@@ -10,12 +10,12 @@
 //!   batched over many coordinates ([`CoordinateBasis`]).
 //! - [`multi`]: the extension to `N ≥ 1` training inputs ([`solve_linear_limit_multi`]),
 //!   derived in that module's documentation.
-//! - [`nonlinear`]: the limit for any activation (`../shared/spec/NONLINEAR_LIMIT.md`):
+//! - [`nonlinear`]: the limit for any activation (`docs/nonlinear-limit.md`):
 //!   the frame form, solved by Monte Carlo over single units with Heun in depth, with
 //!   standard errors from independent replicas ([`solve_nonlinear_limit`]).
 //!
 //! Finite networks are compared with these limits in [`crate::vslimit`] (errors of
-//! PAPERS.md §2.4, limit sweeps, coordinate plots); `tests/limit_convergence.rs` checks that
+//! docs/papers.md §2.4, limit sweeps, coordinate plots); `tests/limit_convergence.rs` checks that
 //! they approach them as `D`, `M`, `L` grow, for `N = 1` and `N = 4`.
 //!
 //! # The finite network
@@ -26,7 +26,7 @@
 //! `f = W_uᵀ h_L / D` (`W_u ∈ ℝ^{D×d_out}`, entries `N(0, σ_wu²)`), loss `½|f − y|²`.
 //! `U_l, V_l ∈ ℝ^{D×M}` have `N(0, Dσ_u²)`, `N(0, Dσ_v²)` entries; `W_e`, `W_u` are frozen;
 //! `U`, `V` follow full-batch GD with raw learning rates `η_u LMD/α²`, `η_v LMD/α²`
-//! (PAPERS.md §2.2, Python convention). Pass `k` is the forward pass after `k` updates.
+//! (docs/papers.md §2.2, Python convention). Pass `k` is the forward pass after `k` updates.
 //!
 //! Normalised form: with `ũ = u/√D`, `ṽ = v/√D` for the columns `u`, `v` of `U_l`, `V_l`
 //! (`N(0, σ_u²)`, `N(0, σ_v²)` entries), the block is `h ← h + α√D/(LM) Σ_m ṽ_m (ũ_mᵀ h/√D)`,
@@ -39,7 +39,7 @@
 //! # The limit (L → ∞ at any M, then D → ∞)
 //!
 //! As `L → ∞` the depth `s = l/L ∈ [0, 1]` becomes continuous and the network follows the
-//! Neural Mean ODE (PAPERS.md §2.3): `h_k' = α Σ_k(s) h_k` with `Σ_k(s) = E[ṽ_k ũ_kᵀ]` the mean
+//! Neural Mean ODE (docs/papers.md §2.3): `h_k' = α Σ_k(s) h_k` with `Σ_k(s) = E[ṽ_k ũ_kᵀ]` the mean
 //! over the units at depth `s` after `k` steps, and the adjoint `B_k' = −α Σ_kᵀ B_k`,
 //! `h_k(0) = W_e x`, `B_k(1) = W_u g_k`, `g_k = f_k − y`. At initialisation `Σ_0 = 0`.
 //! The correlations `Γᴴ_{jk} = ⟨h_j, h_k⟩/D`, `Γᴮ_{jk} = ⟨B_j, B_k⟩/D`, `Λ_{jk} = ⟨h_j, B_k⟩/D`
@@ -70,7 +70,7 @@
 //!
 //! So **`A_{ij}` couples the forward state `h_i` (row index) to the backward state `B_j`
 //! (column index)**, and `A_{<k}` is the leading block of `A_{<k+1}`. Expanding the closed
-//! form column by column gives exactly the recursion of PAPERS.md §2.3 step 8 (column `k`
+//! form column by column gives exactly the recursion of docs/papers.md §2.3 step 8 (column `k`
 //! carries `γᴴ`, row `k` carries `γᴮ`, and `A_kk = −α(c_uσ_v² + c_vσ_u²) + c_u c_v γᴴᵀ A_{<k} γᴮ`);
 //! the test `closed_form_response_matches_recursion` checks the two agree. Hence
 //!
@@ -79,7 +79,7 @@
 //! B_k' = −α Σ_kᵀ B_k = −Σ_i h_i (A_{<k} γᴮ_k)_i = Σ_i h_i (Ãᵀ γᴮ_k)_i,    Ã = −Aᵀ.
 //! ```
 //!
-//! **Caveat (ii) of PAPERS.md §2.3, resolved.** The backward equation is the adjoint of
+//! **Caveat (ii) of docs/papers.md §2.3, resolved.** The backward equation is the adjoint of
 //! the forward one, so it must use `Ãᵀ γᴮ = −A γᴮ`. The authors' correlation equations
 //! (`ξ_B`, `C_B`, the `Γᴮ_kk` equation, `W_b = Ãᵀ γᴮ`) do: they are the inner products of
 //! this `B_k'` with `B_j`, `h_j`, `W_e`, `W_u`. Their per-coordinate simulator
@@ -90,7 +90,7 @@
 //! Gaussian moments of the coordinate trajectories reproduce `Γᴴ`, `Γᴮ`, `Λ`, `ξ` to
 //! about `1.5e-6` at tight tolerances with `Ãᵀ γᴮ`, and miss them by `1.6e-4 – 1.7e-3` with `Ã γᴮ`.
 //!
-//! ## The step-by-step system (PAPERS.md §2.3, steps 1–9)
+//! ## The step-by-step system (docs/papers.md §2.3, steps 1–9)
 //!
 //! Base case (all `s`): `Γᴴ_00 = σ_we²|x|²`, `Γᴮ_00 = σ_wu²|g_0|²` (`f_0 = 0`), `Λ_00 = 0`,
 //! `ξ^{We}_{H,0} = σ_we² x`, `ξ^{Wu}_{B,0} = σ_wu² g_0`, the other `ξ_0 = 0`,

@@ -1,4 +1,4 @@
-//! The linear large-D limit with `N ≥ 1` training inputs (an extension of PAPERS.md §2.3,
+//! The linear large-D limit with `N ≥ 1` training inputs (an extension of docs/papers.md §2.3,
 //! which covers `N = 1`; derived here, not taken from the papers).
 //!
 //! # Model

@@ -1,5 +1,5 @@
 //! The large-D limit for any activation σ, solved by Monte Carlo over single units
-//! (the frame form of `NONLINEAR_LIMIT.md` §2.1–2.4 and its algorithm, §3).
+//! (the frame form of `docs/nonlinear-limit.md` §2.1–2.4 and its algorithm, §3).
 //!
 //! # The object
 //!
@@ -44,9 +44,9 @@
 //! `Γᴴ_{ab}(s) = θᴴ_a·θᴴ_b`, `Γᴮ_{ab} = θᴮ_a·θᴮ_b`, `Λ_{ab} = θᴴ_a·θᴮ_b`, with the combined index
 //! `a = k·N + n`. For σ = identity the system is the linear limit of
 //! [`crate::limit::multi`] (its `A`-matrix form is the Gaussian closed form of these
-//! expectations; `NONLINEAR_LIMIT.md` §2.6).
+//! expectations; `docs/nonlinear-limit.md` §2.6).
 //!
-//! Relation to `NONLINEAR_LIMIT.md` §1.1 (its `a, η_u, η_v, c, σ_E, σ_U`): `a = α`,
+//! Relation to `docs/nonlinear-limit.md` §1.1 (its `a, η_u, η_v, c, σ_E, σ_U`): `a = α`,
 //! `σ_E = σ_we`, `σ_U = σ_wu`, and the per-sample `B` with the `1/N` of the loss moved into
 //! the update: its `a η_u r` is our `(c_u/N) g` (`η_u^doc c = η_u/(α² N)` with `c = 1/N`).
 //! A parametrization whose loss has another constant (the Julia convention
@@ -78,7 +78,7 @@
 //!
 //! # Cost (E1 setting: K = 15, N = 10, d_in = d_out = 5, tanh; 2 cores)
 //!
-//! | num_s × S × R | reslim | RMS standard error of f_14 | NumPy prototype (`NONLINEAR_LIMIT.md` §3.3, one replica) |
+//! | num_s × S × R | reslim | RMS standard error of f_14 | NumPy prototype (`docs/nonlinear-limit.md` §3.3, one replica) |
 //! |---|---|---|---|
 //! | 101 × 2000 × 4 | 3.3 s | 6.0e-4 | 101 × 4000 × 1: 2.1 s, 6.2e-4 |
 //! | 101 × 2000 × 8 (default) | 6.3 s | 4.0e-4 | 101 × 10⁴ × 1: 5.1 s, 3.3e-4 |
@@ -227,7 +227,7 @@ impl NonlinearLimit {
     /// The limit trajectories (F1) of the coordinates whose rows of `W_E` are `e`
     /// (`rows × d_in`, row-major) and of `W_U` are `w` (`rows × d_out`):
     /// `ε_d = (e_d/σ_we, w_d/σ_wu)`, `H = ε_d·θᴴ`, `B = ε_d·θᴮ`. For a finite network
-    /// compare its `h_l` with `H` at `s = l/L` (coupled rows, `NONLINEAR_LIMIT.md` §3.2).
+    /// compare its `h_l` with `H` at `s = l/L` (coupled rows, `docs/nonlinear-limit.md` §3.2).
     pub fn trajectories(&self, e: &[f64], w: &[f64]) -> Result<CoordinateTrajectories, LimitError> {
         let (di, dout) = (self.x[0].len(), self.y[0].len());
         let rows = e.len() / di;
@@ -350,7 +350,7 @@ pub fn check_inputs(
     Ok((di, d_o))
 }
 
-/// Solves the limit of `NONLINEAR_LIMIT.md` (module documentation) for activation `act`
+/// Solves the limit of `docs/nonlinear-limit.md` (module documentation) for activation `act`
 /// on the pairs `(x[n], y[n])`, with `params.num_s` depth points and `mc`'s clouds
 /// (`params.rtol`, `atol` are not used: the integrator is Heun on the grid).
 pub fn solve_nonlinear_limit(

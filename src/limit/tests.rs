@@ -242,7 +242,7 @@ mod linear_tests {
     }
 }
 
-/// The input of the authors' linear experiments (PAPERS.md §2.5, E2).
+/// The input of the authors' linear experiments (docs/papers.md §2.5, E2).
 const X_REF: [f64; 3] = [0.4800016366501795, -0.13361224046088563, 0.6258963157042639];
 const Y_REF: [f64; 3] = [0.627895235604804, 0.2659797617857747, -0.05539644339098687];
 

@@ -1,5 +1,5 @@
 //! Binary classification data for the mean-field model: the two-spirals generator of
-//! PAPERS.md 1.4 and CSV input, with the lifting to the unit sphere.
+//! docs/papers.md 1.4 and CSV input, with the lifting to the unit sphere.
 //!
 //! A [`Dataset`] holds inputs `x` (`d x n`, column i = sample i) and labels `y_i = ±1`.
 
@@ -60,7 +60,7 @@ impl Dataset {
         }
     }
 
-    /// Scales every input to unit norm (PAPERS.md 1.2: inputs on the unit sphere). An
+    /// Scales every input to unit norm (docs/papers.md 1.2: inputs on the unit sphere). An
     /// input of norm zero is an error naming the sample.
     pub fn normalize(&self) -> Result<Dataset, DataError> {
         let d = self.d;
@@ -101,7 +101,7 @@ pub enum DataError {
     ZeroInput { index: usize },
 }
 
-/// The two-spirals generator (PAPERS.md 1.4, the widely copied one).
+/// The two-spirals generator (docs/papers.md 1.4, the widely copied one).
 ///
 /// Pair k draws `U, U1, U2 ~ Unif(0, 1)` from row k of its stream and
 /// `t = sqrt(U) * turns * 2 pi`; sample `2k` (label +1) is

@@ -2,9 +2,9 @@
 //! and measured along training; results written one JSON file per run, atomically, so an
 //! interrupted experiment resumes where it stopped.
 //!
-//! A run (PAPERS.md 1.4, "Recommended protocol"):
+//! A run (docs/papers.md 1.4, "Recommended protocol"):
 //! 1. draws its training set (n samples) and test set, and its particles;
-//! 2. computes K0 on the training inputs and `Lambda = lambda_min(K0)` (PAPERS.md 1.3);
+//! 2. computes K0 on the training inputs and `Lambda = lambda_min(K0)` (docs/papers.md 1.3);
 //! 3. runs GD with step `eta = lr / beta^2` until the training loss is at most
 //!    `target_loss` or the step budget `max_steps` (a power law in n) is spent,
 //!    recording the loss and the KL estimates at every step; with `backoff < 1`, eta is
@@ -66,7 +66,7 @@ pub enum MeanFieldError {
     Memory(#[from] MemoryError),
 }
 
-/// The terms of the generalization bound (PAPERS.md 1.3, "Rademacher / generalization"),
+/// The terms of the generalization bound (docs/papers.md 1.3, "Rademacher / generalization"),
 /// with the unknown constants set to 1:
 /// `P[y f(x) < 0] <= surrogate + 2 beta sqrt(r/n) + 3 sqrt(log(2/delta) / (2n))`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -123,7 +123,7 @@ pub struct Checkpoint {
     pub rayleigh_rate: f64,
 }
 
-/// Linear-convergence rates of the loss, per unit time `t` (PAPERS.md 1.3:
+/// Linear-convergence rates of the loss, per unit time `t` (docs/papers.md 1.3:
 /// `L(t) <= exp(-2 lambda t / n) L(0)` when `lambda_min(G) >= lambda`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Rates {

@@ -1,7 +1,7 @@
-//! The Gram matrices G1 (stack) and G2 (head) of PAPERS.md 1.3, and their extreme
+//! The Gram matrices G1 (stack) and G2 (head) of docs/papers.md 1.3, and their extreme
 //! eigenvalues.
 //!
-//! As particle averages (the integrals of PAPERS.md 1.3 with tau, nu replaced by the
+//! As particle averages (the integrals of docs/papers.md 1.3 with tau, nu replaced by the
 //! particle clouds):
 //!
 //! ```text

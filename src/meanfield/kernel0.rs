@@ -1,5 +1,5 @@
 //! The initial kernel K0 and the eigenvalue bound Lambda = lambda_min(K0)
-//! (PAPERS.md 1.3, "Eigenvalue at initialization").
+//! (docs/papers.md 1.3, "Eigenvalue at initialization").
 //!
 //! At initialization the stack is the identity (`Z = x`) and `G2 = beta^2 K0` with
 //!

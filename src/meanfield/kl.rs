@@ -1,5 +1,5 @@
 //! KL divergence of the trained particle distributions from their initialization
-//! (PAPERS.md 1.3, "KL divergence").
+//! (docs/papers.md 1.3, "KL divergence").
 //!
 //! The KL divergence between two empirical clouds is infinite, so reslim uses the exact
 //! change-of-variables formula for a deterministic flow. A particle starting at
@@ -51,7 +51,7 @@ pub struct KlEstimate {
 }
 
 impl KlEstimate {
-    /// The radius `r = KL(tau) + KL(nu)` of PAPERS.md 1.3 ("Rademacher").
+    /// The radius `r = KL(tau) + KL(nu)` of docs/papers.md 1.3 ("Rademacher").
     pub fn total(&self) -> f64 {
         self.stack + self.head
     }

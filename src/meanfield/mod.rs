@@ -1,7 +1,7 @@
 //! Scaled deep ResNets in the mean-field regime and their generalization
-//! (PAPERS.md, PAPER 1: Chen, Liu, Lu, Chrysos, Cevher, ICLR 2024).
+//! (docs/papers.md, PAPER 1: Chen, Liu, Lu, Chrysos, Cevher, ICLR 2024).
 //!
-//! # The model (PAPERS.md 1.2)
+//! # The model (docs/papers.md 1.2)
 //!
 //! Inputs `x` on the unit sphere of R^d, a residual stack in R^d and a two-layer head:
 //!
@@ -20,7 +20,7 @@
 //! The engine's streaming kernels are tuned for large D and N <= 12; this problem is the
 //! opposite (d = 3, n up to thousands), so [`net`] runs batch-major faer GEMMs instead.
 //!
-//! # What is measured (PAPERS.md 1.3)
+//! # What is measured (docs/papers.md 1.3)
 //!
 //! - [`gram`]: the Gram matrices G1 (stack) and G2 (head) without Jacobians, with
 //!   `dL/dt = -(1/n^2) r^T (G1 + G2) r` for the particle flow, and their extreme
@@ -29,10 +29,10 @@
 //!   `Lambda = lambda_min(K0)`;
 //! - [`kl`]: `KL(tau_t || tau_0)` and `KL(nu_t || nu_0)` by the change-of-variables
 //!   estimator along the flow, and a nearest-neighbour cross-check;
-//! - [`experiment`]: the Two Spirals experiment of PAPERS.md 1.4 (spec, runs, resumption)
+//! - [`experiment`]: the Two Spirals experiment of docs/papers.md 1.4 (spec, runs, resumption)
 //!   and [`report`]: its Markdown report and figures.
 //!
-//! Where PAPERS.md marks a choice as unverified or a recommendation (the initialization,
+//! Where docs/papers.md marks a choice as unverified or a recommendation (the initialization,
 //! beta's dependence on n, the data generator and its lifting, the widths, the stopping
 //! rule, the surrogate loss of the bound), it is a spec field, and its default is
 //! documented as reslim's choice.

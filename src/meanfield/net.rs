@@ -1,4 +1,4 @@
-//! The finite mean-field ResNet of PAPERS.md 1.2: its particles, the fused
+//! The finite mean-field ResNet of docs/papers.md 1.2: its particles, the fused
 //! forward/backward pass that yields every particle's gradient and potential Hessian, and
 //! the GD step.
 //!
@@ -31,21 +31,21 @@ pub const STACK_STREAM: u32 = 0x4d46_0001;
 pub const HEAD_STREAM: u32 = 0x4d46_0002;
 
 /// How the particles are drawn. Both give every particle the law `N(0, I)`
-/// (PAPERS.md 1.2, "Initialization").
+/// (docs/papers.md 1.2, "Initialization").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Init {
     /// Antithetic pairs: particle `2k+1` is particle `2k` with `u` (stack) or `a` (head)
     /// negated. The branch and the output are then exactly zero at initialization, as in
     /// the limit (`Z(x, s) = x`, `f = 0`; the "zero initialization of the network's
-    /// prediction" of PAPERS.md 1.1). Needs even M and M0. reslim's default.
+    /// prediction" of docs/papers.md 1.1). Needs even M and M0. reslim's default.
     #[default]
     Symmetric,
     /// Independent particles.
     Iid,
 }
 
-/// The architecture and scales of a network (PAPERS.md 1.2).
+/// The architecture and scales of a network (docs/papers.md 1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Arch {
     /// Input (and hidden) dimension d.
@@ -126,7 +126,7 @@ pub trait StepDeterminants {
 
 impl Net {
     /// Draws the particles from the RNG streams [`STACK_STREAM`] and [`HEAD_STREAM`] of
-    /// `seed`, each coordinate standard normal (PAPERS.md 1.2: tau_0 = N(0, I_2d),
+    /// `seed`, each coordinate standard normal (docs/papers.md 1.2: tau_0 = N(0, I_2d),
     /// nu_0 = N(0, I_{1+d})).
     pub fn init(arch: Arch, init: Init, seed: u64) -> Net {
         let (d, m, m0) = (arch.d, arch.m, arch.m0);
@@ -204,7 +204,7 @@ impl Net {
     /// and `ws.f`.
     ///
     /// `z_{l+1} = z_l + (alpha/(LM)) sum_m u_m sigma(w_m^T z_l)` and
-    /// `f = (beta/M0) sum_j a_j sigma(b_j^T z_L)` (PAPERS.md 1.2). In the engine's
+    /// `f = (beta/M0) sum_j a_j sigma(b_j^T z_L)` (docs/papers.md 1.2). In the engine's
     /// notation (`crate::train`) this is `h_{l+1} = h_l + m_V V sigma(m_U U^T h_l)` with
     /// `U = W_l^T`, `V = U_l^T`, `m_U = 1`, `m_V = alpha/(LM)`.
     fn forward_tile(&self, x: &[f64], i0: usize, t: usize, ws: &mut Workspace) {
@@ -263,11 +263,11 @@ impl Net {
         );
     }
 
-    /// The loss `(1/2n) sum_i (f(x_i) - y_i)^2` (PAPERS.md 1.2), every particle's gradient
+    /// The loss `(1/2n) sum_i (f(x_i) - y_i)^2` (docs/papers.md 1.2), every particle's gradient
     /// of its potential and the potential's Hessian, into `der`.
     ///
     /// With `r_i = f(x_i) - y_i`, `z_{l,i}` the hidden states and `p_{l+1,i} = df_i/dz_{l+1}`
-    /// the adjoint after block l (PAPERS.md 1.2, "Training"):
+    /// the adjoint after block l (docs/papers.md 1.2, "Training"):
     ///
     /// ```text
     /// Psi_l(u, w) = (alpha/n) sum_i r_i p_{l+1,i}^T u sigma(w^T z_{l,i})   (= L M dL/dtheta)
@@ -281,7 +281,7 @@ impl Net {
     /// `d_a = (beta/n) sum r_i sigma_i`, `d_b = a d_ab`, `d_aa = 0`,
     /// `d_ab = (beta/n) sum r_i sigma'_i z_i`, `d_bb = (beta/n) a sum r_i sigma''_i z_i z_i^T`.
     /// The Hessians are those of the potential with the distribution held fixed (the
-    /// Jacobian of the mean-field velocity field, PAPERS.md 1.3 "KL divergence").
+    /// Jacobian of the mean-field velocity field, docs/papers.md 1.3 "KL divergence").
     pub fn derivatives(&self, x: &[f64], y: &[f64], ws: &mut Workspace, der: &mut Derivatives) {
         let Arch {
             d,
@@ -399,9 +399,9 @@ impl Net {
     }
 
     /// One GD step `theta <- theta - eta grad Psi` for every particle (the particle
-    /// rates L M and M0 of PAPERS.md 1.2 are inside Psi), from `der` computed at the
+    /// rates L M and M0 of docs/papers.md 1.2 are inside Psi), from `der` computed at the
     /// current particles. With `kl`, each particle first adds `-log|det(I - eta H)|` of
-    /// its potential Hessian H to its log-determinant (PAPERS.md 1.3, discrete steps).
+    /// its potential Hessian H to its log-determinant (docs/papers.md 1.3, discrete steps).
     pub fn apply(&mut self, der: &Derivatives, eta: f64, kl: Option<&mut dyn StepDeterminants>) {
         let Arch {
             d, l: depth, m, m0, ..

@@ -2,7 +2,7 @@
 //! `runs.csv`, regenerated from the stored runs.
 //!
 //! The headline is the OLS fit of `log(test 0-1 error)` on `log(n_train)` over all runs
-//! (PAPERS.md 1.4: "Fit log err = a + b log n by OLS and report b, its standard error and
+//! (docs/papers.md 1.4: "Fit log err = a + b log n by OLS and report b, its standard error and
 //! the p-value"), with [`crate::fit::loglog_fit`]. A run whose test error is exactly 0
 //! enters the fit at half a test point, `1 / (2 n_test)` (said in the report when it
 //! happens).
@@ -496,7 +496,7 @@ fn markdown(
     let mut m = String::new();
     let _ = writeln!(
         m,
-        "# {}: generalization of a mean-field ResNet (PAPERS.md, paper 1)\n",
+        "# {}: generalization of a mean-field ResNet (docs/papers.md, paper 1)\n",
         cfg.name
     );
     let _ = writeln!(
@@ -535,7 +535,7 @@ fn markdown(
     }
     let _ = writeln!(
         m,
-        "\nThe paper reports a slope close to −1 (O(1/n)) with p-value 1e-5 (PAPERS.md 1.1, 1.4).\n"
+        "\nThe paper reports a slope close to −1 (O(1/n)) with p-value 1e-5 (docs/papers.md 1.1, 1.4).\n"
     );
     let _ = writeln!(m, "![test error](test_error.png)\n");
     let _ = writeln!(
@@ -616,7 +616,7 @@ fn markdown(
     );
     let _ = writeln!(
         m,
-        "- model (PAPERS.md 1.2): d = {}, L = {}, M = {}, M0 = {}, α = {}, β = {} (a power law in n), σ = {}, {} initialization;",
+        "- model (docs/papers.md 1.2): d = {}, L = {}, M = {}, M0 = {}, α = {}, β = {} (a power law in n), σ = {}, {} initialization;",
         cfg.d,
         cfg.l,
         cfg.m,
@@ -667,7 +667,7 @@ fn markdown(
     let _ = writeln!(m, "![loss](loss.png)\n");
     let _ = writeln!(
         m,
-        "Rates per unit time t = Σ η over the steps (PAPERS.md 1.3: L(t) ≤ exp(−2λt/n) L(0) when λ_min(G) ≥ λ). \
+        "Rates per unit time t = Σ η over the steps (docs/papers.md 1.3: L(t) ≤ exp(−2λt/n) L(0) when λ_min(G) ≥ λ). \
          *fitted*: −slope of log L against t (whole run / second half); *Gram*: 2 min_t λ_min(G(t))/n; \
          *paper*: β²Λ/n (λ = β²Λ/2).\n"
     );
@@ -688,7 +688,7 @@ fn markdown(
     let _ = writeln!(m, "![lambda_min](lambda_min.png)\n");
     let _ = writeln!(
         m,
-        "Λ = λ_min(K0) on the training inputs (closed form by quadrature, PAPERS.md 1.3). An eigenvalue is *resolved* when it \
+        "Λ = λ_min(K0) on the training inputs (closed form by quadrature, docs/papers.md 1.3). An eigenvalue is *resolved* when it \
          exceeds n·ε·λ_max (the accuracy of any backward-stable computation); below that only an upper bound is known, and \
          the ratio λ_min(G)/(β²Λ) is reported over runs where all its eigenvalues are resolved.\n"
     );
@@ -714,7 +714,7 @@ fn markdown(
     let _ = writeln!(m, "![kl](kl.png)\n");
     let _ = writeln!(
         m,
-        "Change-of-variables estimator along the GD flow (PAPERS.md 1.3), stack averaged over depth. \
+        "Change-of-variables estimator along the GD flow (docs/papers.md 1.3), stack averaged over depth. \
          The bound needs r = KL(τ) + KL(ν) = O(1/n): the last column should stay roughly constant.\n"
     );
     let _ = writeln!(m, "| n | KL(τ‖τ0) | KL(ν‖ν0) | r·n |");
@@ -740,7 +740,7 @@ fn markdown(
     let _ = writeln!(m, "![bound](bound.png)\n");
     let _ = writeln!(
         m,
-        "P[y f(x) < 0] ≤ surrogate + 2β√(r/n) + 3√(log(2/δ)/(2n)) (PAPERS.md 1.3; the constants are unknown and set to 1; \
+        "P[y f(x) < 0] ≤ surrogate + 2β√(r/n) + 3√(log(2/δ)/(2n)) (docs/papers.md 1.3; the constants are unknown and set to 1; \
          the surrogate is reslim's choice, the clipped squared loss min(1, (f − y)²)).\n"
     );
     let _ = writeln!(
@@ -763,7 +763,7 @@ fn markdown(
     let _ = writeln!(m, "\n## Choices that move the slope\n");
     let _ = writeln!(
         m,
-        "None of these is fixed by the paper (PAPERS.md 1.4 lists them as unknown); each is a spec field:\n\n\
+        "None of these is fixed by the paper (docs/papers.md 1.4 lists them as unknown); each is a spec field:\n\n\
          - `model.beta`: β's dependence on n (reslim's default √n/4; the reviewers' scaling is √n). Larger β makes \
            training lazier (smaller KL): the loss stays longer on the plateau of the initial kernel, so more steps are \
            needed, and a fixed step budget leaves the larger n less well fitted;\n\

@@ -113,7 +113,7 @@ fn gradients_match_central_finite_differences() {
     }
 }
 
-/// The potentials of PAPERS.md 1.2 evaluated directly from the frozen states and adjoints.
+/// The potentials of docs/papers.md 1.2 evaluated directly from the frozen states and adjoints.
 fn psi_stack(net: &Net, tr: &net::Trace, r: &[f64], l: usize, th: &[f64]) -> f64 {
     let Arch {
         d,

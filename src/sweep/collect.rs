@@ -129,11 +129,11 @@ pub fn collect(sw: &Sweep, dir: &SweepDir) -> Result<Vec<ErrorRow>, SweepError> 
 }
 
 /// Against the limit, a run whose error exceeds this counts as diverged, as in the authors'
-/// analysis (PAPERS.md 2.5, E2: "runs with error > 1e3 are set to 0 (diverged)"); here its
+/// analysis (docs/papers.md 2.5, E2: "runs with error > 1e3 are set to 0 (diverged)"); here its
 /// row gets NaN, so it leaves the fits and plots (`errors_limit.csv` keeps the value).
 pub const DIVERGED_ERROR: f64 = 1e3;
 
-/// With a limit reference (PAPERS.md 2.4, "Python errors"): per finished model, repetition,
+/// With a limit reference (docs/papers.md 2.4, "Python errors"): per finished model, repetition,
 /// coupling and read step, the row (`msq_h` the square of the embedding error
 /// `max_l mean_d |h - H|`, `msq_y` the mean squared output deviation, so that `err_h`,
 /// `err_y` are RMS over repetitions; NaN beyond [`DIVERGED_ERROR`]) and every limit error.

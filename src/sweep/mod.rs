@@ -6,7 +6,7 @@
 //! that id ([`crate::rng::derive_seed`]), never from the order of execution. A task trains
 //! every coupling variant of its shape from the same block weights U, V:
 //! - `coupled`: W_E, W_U are the first D rows of the repetition's embedding draw (the
-//!   reference's rows), PAPERS.md 2.4 "coupled randomness";
+//!   reference's rows), docs/papers.md 2.4 "coupled randomness";
 //! - `uncoupled`: W_E, W_U drawn afresh for this shape (the paper's `errs_y2`).
 //!
 //! The reference of repetition r is the reference shape trained with the coupled
@@ -19,7 +19,7 @@
 //! a task is either absent or complete: re-running a sweep skips finished tasks, and a
 //! killed sweep resumes where it stopped without losing anything.
 //!
-//! **Collect.** Errors at every read step (PAPERS.md 2.4):
+//! **Collect.** Errors at every read step (docs/papers.md 2.4):
 //! - embedding space (coupled only): `msq_h = sum_{n, d<D} (h_L[d,n] - h_L^ref[d,n])^2 / (D N)`
 //!   per repetition, `err_h = sqrt(mean_reps msq_h)` (the Julia `errs_h`);
 //! - output space: `msq_y = mean_{o,n} (f[o,n] - f^ref[o,n])^2`, `err_y = sqrt(mean_reps msq_y)`.

@@ -5,11 +5,11 @@
 //! - **slices**: log-log OLS of the RMS error against D at fixed (L, M), against M at
 //!   fixed (L, D), against L at fixed (M, D) (when L varies), with the slope's standard
 //!   error, 95% interval (Student t) and p-value ([`crate::fit::loglog_fit`]);
-//! - **joint fit** of the paper's rate model (PAPERS.md 2.4, "Fitted laws"):
+//! - **joint fit** of the paper's rate model (docs/papers.md 2.4, "Fitted laws"):
 //!   err^2 = a D/(LM) + b/D + c/L^2 (embedding) or a (D/(LM))^2 + b/D (output), with
 //!   non-negative coefficients fitted in log space, and percentile intervals from a
 //!   bootstrap over repetitions ([`crate::fit::bootstrap_rate_fit`]); beside it the
-//!   authors' hand-drawn constants (`fit_h`, `fit_y`, PAPERS.md 2.5; against a linear limit
+//!   authors' hand-drawn constants (`fit_h`, `fit_y`, docs/papers.md 2.5; against a linear limit
 //!   reference, their fitted E2 constants a = 0.673, b = 0.437 and a = 0.0265, b = 0.250)
 //!   and their log-space residual on the same data;
 //! - **P scaling**: the fitted error along the shapes that minimise it at each P
@@ -189,7 +189,7 @@ pub fn write_report(
     };
     let mut spaces = Vec::new();
     let has = |c: Coupling| sw.spec.couplings.contains(&c);
-    // Against the linear limit, the authors' constants are their fits of E2 (PAPERS.md
+    // Against the linear limit, the authors' constants are their fits of E2 (docs/papers.md
     // 2.5); otherwise (the largest network, or the nonlinear limit of the E1 setting)
     // their hand-set E1 curves.
     let (authors_h, authors_y) = match &lim {
@@ -820,7 +820,7 @@ fn markdown(
                  (`reslim::limit::nonlinear`; Heun on num_s = {} depth points, {} units per point, \
                  {} replicas, seed {}; Monte-Carlo standard error of the limit outputs: max {:.1e}, RMS at the last pass {:.1e}); \
                  embedding error max_l mean_d |h_d(l) - H_d(l/L)| with each network's own embedding rows \
-                 (PAPERS.md 2.4, Python), more limit errors in `errors_limit.csv`",
+                 (docs/papers.md 2.4, Python), more limit errors in `errors_limit.csv`",
                 l.activation.name(),
                 mc.num_s,
                 mc.samples,
@@ -830,8 +830,8 @@ fn markdown(
                 mc.f_last_se_rms
             ),
             (Some(l), None) => format!(
-                "the linear large-D limit (PAPERS.md 2.3; rtol = {:e}, atol = {:e}, num_s = {}); \
-                 embedding error max_l mean_d |h_d(l) - H_d(l/L)| (PAPERS.md 2.4, Python), \
+                "the linear large-D limit (docs/papers.md 2.3; rtol = {:e}, atol = {:e}, num_s = {}); \
+                 embedding error max_l mean_d |h_d(l) - H_d(l/L)| (docs/papers.md 2.4, Python), \
                  more limit errors in `errors_limit.csv`",
                 l.params.rtol, l.params.atol, l.params.num_s
             ),

@@ -114,7 +114,7 @@ pub fn logspace(lo: f64, hi: f64, n: usize) -> Vec<usize> {
 }
 
 /// The data of a sweep: seeded synthetic regression (X, Y standard Gaussian), or the
-/// explicit samples `x`, `y` when given (both; e.g. the input of PAPERS.md 2.5, E2).
+/// explicit samples `x`, `y` when given (both; e.g. the input of docs/papers.md 2.5, E2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
@@ -259,8 +259,8 @@ pub enum ReferenceSpec {
         #[serde(rename = "D")]
         d: usize,
     },
-    /// The large-D limit (PAPERS.md 2.3; [`crate::vslimit`]) of a table of the
-    /// chizat-python family (chizat-julia included); errors of PAPERS.md 2.4 "Python
+    /// The large-D limit (docs/papers.md 2.3; [`crate::vslimit`]) of a table of the
+    /// chizat-python family (chizat-julia included); errors of docs/papers.md 2.4 "Python
     /// errors". Linear blocks: the exact ODE limit, optional settings `rtol`, `atol`,
     /// `num_s` (defaults: the authors' 1e-5, 1e-7, 100). Any other activation: the
     /// Monte-Carlo limit of [`crate::limit::nonlinear`], optional settings `num_s`

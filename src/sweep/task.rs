@@ -33,7 +33,7 @@ pub struct TaskRecord {
     pub hidden: Vec<f64>,
     pub seconds: f64,
     /// With a limit reference: the errors at each read step (NaN at and after a
-    /// divergence, which is recorded rather than fatal, as in PAPERS.md 2.5 E2).
+    /// divergence, which is recorded rather than fatal, as in docs/papers.md 2.5 E2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<Vec<StepErrors>>,
 }
