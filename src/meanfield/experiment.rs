@@ -754,9 +754,3 @@ pub fn run_bytes(cfg: &ExperimentConfig, n: usize) -> Result<usize, MemoryError>
     ])?;
     p(&[("values", values), ("8", 8)])
 }
-
-/// Reads a stored run; `None` if absent or unreadable (it is then recomputed).
-pub fn load_run(path: &Path) -> Option<RunResult> {
-    let text = std::fs::read_to_string(path).ok()?;
-    serde_json::from_str(&text).ok()
-}
