@@ -4,6 +4,7 @@
 //! `../shared/spec/PAPERS.md` for the mathematics they implement.
 
 pub mod bench;
+pub mod cpu;
 pub mod error;
 pub mod factored;
 pub mod fit;
