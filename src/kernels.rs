@@ -29,15 +29,15 @@
 //!
 //! # Instruction sets
 //!
-//! One generic body per kernel over a lane trait ([`Vector`]), compiled three times and
-//! picked at run time by [`isa`]:
+//! One generic body per kernel over the lane trait [`crate::cpu::Simd`], compiled three
+//! times and picked at run time by [`crate::cpu::dispatch`] (on [`isa`]):
 //!
-//! - [`Avx512`] (AVX-512F + VL): one zmm register per 64-byte vector, 32 registers;
-//! - [`Avx2`] (AVX2 + FMA, e.g. AMD Zen 2/3, Intel before Ice Lake): each 64-byte vector
+//! - AVX-512F + VL: one zmm register per 64-byte vector, 32 registers;
+//! - AVX2 + FMA (e.g. AMD Zen 2/3, Intel before Ice Lake): each 64-byte vector
 //!   is two ymm halves, so the lane order, and with it every bit, is the same as on
-//!   AVX-512; only 16 registers, so smaller register tiles ([`Vector::DOT_ROWS`] and
+//!   AVX-512; only 16 registers, so smaller register tiles ([`Tiles::DOT_GROUP`] and
 //!   the other tile constants), and coefficients broadcast at each use (see `opaque`);
-//! - [`Portable`] (arrays of 64 bytes, any CPU), whose `mul_add` is a libm call per
+//! - portable (arrays of 64 bytes, any CPU), whose `mul_add` is a libm call per
 //!   element on x86-64 without FMA: about 20x slower than the AVX2 build (M = D = 500:
 //!   1.8 s per step against 0.056-0.086 s, on the 2-core Zen 3 machine).
 //!
@@ -157,6 +157,7 @@ unsafe fn dot_row_n<T: Float, S: Tiles<T>, const N: usize>(
 /// Runtime-N fallback of [`dot_row_n`] for N > 12: vectors in groups of 8, the update in a
 /// second sweep over the (cached) row, after all dot products have used the old row.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn dot_row_any<T: Float, S: Tiles<T>>(
     s: S,
     row: *mut T,
@@ -488,7 +489,7 @@ unsafe fn dot_ro_tile<T: Float, S: Tiles<T>, const R: usize, const G: usize>(
 }
 
 /// Read-only dot products of R (1 or 2) rows from `m` against all `a.n` vectors, in
-/// balanced groups of at most [`Vector::DOT_GROUP`] (20 vectors as 10 + 10, not 12 + 8; the
+/// balanced groups of at most [`Tiles::DOT_GROUP`] (20 vectors as 10 + 10, not 12 + 8; the
 /// rows are re-read from cache for each further group).
 #[inline(always)]
 unsafe fn dot_ro_groups<T: Float, S: Tiles<T>, const R: usize>(s: S, a: &DotArgs<T>, m: usize) {
@@ -853,7 +854,7 @@ unsafe fn axpy_ro_tile<T: Float, S: Tiles<T>, const C: usize, const G: usize>(
 
 /// Read-only [`axpy_rows`] on the column segments [k0, k1) (segments of
 /// [`AXPY_SEG_BYTES`]): per segment, row blocks of [`AXPY_RO_ROWS`], column tiles of two
-/// chunks (one for the last odd chunk), targets in groups of at most [`Vector::AXPY_GROUP`].
+/// chunks (one for the last odd chunk), targets in groups of at most [`Tiles::AXPY_GROUP`].
 #[inline(always)]
 unsafe fn axpy_ro_impl<T: Float, S: Tiles<T>>(s: S, x: &AxpyArgs<T>, k0: usize, k1: usize) {
     unsafe {

@@ -42,13 +42,14 @@
 //!
 //! # Implementations
 //!
-//! One generic body (`tanh_lanes`) over a lane trait ([`Lanes`]), instantiated for
-//! AVX-512F (+VL; 8 f64 or 16 f32 lanes, masked loads and stores for the tail), picked
-//! at run time when [`crate::kernels::isa`] says so, and for single lanes (portable, any
-//! CPU; compiled a second time with AVX2 + FMA enabled and picked at run time on such
-//! x86-64 CPUs, where LLVM vectorizes the loop). All operations are correctly rounded
-//! IEEE operations (fused multiply-adds through `mul_add` in the portable code), so every
-//! path gives the same bits: results do not depend on the CPU. The price: the baseline
+//! One generic body (`tanh_lanes`) over the lane trait [`crate::cpu::Simd`], run on the
+//! token of each [`Path`]: AVX-512F (+VL; 8 f64 or 16 f32 lanes, masked loads and stores
+//! for the tail), AVX2 + FMA (two ymm halves per 64-byte vector; the tail through a
+//! zero-padded copy) and portable arrays (any CPU); [`Path::best`] is the instruction set
+//! of [`crate::cpu::isa`]. (Before the `cpu` layer, the AVX2 path was the single-lane
+//! portable loop compiled with AVX2 + FMA and vectorized by LLVM.) All operations are
+//! correctly rounded IEEE operations (fused multiply-adds through `mul_add` in the
+//! portable code), so every path gives the same bits: results do not depend on the CPU. The price: the baseline
 //! x86-64 build of the portable code calls libm's `fma` per multiply-add (about 4x
 //! slower than scalar libm tanh), which x86-64 only runs on CPUs without AVX2 + FMA
 //! (on aarch64, FMA is baseline).
