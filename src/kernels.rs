@@ -29,15 +29,15 @@
 //!
 //! # Instruction sets
 //!
-//! One generic body per kernel over a lane trait ([`Vector`]), compiled three times and
-//! picked at run time by [`isa`]:
+//! One generic body per kernel over the lane trait [`crate::cpu::Simd`], compiled three
+//! times and picked at run time by [`crate::cpu::dispatch`] (on [`isa`]):
 //!
-//! - [`Avx512`] (AVX-512F + VL): one zmm register per 64-byte vector, 32 registers;
-//! - [`Avx2`] (AVX2 + FMA, e.g. AMD Zen 2/3, Intel before Ice Lake): each 64-byte vector
+//! - AVX-512F + VL: one zmm register per 64-byte vector, 32 registers;
+//! - AVX2 + FMA (e.g. AMD Zen 2/3, Intel before Ice Lake): each 64-byte vector
 //!   is two ymm halves, so the lane order, and with it every bit, is the same as on
-//!   AVX-512; only 16 registers, so smaller register tiles ([`Vector::DOT_ROWS`] and
+//!   AVX-512; only 16 registers, so smaller register tiles ([`Tiles::DOT_GROUP`] and
 //!   the other tile constants), and coefficients broadcast at each use (see `opaque`);
-//! - [`Portable`] (arrays of 64 bytes, any CPU), whose `mul_add` is a libm call per
+//! - portable (arrays of 64 bytes, any CPU), whose `mul_add` is a libm call per
 //!   element on x86-64 without FMA: about 20x slower than the AVX2 build (M = D = 500:
 //!   1.8 s per step against 0.056-0.086 s, on the 2-core Zen 3 machine).
 //!
@@ -62,7 +62,8 @@
 
 #![allow(clippy::needless_range_loop)] // SIMD lanes and register arrays are indexed.
 
-use crate::model::Real;
+use crate::cpu::{Float, Simd, Token, WithSimd, dispatch};
+pub use crate::cpu::{Isa, Par, isa};
 use rayon::prelude::*;
 
 /// Raw pointer that may cross threads; each user touches disjoint parts.
@@ -71,297 +72,28 @@ struct Ptr<T>(*mut T);
 unsafe impl<T> Send for Ptr<T> {}
 unsafe impl<T> Sync for Ptr<T> {}
 
-/// The vector operations the kernels need, for one element type `T`: implemented by
-/// [`Portable`] (arrays, any CPU) and [`Avx512`] (intrinsics). Both use W = 64 bytes of
-/// lanes and the same operation order, so they give identical bits.
-pub(crate) trait Vector<T: Real> {
-    type V: Copy;
-    /// Lanes per vector.
-    const W: usize;
-    /// Vectors that fit in the register file (8 or fewer: coefficients are broadcast at
-    /// each use, and the read-only dot prefetches past the rows of the next tile).
-    const REGISTERS: usize;
-    /// Register tiles (accumulators held across a loop), by the size of the register
-    /// file: rows per read-only dot tile (1 or 2) and vectors per dot tile ...
-    const DOT_ROWS: usize;
-    const DOT_GROUP: usize;
+/// The register tiles of the kernels, by the size of the register file of the lanes
+/// `S` ([`Simd::REGISTERS`]: 32 or 16 vectors, or 8 where each vector is two ymm halves).
+trait Tiles<T: Float>: Simd<T> {
+    /// Rows per read-only dot tile (1 or 2) and vectors per dot tile ...
+    const DOT_ROWS: usize = 2;
+    const DOT_GROUP: usize = if Self::REGISTERS > 8 { 12 } else { 3 };
     /// ... vectors per read-only axpy tile (from [`AXPY_TILED_FROM`] vectors on), and
     /// its chunks of W columns (1 or 2) ...
-    const AXPY_GROUP: usize;
-    const AXPY_CHUNKS: usize;
+    const AXPY_GROUP: usize = if Self::REGISTERS > 8 { 12 } else { 6 };
+    const AXPY_CHUNKS: usize = if Self::REGISTERS > 8 { 2 } else { 1 };
     /// ... and whether the dot with update runs on row blocks and column segments
     /// ([`dot_blocked_n`]).
-    const DOT_BLOCKED: bool;
-    unsafe fn zero() -> Self::V;
-    unsafe fn splat(x: T) -> Self::V;
-    unsafe fn load(p: *const T) -> Self::V;
-    unsafe fn store(p: *mut T, v: Self::V);
-    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
-    /// `a * b + c` with one rounding.
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    /// Sum of the lanes by a fixed halving tree.
-    unsafe fn reduce(v: Self::V) -> T;
-    /// A hint to fetch the cache line of `p` (any address; never faults).
-    #[inline(always)]
-    unsafe fn prefetch(_p: *const T) {}
+    const DOT_BLOCKED: bool = Self::REGISTERS <= 8;
 }
 
-/// Arrays of 64 bytes of lanes; any CPU (fused multiply-adds through `mul_add`, which is
-/// correctly rounded everywhere, so the bits match the AVX-512 path).
-pub(crate) struct Portable;
-
-macro_rules! portable {
-    ($t:ty, $w:literal) => {
-        impl Vector<$t> for Portable {
-            type V = [$t; $w];
-            const W: usize = $w;
-            const REGISTERS: usize = 16;
-            const DOT_ROWS: usize = 2;
-            const DOT_GROUP: usize = 12;
-            const AXPY_GROUP: usize = 12;
-            const AXPY_CHUNKS: usize = 2;
-            const DOT_BLOCKED: bool = false;
-            #[inline(always)]
-            unsafe fn zero() -> Self::V {
-                [0.0; $w]
-            }
-            #[inline(always)]
-            unsafe fn splat(x: $t) -> Self::V {
-                [x; $w]
-            }
-            #[inline(always)]
-            unsafe fn load(p: *const $t) -> Self::V {
-                unsafe { std::ptr::read_unaligned(p as *const [$t; $w]) }
-            }
-            #[inline(always)]
-            unsafe fn store(p: *mut $t, v: Self::V) {
-                unsafe { std::ptr::write_unaligned(p as *mut [$t; $w], v) }
-            }
-            #[inline(always)]
-            unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
-                std::array::from_fn(|k| a[k] - b[k])
-            }
-            #[inline(always)]
-            unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-                std::array::from_fn(|k| a[k].mul_add(b[k], c[k]))
-            }
-            #[inline(always)]
-            unsafe fn reduce(v: Self::V) -> $t {
-                tree_sum(v)
-            }
-        }
-    };
-}
-portable!(f64, 8);
-portable!(f32, 16);
-
-/// AVX-512F intrinsics; only called after a run-time check of the CPU.
-#[cfg(target_arch = "x86_64")]
-pub(crate) struct Avx512;
-
-#[cfg(target_arch = "x86_64")]
-mod avx512_impl {
-    use super::{Avx512, Vector, tree_sum};
-    use std::arch::x86_64::*;
-    impl Vector<f64> for Avx512 {
-        type V = __m512d;
-        const W: usize = 8;
-        const REGISTERS: usize = 32;
-        const DOT_ROWS: usize = 2;
-        const DOT_GROUP: usize = 12;
-        const AXPY_GROUP: usize = 12;
-        const AXPY_CHUNKS: usize = 2;
-        const DOT_BLOCKED: bool = false;
-        #[inline(always)]
-        unsafe fn zero() -> __m512d {
-            unsafe { _mm512_setzero_pd() }
-        }
-        #[inline(always)]
-        unsafe fn splat(x: f64) -> __m512d {
-            unsafe { _mm512_set1_pd(x) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f64) -> __m512d {
-            unsafe { _mm512_loadu_pd(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f64, v: __m512d) {
-            unsafe { _mm512_storeu_pd(p, v) }
-        }
-        #[inline(always)]
-        unsafe fn sub(a: __m512d, b: __m512d) -> __m512d {
-            unsafe { _mm512_sub_pd(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn fma(a: __m512d, b: __m512d, c: __m512d) -> __m512d {
-            unsafe { _mm512_fmadd_pd(a, b, c) }
-        }
-        #[inline(always)]
-        unsafe fn prefetch(p: *const f64) {
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
-        }
-        #[inline(always)]
-        unsafe fn reduce(v: __m512d) -> f64 {
-            let mut a = [0.0f64; 8];
-            unsafe { _mm512_storeu_pd(a.as_mut_ptr(), v) };
-            tree_sum(a)
-        }
-    }
-    impl Vector<f32> for Avx512 {
-        type V = __m512;
-        const W: usize = 16;
-        const REGISTERS: usize = 32;
-        const DOT_ROWS: usize = 2;
-        const DOT_GROUP: usize = 12;
-        const AXPY_GROUP: usize = 12;
-        const AXPY_CHUNKS: usize = 2;
-        const DOT_BLOCKED: bool = false;
-        #[inline(always)]
-        unsafe fn zero() -> __m512 {
-            unsafe { _mm512_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> __m512 {
-            unsafe { _mm512_set1_ps(x) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> __m512 {
-            unsafe { _mm512_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f32, v: __m512) {
-            unsafe { _mm512_storeu_ps(p, v) }
-        }
-        #[inline(always)]
-        unsafe fn sub(a: __m512, b: __m512) -> __m512 {
-            unsafe { _mm512_sub_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-            unsafe { _mm512_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        unsafe fn prefetch(p: *const f32) {
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
-        }
-        #[inline(always)]
-        unsafe fn reduce(v: __m512) -> f32 {
-            let mut a = [0.0f32; 16];
-            unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) };
-            tree_sum(a)
-        }
-    }
-}
-
-/// AVX2 + FMA intrinsics on 64 bytes of lanes (two 256-bit halves), so the lane-wise
-/// operation order, and with it every bit, is that of [`Portable`] and [`Avx512`]; only
-/// called after a run-time check of the CPU.
-#[cfg(target_arch = "x86_64")]
-pub(crate) struct Avx2;
-
-#[cfg(target_arch = "x86_64")]
-mod avx2_impl {
-    use super::{Avx2, Vector, tree_sum};
-    use std::arch::x86_64::*;
-    macro_rules! avx2 {
-        ($t:ty, $v:ty, $w:literal, $h:literal, $setzero:ident, $set1:ident, $loadu:ident,
-         $storeu:ident, $sub:ident, $fmadd:ident) => {
-            impl Vector<$t> for Avx2 {
-                type V = [$v; 2];
-                const W: usize = $w;
-                // Each vector is two of the 16 ymm registers.
-                const REGISTERS: usize = 8;
-                const DOT_ROWS: usize = 2;
-                const DOT_GROUP: usize = 3;
-                const AXPY_GROUP: usize = 6;
-                const AXPY_CHUNKS: usize = 1;
-                const DOT_BLOCKED: bool = true;
-                #[inline(always)]
-                unsafe fn zero() -> Self::V {
-                    unsafe { [$setzero(), $setzero()] }
-                }
-                #[inline(always)]
-                unsafe fn splat(x: $t) -> Self::V {
-                    unsafe {
-                        let v = $set1(x);
-                        [v, v]
-                    }
-                }
-                #[inline(always)]
-                unsafe fn load(p: *const $t) -> Self::V {
-                    unsafe { [$loadu(p), $loadu(p.add($h))] }
-                }
-                #[inline(always)]
-                unsafe fn store(p: *mut $t, v: Self::V) {
-                    unsafe {
-                        $storeu(p, v[0]);
-                        $storeu(p.add($h), v[1]);
-                    }
-                }
-                #[inline(always)]
-                unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
-                    unsafe { [$sub(a[0], b[0]), $sub(a[1], b[1])] }
-                }
-                #[inline(always)]
-                unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-                    unsafe { [$fmadd(a[0], b[0], c[0]), $fmadd(a[1], b[1], c[1])] }
-                }
-                #[inline(always)]
-                unsafe fn prefetch(p: *const $t) {
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
-                }
-                #[inline(always)]
-                unsafe fn reduce(v: Self::V) -> $t {
-                    let mut a = [0.0 as $t; $w];
-                    unsafe { Self::store(a.as_mut_ptr(), v) };
-                    tree_sum(a)
-                }
-            }
-        };
-    }
-    avx2!(
-        f64,
-        __m256d,
-        8,
-        4,
-        _mm256_setzero_pd,
-        _mm256_set1_pd,
-        _mm256_loadu_pd,
-        _mm256_storeu_pd,
-        _mm256_sub_pd,
-        _mm256_fmadd_pd
-    );
-    avx2!(
-        f32,
-        __m256,
-        16,
-        8,
-        _mm256_setzero_ps,
-        _mm256_set1_ps,
-        _mm256_loadu_ps,
-        _mm256_storeu_ps,
-        _mm256_sub_ps,
-        _mm256_fmadd_ps
-    );
-}
-
-#[inline(always)]
-fn tree_sum<T: Real, const W: usize>(mut a: [T; W]) -> T {
-    let mut w = W;
-    while w > 1 {
-        w /= 2;
-        for k in 0..w {
-            let x = a[k + w];
-            a[k] += x;
-        }
-    }
-    a[0]
-}
+impl<T: Float, S: Simd<T>> Tiles<T> for S {}
 
 /// One row against N vectors (N a compile-time constant so the accumulators live in
 /// registers). Writes the N dot products; applies the update when `coef` is given.
 #[inline(always)]
-unsafe fn dot_row_n<T: Real, S: Vector<T>, const N: usize>(
+unsafe fn dot_row_n<T: Float, S: Tiles<T>, const N: usize>(
+    s: S,
     row: *mut T,
     d: usize,
     vecs: *const T,
@@ -371,33 +103,33 @@ unsafe fn dot_row_n<T: Real, S: Vector<T>, const N: usize>(
 ) {
     unsafe {
         let w = S::W;
-        let mut acc = [S::zero(); N];
-        let mut c = [S::zero(); N];
+        let mut acc = [s.zero(); N];
+        let mut c = [s.zero(); N];
         let mut cs = [T::zero(); N];
         if let Some(cf) = coef {
             for n in 0..N {
                 cs[n] = cf[n];
-                c[n] = S::splat(cf[n]);
+                c[n] = s.splat(cf[n]);
             }
         }
         let mut i = 0;
         if coef.is_some() {
             while i + w <= d {
-                let r = S::load(row.add(i));
-                let mut upd = S::zero();
+                let r = s.load(row.add(i));
+                let mut upd = s.zero();
                 for n in 0..N {
-                    let v = S::load(vecs.add(n * ldv + i));
-                    acc[n] = S::fma(r, v, acc[n]);
-                    upd = S::fma(c[n], v, upd);
+                    let v = s.load(vecs.add(n * ldv + i));
+                    acc[n] = s.fma(r, v, acc[n]);
+                    upd = s.fma(c[n], v, upd);
                 }
-                S::store(row.add(i), S::sub(r, upd));
+                s.store(row.add(i), s.sub(r, upd));
                 i += w;
             }
         } else {
             while i + w <= d {
-                let r = S::load(row.add(i));
+                let r = s.load(row.add(i));
                 for n in 0..N {
-                    acc[n] = S::fma(r, S::load(vecs.add(n * ldv + i)), acc[n]);
+                    acc[n] = s.fma(r, s.load(vecs.add(n * ldv + i)), acc[n]);
                 }
                 i += w;
             }
@@ -417,7 +149,7 @@ unsafe fn dot_row_n<T: Real, S: Vector<T>, const N: usize>(
             i += 1;
         }
         for n in 0..N {
-            out[n] = S::reduce(acc[n]) + tail[n];
+            out[n] = s.reduce(acc[n]) + tail[n];
         }
     }
 }
@@ -425,7 +157,9 @@ unsafe fn dot_row_n<T: Real, S: Vector<T>, const N: usize>(
 /// Runtime-N fallback of [`dot_row_n`] for N > 12: vectors in groups of 8, the update in a
 /// second sweep over the (cached) row, after all dot products have used the old row.
 #[inline(always)]
-unsafe fn dot_row_any<T: Real, S: Vector<T>>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_row_any<T: Float, S: Tiles<T>>(
+    s: S,
     row: *mut T,
     d: usize,
     vecs: *const T,
@@ -441,14 +175,14 @@ unsafe fn dot_row_any<T: Real, S: Vector<T>>(
             let v = vecs.add(n0 * ldv);
             let o = &mut out[n0..n0 + g];
             match g {
-                8 => dot_row_n::<T, S, 8>(row, d, v, ldv, None, o),
-                7 => dot_row_n::<T, S, 7>(row, d, v, ldv, None, o),
-                6 => dot_row_n::<T, S, 6>(row, d, v, ldv, None, o),
-                5 => dot_row_n::<T, S, 5>(row, d, v, ldv, None, o),
-                4 => dot_row_n::<T, S, 4>(row, d, v, ldv, None, o),
-                3 => dot_row_n::<T, S, 3>(row, d, v, ldv, None, o),
-                2 => dot_row_n::<T, S, 2>(row, d, v, ldv, None, o),
-                _ => dot_row_n::<T, S, 1>(row, d, v, ldv, None, o),
+                8 => dot_row_n::<T, S, 8>(s, row, d, v, ldv, None, o),
+                7 => dot_row_n::<T, S, 7>(s, row, d, v, ldv, None, o),
+                6 => dot_row_n::<T, S, 6>(s, row, d, v, ldv, None, o),
+                5 => dot_row_n::<T, S, 5>(s, row, d, v, ldv, None, o),
+                4 => dot_row_n::<T, S, 4>(s, row, d, v, ldv, None, o),
+                3 => dot_row_n::<T, S, 3>(s, row, d, v, ldv, None, o),
+                2 => dot_row_n::<T, S, 2>(s, row, d, v, ldv, None, o),
+                _ => dot_row_n::<T, S, 1>(s, row, d, v, ldv, None, o),
             }
             n0 += g;
         }
@@ -479,7 +213,8 @@ const PREFETCH_BYTES: usize = 4096;
 /// segment stays in L1; each row's N lane-accumulators persist across segments in `acc`.
 /// Bitwise the same as [`dot_row_n`] row by row.
 #[inline(always)]
-unsafe fn dot_seg_n<T: Real, S: Vector<T>, const N: usize>(
+unsafe fn dot_seg_n<T: Float, S: Tiles<T>, const N: usize>(
+    s: S,
     a: &DotArgs<T>,
     m0: usize,
     m1: usize,
@@ -498,7 +233,7 @@ unsafe fn dot_seg_n<T: Real, S: Vector<T>, const N: usize>(
         };
         let dv = d - d % w;
         for slot in acc.iter_mut() {
-            *slot = [S::zero(); N];
+            *slot = [s.zero(); N];
         }
         let mut s0 = 0;
         while s0 < dv {
@@ -507,23 +242,23 @@ unsafe fn dot_seg_n<T: Real, S: Vector<T>, const N: usize>(
                 let row = a.rows.0.add(m * a.ld);
                 let mut ac = acc[k];
                 if let Some(cf) = a.coef {
-                    let mut c = [S::zero(); N];
+                    let mut c = [s.zero(); N];
                     for n in 0..N {
-                        c[n] = S::splat(cf[m * N + n]);
+                        c[n] = s.splat(cf[m * N + n]);
                     }
                     let mut i = s0;
                     while i < s1 {
-                        S::prefetch(row.wrapping_add(i + pf));
-                        let r = S::load(row.add(i));
+                        s.prefetch(row.wrapping_add(i + pf));
+                        let r = s.load(row.add(i));
                         // Two update chains (even and odd n) halve the latency of the
                         // dependent multiply-adds.
-                        let mut upd = [S::zero(); 2];
+                        let mut upd = [s.zero(); 2];
                         for n in 0..N {
-                            let v = S::load(a.vecs.add(n * a.ldv + i));
-                            ac[n] = S::fma(r, v, ac[n]);
-                            upd[n % 2] = S::fma(c[n], v, upd[n % 2]);
+                            let v = s.load(a.vecs.add(n * a.ldv + i));
+                            ac[n] = s.fma(r, v, ac[n]);
+                            upd[n % 2] = s.fma(c[n], v, upd[n % 2]);
                         }
-                        S::store(row.add(i), S::sub(S::sub(r, upd[0]), upd[1]));
+                        s.store(row.add(i), s.sub(s.sub(r, upd[0]), upd[1]));
                         i += w;
                     }
                 }
@@ -534,12 +269,12 @@ unsafe fn dot_seg_n<T: Real, S: Vector<T>, const N: usize>(
         // Tails (d % W columns, before their update) and the reductions.
         for (k, m) in (m0..m1).enumerate() {
             let row = a.rows.0.add(m * a.ld);
-            let tail = dot_tail::<T, S, N>(a, row, 0);
+            let tail = dot_tail::<T, S, N>(s, a, row, 0);
             if let Some(cf) = a.coef {
-                update_tail::<T, S, N>(a, row, &cf[m * N..]);
+                update_tail::<T, S, N>(s, a, row, &cf[m * N..]);
             }
             for n in 0..N {
-                let x = S::reduce(acc[k][n]) + tail[n];
+                let x = s.reduce(acc[k][n]) + tail[n];
                 *a.out.0.add(m * N + n) = if a.scale != T::one() { x * a.scale } else { x };
             }
         }
@@ -559,7 +294,7 @@ struct Tails<T> {
     vpad: [T; 12 * 16],
 }
 
-impl<T: Real> Tails<T> {
+impl<T: Float> Tails<T> {
     fn new(vecs: &[T], ldv: usize, d: usize, n: usize) -> Self {
         let w = 64 / std::mem::size_of::<T>();
         let (k, dv) = (d % w, d - d % w);
@@ -584,7 +319,8 @@ impl<T: Real> Tails<T> {
 /// vectors from `g0`, exactly as the scalar loop gives them (`t = fma(r_i, v_i, t)` over
 /// i in order, from zero), computed across the vectors: lane g is vector `g0 + g`.
 #[inline(always)]
-unsafe fn dot_tail<T: Real, S: Vector<T>, const G: usize>(
+unsafe fn dot_tail<T: Float, S: Tiles<T>, const G: usize>(
+    s: S,
     a: &DotArgs<T>,
     row: *const T,
     g0: usize,
@@ -605,17 +341,17 @@ unsafe fn dot_tail<T: Real, S: Vector<T>, const G: usize>(
             return t;
         }
         let nv = G.div_ceil(w);
-        let mut t = [S::zero(); 2];
+        let mut t = [s.zero(); 2];
         for i in 0..k {
-            let r = S::splat(*row.add(dv + i));
+            let r = s.splat(*row.add(dv + i));
             let vt = a.tails.vt.as_ptr().add(i * VT_STRIDE + g0);
             for j in 0..nv {
-                t[j] = S::fma(r, S::load(vt.add(j * w)), t[j]);
+                t[j] = s.fma(r, s.load(vt.add(j * w)), t[j]);
             }
         }
         let mut lanes = [T::zero(); 32];
         for j in 0..nv {
-            S::store(lanes.as_mut_ptr().add(j * w), t[j]);
+            s.store(lanes.as_mut_ptr().add(j * w), t[j]);
         }
         std::array::from_fn(|g| lanes[g])
     }
@@ -625,7 +361,8 @@ unsafe fn dot_tail<T: Real, S: Vector<T>, const G: usize>(
 /// the scalar loop does it (`u = fma(cf_n, v_ni, u)` over n in order, then `r - u`),
 /// computed across the columns.
 #[inline(always)]
-unsafe fn update_tail<T: Real, S: Vector<T>, const N: usize>(
+unsafe fn update_tail<T: Float, S: Tiles<T>, const N: usize>(
+    s: S,
     a: &DotArgs<T>,
     row: *mut T,
     cf: &[T],
@@ -637,16 +374,16 @@ unsafe fn update_tail<T: Real, S: Vector<T>, const N: usize>(
             return;
         }
         let dv = a.d - k;
-        let mut u = S::zero();
+        let mut u = s.zero();
         for n in 0..N {
-            let v = S::load(a.tails.vpad.as_ptr().add(n * 16));
-            u = S::fma(S::splat(cf[n]), v, u);
+            let v = s.load(a.tails.vpad.as_ptr().add(n * 16));
+            u = s.fma(s.splat(cf[n]), v, u);
         }
         let mut r = [T::zero(); 16];
         for i in 0..k {
             r[i] = *row.add(dv + i);
         }
-        S::store(r.as_mut_ptr(), S::sub(S::load(r.as_ptr()), u));
+        s.store(r.as_mut_ptr(), s.sub(s.load(r.as_ptr()), u));
         for i in 0..k {
             *row.add(dv + i) = r[i];
         }
@@ -657,19 +394,19 @@ unsafe fn update_tail<T: Real, S: Vector<T>, const N: usize>(
 const DOT_SEG_ROWS: usize = 16;
 
 #[inline(always)]
-unsafe fn dot_rows_impl<T: Real, S: Vector<T>>(a: &DotArgs<T>, m0: usize, m1: usize) {
+unsafe fn dot_rows_impl<T: Float, S: Tiles<T>>(s: S, a: &DotArgs<T>, m0: usize, m1: usize) {
     unsafe {
         let n = a.n;
         macro_rules! go {
             ($($k:literal)*) => {
                 match n {
-                    $($k if S::DOT_BLOCKED => dot_blocked_n::<T, S, $k>(a, m0, m1),)*
+                    $($k if S::DOT_BLOCKED => dot_blocked_n::<T, S, $k>(s, a, m0, m1),)*
                     $($k => {
-                        let mut acc = [[S::zero(); $k]; DOT_SEG_ROWS];
+                        let mut acc = [[s.zero(); $k]; DOT_SEG_ROWS];
                         let mut b0 = m0;
                         while b0 < m1 {
                             let b1 = (b0 + DOT_SEG_ROWS).min(m1);
-                            dot_seg_n::<T, S, $k>(a, b0, b1, &mut acc[..b1 - b0]);
+                            dot_seg_n::<T, S, $k>(s, a, b0, b1, &mut acc[..b1 - b0]);
                             b0 = b1;
                         }
                     })*
@@ -678,7 +415,7 @@ unsafe fn dot_rows_impl<T: Real, S: Vector<T>>(a: &DotArgs<T>, m0: usize, m1: us
                             let row = a.rows.0.add(m * a.ld);
                             let out = std::slice::from_raw_parts_mut(a.out.0.add(m * n), n);
                             let coef = a.coef.map(|c| &c[m * n..m * n + n]);
-                            dot_row_any::<T, S>(row, a.d, a.vecs, a.ldv, n, coef, out);
+                            dot_row_any::<T, S>(s, row, a.d, a.vecs, a.ldv, n, coef, out);
                             if a.scale != T::one() {
                                 for o in out.iter_mut() {
                                     *o = *o * a.scale;
@@ -698,7 +435,8 @@ unsafe fn dot_rows_impl<T: Real, S: Vector<T>>(a: &DotArgs<T>, m0: usize, m1: us
 /// vector load feeds R multiply-adds. Per entry the same operations in the same order as
 /// [`dot_seg_n`] (lane-wise over D in chunks of W, then the tree and the tail chain).
 #[inline(always)]
-unsafe fn dot_ro_tile<T: Real, S: Vector<T>, const R: usize, const G: usize>(
+unsafe fn dot_ro_tile<T: Float, S: Tiles<T>, const R: usize, const G: usize>(
+    s: S,
     a: &DotArgs<T>,
     m: usize,
     g0: usize,
@@ -716,33 +454,33 @@ unsafe fn dot_ro_tile<T: Real, S: Vector<T>, const R: usize, const G: usize>(
         let row1 = if R == 2 { row0.add(a.ld) } else { row0 };
         // A zero LLVM cannot see as a constant: its zero idiom (VEX vxorpd) confines the
         // accumulators to zmm0-15, and the tile then spills.
-        let z = S::splat(std::hint::black_box(T::zero()));
+        let z = s.splat(std::hint::black_box(T::zero()));
         let mut acc0 = [z; G];
         let mut acc1 = [z; G];
         let mut i = 0;
         while i < dv {
-            S::prefetch(row0.wrapping_add(i + pf));
-            let r0 = S::load(row0.add(i));
+            s.prefetch(row0.wrapping_add(i + pf));
+            let r0 = s.load(row0.add(i));
             let r1 = if R == 2 {
-                S::prefetch(row1.wrapping_add(i + pf));
-                S::load(row1.add(i))
+                s.prefetch(row1.wrapping_add(i + pf));
+                s.load(row1.add(i))
             } else {
                 r0
             };
             for g in 0..G {
-                let v = S::load(vecs.add(g * a.ldv + i));
-                acc0[g] = S::fma(r0, v, acc0[g]);
+                let v = s.load(vecs.add(g * a.ldv + i));
+                acc0[g] = s.fma(r0, v, acc0[g]);
                 if R == 2 {
-                    acc1[g] = S::fma(r1, v, acc1[g]);
+                    acc1[g] = s.fma(r1, v, acc1[g]);
                 }
             }
             i += w;
         }
         for j in 0..R {
             let (row, acc) = if j == 0 { (row0, &acc0) } else { (row1, &acc1) };
-            let tail = dot_tail::<T, S, G>(a, row, g0);
+            let tail = dot_tail::<T, S, G>(s, a, row, g0);
             for g in 0..G {
-                let x = S::reduce(acc[g]) + tail[g];
+                let x = s.reduce(acc[g]) + tail[g];
                 *a.out.0.add((m + j) * a.n + g0 + g) =
                     if a.scale != T::one() { x * a.scale } else { x };
             }
@@ -751,28 +489,28 @@ unsafe fn dot_ro_tile<T: Real, S: Vector<T>, const R: usize, const G: usize>(
 }
 
 /// Read-only dot products of R (1 or 2) rows from `m` against all `a.n` vectors, in
-/// balanced groups of at most [`Vector::DOT_GROUP`] (20 vectors as 10 + 10, not 12 + 8; the
+/// balanced groups of at most [`Tiles::DOT_GROUP`] (20 vectors as 10 + 10, not 12 + 8; the
 /// rows are re-read from cache for each further group).
 #[inline(always)]
-unsafe fn dot_ro_groups<T: Real, S: Vector<T>, const R: usize>(a: &DotArgs<T>, m: usize) {
+unsafe fn dot_ro_groups<T: Float, S: Tiles<T>, const R: usize>(s: S, a: &DotArgs<T>, m: usize) {
     unsafe {
         let groups = a.n.div_ceil(S::DOT_GROUP);
         let mut g0 = 0;
         for k in 0..groups {
             let g1 = a.n * (k + 1) / groups;
             match g1 - g0 {
-                12 => dot_ro_tile::<T, S, R, 12>(a, m, g0),
-                11 => dot_ro_tile::<T, S, R, 11>(a, m, g0),
-                10 => dot_ro_tile::<T, S, R, 10>(a, m, g0),
-                9 => dot_ro_tile::<T, S, R, 9>(a, m, g0),
-                8 => dot_ro_tile::<T, S, R, 8>(a, m, g0),
-                7 => dot_ro_tile::<T, S, R, 7>(a, m, g0),
-                6 => dot_ro_tile::<T, S, R, 6>(a, m, g0),
-                5 => dot_ro_tile::<T, S, R, 5>(a, m, g0),
-                4 => dot_ro_tile::<T, S, R, 4>(a, m, g0),
-                3 => dot_ro_tile::<T, S, R, 3>(a, m, g0),
-                2 => dot_ro_tile::<T, S, R, 2>(a, m, g0),
-                _ => dot_ro_tile::<T, S, R, 1>(a, m, g0),
+                12 => dot_ro_tile::<T, S, R, 12>(s, a, m, g0),
+                11 => dot_ro_tile::<T, S, R, 11>(s, a, m, g0),
+                10 => dot_ro_tile::<T, S, R, 10>(s, a, m, g0),
+                9 => dot_ro_tile::<T, S, R, 9>(s, a, m, g0),
+                8 => dot_ro_tile::<T, S, R, 8>(s, a, m, g0),
+                7 => dot_ro_tile::<T, S, R, 7>(s, a, m, g0),
+                6 => dot_ro_tile::<T, S, R, 6>(s, a, m, g0),
+                5 => dot_ro_tile::<T, S, R, 5>(s, a, m, g0),
+                4 => dot_ro_tile::<T, S, R, 4>(s, a, m, g0),
+                3 => dot_ro_tile::<T, S, R, 3>(s, a, m, g0),
+                2 => dot_ro_tile::<T, S, R, 2>(s, a, m, g0),
+                _ => dot_ro_tile::<T, S, R, 1>(s, a, m, g0),
             }
             g0 = g1;
         }
@@ -782,15 +520,15 @@ unsafe fn dot_ro_groups<T: Real, S: Vector<T>, const R: usize>(a: &DotArgs<T>, m
 /// Read-only [`dot_rows`] over rows [m0, m1): rows in pairs (one at a time where the
 /// registers hold fewer than 12 vectors), the vectors in groups ([`dot_ro_groups`]).
 #[inline(always)]
-unsafe fn dot_ro_impl<T: Real, S: Vector<T>>(a: &DotArgs<T>, m0: usize, m1: usize) {
+unsafe fn dot_ro_impl<T: Float, S: Tiles<T>>(s: S, a: &DotArgs<T>, m0: usize, m1: usize) {
     unsafe {
         let mut m = m0;
         while m < m1 {
             if S::DOT_ROWS == 2 && m + 1 < m1 {
-                dot_ro_groups::<T, S, 2>(a, m);
+                dot_ro_groups::<T, S, 2>(s, a, m);
                 m += 2;
             } else {
-                dot_ro_groups::<T, S, 1>(a, m);
+                dot_ro_groups::<T, S, 1>(s, a, m);
                 m += 1;
             }
         }
@@ -824,7 +562,8 @@ fn opaque<P>(p: *const P) -> *const P {
 /// vectors each, from vector g0), and the loop prefetches `pf[j] + (i - c0)` for row j
 /// (the row it will read `2 R` rows later in [`dot_blocked_n`]'s order).
 #[inline(always)]
-unsafe fn dot_seg_tile<T: Real, S: Vector<T>, const R: usize, const G: usize>(
+unsafe fn dot_seg_tile<T: Float, S: Tiles<T>, const R: usize, const G: usize>(
+    s: S,
     a: &DotArgs<T>,
     m: usize,
     g0: usize,
@@ -838,8 +577,8 @@ unsafe fn dot_seg_tile<T: Real, S: Vector<T>, const R: usize, const G: usize>(
         let row0 = a.rows.0.add(m * a.ld) as *const T;
         let row1 = if R == 2 { row0.add(a.ld) } else { row0 };
         let (acc0p, acc1p) = (acc.add(g0), acc.add(a.n + g0));
-        let mut acc0 = [S::zero(); G];
-        let mut acc1 = [S::zero(); G];
+        let mut acc0 = [s.zero(); G];
+        let mut acc1 = [s.zero(); G];
         for g in 0..G {
             acc0[g] = *acc0p.add(g);
             if R == 2 {
@@ -848,19 +587,19 @@ unsafe fn dot_seg_tile<T: Real, S: Vector<T>, const R: usize, const G: usize>(
         }
         let mut i = c0;
         while i < c1 {
-            S::prefetch(pf[0].wrapping_add(i - c0));
-            let r0 = S::load(row0.add(i));
+            s.prefetch(pf[0].wrapping_add(i - c0));
+            let r0 = s.load(row0.add(i));
             let r1 = if R == 2 {
-                S::prefetch(pf[1].wrapping_add(i - c0));
-                S::load(row1.add(i))
+                s.prefetch(pf[1].wrapping_add(i - c0));
+                s.load(row1.add(i))
             } else {
                 r0
             };
             for g in 0..G {
-                let v = S::load(vecs.add(g * a.ldv + i));
-                acc0[g] = S::fma(r0, v, acc0[g]);
+                let v = s.load(vecs.add(g * a.ldv + i));
+                acc0[g] = s.fma(r0, v, acc0[g]);
                 if R == 2 {
-                    acc1[g] = S::fma(r1, v, acc1[g]);
+                    acc1[g] = s.fma(r1, v, acc1[g]);
                 }
             }
             i += w;
@@ -878,7 +617,8 @@ unsafe fn dot_seg_tile<T: Real, S: Vector<T>, const R: usize, const G: usize>(
 /// [`dot_seg_n`] computes it per row: two chains (even and odd n), lane-wise. The rows
 /// of a pair share each vector load; coefficients are broadcast at each use.
 #[inline(always)]
-unsafe fn update_seg<T: Real, S: Vector<T>, const R: usize, const N: usize>(
+unsafe fn update_seg<T: Float, S: Tiles<T>, const R: usize, const N: usize>(
+    s: S,
     a: &DotArgs<T>,
     cf: &[T],
     m: usize,
@@ -892,24 +632,18 @@ unsafe fn update_seg<T: Real, S: Vector<T>, const R: usize, const N: usize>(
         let mut i = c0;
         while i < c1 {
             let c = opaque(cp);
-            let mut u0 = [S::zero(); 2];
-            let mut u1 = [S::zero(); 2];
+            let mut u0 = [s.zero(); 2];
+            let mut u1 = [s.zero(); 2];
             for n in 0..N {
-                let v = S::load(a.vecs.add(n * a.ldv + i));
-                u0[n % 2] = S::fma(S::splat(*c.add(n)), v, u0[n % 2]);
+                let v = s.load(a.vecs.add(n * a.ldv + i));
+                u0[n % 2] = s.fma(s.splat(*c.add(n)), v, u0[n % 2]);
                 if R == 2 {
-                    u1[n % 2] = S::fma(S::splat(*c.add(N + n)), v, u1[n % 2]);
+                    u1[n % 2] = s.fma(s.splat(*c.add(N + n)), v, u1[n % 2]);
                 }
             }
-            S::store(
-                row0.add(i),
-                S::sub(S::sub(S::load(row0.add(i)), u0[0]), u0[1]),
-            );
+            s.store(row0.add(i), s.sub(s.sub(s.load(row0.add(i)), u0[0]), u0[1]));
             if R == 2 {
-                S::store(
-                    row1.add(i),
-                    S::sub(S::sub(S::load(row1.add(i)), u1[0]), u1[1]),
-                );
+                s.store(row1.add(i), s.sub(s.sub(s.load(row1.add(i)), u1[0]), u1[1]));
             }
             i += w;
         }
@@ -925,7 +659,8 @@ unsafe fn update_seg<T: Real, S: Vector<T>, const R: usize, const N: usize>(
 /// entry the same operations in the same order as [`dot_seg_n`] and [`dot_ro_tile`]:
 /// lane-wise sums over D in chunks of W, the tree, the tail chain ([`dot_tail`]), then the scale.
 #[inline(always)]
-unsafe fn dot_blocked_n<T: Real, S: Vector<T>, const N: usize>(
+unsafe fn dot_blocked_n<T: Float, S: Tiles<T>, const N: usize>(
+    s: S,
     a: &DotArgs<T>,
     m0: usize,
     m1: usize,
@@ -935,14 +670,14 @@ unsafe fn dot_blocked_n<T: Real, S: Vector<T>, const N: usize>(
         let dv = d - d % w;
         let size = std::mem::size_of::<T>();
         let seg = (DOT_SEG_L1 / (N * size) / w * w).max(w);
-        let mut stash = [[S::zero(); N]; DOT_BLOCK];
+        let mut stash = [[s.zero(); N]; DOT_BLOCK];
         let rows = |j: usize| a.rows.0.add(j * a.ld) as *const T;
         let mut b0 = m0;
         while b0 < m1 {
             let b1 = (b0 + DOT_BLOCK).min(m1);
             let nb = b1 - b0;
             for slot in stash.iter_mut() {
-                *slot = [S::zero(); N];
+                *slot = [s.zero(); N];
             }
             let acc = stash.as_mut_ptr() as *mut S::V;
             let mut c0 = 0;
@@ -972,24 +707,60 @@ unsafe fn dot_blocked_n<T: Real, S: Vector<T>, const N: usize>(
                         macro_rules! tile {
                             ($r:literal) => {
                                 match g1 - g0 {
-                                    6 => {
-                                        dot_seg_tile::<T, S, $r, 6>(a, b0 + j, g0, (c0, c1), st, pf)
-                                    }
-                                    5 => {
-                                        dot_seg_tile::<T, S, $r, 5>(a, b0 + j, g0, (c0, c1), st, pf)
-                                    }
-                                    4 => {
-                                        dot_seg_tile::<T, S, $r, 4>(a, b0 + j, g0, (c0, c1), st, pf)
-                                    }
-                                    3 => {
-                                        dot_seg_tile::<T, S, $r, 3>(a, b0 + j, g0, (c0, c1), st, pf)
-                                    }
-                                    2 => {
-                                        dot_seg_tile::<T, S, $r, 2>(a, b0 + j, g0, (c0, c1), st, pf)
-                                    }
-                                    _ => {
-                                        dot_seg_tile::<T, S, $r, 1>(a, b0 + j, g0, (c0, c1), st, pf)
-                                    }
+                                    6 => dot_seg_tile::<T, S, $r, 6>(
+                                        s,
+                                        a,
+                                        b0 + j,
+                                        g0,
+                                        (c0, c1),
+                                        st,
+                                        pf,
+                                    ),
+                                    5 => dot_seg_tile::<T, S, $r, 5>(
+                                        s,
+                                        a,
+                                        b0 + j,
+                                        g0,
+                                        (c0, c1),
+                                        st,
+                                        pf,
+                                    ),
+                                    4 => dot_seg_tile::<T, S, $r, 4>(
+                                        s,
+                                        a,
+                                        b0 + j,
+                                        g0,
+                                        (c0, c1),
+                                        st,
+                                        pf,
+                                    ),
+                                    3 => dot_seg_tile::<T, S, $r, 3>(
+                                        s,
+                                        a,
+                                        b0 + j,
+                                        g0,
+                                        (c0, c1),
+                                        st,
+                                        pf,
+                                    ),
+                                    2 => dot_seg_tile::<T, S, $r, 2>(
+                                        s,
+                                        a,
+                                        b0 + j,
+                                        g0,
+                                        (c0, c1),
+                                        st,
+                                        pf,
+                                    ),
+                                    _ => dot_seg_tile::<T, S, $r, 1>(
+                                        s,
+                                        a,
+                                        b0 + j,
+                                        g0,
+                                        (c0, c1),
+                                        st,
+                                        pf,
+                                    ),
                                 }
                             };
                         }
@@ -1002,9 +773,9 @@ unsafe fn dot_blocked_n<T: Real, S: Vector<T>, const N: usize>(
                     }
                     if let Some(cf) = a.coef {
                         if r == 2 {
-                            update_seg::<T, S, 2, N>(a, cf, b0 + j, (c0, c1));
+                            update_seg::<T, S, 2, N>(s, a, cf, b0 + j, (c0, c1));
                         } else {
-                            update_seg::<T, S, 1, N>(a, cf, b0 + j, (c0, c1));
+                            update_seg::<T, S, 1, N>(s, a, cf, b0 + j, (c0, c1));
                         }
                     }
                     j += r;
@@ -1015,12 +786,12 @@ unsafe fn dot_blocked_n<T: Real, S: Vector<T>, const N: usize>(
             for j in 0..nb {
                 let m = b0 + j;
                 let row = a.rows.0.add(m * a.ld);
-                let tail = dot_tail::<T, S, N>(a, row, 0);
+                let tail = dot_tail::<T, S, N>(s, a, row, 0);
                 if let Some(cf) = a.coef {
-                    update_tail::<T, S, N>(a, row, &cf[m * N..]);
+                    update_tail::<T, S, N>(s, a, row, &cf[m * N..]);
                 }
                 for n in 0..N {
-                    let x = S::reduce(stash[j][n]) + tail[n];
+                    let x = s.reduce(stash[j][n]) + tail[n];
                     *a.out.0.add(m * N + n) = if a.scale != T::one() { x * a.scale } else { x };
                 }
             }
@@ -1042,7 +813,8 @@ const AXPY_RO_ROWS: usize = 32;
 /// vectors live in registers, each broadcast coefficient feeds C multiply-adds. Every
 /// target entry sums over m in increasing order, as [`axpy_blk`] does.
 #[inline(always)]
-unsafe fn axpy_ro_tile<T: Real, S: Vector<T>, const C: usize, const G: usize>(
+unsafe fn axpy_ro_tile<T: Float, S: Tiles<T>, const C: usize, const G: usize>(
+    s: S,
     x: &AxpyArgs<T>,
     g0: usize,
     m0: usize,
@@ -1051,30 +823,30 @@ unsafe fn axpy_ro_tile<T: Real, S: Vector<T>, const C: usize, const G: usize>(
 ) {
     unsafe {
         let (d, w, n) = (x.d, S::W, x.n);
-        let mut t = [[S::zero(); C]; G];
+        let mut t = [[s.zero(); C]; G];
         for g in 0..G {
             for k in 0..C {
-                t[g][k] = S::load(x.tgt.0.add((g0 + g) * d + c + k * w));
+                t[g][k] = s.load(x.tgt.0.add((g0 + g) * d + c + k * w));
             }
         }
         for m in m0..m1 {
             let row = x.rows.0.add(m * x.ld + c);
-            let mut r = [S::zero(); C];
+            let mut r = [s.zero(); C];
             for k in 0..C {
-                S::prefetch(row.wrapping_add(AXPY_RO_ROWS * x.ld + k * w));
-                r[k] = S::load(row.add(k * w));
+                s.prefetch(row.wrapping_add(AXPY_RO_ROWS * x.ld + k * w));
+                r[k] = s.load(row.add(k * w));
             }
             let coef = x.a.as_ptr().add(m * n + g0);
             for g in 0..G {
-                let s = S::splat(*coef.add(g));
+                let c = s.splat(*coef.add(g));
                 for k in 0..C {
-                    t[g][k] = S::fma(s, r[k], t[g][k]);
+                    t[g][k] = s.fma(c, r[k], t[g][k]);
                 }
             }
         }
         for g in 0..G {
             for k in 0..C {
-                S::store(x.tgt.0.add((g0 + g) * d + c + k * w), t[g][k]);
+                s.store(x.tgt.0.add((g0 + g) * d + c + k * w), t[g][k]);
             }
         }
     }
@@ -1082,25 +854,25 @@ unsafe fn axpy_ro_tile<T: Real, S: Vector<T>, const C: usize, const G: usize>(
 
 /// Read-only [`axpy_rows`] on the column segments [k0, k1) (segments of
 /// [`AXPY_SEG_BYTES`]): per segment, row blocks of [`AXPY_RO_ROWS`], column tiles of two
-/// chunks (one for the last odd chunk), targets in groups of at most [`Vector::AXPY_GROUP`].
+/// chunks (one for the last odd chunk), targets in groups of at most [`Tiles::AXPY_GROUP`].
 #[inline(always)]
-unsafe fn axpy_ro_impl<T: Real, S: Vector<T>>(x: &AxpyArgs<T>, k0: usize, k1: usize) {
+unsafe fn axpy_ro_impl<T: Float, S: Tiles<T>>(s: S, x: &AxpyArgs<T>, k0: usize, k1: usize) {
     unsafe {
         macro_rules! tile {
             ($c:literal, $g0:expr, $g:expr, $m0:expr, $m1:expr, $col:expr) => {
                 match $g {
-                    12 => axpy_ro_tile::<T, S, $c, 12>(x, $g0, $m0, $m1, $col),
-                    11 => axpy_ro_tile::<T, S, $c, 11>(x, $g0, $m0, $m1, $col),
-                    10 => axpy_ro_tile::<T, S, $c, 10>(x, $g0, $m0, $m1, $col),
-                    9 => axpy_ro_tile::<T, S, $c, 9>(x, $g0, $m0, $m1, $col),
-                    8 => axpy_ro_tile::<T, S, $c, 8>(x, $g0, $m0, $m1, $col),
-                    7 => axpy_ro_tile::<T, S, $c, 7>(x, $g0, $m0, $m1, $col),
-                    6 => axpy_ro_tile::<T, S, $c, 6>(x, $g0, $m0, $m1, $col),
-                    5 => axpy_ro_tile::<T, S, $c, 5>(x, $g0, $m0, $m1, $col),
-                    4 => axpy_ro_tile::<T, S, $c, 4>(x, $g0, $m0, $m1, $col),
-                    3 => axpy_ro_tile::<T, S, $c, 3>(x, $g0, $m0, $m1, $col),
-                    2 => axpy_ro_tile::<T, S, $c, 2>(x, $g0, $m0, $m1, $col),
-                    _ => axpy_ro_tile::<T, S, $c, 1>(x, $g0, $m0, $m1, $col),
+                    12 => axpy_ro_tile::<T, S, $c, 12>(s, x, $g0, $m0, $m1, $col),
+                    11 => axpy_ro_tile::<T, S, $c, 11>(s, x, $g0, $m0, $m1, $col),
+                    10 => axpy_ro_tile::<T, S, $c, 10>(s, x, $g0, $m0, $m1, $col),
+                    9 => axpy_ro_tile::<T, S, $c, 9>(s, x, $g0, $m0, $m1, $col),
+                    8 => axpy_ro_tile::<T, S, $c, 8>(s, x, $g0, $m0, $m1, $col),
+                    7 => axpy_ro_tile::<T, S, $c, 7>(s, x, $g0, $m0, $m1, $col),
+                    6 => axpy_ro_tile::<T, S, $c, 6>(s, x, $g0, $m0, $m1, $col),
+                    5 => axpy_ro_tile::<T, S, $c, 5>(s, x, $g0, $m0, $m1, $col),
+                    4 => axpy_ro_tile::<T, S, $c, 4>(s, x, $g0, $m0, $m1, $col),
+                    3 => axpy_ro_tile::<T, S, $c, 3>(s, x, $g0, $m0, $m1, $col),
+                    2 => axpy_ro_tile::<T, S, $c, 2>(s, x, $g0, $m0, $m1, $col),
+                    _ => axpy_ro_tile::<T, S, $c, 1>(s, x, $g0, $m0, $m1, $col),
                 }
             };
         }
@@ -1139,94 +911,20 @@ unsafe fn axpy_ro_impl<T: Real, S: Vector<T>>(x: &AxpyArgs<T>, k0: usize, k1: us
     }
 }
 
-#[doc(hidden)]
-pub struct DotArgs<'a, T> {
-    rows: Ptr<T>,
-    ld: usize,
-    d: usize,
-    vecs: *const T,
-    ldv: usize,
-    n: usize,
-    coef: Option<&'a [T]>,
-    out: Ptr<T>,
-    scale: T,
-    tails: Tails<T>,
-}
-unsafe impl<T> Sync for DotArgs<'_, T> {}
-
-/// Which instruction set the kernels run with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// AVX-512F + VL intrinsics ([`Avx512`]).
-    Avx512,
-    /// AVX2 + FMA intrinsics ([`Avx2`]), with register tiles for 16 registers.
-    Avx2Fma,
-    /// The portable code for the baseline target (multiply-adds through `mul_add`, a
-    /// libm call per element on x86-64 without FMA).
-    Generic,
-}
-
-impl Isa {
-    /// The name `reslim bench` and the run metadata print.
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Avx512 => "avx512",
-            Isa::Avx2Fma => "avx2+fma",
-            Isa::Generic => "generic",
-        }
-    }
-}
-
-/// The best instruction set of this CPU that the kernels support (cached):
-/// AVX-512F + VL, else AVX2 + FMA, else the portable code. Every choice gives the same
-/// bits. `RESLIM_NO_AVX512` (set to anything) skips AVX-512, `RESLIM_NO_AVX2` AVX2 too.
-pub fn isa() -> Isa {
-    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let off = |k: &str| std::env::var_os(k).is_some();
-            if !off("RESLIM_NO_AVX512")
-                && std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-            {
-                return Isa::Avx512;
-            }
-            if !off("RESLIM_NO_AVX2")
-                && std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Isa::Avx2Fma;
-            }
-        }
-        Isa::Generic
-    })
-}
-
-/// Per-type entry points of the kernels (implemented for f64 and f32).
-#[doc(hidden)]
-pub trait Kernels: Sized {
-    fn run_dot(a: &DotArgs<Self>, m0: usize, m1: usize);
-    fn run_axpy(x: &AxpyArgs<Self>, t0: usize, t1: usize);
-    /// `iters` rounds of independent register-resident FMA chains; returns their sum and
-    /// the lane multiply-adds per round (for the bench's compute-peak probe).
-    fn fma_probe(iters: usize) -> (Self, usize);
-}
-
 #[inline(always)]
-unsafe fn fma_chains<T: Real, S: Vector<T>>(iters: usize) -> (T, usize) {
-    unsafe {
+fn fma_chains<T: Float, S: Tiles<T>>(s: S, iters: usize) -> (T, usize) {
+    {
         // As many chains as fit in half the registers: enough to cover the latency.
         const MAX: usize = 12;
         let k = (S::REGISTERS * 3 / 4).min(MAX);
-        let mut a = [S::splat(T::one()); MAX];
-        let m = S::splat(T::of(0.999_999));
-        let c = S::splat(T::of(1e-9));
+        let mut a = [s.splat(T::one()); MAX];
+        let m = s.splat(T::of(0.999_999));
+        let c = s.splat(T::of(1e-9));
         macro_rules! rounds {
             ($k:literal) => {
                 for _ in 0..iters {
                     for j in 0..$k {
-                        a[j] = S::fma(a[j], m, c);
+                        a[j] = s.fma(a[j], m, c);
                     }
                 }
             };
@@ -1237,108 +935,133 @@ unsafe fn fma_chains<T: Real, S: Vector<T>>(iters: usize) -> (T, usize) {
             rounds!(6)
         }
         let k = if k >= 12 { 12 } else { 6 };
-        let mut s = T::zero();
+        let mut sum = T::zero();
         for j in 0..k {
-            s += S::reduce(a[j]);
+            sum += s.reduce(a[j]);
         }
-        (s, k * S::W)
+        (sum, k * S::W)
     }
 }
 
-/// The kernels compiled for one instruction set `$s` with the target features `$feat`
-/// (`run_*` pick among these at run time).
-macro_rules! isa_kernels {
-    ($m:ident, $s:ty, $feat:literal) => {
-        #[cfg(target_arch = "x86_64")]
-        mod $m {
-            use super::*;
-            // The read-only kernels are separate functions: inlined together with the
-            // updating ones, LLVM spilled the register tiles.
-            #[target_feature(enable = $feat)]
-            pub(super) unsafe fn dot_ro<T: Real>(a: &DotArgs<T>, m0: usize, m1: usize)
-            where
-                $s: Vector<T>,
-            {
-                unsafe { dot_ro_impl::<T, $s>(a, m0, m1) }
-            }
-            #[target_feature(enable = $feat)]
-            pub(super) unsafe fn axpy_ro<T: Real>(x: &AxpyArgs<T>, t0: usize, t1: usize)
-            where
-                $s: Vector<T>,
-            {
-                unsafe { axpy_ro_impl::<T, $s>(x, t0, t1) }
-            }
-            #[target_feature(enable = $feat)]
-            pub(super) unsafe fn dot<T: Real>(a: &DotArgs<T>, m0: usize, m1: usize)
-            where
-                $s: Vector<T>,
-            {
-                unsafe { dot_rows_impl::<T, $s>(a, m0, m1) }
-            }
-            #[target_feature(enable = $feat)]
-            pub(super) unsafe fn axpy<T: Real>(x: &AxpyArgs<T>, t0: usize, t1: usize)
-            where
-                $s: Vector<T>,
-            {
-                unsafe { axpy_impl::<T, $s>(x, t0, t1) }
-            }
-            #[target_feature(enable = $feat)]
-            pub(super) unsafe fn probe<T: Real>(iters: usize) -> (T, usize)
-            where
-                $s: Vector<T>,
-            {
-                unsafe { fma_chains::<T, $s>(iters) }
-            }
-        }
-    };
-}
-isa_kernels!(on_avx512, Avx512, "avx512f,avx512vl");
-isa_kernels!(on_avx2, Avx2, "avx2,fma");
+/// The arguments of the kernels and their per-type entry points: public items of a
+/// private module (a supertrait of [`crate::model::Real`], not nameable outside the crate).
+mod entry {
+    use super::{Ptr, Tails};
 
-/// Calls `$f` of the module of the current [`isa`], or `$generic` on the portable code.
-macro_rules! dispatch {
-    ($t:ty, $f:ident($($arg:expr),*), $generic:expr) => {{
-        // SAFETY: the public wrappers checked the extents; `isa` checked the CPU's
-        // features at run time.
-        unsafe {
-            match isa() {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => on_avx512::$f::<$t>($($arg),*),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2Fma => on_avx2::$f::<$t>($($arg),*),
-                _ => $generic,
-            }
-        }
-    }};
+    /// A dot kernel's call: rows, vectors, coefficients, outputs (raw parts checked by the
+    /// public wrappers).
+    pub struct DotArgs<'a, T> {
+        pub(super) rows: Ptr<T>,
+        pub(super) ld: usize,
+        pub(super) d: usize,
+        pub(super) vecs: *const T,
+        pub(super) ldv: usize,
+        pub(super) n: usize,
+        pub(super) coef: Option<&'a [T]>,
+        pub(super) out: Ptr<T>,
+        pub(super) scale: T,
+        pub(super) tails: Tails<T>,
+    }
+    // SAFETY: the kernels' threads touch disjoint rows and outputs.
+    unsafe impl<T> Sync for DotArgs<'_, T> {}
+
+    /// An axpy kernel's call (raw parts checked by the public wrappers).
+    pub struct AxpyArgs<'a, T> {
+        pub(super) rows: Ptr<T>,
+        /// Row stride of `rows` (the targets' is `d`).
+        pub(super) ld: usize,
+        pub(super) m: usize,
+        pub(super) d: usize,
+        pub(super) a: &'a [T],
+        pub(super) b: Option<&'a [T]>,
+        pub(super) vecs: *const T,
+        pub(super) tgt: Ptr<T>,
+        pub(super) n: usize,
+    }
+    // SAFETY: the kernels' threads touch disjoint column segments.
+    unsafe impl<T> Sync for AxpyArgs<'_, T> {}
+
+    /// Per-type entry points of the kernels (implemented for f64 and f32).
+    pub trait Kernels: Sized {
+        fn run_dot(a: &DotArgs<Self>, m0: usize, m1: usize);
+        fn run_axpy(x: &AxpyArgs<Self>, t0: usize, t1: usize);
+        /// `iters` rounds of independent register-resident FMA chains; returns their sum and
+        /// the lane multiply-adds per round (for the bench's compute-peak probe).
+        fn fma_probe(iters: usize) -> (Self, usize);
+    }
 }
+pub(crate) use entry::Kernels;
+use entry::{AxpyArgs, DotArgs};
+
+/// The kernels as generic functions over the instruction set, for [`dispatch`] (one
+/// type per kernel: each is compiled into its own entry with the target features; the
+/// read-only kernels are separate because, inlined together with the updating ones, LLVM
+/// spilled the register tiles). Rows [m0, m1) or column segments [t0, t1).
+struct DotRo<'a, 'b, T>(&'a DotArgs<'b, T>, usize, usize);
+struct DotUpd<'a, 'b, T>(&'a DotArgs<'b, T>, usize, usize);
+struct AxpyRo<'a, 'b, T>(&'a AxpyArgs<'b, T>, usize, usize);
+struct AxpyUpd<'a, 'b, T>(&'a AxpyArgs<'b, T>, usize, usize);
+/// [`fma_chains`] with `iters` rounds.
+struct Probe<T>(usize, std::marker::PhantomData<T>);
 
 macro_rules! kernels_for {
     ($t:ty) => {
+        impl WithSimd for DotRo<'_, '_, $t> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: Token>(self, s: S) {
+                // SAFETY: the public wrappers checked the extents of the arguments.
+                unsafe { dot_ro_impl::<$t, S>(s, self.0, self.1, self.2) }
+            }
+        }
+        impl WithSimd for DotUpd<'_, '_, $t> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: Token>(self, s: S) {
+                // SAFETY: as above.
+                unsafe { dot_rows_impl::<$t, S>(s, self.0, self.1, self.2) }
+            }
+        }
+        impl WithSimd for AxpyRo<'_, '_, $t> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: Token>(self, s: S) {
+                // SAFETY: as above.
+                unsafe { axpy_ro_impl::<$t, S>(s, self.0, self.1, self.2) }
+            }
+        }
+        impl WithSimd for AxpyUpd<'_, '_, $t> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: Token>(self, s: S) {
+                // SAFETY: as above.
+                unsafe { axpy_impl::<$t, S>(s, self.0, self.1, self.2) }
+            }
+        }
+        impl WithSimd for Probe<$t> {
+            type Output = ($t, usize);
+            #[inline(always)]
+            fn with_simd<S: Token>(self, s: S) -> ($t, usize) {
+                fma_chains::<$t, S>(s, self.0)
+            }
+        }
         impl Kernels for $t {
             fn run_dot(a: &DotArgs<Self>, m0: usize, m1: usize) {
                 if a.coef.is_none() {
-                    dispatch!(
-                        $t,
-                        dot_ro(a, m0, m1),
-                        dot_ro_impl::<$t, Portable>(a, m0, m1)
-                    )
+                    dispatch(DotRo(a, m0, m1))
                 } else {
-                    dispatch!($t, dot(a, m0, m1), dot_rows_impl::<$t, Portable>(a, m0, m1))
+                    dispatch(DotUpd(a, m0, m1))
                 }
             }
             fn run_axpy(x: &AxpyArgs<Self>, t0: usize, t1: usize) {
                 if x.b.is_none() && x.n >= AXPY_TILED_FROM {
-                    dispatch!(
-                        $t,
-                        axpy_ro(x, t0, t1),
-                        axpy_ro_impl::<$t, Portable>(x, t0, t1)
-                    )
+                    dispatch(AxpyRo(x, t0, t1))
                 } else {
-                    dispatch!($t, axpy(x, t0, t1), axpy_impl::<$t, Portable>(x, t0, t1))
+                    dispatch(AxpyUpd(x, t0, t1))
                 }
             }
             fn fma_probe(iters: usize) -> ($t, usize) {
-                dispatch!($t, probe(iters), fma_chains::<$t, Portable>(iters))
+                dispatch(Probe::<$t>(iters, std::marker::PhantomData))
             }
         }
     };
@@ -1346,34 +1069,9 @@ macro_rules! kernels_for {
 kernels_for!(f64);
 kernels_for!(f32);
 
-/// Parallelism of one call: sequential, or over the current rayon pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Par {
-    Seq,
-    Rayon,
-}
-
-impl Par {
-    /// Runs `f` where its parallel calls are cheapest: with [`Par::Rayon`] on a thread
-    /// that is not one of the pool's workers (the binary's main thread), on a worker of
-    /// the current pool. A parallel call made from outside the pool injects its job and
-    /// puts the caller to sleep until the workers are done, two wake-ups per call; from a
-    /// worker it forks and joins on the pool's own queues. The GD step makes about five
-    /// parallel calls per layer, so this is one wake-up per pass instead of hundreds
-    /// (M = D = 100, L = 50, 2 threads: 7.2-7.9 ms per step against 8.5-9.2).
-    pub fn on_workers<R: Send>(self, f: impl FnOnce() -> R + Send) -> R {
-        if self == Par::Seq || rayon::current_thread_index().is_some() {
-            return f();
-        }
-        let mut out = None;
-        rayon::scope(|s| s.spawn(|_| out = Some(f())));
-        out.expect("the spawned job ran")
-    }
-}
-
 /// Runs the dot kernel over rows [0, m): sequentially, or in blocks of [`ROW_BLOCK`] rows
 /// over the rayon pool.
-fn run_dot_rows<T: Real>(args: &DotArgs<T>, m: usize, par: Par) {
+fn run_dot_rows<T: Float + Kernels>(args: &DotArgs<T>, m: usize, par: Par) {
     match par {
         Par::Seq => T::run_dot(args, 0, m),
         Par::Rayon => {
@@ -1387,7 +1085,7 @@ fn run_dot_rows<T: Real>(args: &DotArgs<T>, m: usize, par: Par) {
 
 /// Runs the axpy kernel over every column segment of D columns: sequentially, or in
 /// blocks of [`SEG_BLOCK`] segments over the rayon pool.
-fn run_axpy_segs<T: Real>(x: &AxpyArgs<T>, d: usize, par: Par) {
+fn run_axpy_segs<T: Float + Kernels>(x: &AxpyArgs<T>, d: usize, par: Par) {
     let segs = axpy_segments::<T>(d);
     match par {
         Par::Seq => T::run_axpy(x, 0, segs),
@@ -1406,7 +1104,7 @@ const ROW_BLOCK: usize = 16;
 /// `out[m][n] = scale * <rows_m, vecs_n>` for m < M (out: M x N), and, when `coef`
 /// (M x N) is given, `rows_m -= sum_n coef[m][n] vecs_n` in the same pass.
 #[allow(clippy::too_many_arguments)]
-pub fn dot_rows<T: Real>(
+pub fn dot_rows<T: Float + Kernels>(
     rows: &mut [T],
     m: usize,
     d: usize,
@@ -1439,26 +1137,12 @@ pub fn dot_rows<T: Real>(
     run_dot_rows(&args, m, par);
 }
 
-#[doc(hidden)]
-pub struct AxpyArgs<'a, T> {
-    rows: Ptr<T>,
-    /// Row stride of `rows` (the targets' is `d`).
-    ld: usize,
-    m: usize,
-    d: usize,
-    a: &'a [T],
-    b: Option<&'a [T]>,
-    vecs: *const T,
-    tgt: Ptr<T>,
-    n: usize,
-}
-unsafe impl<T> Sync for AxpyArgs<'_, T> {}
-
 /// Rows [m0, m0 + R) on the columns [c0, c1) of one segment (c1 - c0 a multiple of W):
 /// each target vector is loaded and stored once per R rows, each sample vector loaded
 /// once per R rows, and the rows are read (and written) once, sequentially.
 #[inline(always)]
-unsafe fn axpy_blk<T: Real, S: Vector<T>, const R: usize, const N: usize>(
+unsafe fn axpy_blk<T: Float, S: Tiles<T>, const R: usize, const N: usize>(
+    s: S,
     x: &AxpyArgs<T>,
     m0: usize,
     c0: usize,
@@ -1466,13 +1150,13 @@ unsafe fn axpy_blk<T: Real, S: Vector<T>, const R: usize, const N: usize>(
 ) {
     unsafe {
         let (d, w) = (x.d, S::W);
-        let mut a = [[S::zero(); N]; R];
-        let mut b = [[S::zero(); N]; R];
+        let mut a = [[s.zero(); N]; R];
+        let mut b = [[s.zero(); N]; R];
         for j in 0..R {
             for n in 0..N {
-                a[j][n] = S::splat(x.a[(m0 + j) * N + n]);
+                a[j][n] = s.splat(x.a[(m0 + j) * N + n]);
                 if let Some(bb) = x.b {
-                    b[j][n] = S::splat(bb[(m0 + j) * N + n]);
+                    b[j][n] = s.splat(bb[(m0 + j) * N + n]);
                 }
             }
         }
@@ -1480,40 +1164,40 @@ unsafe fn axpy_blk<T: Real, S: Vector<T>, const R: usize, const N: usize>(
         let mut c = c0;
         while c < c1 {
             for j in 0..R {
-                S::prefetch(ahead.wrapping_add(j * x.ld + c));
+                s.prefetch(ahead.wrapping_add(j * x.ld + c));
             }
-            let mut r = [S::zero(); R];
+            let mut r = [s.zero(); R];
             for j in 0..R {
-                r[j] = S::load(x.rows.0.add((m0 + j) * x.ld + c));
+                r[j] = s.load(x.rows.0.add((m0 + j) * x.ld + c));
             }
-            let mut u = [S::zero(); R];
+            let mut u = [s.zero(); R];
             // With 16 registers, broadcast each coefficient at its use (one load) rather
             // than keep the 2 R N splats, which spill and reload two halves each.
             let (ap, bp) = (opaque(x.a.as_ptr()), opaque(x.b.unwrap_or(x.a).as_ptr()));
             let coef = |p: *const T, j: usize, n: usize, hoisted: &[[S::V; N]; R]| {
                 if S::REGISTERS <= 8 {
-                    S::splat(*p.add((m0 + j) * N + n))
+                    s.splat(*p.add((m0 + j) * N + n))
                 } else {
                     hoisted[j][n]
                 }
             };
             for n in 0..N {
                 let tp = x.tgt.0.add(n * d + c);
-                let mut t = S::load(tp);
+                let mut t = s.load(tp);
                 for j in 0..R {
-                    t = S::fma(coef(ap, j, n, &a), r[j], t);
+                    t = s.fma(coef(ap, j, n, &a), r[j], t);
                 }
-                S::store(tp, t);
+                s.store(tp, t);
                 if x.b.is_some() {
-                    let v = S::load(x.vecs.add(n * d + c));
+                    let v = s.load(x.vecs.add(n * d + c));
                     for j in 0..R {
-                        u[j] = S::fma(coef(bp, j, n, &b), v, u[j]);
+                        u[j] = s.fma(coef(bp, j, n, &b), v, u[j]);
                     }
                 }
             }
             if x.b.is_some() {
                 for j in 0..R {
-                    S::store(x.rows.0.add((m0 + j) * x.ld + c), S::sub(r[j], u[j]));
+                    s.store(x.rows.0.add((m0 + j) * x.ld + c), s.sub(r[j], u[j]));
                 }
             }
             c += w;
@@ -1528,7 +1212,12 @@ const AXPY_SEG_BYTES: usize = 1024;
 /// Column segments [k0, k1) (all rows); the last d % W columns as one staged chunk
 /// ([`axpy_tail`]).
 #[inline(always)]
-unsafe fn axpy_segs<T: Real, S: Vector<T>, const N: usize>(x: &AxpyArgs<T>, k0: usize, k1: usize) {
+unsafe fn axpy_segs<T: Float, S: Tiles<T>, const N: usize>(
+    s: S,
+    x: &AxpyArgs<T>,
+    k0: usize,
+    k1: usize,
+) {
     unsafe {
         let seg = AXPY_SEG_BYTES / std::mem::size_of::<T>();
         let dv = x.d - x.d % S::W;
@@ -1536,11 +1225,11 @@ unsafe fn axpy_segs<T: Real, S: Vector<T>, const N: usize>(x: &AxpyArgs<T>, k0: 
             let c0 = k * seg;
             let c1 = ((k + 1) * seg).min(dv);
             if c0 < c1 {
-                axpy_blocks::<T, S, N>(x, c0, c1);
+                axpy_blocks::<T, S, N>(s, x, c0, c1);
             }
             let end = ((k + 1) * seg).min(x.d);
             if end > dv.max(c0) {
-                axpy_tail::<T, S, N>(x, dv.max(c0), end - dv.max(c0));
+                axpy_tail::<T, S, N>(s, x, dv.max(c0), end - dv.max(c0));
             }
         }
     }
@@ -1548,7 +1237,8 @@ unsafe fn axpy_segs<T: Real, S: Vector<T>, const N: usize>(x: &AxpyArgs<T>, k0: 
 
 /// All rows on the columns [c0, c1) (a multiple of W), in row blocks of [`axpy_blk`].
 #[inline(always)]
-unsafe fn axpy_blocks<T: Real, S: Vector<T>, const N: usize>(
+unsafe fn axpy_blocks<T: Float, S: Tiles<T>, const N: usize>(
+    s: S,
     x: &AxpyArgs<T>,
     c0: usize,
     c1: usize,
@@ -1562,7 +1252,7 @@ unsafe fn axpy_blocks<T: Real, S: Vector<T>, const N: usize>(
             // step (M = D = 500, N = 10, 2 threads), the backward U pass took 15.0-15.5 ms
             // at best of 4-10 interleaved rounds against 15.7-16.8 ms with 2 rows.
             while m + 3 <= x.m {
-                axpy_blk::<T, S, 3, N>(x, m, c0, c1);
+                axpy_blk::<T, S, 3, N>(s, x, m, c0, c1);
                 m += 3;
             }
         } else if x.b.is_some() {
@@ -1571,18 +1261,18 @@ unsafe fn axpy_blocks<T: Real, S: Vector<T>, const N: usize>(
             // 1000, N = 10, f64, 2 threads: 19.2 vs 16.8 GB/s; from L2, 1 thread: 14.3 vs
             // 10.4 GB/s; 1 row: 14.2 and 7.9).
             while m + 2 <= x.m {
-                axpy_blk::<T, S, 2, N>(x, m, c0, c1);
+                axpy_blk::<T, S, 2, N>(s, x, m, c0, c1);
                 m += 2;
             }
         }
         while m + 4 <= x.m {
-            axpy_blk::<T, S, 4, N>(x, m, c0, c1);
+            axpy_blk::<T, S, 4, N>(s, x, m, c0, c1);
             m += 4;
         }
         match x.m - m {
-            3 => axpy_blk::<T, S, 3, N>(x, m, c0, c1),
-            2 => axpy_blk::<T, S, 2, N>(x, m, c0, c1),
-            1 => axpy_blk::<T, S, 1, N>(x, m, c0, c1),
+            3 => axpy_blk::<T, S, 3, N>(s, x, m, c0, c1),
+            2 => axpy_blk::<T, S, 2, N>(s, x, m, c0, c1),
+            1 => axpy_blk::<T, S, 1, N>(s, x, m, c0, c1),
             _ => {}
         }
     }
@@ -1600,7 +1290,12 @@ const TAIL_ROWS: usize = 64;
 /// interleaved rounds, per 500 x 500 weights: forward V pass 9.1 -> 6.6 ms, backward U
 /// pass 15.0 -> 9.5 ms (column by column before; 5.6 and 8.3 ms at D = 304).
 #[inline(always)]
-unsafe fn axpy_tail<T: Real, S: Vector<T>, const N: usize>(x: &AxpyArgs<T>, c: usize, k: usize) {
+unsafe fn axpy_tail<T: Float, S: Tiles<T>, const N: usize>(
+    s: S,
+    x: &AxpyArgs<T>,
+    c: usize,
+    k: usize,
+) {
     unsafe {
         let w = S::W;
         let mut tg = [T::zero(); 12 * 16];
@@ -1633,7 +1328,7 @@ unsafe fn axpy_tail<T: Real, S: Vector<T>, const N: usize>(x: &AxpyArgs<T>, c: u
                 tgt: Ptr(tg.as_mut_ptr()),
                 n: N,
             };
-            axpy_blocks::<T, S, N>(&staged, 0, w);
+            axpy_blocks::<T, S, N>(s, &staged, 0, w);
             if x.b.is_some() {
                 for j in 0..rb {
                     for i in 0..k {
@@ -1658,7 +1353,7 @@ fn axpy_segments<T>(d: usize) -> usize {
 
 /// The ragged end of the columns: scalar code with the same order (over m) per entry.
 #[inline(always)]
-unsafe fn axpy_cols_scalar<T: Real>(x: &AxpyArgs<T>, c0: usize, c1: usize) {
+unsafe fn axpy_cols_scalar<T: Float>(x: &AxpyArgs<T>, c0: usize, c1: usize) {
     unsafe {
         let (d, n) = (x.d, x.n);
         for c in c0..c1 {
@@ -1682,12 +1377,12 @@ unsafe fn axpy_cols_scalar<T: Real>(x: &AxpyArgs<T>, c0: usize, c1: usize) {
 }
 
 #[inline(always)]
-unsafe fn axpy_impl<T: Real, S: Vector<T>>(x: &AxpyArgs<T>, k0: usize, k1: usize) {
+unsafe fn axpy_impl<T: Float, S: Tiles<T>>(s: S, x: &AxpyArgs<T>, k0: usize, k1: usize) {
     unsafe {
         macro_rules! go {
             ($($k:literal)*) => {
                 match x.n {
-                    $($k => axpy_segs::<T, S, $k>(x, k0, k1),)*
+                    $($k => axpy_segs::<T, S, $k>(s, x, k0, k1),)*
                     _ => unreachable!("axpy_rows splits N into groups of at most 12"),
                 }
             };
@@ -1703,7 +1398,7 @@ const SEG_BLOCK: usize = 1;
 /// (M x N) is given, `rows_m -= sum_n b[m][n] vecs_n` (vecs: N x D) in the same pass,
 /// the targets using the rows before their update.
 #[allow(clippy::too_many_arguments)]
-pub fn axpy_rows<T: Real>(
+pub fn axpy_rows<T: Float + Kernels>(
     rows: &mut [T],
     m: usize,
     d: usize,
@@ -1742,7 +1437,7 @@ pub fn axpy_rows<T: Real>(
 /// N > 12: the targets in groups of at most 12 (reading the rows before any update),
 /// then the row update as zero-coefficient passes over groups of the vectors.
 #[allow(clippy::too_many_arguments)]
-fn axpy_rows_grouped<T: Real>(
+fn axpy_rows_grouped<T: Float + Kernels>(
     rows: &mut [T],
     m: usize,
     d: usize,
@@ -1789,7 +1484,7 @@ fn axpy_rows_grouped<T: Real>(
 /// Read-only [`dot_rows`] with strides: `out[m][n] = scale * <rows[m*ld ..][..d],
 /// vecs[n*ldv ..][..d]>` for m < M, n < N (out: M x N). The rows are only read.
 #[allow(clippy::too_many_arguments)]
-pub fn dot_ro<T: Real>(
+pub fn dot_ro<T: Float + Kernels>(
     rows: &[T],
     m: usize,
     d: usize,
@@ -1825,7 +1520,7 @@ pub fn dot_ro<T: Real>(
 /// Read-only [`axpy_rows`] with a row stride: `tgt_n += sum_m a[m][n] rows[m*ld ..][..d]`
 /// (tgt: N x D contiguous; a: M x N). The rows are only read.
 #[allow(clippy::too_many_arguments)]
-pub fn axpy_ro<T: Real>(
+pub fn axpy_ro<T: Float + Kernels>(
     rows: &[T],
     m: usize,
     d: usize,
@@ -1858,6 +1553,8 @@ pub fn axpy_ro<T: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "x86_64")]
+    use crate::cpu::{Avx2, Avx512, Portable};
     use crate::rng::{Stream, Tensor};
 
     fn rand(n: usize, seed: u32) -> Vec<f64> {
@@ -1958,14 +1655,15 @@ mod tests {
     /// The kernels of instruction set `isa` ("avx512", "avx2" or "portable") on
     /// rows x vectors, with or without the update: (rows, dot outputs, axpy targets).
     #[cfg(target_arch = "x86_64")]
-    fn run_isa<T: Real>(
+    fn run_isa<T: Float>(
         isa: &str,
         (m, d, n, upd): (usize, usize, usize, bool),
     ) -> (Vec<T>, Vec<T>, Vec<T>)
     where
-        Avx512: Vector<T>,
-        Avx2: Vector<T>,
-        Portable: Vector<T>,
+        for<'a, 'b> DotRo<'a, 'b, T>: WithSimd<Output = ()>,
+        for<'a, 'b> DotUpd<'a, 'b, T>: WithSimd<Output = ()>,
+        for<'a, 'b> AxpyRo<'a, 'b, T>: WithSimd<Output = ()>,
+        for<'a, 'b> AxpyUpd<'a, 'b, T>: WithSimd<Output = ()>,
     {
         let t = |v: Vec<f64>| v.into_iter().map(T::of).collect::<Vec<T>>();
         let mut rows = t(rand(m * d, 1));
@@ -1997,34 +1695,31 @@ mod tests {
             n,
         };
         let tiles = axpy_segments::<T>(d);
-        // SAFETY: the caller checked that the CPU has the instruction set.
-        unsafe {
-            match (isa, upd) {
-                ("avx512", true) => {
-                    on_avx512::dot::<T>(&args, 0, m);
-                    on_avx512::axpy::<T>(&ax, 0, tiles);
-                }
-                ("avx512", false) => {
-                    on_avx512::dot_ro::<T>(&args, 0, m);
-                    on_avx512::axpy_ro::<T>(&ax, 0, tiles);
-                }
-                ("avx2", true) => {
-                    on_avx2::dot::<T>(&args, 0, m);
-                    on_avx2::axpy::<T>(&ax, 0, tiles);
-                }
-                ("avx2", false) => {
-                    on_avx2::dot_ro::<T>(&args, 0, m);
-                    on_avx2::axpy_ro::<T>(&ax, 0, tiles);
-                }
-                (_, true) => {
-                    dot_rows_impl::<T, Portable>(&args, 0, m);
-                    axpy_impl::<T, Portable>(&ax, 0, tiles);
-                }
-                (_, false) => {
-                    dot_ro_impl::<T, Portable>(&args, 0, m);
-                    axpy_ro_impl::<T, Portable>(&ax, 0, tiles);
-                }
+        fn on<S: Token, T>(
+            s: S,
+            upd: bool,
+            args: &DotArgs<T>,
+            ax: &AxpyArgs<T>,
+            m: usize,
+            tiles: usize,
+        ) where
+            for<'a, 'b> DotRo<'a, 'b, T>: WithSimd<Output = ()>,
+            for<'a, 'b> DotUpd<'a, 'b, T>: WithSimd<Output = ()>,
+            for<'a, 'b> AxpyRo<'a, 'b, T>: WithSimd<Output = ()>,
+            for<'a, 'b> AxpyUpd<'a, 'b, T>: WithSimd<Output = ()>,
+        {
+            if upd {
+                s.vectorize(DotUpd(args, 0, m));
+                s.vectorize(AxpyUpd(ax, 0, tiles));
+            } else {
+                s.vectorize(DotRo(args, 0, m));
+                s.vectorize(AxpyRo(ax, 0, tiles));
             }
+        }
+        match isa {
+            "avx512" => on(Avx512::try_new().unwrap(), upd, &args, &ax, m, tiles),
+            "avx2" => on(Avx2::try_new().unwrap(), upd, &args, &ax, m, tiles),
+            _ => on(Portable, upd, &args, &ax, m, tiles),
         }
         (rows, out, tgt)
     }
@@ -2038,14 +1733,8 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         {
             let has = |f: &str| match f {
-                "avx512" => {
-                    std::arch::is_x86_feature_detected!("avx512f")
-                        && std::arch::is_x86_feature_detected!("avx512vl")
-                }
-                _ => {
-                    std::arch::is_x86_feature_detected!("avx2")
-                        && std::arch::is_x86_feature_detected!("fma")
-                }
+                "avx512" => Avx512::try_new().is_some(),
+                _ => Avx2::try_new().is_some(),
             };
             let isas: Vec<&str> = ["avx512", "avx2"].into_iter().filter(|f| has(f)).collect();
             for &shape in &[
@@ -2114,7 +1803,7 @@ mod tests {
     /// and odd n) on the full chunks and one on the last columns; the axpy as one chain
     /// over m per entry, its update one chain over n. Returns (rows, dot outputs, axpy
     /// targets) after `dot_rows` then `axpy_rows` on the updated rows.
-    fn in_documented_order<T: Real>(
+    fn in_documented_order<T: Float>(
         (m, d, n, upd): (usize, usize, usize, bool),
         rows: &[T],
         vecs: &[T],
@@ -2188,7 +1877,7 @@ mod tests {
         (rows, out, tgt)
     }
 
-    fn follows_documented_order<T: Real>(shape: (usize, usize, usize, bool), par: Par) {
+    fn follows_documented_order<T: Float + Kernels>(shape: (usize, usize, usize, bool), par: Par) {
         let (m, d, n, upd) = shape;
         let t = |v: Vec<f64>| v.into_iter().map(T::of).collect::<Vec<T>>();
         let (rows0, vecs) = (t(rand(m * d, 21)), t(rand(n * d, 22)));

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod coords;
+pub mod cpu;
 pub mod error;
 pub mod factored;
 pub mod fit;

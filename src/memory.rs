@@ -51,6 +51,20 @@ pub enum MemoryError {
     BadOverride(String),
 }
 
+impl From<crate::cpu::AllocError> for MemoryError {
+    fn from(e: crate::cpu::AllocError) -> Self {
+        match e {
+            crate::cpu::AllocError::Overflow { expr } => MemoryError::Overflow { expr },
+            crate::cpu::AllocError::Refused { what, bytes } => MemoryError::Insufficient {
+                what,
+                need: bytes,
+                available: 0,
+                by: Source::Allocator,
+            },
+        }
+    }
+}
+
 /// Bytes as GB with one decimal (three significant digits below 1 GB).
 pub fn gb(bytes: usize) -> String {
     let g = bytes as f64 / 1e9;

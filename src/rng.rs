@@ -253,35 +253,15 @@ impl RowElem for f32 {
 fn fill_row<O: RowElem>(s: &Stream, row: u64, col0: u64, scale: f64, out: &mut [O]) {
     let z = zig();
     #[cfg(target_arch = "x86_64")]
-    match crate::kernels::isa() {
-        crate::kernels::Isa::Avx512 => {
-            // SAFETY: `isa` checked at run time that the CPU has AVX-512F.
-            unsafe { avx512::fill_row(s, z, row, col0, scale, out) };
-            return;
-        }
-        crate::kernels::Isa::Avx2Fma => {
-            // SAFETY: `isa` checked at run time that the CPU has AVX2 and FMA.
-            unsafe { fill_row_avx2(s, z, row, col0, scale, out) };
-            return;
-        }
-        crate::kernels::Isa::Generic => {}
+    if crate::cpu::isa() == crate::cpu::Isa::Avx512
+        && let Some(t) = crate::cpu::Avx512::try_new()
+    {
+        avx512::fill_row(t, s, z, row, col0, scale, out);
+        return;
     }
-    fill_row_portable(s, z, row, col0, scale, out)
-}
-
-/// The portable filler compiled with AVX2 (+ FMA) enabled, where LLVM vectorizes the
-/// Philox lanes: the same operations, so the same bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn fill_row_avx2<O: RowElem>(
-    s: &Stream,
-    z: &Ziggurat,
-    row: u64,
-    col0: u64,
-    scale: f64,
-    out: &mut [O],
-) {
-    fill_row_portable(s, z, row, col0, scale, out)
+    // Elsewhere the portable filler, compiled for AVX2 (+ FMA) where `isa` says so (LLVM
+    // vectorizes the Philox lanes): the same operations, so the same bits.
+    crate::cpu::vectorized(|| fill_row_portable(s, z, row, col0, scale, out))
 }
 
 /// The portable row filler. An odd `col0` is drawn alone; then each step of [`STEP`]
@@ -662,12 +642,25 @@ mod avx512 {
         (f64s(lo), f64s(hi))
     }
 
-    /// See the module docs; same contract as [`super::fill_row_portable`].
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F.
+    /// See the module docs; same contract as [`super::fill_row_portable`]. The token
+    /// proves AVX-512F.
+    #[inline]
+    pub(super) fn fill_row<O: RowElem>(
+        t: crate::cpu::Avx512,
+        s: &Stream,
+        z: &Ziggurat,
+        row: u64,
+        col0: u64,
+        scale: f64,
+        out: &mut [O],
+    ) {
+        let _: crate::cpu::Avx512 = t;
+        // SAFETY: the token exists, so the CPU has AVX-512F.
+        unsafe { fill_row_512(s, z, row, col0, scale, out) }
+    }
+
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn fill_row<O: RowElem>(
+    fn fill_row_512<O: RowElem>(
         s: &Stream,
         z: &Ziggurat,
         row: u64,
@@ -1053,12 +1046,15 @@ mod tests {
             ),
         ];
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if crate::cpu::Avx512::try_new().is_some() {
             fillers.push((
                 "avx512",
-                // SAFETY: the CPU has AVX-512F (checked just above).
-                |s, r, c, a, o| unsafe { avx512::fill_row(s, zig(), r, c, a, o) },
-                |s, r, c, a, o| unsafe { avx512::fill_row(s, zig(), r, c, a, o) },
+                |s, r, c, a, o| {
+                    avx512::fill_row(crate::cpu::Avx512::try_new().unwrap(), s, zig(), r, c, a, o)
+                },
+                |s, r, c, a, o| {
+                    avx512::fill_row(crate::cpu::Avx512::try_new().unwrap(), s, zig(), r, c, a, o)
+                },
             ));
         }
         let z = zig();
@@ -1145,7 +1141,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn exp_squeeze_brackets_exp() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
+        if crate::cpu::Avx512::try_new().is_none() {
             return;
         }
         let n = 200_000;

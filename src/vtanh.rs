@@ -42,13 +42,14 @@
 //!
 //! # Implementations
 //!
-//! One generic body (`tanh_lanes`) over a lane trait ([`Lanes`]), instantiated for
-//! AVX-512F (+VL; 8 f64 or 16 f32 lanes, masked loads and stores for the tail), picked
-//! at run time when [`crate::kernels::isa`] says so, and for single lanes (portable, any
-//! CPU; compiled a second time with AVX2 + FMA enabled and picked at run time on such
-//! x86-64 CPUs, where LLVM vectorizes the loop). All operations are correctly rounded
-//! IEEE operations (fused multiply-adds through `mul_add` in the portable code), so every
-//! path gives the same bits: results do not depend on the CPU. The price: the baseline
+//! One generic body (`tanh_lanes`) over the lane trait [`crate::cpu::Simd`], run on the
+//! token of each [`Path`]: AVX-512F (+VL; 8 f64 or 16 f32 lanes, masked loads and stores
+//! for the tail), AVX2 + FMA (two ymm halves per 64-byte vector; the tail through a
+//! zero-padded copy) and portable arrays (any CPU); [`Path::best`] is the instruction set
+//! of [`crate::cpu::isa`]. (Before the `cpu` layer, the AVX2 path was the single-lane
+//! portable loop compiled with AVX2 + FMA and vectorized by LLVM.) All operations are
+//! correctly rounded IEEE operations (fused multiply-adds through `mul_add` in the
+//! portable code), so every path gives the same bits: results do not depend on the CPU. The price: the baseline
 //! x86-64 build of the portable code calls libm's `fma` per multiply-add (about 4x
 //! slower than scalar libm tanh), which x86-64 only runs on CPUs without AVX2 + FMA
 //! (on aarch64, FMA is baseline).
@@ -60,9 +61,10 @@
 
 #![allow(clippy::excessive_precision)] // Cephes' coefficients, as published.
 
+use crate::cpu::{Avx2, Avx512, Float, Portable, Simd, Token, WithSimd};
+
 /// The element types, with their constants.
-#[doc(hidden)]
-pub trait Elem: Copy + 'static {
+trait Elem: Float {
     const ONE: Self;
     const TWO: Self;
     /// Below this |x|, the rational approximation.
@@ -155,401 +157,109 @@ impl Elem for f32 {
     const Q: [f32; 3] = [CEPHES_Q[0] as f32, CEPHES_Q[1] as f32, CEPHES_Q[2] as f32];
 }
 
-/// The lane operations the body needs, for element type `T`: [`Scalar`] (one lane, any
-/// CPU) and [`Avx512`] (intrinsics). All are exact or correctly rounded, so both give the
-/// same bits.
-#[doc(hidden)]
-pub trait Lanes<T: Elem> {
-    type V: Copy;
-    type M: Copy;
-    /// Lanes per vector.
-    const W: usize;
-    unsafe fn splat(x: T) -> Self::V;
-    unsafe fn load(p: *const T) -> Self::V;
-    unsafe fn store(p: *mut T, v: Self::V);
-    /// The first `n < W` lanes from `p`, the others zero.
-    unsafe fn load_part(p: *const T, n: usize) -> Self::V;
-    /// Stores the first `n < W` lanes to `p`, nothing else.
-    unsafe fn store_part(p: *mut T, v: Self::V, n: usize);
-    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
-    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
-    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
-    unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
-    /// `a * b + c`, rounded once.
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    unsafe fn abs(a: Self::V) -> Self::V;
-    /// `a < b` (false where either is NaN).
-    unsafe fn lt(a: Self::V, b: Self::V) -> Self::M;
-    /// `m ? a : b`.
-    unsafe fn select(m: Self::M, a: Self::V, b: Self::V) -> Self::V;
-    /// `c < a ? c : a` (so NaN in `a` is kept).
-    unsafe fn min_keep_nan(c: Self::V, a: Self::V) -> Self::V;
-    /// 2^k, for `kk = k + SHIFT` (as a float, the integer k in its low mantissa bits);
-    /// k + bias must be a valid exponent.
-    unsafe fn pow2(kk: Self::V) -> Self::V;
-    /// `t` (non-negative) with the sign bit of `x`.
-    unsafe fn with_sign_of(t: Self::V, x: Self::V) -> Self::V;
-}
-
-/// One lane in plain Rust (any CPU).
-#[doc(hidden)]
-pub struct Scalar;
-
-macro_rules! scalar {
-    ($t:ty, $bias:expr, $mant:expr) => {
-        impl Lanes<$t> for Scalar {
-            type V = $t;
-            type M = bool;
-            const W: usize = 1;
-            #[inline(always)]
-            unsafe fn splat(x: $t) -> $t {
-                x
-            }
-            #[inline(always)]
-            unsafe fn load(p: *const $t) -> $t {
-                unsafe { *p }
-            }
-            #[inline(always)]
-            unsafe fn store(p: *mut $t, v: $t) {
-                unsafe { *p = v }
-            }
-            #[inline(always)]
-            unsafe fn load_part(_p: *const $t, _n: usize) -> $t {
-                0.0 // n < W = 1: no lane.
-            }
-            #[inline(always)]
-            unsafe fn store_part(_p: *mut $t, _v: $t, _n: usize) {}
-            #[inline(always)]
-            unsafe fn add(a: $t, b: $t) -> $t {
-                a + b
-            }
-            #[inline(always)]
-            unsafe fn sub(a: $t, b: $t) -> $t {
-                a - b
-            }
-            #[inline(always)]
-            unsafe fn mul(a: $t, b: $t) -> $t {
-                a * b
-            }
-            #[inline(always)]
-            unsafe fn div(a: $t, b: $t) -> $t {
-                a / b
-            }
-            #[inline(always)]
-            unsafe fn fma(a: $t, b: $t, c: $t) -> $t {
-                a.mul_add(b, c)
-            }
-            #[inline(always)]
-            unsafe fn abs(a: $t) -> $t {
-                a.abs()
-            }
-            #[inline(always)]
-            unsafe fn lt(a: $t, b: $t) -> bool {
-                a < b
-            }
-            #[inline(always)]
-            unsafe fn select(m: bool, a: $t, b: $t) -> $t {
-                if m { a } else { b }
-            }
-            #[inline(always)]
-            unsafe fn min_keep_nan(c: $t, a: $t) -> $t {
-                if c < a { c } else { a }
-            }
-            #[inline(always)]
-            unsafe fn pow2(kk: $t) -> $t {
-                <$t>::from_bits(kk.to_bits().wrapping_add($bias) << $mant)
-            }
-            #[inline(always)]
-            unsafe fn with_sign_of(t: $t, x: $t) -> $t {
-                <$t>::from_bits(t.to_bits() | (x.to_bits() & (-0.0 as $t).to_bits()))
-            }
-        }
-    };
-}
-scalar!(f64, 1023, 52);
-scalar!(f32, 127, 23);
-
-/// AVX-512F (+VL) intrinsics; only called after a run-time check of the CPU.
-#[cfg(target_arch = "x86_64")]
-#[doc(hidden)]
-pub struct Avx512;
-
-#[cfg(target_arch = "x86_64")]
-mod avx512_impl {
-    use super::{Avx512, Lanes};
-    use std::arch::x86_64::*;
-
-    impl Lanes<f64> for Avx512 {
-        type V = __m512d;
-        type M = __mmask8;
-        const W: usize = 8;
-        #[inline(always)]
-        unsafe fn splat(x: f64) -> __m512d {
-            unsafe { _mm512_set1_pd(x) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f64) -> __m512d {
-            unsafe { _mm512_loadu_pd(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f64, v: __m512d) {
-            unsafe { _mm512_storeu_pd(p, v) }
-        }
-        #[inline(always)]
-        unsafe fn load_part(p: *const f64, n: usize) -> __m512d {
-            unsafe { _mm512_maskz_loadu_pd(((1u32 << n) - 1) as __mmask8, p) }
-        }
-        #[inline(always)]
-        unsafe fn store_part(p: *mut f64, v: __m512d, n: usize) {
-            unsafe { _mm512_mask_storeu_pd(p, ((1u32 << n) - 1) as __mmask8, v) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: __m512d, b: __m512d) -> __m512d {
-            unsafe { _mm512_add_pd(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn sub(a: __m512d, b: __m512d) -> __m512d {
-            unsafe { _mm512_sub_pd(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn mul(a: __m512d, b: __m512d) -> __m512d {
-            unsafe { _mm512_mul_pd(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn div(a: __m512d, b: __m512d) -> __m512d {
-            unsafe { _mm512_div_pd(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn fma(a: __m512d, b: __m512d, c: __m512d) -> __m512d {
-            unsafe { _mm512_fmadd_pd(a, b, c) }
-        }
-        #[inline(always)]
-        unsafe fn abs(a: __m512d) -> __m512d {
-            unsafe { _mm512_abs_pd(a) }
-        }
-        #[inline(always)]
-        unsafe fn lt(a: __m512d, b: __m512d) -> __mmask8 {
-            unsafe { _mm512_cmp_pd_mask::<_CMP_LT_OQ>(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn select(m: __mmask8, a: __m512d, b: __m512d) -> __m512d {
-            unsafe { _mm512_mask_blend_pd(m, b, a) }
-        }
-        #[inline(always)]
-        unsafe fn min_keep_nan(c: __m512d, a: __m512d) -> __m512d {
-            // vminpd returns its second operand when either is NaN.
-            unsafe { _mm512_min_pd(c, a) }
-        }
-        #[inline(always)]
-        unsafe fn pow2(kk: __m512d) -> __m512d {
-            unsafe {
-                let k = _mm512_add_epi64(_mm512_castpd_si512(kk), _mm512_set1_epi64(1023));
-                _mm512_castsi512_pd(_mm512_slli_epi64::<52>(k))
-            }
-        }
-        #[inline(always)]
-        unsafe fn with_sign_of(t: __m512d, x: __m512d) -> __m512d {
-            unsafe {
-                let sign = _mm512_and_si512(_mm512_castpd_si512(x), _mm512_set1_epi64(i64::MIN));
-                _mm512_castsi512_pd(_mm512_or_si512(_mm512_castpd_si512(t), sign))
-            }
-        }
-    }
-
-    impl Lanes<f32> for Avx512 {
-        type V = __m512;
-        type M = __mmask16;
-        const W: usize = 16;
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> __m512 {
-            unsafe { _mm512_set1_ps(x) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> __m512 {
-            unsafe { _mm512_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f32, v: __m512) {
-            unsafe { _mm512_storeu_ps(p, v) }
-        }
-        #[inline(always)]
-        unsafe fn load_part(p: *const f32, n: usize) -> __m512 {
-            unsafe { _mm512_maskz_loadu_ps(((1u32 << n) - 1) as __mmask16, p) }
-        }
-        #[inline(always)]
-        unsafe fn store_part(p: *mut f32, v: __m512, n: usize) {
-            unsafe { _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as __mmask16, v) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: __m512, b: __m512) -> __m512 {
-            unsafe { _mm512_add_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn sub(a: __m512, b: __m512) -> __m512 {
-            unsafe { _mm512_sub_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn mul(a: __m512, b: __m512) -> __m512 {
-            unsafe { _mm512_mul_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn div(a: __m512, b: __m512) -> __m512 {
-            unsafe { _mm512_div_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-            unsafe { _mm512_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        unsafe fn abs(a: __m512) -> __m512 {
-            unsafe { _mm512_abs_ps(a) }
-        }
-        #[inline(always)]
-        unsafe fn lt(a: __m512, b: __m512) -> __mmask16 {
-            unsafe { _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn select(m: __mmask16, a: __m512, b: __m512) -> __m512 {
-            unsafe { _mm512_mask_blend_ps(m, b, a) }
-        }
-        #[inline(always)]
-        unsafe fn min_keep_nan(c: __m512, a: __m512) -> __m512 {
-            unsafe { _mm512_min_ps(c, a) }
-        }
-        #[inline(always)]
-        unsafe fn pow2(kk: __m512) -> __m512 {
-            unsafe {
-                let k = _mm512_add_epi32(_mm512_castps_si512(kk), _mm512_set1_epi32(127));
-                _mm512_castsi512_ps(_mm512_slli_epi32::<23>(k))
-            }
-        }
-        #[inline(always)]
-        unsafe fn with_sign_of(t: __m512, x: __m512) -> __m512 {
-            unsafe {
-                let sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN));
-                _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), sign))
-            }
-        }
-    }
-}
-
 /// tanh of each lane (see the module docs for the approximation).
 #[inline(always)]
-unsafe fn tanh_lanes<T: Elem, S: Lanes<T>>(x: S::V) -> S::V {
-    unsafe {
-        let one = S::splat(T::ONE);
-        let a = S::abs(x);
-        // a < 0.625: tanh a = a + a * (z P(z)) / Q(z).
-        let z = S::mul(a, a);
-        let pz = S::fma(
-            S::fma(S::splat(T::P[0]), z, S::splat(T::P[1])),
-            z,
-            S::splat(T::P[2]),
-        );
-        let qz = S::fma(
-            S::fma(S::add(z, S::splat(T::Q[0])), z, S::splat(T::Q[1])),
-            z,
-            S::splat(T::Q[2]),
-        );
-        // a >= 0.625: tanh a = 1 - 2 / (exp(2a) + 1), exp(y) = 2^k exp(r).
-        let c = S::min_keep_nan(S::splat(T::CLAMP), a);
-        let y = S::add(c, c);
-        let kk = S::fma(y, S::splat(T::LOG2E), S::splat(T::SHIFT));
-        let k = S::sub(kk, S::splat(T::SHIFT));
-        let r = S::fma(
-            k,
-            S::splat(T::NEG_LN2_LO),
-            S::fma(k, S::splat(T::NEG_LN2_HI), y),
-        );
-        let mut e = S::splat(T::EXP[0]);
-        for &cj in &T::EXP[1..] {
-            e = S::fma(e, r, S::splat(cj));
-        }
-        let e = S::mul(e, S::pow2(kk));
-        // One division for both branches.
-        let small = S::lt(a, S::splat(T::SMALL));
-        let num = S::select(small, S::mul(z, pz), S::splat(T::TWO));
-        let den = S::select(small, qz, S::add(e, one));
-        let q = S::div(num, den);
-        let t = S::select(small, S::fma(a, q, a), S::sub(one, q));
-        S::with_sign_of(t, x)
+fn tanh_lanes<T: Elem, S: Simd<T>>(s: S, x: S::V) -> S::V {
+    let one = s.splat(T::ONE);
+    let a = s.abs(x);
+    // a < 0.625: tanh a = a + a * (z P(z)) / Q(z).
+    let z = s.mul(a, a);
+    let pz = s.fma(
+        s.fma(s.splat(T::P[0]), z, s.splat(T::P[1])),
+        z,
+        s.splat(T::P[2]),
+    );
+    let qz = s.fma(
+        s.fma(s.add(z, s.splat(T::Q[0])), z, s.splat(T::Q[1])),
+        z,
+        s.splat(T::Q[2]),
+    );
+    // a >= 0.625: tanh a = 1 - 2 / (exp(2a) + 1), exp(y) = 2^k exp(r).
+    let c = s.min_keep_nan(s.splat(T::CLAMP), a);
+    let y = s.add(c, c);
+    let kk = s.fma(y, s.splat(T::LOG2E), s.splat(T::SHIFT));
+    let k = s.sub(kk, s.splat(T::SHIFT));
+    let r = s.fma(
+        k,
+        s.splat(T::NEG_LN2_LO),
+        s.fma(k, s.splat(T::NEG_LN2_HI), y),
+    );
+    let mut e = s.splat(T::EXP[0]);
+    for &cj in &T::EXP[1..] {
+        e = s.fma(e, r, s.splat(cj));
     }
+    let e = s.mul(e, s.pow2(kk));
+    // One division for both branches.
+    let small = s.lt(a, s.splat(T::SMALL));
+    let num = s.select(small, s.mul(z, pz), s.splat(T::TWO));
+    let den = s.select(small, qz, s.add(e, one));
+    let q = s.div(num, den);
+    let t = s.select(small, s.fma(a, q, a), s.sub(one, q));
+    s.with_sign_of(t, x)
 }
 
 /// `s = tanh(p)`, `ds = 1 - s*s`, `ca = mv * s` on one vector.
 #[inline(always)]
-unsafe fn lanes_step<T: Elem, S: Lanes<T>>(x: S::V, mv: S::V) -> (S::V, S::V, S::V) {
-    unsafe {
-        let t = tanh_lanes::<T, S>(x);
-        let d = S::sub(S::splat(T::ONE), S::mul(t, t));
-        (t, d, S::mul(mv, t))
-    }
+fn lanes_step<T: Elem, S: Simd<T>>(s: S, x: S::V, mv: S::V) -> (S::V, S::V, S::V) {
+    let t = tanh_lanes::<T, S>(s, x);
+    let d = s.sub(s.splat(T::ONE), s.mul(t, t));
+    (t, d, s.mul(mv, t))
 }
 
-/// The slice loop over full vectors, then one masked vector for the tail. With `FULL`,
+/// The slice loop over full vectors, then one partial vector for the tail. With `FULL`,
 /// writes s, ds and ca; without, only s (ds and ca are not touched and may be empty).
-/// The caller checks that the slices it writes have the length of `p`.
+/// Panics unless the slices it writes have the length of `p`.
 #[inline(always)]
-unsafe fn run_vec<T: Elem, S: Lanes<T>, const FULL: bool>(
+fn run_vec<T: Elem, S: Simd<T>, const FULL: bool>(
+    sd: S,
     p: &[T],
     s: &mut [T],
     ds: &mut [T],
     ca: &mut [T],
     mv: T,
 ) {
+    let n = p.len();
+    assert!(s.len() == n && (!FULL || (ds.len() == n && ca.len() == n)));
+    let (pp, sp, dp, cp) = (p.as_ptr(), s.as_mut_ptr(), ds.as_mut_ptr(), ca.as_mut_ptr());
+    let m = sd.splat(mv);
+    let mut i = 0;
+    // SAFETY: every slice written has n elements (asserted above), and each access is of
+    // the W elements from i < n - W + 1, or of the n - i < W from i.
     unsafe {
-        let n = p.len();
-        let (pp, sp, dp, cp) = (p.as_ptr(), s.as_mut_ptr(), ds.as_mut_ptr(), ca.as_mut_ptr());
-        let m = S::splat(mv);
-        let mut i = 0;
         while i + S::W <= n {
-            let x = S::load(pp.add(i));
+            let x = sd.load(pp.add(i));
             if FULL {
-                let (t, d, c) = lanes_step::<T, S>(x, m);
-                S::store(sp.add(i), t);
-                S::store(dp.add(i), d);
-                S::store(cp.add(i), c);
+                let (t, d, c) = lanes_step::<T, S>(sd, x, m);
+                sd.store(sp.add(i), t);
+                sd.store(dp.add(i), d);
+                sd.store(cp.add(i), c);
             } else {
-                S::store(sp.add(i), tanh_lanes::<T, S>(x));
+                sd.store(sp.add(i), tanh_lanes::<T, S>(sd, x));
             }
             i += S::W;
         }
         if i < n {
             let r = n - i;
-            let x = S::load_part(pp.add(i), r);
+            let x = sd.load_part(pp.add(i), r);
             if FULL {
-                let (t, d, c) = lanes_step::<T, S>(x, m);
-                S::store_part(sp.add(i), t, r);
-                S::store_part(dp.add(i), d, r);
-                S::store_part(cp.add(i), c, r);
+                let (t, d, c) = lanes_step::<T, S>(sd, x, m);
+                sd.store_part(sp.add(i), t, r);
+                sd.store_part(dp.add(i), d, r);
+                sd.store_part(cp.add(i), c, r);
             } else {
-                S::store_part(sp.add(i), tanh_lanes::<T, S>(x), r);
+                sd.store_part(sp.add(i), tanh_lanes::<T, S>(sd, x), r);
             }
         }
     }
 }
 
-/// The portable loop: one element at a time, in a form LLVM vectorizes where the target
-/// has vector FMA. `FULL` as in [`run_vec`].
-#[inline(always)]
-fn run_portable<T: Elem, const FULL: bool>(p: &[T], s: &mut [T], ds: &mut [T], ca: &mut [T], mv: T)
-where
-    Scalar: Lanes<T, V = T>,
-{
-    if !FULL {
-        for (&x, sv) in p.iter().zip(s.iter_mut()) {
-            // SAFETY: register-only arithmetic.
-            *sv = unsafe { tanh_lanes::<T, Scalar>(x) };
-        }
-        return;
-    }
-    for (((&x, sv), dv), cv) in p.iter().zip(s.iter_mut()).zip(ds.iter_mut()).zip(ca) {
-        // SAFETY: register-only arithmetic.
-        let (t, d, c) = unsafe { lanes_step::<T, Scalar>(x, mv) };
-        *sv = t;
-        *dv = d;
-        *cv = c;
-    }
+/// [`run_vec`] as a generic function over the instruction set.
+struct Run<'a, T, const FULL: bool> {
+    p: &'a [T],
+    s: &'a mut [T],
+    ds: &'a mut [T],
+    ca: &'a mut [T],
+    mv: T,
 }
 
 /// The implementations; all give the same bits.
@@ -568,26 +278,29 @@ impl Path {
     pub fn available(self) -> bool {
         match self {
             Path::Portable => true,
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512 => crate::kernels::isa() == crate::kernels::Isa::Avx512,
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx2Fma => {
-                std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
+            Path::Avx512 => Avx512::try_new().is_some(),
+            Path::Avx2Fma => Avx2::try_new().is_some(),
+        }
+    }
+
+    /// Runs `f` on this path. Panics if the CPU cannot run it.
+    fn run<F: WithSimd>(self, f: F) -> F::Output {
+        let no = || -> ! { panic!("tanh_slice: {self:?} unavailable here") };
+        match self {
+            Path::Portable => Portable.vectorize(f),
+            Path::Avx512 => Avx512::try_new().unwrap_or_else(|| no()).vectorize(f),
+            Path::Avx2Fma => Avx2::try_new().unwrap_or_else(|| no()).vectorize(f),
         }
     }
 
     /// The path [`crate::model::Real::tanh_d1_scaled`] takes on this CPU: the instruction
-    /// set of the kernels ([`crate::kernels::isa`]: AVX-512, else AVX2 + FMA, else
-    /// portable; `RESLIM_NO_AVX512`, `RESLIM_NO_AVX2` step down).
+    /// set of [`crate::cpu::isa`] (AVX-512, else AVX2 + FMA, else portable;
+    /// `RESLIM_NO_AVX512`, `RESLIM_NO_AVX2` step down).
     pub fn best() -> Path {
-        match crate::kernels::isa() {
-            crate::kernels::Isa::Avx512 => Path::Avx512,
-            crate::kernels::Isa::Avx2Fma => Path::Avx2Fma,
-            crate::kernels::Isa::Generic => Path::Portable,
+        match crate::cpu::isa() {
+            crate::cpu::Isa::Avx512 => Path::Avx512,
+            crate::cpu::Isa::Avx2Fma => Path::Avx2Fma,
+            crate::cpu::Isa::Generic => Path::Portable,
         }
     }
 }
@@ -618,44 +331,20 @@ pub fn tanh_slice<T: VTanh>(p: &[T], s: &mut [T]) {
 }
 
 macro_rules! vtanh_for {
-    ($t:ty, $avx512:ident, $avx2:ident) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f,avx512vl")]
-        unsafe fn $avx512<const FULL: bool>(
-            p: &[$t],
-            s: &mut [$t],
-            ds: &mut [$t],
-            ca: &mut [$t],
-            mv: $t,
-        ) {
-            unsafe { run_vec::<$t, Avx512, FULL>(p, s, ds, ca, mv) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn $avx2<const FULL: bool>(
-            p: &[$t],
-            s: &mut [$t],
-            ds: &mut [$t],
-            ca: &mut [$t],
-            mv: $t,
-        ) {
-            run_portable::<$t, FULL>(p, s, ds, ca, mv)
+    ($t:ty) => {
+        impl<const FULL: bool> WithSimd for Run<'_, $t, FULL> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: Token>(self, sd: S) {
+                run_vec::<$t, S, FULL>(sd, self.p, self.s, self.ds, self.ca, self.mv)
+            }
         }
         impl VTanh for $t {
             fn tanh_on(path: Path, p: &[$t], s: &mut [$t]) {
                 assert!(s.len() == p.len(), "tanh_slice: slice lengths differ");
-                assert!(path.available(), "tanh_slice: {path:?} unavailable here");
                 let (ds, ca): (&mut [$t], &mut [$t]) = (&mut [], &mut []);
-                match path {
-                    Path::Portable => run_portable::<$t, false>(p, s, ds, ca, 0.0),
-                    // SAFETY: lengths checked above, the CPU features at run time.
-                    #[cfg(target_arch = "x86_64")]
-                    Path::Avx512 => unsafe { $avx512::<false>(p, s, ds, ca, 0.0) },
-                    #[cfg(target_arch = "x86_64")]
-                    Path::Avx2Fma => unsafe { $avx2::<false>(p, s, ds, ca, 0.0) },
-                    #[cfg(not(target_arch = "x86_64"))]
-                    _ => unreachable!(),
-                }
+                let mv = 0.0;
+                path.run(Run::<$t, false> { p, s, ds, ca, mv })
             }
 
             fn tanh_d1_scaled_on(
@@ -671,26 +360,13 @@ macro_rules! vtanh_for {
                     s.len() == n && ds.len() == n && ca.len() == n,
                     "tanh_d1_scaled: slice lengths differ"
                 );
-                assert!(
-                    path.available(),
-                    "tanh_d1_scaled: {path:?} unavailable here"
-                );
-                match path {
-                    Path::Portable => run_portable::<$t, true>(p, s, ds, ca, mv),
-                    // SAFETY: lengths checked above, the CPU features at run time.
-                    #[cfg(target_arch = "x86_64")]
-                    Path::Avx512 => unsafe { $avx512::<true>(p, s, ds, ca, mv) },
-                    #[cfg(target_arch = "x86_64")]
-                    Path::Avx2Fma => unsafe { $avx2::<true>(p, s, ds, ca, mv) },
-                    #[cfg(not(target_arch = "x86_64"))]
-                    _ => unreachable!(),
-                }
+                path.run(Run::<$t, true> { p, s, ds, ca, mv })
             }
         }
     };
 }
-vtanh_for!(f64, avx512_f64, avx2_f64);
-vtanh_for!(f32, avx512_f32, avx2_f32);
+vtanh_for!(f64);
+vtanh_for!(f32);
 
 #[cfg(test)]
 mod tests;

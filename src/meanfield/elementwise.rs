@@ -6,8 +6,9 @@
 //! the vectorized [`crate::vtanh::tanh_slice`] (within 1.34 ulp of the exact tanh, the
 //! same bits on every CPU path).
 //!
-//! The derivative passes are compiled three times (AVX-512F, AVX2+FMA, baseline) and
-//! picked at run time. The bodies use no reductions and only correctly rounded
+//! The derivative passes are compiled three times (AVX-512F + VL, AVX2+FMA, baseline) and
+//! picked at run time by [`crate::cpu::vectorized`] (the instruction set of
+//! [`crate::cpu::isa`], which honours `RESLIM_NO_AVX512` and `RESLIM_NO_AVX2`). The bodies use no reductions and only correctly rounded
 //! operations, so the three versions give the same bits: results do not depend on the
 //! CPU.
 //!
@@ -23,24 +24,7 @@ macro_rules! multiversion {
         pub fn $name($($arg: $ty),*) {
             #[inline(always)]
             fn body($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn v512($($arg: $ty),*) { body($($arg),*) }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn v256($($arg: $ty),*) { body($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU supports the enabled features.
-                    return unsafe { v512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: as above.
-                    return unsafe { v256($($arg),*) };
-                }
-            }
-            body($($arg),*)
+            crate::cpu::vectorized(|| body($($arg),*))
         }
     };
 }
