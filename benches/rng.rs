@@ -40,7 +40,7 @@ fn main() {
     let per = 1e9 / (rows * d) as f64;
     println!(
         "fill_normal_row D={d} ({:?}): f64 {:.2} ns/normal, f32 {:.2} ns/normal (best of {reps}; check {check:.3})",
-        reslim::kernels::isa(),
+        reslim::cpu::isa(),
         t64 * per,
         t32 * per
     );

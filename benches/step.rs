@@ -5,7 +5,8 @@
 //! Shapes from the environment: `L=50 M=500 D=500 N=10` by default.
 
 use rayon::prelude::*;
-use reslim::kernels::{self, Par};
+use reslim::cpu::Par;
+use reslim::kernels;
 use reslim::rng::{Stream, Tensor};
 use std::time::Instant;
 
@@ -23,7 +24,7 @@ fn main() {
     } else {
         Par::Rayon
     };
-    let mut w = reslim::model::Aligned::from_slice(&Stream::new(1, Tensor::U, 0).normal_matrix(
+    let mut w = reslim::cpu::Aligned::from_slice(&Stream::new(1, Tensor::U, 0).normal_matrix(
         l * m,
         d,
         0.01,

@@ -5,8 +5,8 @@
 //! `L=50 M=1000 D=1000 N=10 K=15 DTYPE=f32`; `DENSE=0` skips the dense runs, `LOWRANK=0` the low-rank ones;
 //! `LAYOUT=d|m` forces the dense step's rows of D or of M (default: automatic).
 
+use reslim::cpu::Par;
 use reslim::factored::{self, Variant};
-use reslim::kernels::Par;
 use reslim::model::{Activation, Data, Real, Weights};
 use reslim::param::{Dims, Parametrization};
 use reslim::train::{self, Layout, TrainOptions};
@@ -25,7 +25,7 @@ fn run<T: Real>(dims: Dims, k: usize) {
         .expect("preset")
         .resolve(&dims);
     let t = Instant::now();
-    let w = Weights::<T>::draw(&dims, &r, 1, 2, false);
+    let w = Weights::<T>::draw(&dims, &r, 1, 2, Par::Seq);
     let draw = t.elapsed().as_secs_f64();
     let opts = TrainOptions {
         steps: k,

@@ -20,7 +20,7 @@
 //!   ([`Probe`]) and each step is compared with its own sample; the fraction is the
 //!   median of these per-step fractions.
 
-use crate::kernels::{self, Par};
+use crate::cpu::Par;
 use crate::model::{Activation, Data, Real, Weights};
 use crate::param::{Dims, Parametrization};
 use crate::train::{self, Workspace};
@@ -43,18 +43,18 @@ pub struct Machine {
 /// The arrays of a STREAM triad, allocated once so that it can be sampled again and
 /// again (between the timed steps of [`bench_shape`]).
 pub struct Triad {
-    a: crate::model::Aligned<f64>,
-    b: crate::model::Aligned<f64>,
-    c: crate::model::Aligned<f64>,
+    a: crate::cpu::Aligned<f64>,
+    b: crate::cpu::Aligned<f64>,
+    c: crate::cpu::Aligned<f64>,
     par: Par,
 }
 
 impl Triad {
     /// Three arrays of `len` f64, aligned and on huge pages like the weights
-    /// (`model::Aligned`), so that the bandwidth is the one the step could reach.
+    /// (`cpu::Aligned`), so that the bandwidth is the one the step could reach.
     pub fn new(len: usize, par: Par) -> Self {
         let fresh = |x: f64| {
-            let mut v = crate::model::Aligned::<f64>::zeroed(len);
+            let mut v = crate::cpu::Aligned::<f64>::zeroed(len);
             v.fill(x);
             v
         };
@@ -153,7 +153,7 @@ impl<T: Real> Probe<T> {
             } else {
                 1
             },
-            isa: kernels::isa().name(),
+            isa: crate::cpu::isa().name(),
             bandwidth: triad.sample(5),
             peak_flops: peak_flops::<T>(par),
         };
@@ -252,7 +252,7 @@ pub fn time_steps<T: Real>(
     let p = Parametrization::preset("chizat-julia").expect("preset exists");
     let r = p.resolve(dims);
     let data = Data::synthetic(dims.din, dims.dout, dims.n, 1);
-    let mut w = Weights::<T>::draw(dims, &r, 1, 1, par == Par::Rayon);
+    let mut w = Weights::<T>::draw(dims, &r, 1, 1, par);
     let mut ws = Workspace::new(&w, dims.n);
     ws.time_parts(true);
     let mut times = Vec::with_capacity(steps);

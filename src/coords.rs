@@ -8,8 +8,8 @@
 //! - [`coordinates`]: trains the network, solves its limit ([`crate::vslimit`]) and draws
 //!   the figures.
 
+use crate::cpu::Par;
 use crate::io;
-use crate::kernels::Par;
 use crate::limit::{DepthSeries, MonteCarlo};
 use crate::model::{Activation, Data, Real, Weights};
 use crate::param::{Dims, Parametrization, Resolved};
@@ -322,7 +322,7 @@ pub fn coordinates(spec: &CoordsSpec, out: &Path) -> crate::Result<CoordsSummary
         LimitReference::solve_nonlinear(&data, &lp, act, &spec.mc)?
     };
     let r = param.resolve(&dims);
-    let mut w = Weights::<f64>::draw(&dims, &r, spec.embed_seed, spec.seed, true);
+    let mut w = Weights::<f64>::draw(&dims, &r, spec.embed_seed, spec.seed, Par::Rayon);
     let traj = lim.trajectories(&w.we, &w.wu)?;
     let (l_n, d) = (dims.l, dims.d);
     let b_scale = d as f64 / (2.0 * r.loss);
@@ -574,7 +574,7 @@ mod tests {
         let r = p.resolve(&dims);
         let data = Data::synthetic(dims.din, dims.dout, dims.n, 5);
         for act in [Activation::Tanh, Activation::Linear] {
-            let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+            let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, Par::Seq);
             let w0 = w.clone();
             let mut ws = Workspace::new(&w, dims.n);
             train::forward(&mut w, &data, &r, act, &mut ws, Par::Seq, 0).unwrap();

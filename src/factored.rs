@@ -27,7 +27,8 @@
 //! Cheaper than the dense step when the rank stays small against M and D
 //! ([`worth_it`]).
 
-use crate::kernels::{self, Par};
+use crate::cpu::Par;
+use crate::kernels;
 use crate::memory::{self, MemoryError};
 use crate::model::{Data, Real};
 use crate::param::{Dims, Resolved};
@@ -461,8 +462,8 @@ mod tests {
         let mut table = Parametrization::preset(preset).unwrap();
         table.alpha = table.alpha.max(1.0);
         let r = table.resolve(&dims);
-        let base = Weights::<f64>::draw(&dims, &r, 11, 12, false);
-        let other = Weights::<f64>::draw(&Dims { l: 0, ..dims }, &r, 13, 0, false);
+        let base = Weights::<f64>::draw(&dims, &r, 11, 12, Par::Seq);
+        let other = Weights::<f64>::draw(&Dims { l: 0, ..dims }, &r, 13, 0, Par::Seq);
         let opts = TrainOptions {
             steps,
             // Stable for each preset (standard and lazy blow up at eta ~ 1 on this data,
@@ -542,7 +543,7 @@ mod tests {
         let r = Parametrization::preset("chizat-julia")
             .unwrap()
             .resolve(&dims);
-        let base = Weights::<f64>::draw(&dims, &r, 11, 12, false);
+        let base = Weights::<f64>::draw(&dims, &r, 11, 12, Par::Seq);
         let opts = TrainOptions {
             steps: 8,
             eta: 1e3,

@@ -62,8 +62,8 @@
 
 #![allow(clippy::needless_range_loop)] // SIMD lanes and register arrays are indexed.
 
+use crate::cpu::Par;
 use crate::cpu::{Float, Simd, Token, WithSimd, dispatch};
-pub use crate::cpu::{Isa, Par, isa};
 use rayon::prelude::*;
 
 /// Raw pointer that may cross threads; each user touches disjoint parts.

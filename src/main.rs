@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use reslim::kernels::Par;
+use reslim::cpu::Par;
 use reslim::model::Dtype;
 use reslim::spec::TrainSpec;
 use reslim::sweep::{self, SweepDir, SweepSpec};

@@ -9,7 +9,8 @@
 //! - `wu`: D x d_out, entry (d, o) of W_U;
 //! - data `x`: d_in x N, `y`: d_out x N (one column per sample), as in the authors' code.
 
-pub use crate::cpu::{Aligned, Float};
+pub use crate::cpu::Float;
+use crate::cpu::{Aligned, Par};
 use crate::io::{self, IoError};
 use crate::memory::{self, MemoryError};
 use crate::param::{Dims, Resolved};
@@ -247,15 +248,27 @@ fn transpose_into<T: Copy>(a: &[T], rows: usize, cols: usize, t: &mut [T]) {
     }
 }
 
+/// How the block weights U_l, V_l are laid out in [`Weights::ut`], [`Weights::vt`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BlockLayout {
+    /// The storage layout: U_l^T, V_l^T as M rows of length D (one row per hidden unit).
+    #[default]
+    RowsD,
+    /// U_l, V_l as D rows of length M (for the step on rows of M when M > D).
+    RowsM,
+}
+
 /// The weights of one ResNet, in precision `T`.
 #[derive(Debug, PartialEq)]
 pub struct Weights<T> {
     pub dims: Dims,
     pub we: Vec<T>,
-    /// On 64-byte boundaries and huge pages ([`Aligned`]).
+    /// On 64-byte boundaries and huge pages ([`Aligned`]); laid out as `layout` says.
     pub ut: Aligned<T>,
     pub vt: Aligned<T>,
     pub wu: Vec<T>,
+    /// The layout of `ut`, `vt` ([`Weights::lay_out`] changes it).
+    pub layout: BlockLayout,
 }
 
 impl<T: Copy> Clone for Weights<T> {
@@ -266,14 +279,21 @@ impl<T: Copy> Clone for Weights<T> {
             ut: self.ut.clone(),
             vt: self.vt.clone(),
             wu: self.wu.clone(),
+            layout: self.layout,
         }
     }
 }
 
 impl<T: Real> Weights<T> {
-    /// Transposes every U_l and V_l in place: `to_rows_m` turns the storage layout
-    /// (U_l^T, V_l^T as M x D, row-major) into U_l, V_l as D x M; otherwise back.
-    pub fn transpose_blocks(&mut self, to_rows_m: bool) {
+    /// Lays the blocks out as `layout`: transposes every U_l and V_l in place if they
+    /// are laid out otherwise (the storage layout U_l^T, V_l^T as M x D, row-major, to
+    /// U_l, V_l as D x M, or back); nothing if they already are.
+    pub fn lay_out(&mut self, layout: BlockLayout) {
+        if layout == self.layout {
+            return;
+        }
+        let to_rows_m = layout == BlockLayout::RowsM;
+        self.layout = layout;
         let (m, d) = (self.dims.m, self.dims.d);
         let (rows, cols) = if to_rows_m { (m, d) } else { (d, m) };
         let mut tmp = vec![T::zero(); m * d];
@@ -308,7 +328,7 @@ impl<T: Real> Weights<T> {
     ///
     /// Panics if the blocks cannot be allocated: for shapes already checked against a
     /// memory estimate; [`Weights::try_draw`] for others.
-    pub fn draw(dims: &Dims, r: &Resolved, embed_seed: u64, block_seed: u64, par: bool) -> Self {
+    pub fn draw(dims: &Dims, r: &Resolved, embed_seed: u64, block_seed: u64, par: Par) -> Self {
         Self::try_draw(dims, r, embed_seed, block_seed, par).unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -318,7 +338,7 @@ impl<T: Real> Weights<T> {
         r: &Resolved,
         embed_seed: u64,
         block_seed: u64,
-        par: bool,
+        par: Par,
     ) -> Result<Self, MemoryError> {
         memory::product(&[("D", dims.d), ("din", dims.din)])?;
         memory::product(&[("D", dims.d), ("dout", dims.dout)])?;
@@ -338,7 +358,7 @@ impl<T: Real> Weights<T> {
                     T::fill_normal_row(&s, row as u64, std, out);
                 }
             };
-            if par {
+            if par == Par::Rayon {
                 use rayon::prelude::*;
                 buf.par_chunks_mut(m * d).enumerate().for_each(job);
             } else {
@@ -355,6 +375,7 @@ impl<T: Real> Weights<T> {
             ut,
             vt,
             wu,
+            layout: BlockLayout::RowsD,
         })
     }
 
@@ -394,6 +415,7 @@ impl<T: Real> Weights<T> {
             ut: tr(&u),
             vt: tr(&v),
             wu: wu.into_iter().map(T::of).collect(),
+            layout: BlockLayout::RowsD,
         })
     }
 }
@@ -484,7 +506,7 @@ mod tests {
         let r = crate::param::Parametrization::preset("chizat-julia")
             .unwrap()
             .resolve(&dims);
-        let e = Weights::<f64>::try_draw(&dims, &r, 1, 2, false).unwrap_err();
+        let e = Weights::<f64>::try_draw(&dims, &r, 1, 2, Par::Seq).unwrap_err();
         assert!(e.to_string().contains("overflows"), "{e}");
         let wide = Dims {
             l: 1,
@@ -588,12 +610,12 @@ mod tests {
         let r = crate::param::Parametrization::preset("chizat-julia")
             .unwrap()
             .resolve(&dims);
-        let a = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+        let a = Weights::<f64>::draw(&dims, &r, 1, 2, Par::Seq);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(3)
             .build()
             .unwrap();
-        let b = pool.install(|| Weights::<f64>::draw(&dims, &r, 1, 2, true));
+        let b = pool.install(|| Weights::<f64>::draw(&dims, &r, 1, 2, Par::Rayon));
         assert_eq!(a, b);
         // Coupled embeddings: the width-7 model's W_E is a prefix of the width-20 one.
         let big = Dims { d: 20, ..dims };
@@ -604,10 +626,10 @@ mod tests {
                 .resolve(&big),
             1,
             9,
-            false,
+            Par::Seq,
         );
         assert_eq!(&c.we[..14], &a.we[..]);
-        let f = Weights::<f32>::draw(&dims, &r, 1, 2, false);
+        let f = Weights::<f32>::draw(&dims, &r, 1, 2, Par::Seq);
         assert_eq!(f.ut[4], a.ut[4] as f32);
     }
 }

@@ -163,9 +163,9 @@ impl Stream {
 
     /// Fills `out` with the standard normals of row `row`, columns `col0..col0+out.len()`,
     /// each multiplied by `scale`: `out[k] == self.normal(row, col0 + k) * scale`, bit for
-    /// bit. Runs the AVX-512 filler where the CPU has it (see [`crate::kernels::isa`];
+    /// bit. Runs the AVX-512 filler where the CPU has it (see [`crate::cpu::isa`];
     /// `RESLIM_NO_AVX512` turns it off), else the portable one (compiled with AVX2 + FMA
-    /// where [`crate::kernels::isa`] allows); all give the same bits.
+    /// where [`crate::cpu::isa`] allows); all give the same bits.
     pub fn fill_normal_row(&self, row: u64, col0: u64, scale: f64, out: &mut [f64]) {
         fill_row(self, row, col0, scale, out)
     }

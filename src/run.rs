@@ -16,8 +16,8 @@
 //! before any training, a place that holds something other than a run directory.
 
 use crate::Result;
+use crate::cpu::Par;
 use crate::io::{self, IoError};
-use crate::kernels::{self, Par};
 use crate::memory::{self, MemoryError};
 use crate::model::{self, Data, Dtype, Real, Weights};
 use crate::param::Resolved;
@@ -140,13 +140,7 @@ fn execute_t<T: Real>(
     let data = load_data(cfg)?;
     let mut w: Weights<T> = match &cfg.init_npy {
         Some(dir) => Weights::from_npy_dir(dir, &cfg.dims)?,
-        None => Weights::draw(
-            &cfg.dims,
-            &resolved,
-            cfg.embed_seed,
-            cfg.seed,
-            par == Par::Rayon,
-        ),
+        None => Weights::draw(&cfg.dims, &resolved, cfg.embed_seed, cfg.seed, par),
     };
     let init_s = t0.elapsed().as_secs_f64();
     let opts = TrainOptions {
@@ -245,7 +239,7 @@ fn write_run_files(dir: &Path, cfg: &TrainConfig, out: &RunOutput) -> Result<(),
         resolved: &out.resolved,
         timings: &out.timings,
         threads: rayon::current_num_threads(),
-        isa: format!("{:?}", kernels::isa()),
+        isa: format!("{:?}", crate::cpu::isa()),
         final_loss: h.losses.last().copied(),
         files,
     };

@@ -22,9 +22,11 @@
 //! Every update uses the gradient at the weights before the step: V_l's rows are updated
 //! after their own dot products, and U_l's after their contribution to g_l.
 
-use crate::kernels::{self, Par};
+use crate::cpu::Aligned;
+use crate::cpu::Par;
+use crate::kernels;
 use crate::memory::{self, MemoryError};
-use crate::model::{Activation, Aligned, Data, Real, Weights};
+use crate::model::{Activation, BlockLayout, Data, Real, Weights};
 use crate::param::Resolved;
 use serde::Serialize;
 
@@ -902,20 +904,18 @@ pub fn train<T: Real>(
     par: Par,
     on_step: &mut dyn FnMut(usize, f64),
 ) -> Result<History, TrainError> {
-    let rows_m = opts.layout.rows_m(&w.dims);
-    if rows_m {
-        w.transpose_blocks(true);
+    let stored = w.layout;
+    if opts.layout.rows_m(&w.dims) {
+        w.lay_out(BlockLayout::RowsM);
     }
-    let out = train_laid_out(w, data, r, opts, par, on_step, rows_m);
-    if rows_m {
-        w.transpose_blocks(false);
-    }
+    let out = train_laid_out(w, data, r, opts, par, on_step);
+    w.lay_out(stored);
     out
 }
 
-/// [`train`] on weights already in the layout the run uses: with `rows_m`, as left by
-/// [`Weights::transpose_blocks`]`(true)` (and left so); `opts.layout` is not consulted.
-/// For callers that train several variants from one draw and need only the records.
+/// [`train`] on the weights in the layout they are in ([`Weights::layout`], left so);
+/// `opts.layout` is not consulted. For callers that train several variants from one
+/// draw laid out once ([`Weights::lay_out`]) and need only the records.
 pub fn train_laid_out<T: Real>(
     w: &mut Weights<T>,
     data: &Data,
@@ -923,8 +923,8 @@ pub fn train_laid_out<T: Real>(
     opts: &TrainOptions,
     par: Par,
     on_step: &mut dyn FnMut(usize, f64),
-    rows_m: bool,
 ) -> Result<History, TrainError> {
+    let rows_m = w.layout == BlockLayout::RowsM;
     let dims = w.dims;
     let (d, n) = (dims.d, data.n);
     // The records are sized up front from user input: checked (in bytes, so that the
@@ -1076,7 +1076,7 @@ mod tests {
         let r = Parametrization::preset("chizat-julia")
             .unwrap()
             .resolve(&dims);
-        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, Par::Seq);
         let opts = TrainOptions {
             steps: 1 << 62,
             eta: 0.1,
@@ -1123,7 +1123,7 @@ mod tests {
                 Activation::Softplus,
                 Activation::Linear,
             ] {
-                let w0 = Weights::<f64>::draw(&dims, &r, 3, 4, false);
+                let w0 = Weights::<f64>::draw(&dims, &r, 3, 4, Par::Seq);
                 let mut w1 = w0.clone();
                 let mut ws = Workspace::new(&w1, data.n);
                 let eta = 1e-3;
@@ -1170,7 +1170,7 @@ mod tests {
             .unwrap()
             .resolve(&dims);
         let data = Data::synthetic(dims.din, dims.dout, dims.n, 2);
-        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, Par::Seq);
         let mut ws = Workspace::new(&w, data.n);
         forward(&mut w, &data, &r, Activation::Tanh, &mut ws, Par::Seq, 0).unwrap();
         assert_eq!(ws.take_times(), PassTimes::default(), "off by default");
@@ -1213,7 +1213,7 @@ mod tests {
         p.alpha = 0.0;
         let r = p.resolve(&dims);
         let data = Data::synthetic(dims.din, dims.dout, dims.n, 2);
-        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, Par::Seq);
         let mut ws = Workspace::new(&w, data.n);
         forward(&mut w, &data, &r, Activation::Tanh, &mut ws, Par::Seq, 0).unwrap();
         let h0 = ws.hidden(0, data.n, dims.d).to_vec();
@@ -1226,7 +1226,7 @@ mod tests {
         let p = Parametrization::preset("standard").unwrap();
         let r = p.resolve(&dims);
         let data = Data::synthetic(dims.din, dims.dout, dims.n, 2);
-        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, Par::Seq);
         let opts = TrainOptions {
             steps: 50,
             eta: 1e200,
@@ -1246,7 +1246,7 @@ mod tests {
         let dims = dims();
         let r = Parametrization::preset("standard").unwrap().resolve(&dims);
         let data = Data::synthetic(dims.din, dims.dout, dims.n, 2);
-        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, Par::Seq);
         // One huge read-out weight: h_L is finite, f[1, *] overflows.
         w.wu[1] = 1e308;
         w.wu[1 + dims.dout] = 1e308;
@@ -1280,7 +1280,7 @@ mod tests {
             activation: Activation::Linear,
             ..Default::default()
         };
-        let w0 = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+        let w0 = Weights::<f64>::draw(&dims, &r, 1, 2, Par::Seq);
         let e = train(&mut w0.clone(), &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap_err();
         let TrainError::LossExploded {
             step,
@@ -1337,7 +1337,7 @@ mod tests {
             ..TrainOptions::default()
         };
         let run = |par| {
-            let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+            let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, Par::Seq);
             train(&mut w, &data, &r, &opts, par, &mut |_, _| {}).unwrap()
         };
         let a = run(Par::Seq);
@@ -1355,7 +1355,7 @@ mod tests {
         let per = (dims.l + 1) * dims.d * dims.n;
         let last = &a.layers[per + dims.l * dims.d * dims.n..2 * per];
         assert_eq!(last, &a.hidden[3 * dims.d * dims.n..4 * dims.d * dims.n]);
-        let mut w = Weights::<f32>::draw(&dims, &r, 1, 2, false);
+        let mut w = Weights::<f32>::draw(&dims, &r, 1, 2, Par::Seq);
         let c = train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap();
         for (x, y) in a.losses.iter().zip(&c.losses) {
             assert!((x - y).abs() < 1e-4 * x.abs(), "{x} vs {y}");
@@ -1405,7 +1405,7 @@ mod tests {
                             layout,
                             max_loss_growth: DEFAULT_MAX_LOSS_GROWTH,
                         };
-                        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+                        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, Par::Seq);
                         let h = train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {});
                         (h.unwrap(), w)
                     };

@@ -25,8 +25,8 @@
 //! [`crate::limit::multi`]); for the engine's loss `c Σ (f − y)²` that is
 //! `B = D g / (2c)` with `g = ∂loss/∂h`.
 
+use crate::cpu::Par;
 use crate::io;
-use crate::kernels::Par;
 use crate::limit::nonlinear::McReport;
 use crate::limit::{
     CoordinateBasis, CoordinateTrajectories, DepthGrid, DepthSeries, LimitError, LinearLimit,
@@ -753,7 +753,7 @@ mod tests {
         )
         .unwrap();
         let lim = LimitReference::solve(&data, &lp).unwrap();
-        let mut w = Weights::<f64>::draw(&dims, &r, 3, 4, false);
+        let mut w = Weights::<f64>::draw(&dims, &r, 3, 4, Par::Seq);
         let opts = TrainOptions {
             steps: 4,
             eta: 0.1,
@@ -777,7 +777,7 @@ mod tests {
             .to_string();
         assert!(err.contains("step") && err.contains('2'), "{err}");
         // Training in segments ending at the read steps is the same run.
-        let mut w2 = Weights::<f64>::draw(&dims, &r, 3, 4, false);
+        let mut w2 = Weights::<f64>::draw(&dims, &r, 3, 4, Par::Seq);
         let a = lim
             .train_against(&mut w2, &data, &r, 0.1, 4, &[3, 0])
             .unwrap();
@@ -825,7 +825,7 @@ mod tests {
             },
         )
         .unwrap();
-        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, false);
+        let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, Par::Seq);
         let a = lim
             .train_against(&mut w, &data, &r, eta, 6, &[0, 5])
             .unwrap();

@@ -10,7 +10,7 @@
 //! produces, and far from a limit with an O(1) bias (the errors would level off).
 
 use reslim::coords::{PAPER_X, PAPER_Y};
-use reslim::kernels::Par;
+use reslim::cpu::Par;
 use reslim::model::{Activation, Data, Weights};
 use reslim::param::{Dims, Parametrization};
 use reslim::train::{self, TrainOptions};
@@ -48,7 +48,7 @@ fn ladder(data: &Data, lim: &LimitReference, other: Option<&[f64]>) -> Vec<(f64,
             let mut acc = (0.0, 0.0, 0.0);
             for i in 0..draws {
                 let seed = 1000 * s as u64 + i;
-                let mut w = Weights::<f64>::draw(&dims, &r, seed, seed + 500, true);
+                let mut w = Weights::<f64>::draw(&dims, &r, seed, seed + 500, Par::Rayon);
                 let h = train::train(&mut w, data, &r, &opts, Par::Rayon, &mut |_, _| {}).unwrap();
                 let e = lim.step_errors(&dims, &w.we, &w.wu, &h, &[READ]).unwrap()[0];
                 acc.0 += e.h_mad_max;
@@ -209,7 +209,7 @@ fn finite_tanh_networks_approach_the_nonlinear_limit() {
         let (mut eh, mut ey) = (0.0, 0.0);
         for i in 0..draws {
             let seed = 7000 * s as u64 + i;
-            let mut w = Weights::<f64>::draw(&dims, &r, seed, seed + 500, true);
+            let mut w = Weights::<f64>::draw(&dims, &r, seed, seed + 500, Par::Rayon);
             let h = train::train(&mut w, &data, &r, &opts, Par::Rayon, &mut |_, _| {}).unwrap();
             // Output error at pass `read`.
             let f = &h.outputs[read * d_o * n..(read + 1) * d_o * n];

@@ -2,8 +2,8 @@
 //! (`../shared/reference/`, see its README): losses, outputs and h_L at every step to
 //! 1e-10 relative.
 
+use reslim::cpu::Par;
 use reslim::io::read_npy;
-use reslim::kernels::Par;
 use reslim::run;
 use reslim::spec::TrainSpec;
 use std::path::PathBuf;

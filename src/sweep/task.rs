@@ -11,10 +11,10 @@
 use super::SweepError;
 use super::plan::{Sweep, Task};
 use super::spec::Coupling;
+use crate::cpu::Par;
 use crate::factored;
-use crate::kernels::Par;
 use crate::memory::{self, MemoryError};
-use crate::model::{Data, Dtype, Real, Weights};
+use crate::model::{BlockLayout, Data, Dtype, Real, Weights};
 use crate::param::{Dims, Resolved};
 use crate::train::{self, TrainOptions};
 use crate::vslimit::{LimitReference, StepErrors};
@@ -163,7 +163,7 @@ impl Strategy {
         let dims = sw.dims(t);
         let r = sw.param.resolve(&dims);
         let (block_seed, own_embed) = sw.task_seeds(t);
-        let base = Weights::<T>::draw(&dims, &r, sw.embed_seed(t.rep), block_seed, false);
+        let base = Weights::<T>::draw(&dims, &r, sw.embed_seed(t.rep), block_seed, Par::Seq);
         let variants = Variants {
             couplings: sw.couplings_of(t),
             dims,
@@ -175,7 +175,7 @@ impl Strategy {
             Strategy::Dense { rows_m } => {
                 let mut base = base;
                 if rows_m {
-                    base.transpose_blocks(true);
+                    base.lay_out(BlockLayout::RowsM);
                 }
                 variants.each(base, |c, mut w| {
                     let opts = TrainOptions {
@@ -187,15 +187,8 @@ impl Strategy {
                         ..TrainOptions::default()
                     };
                     let t0 = std::time::Instant::now();
-                    let h = train::train_laid_out(
-                        &mut w,
-                        data,
-                        &r,
-                        &opts,
-                        Par::Seq,
-                        &mut |_, _| {},
-                        rows_m,
-                    )?;
+                    let h =
+                        train::train_laid_out(&mut w, data, &r, &opts, Par::Seq, &mut |_, _| {})?;
                     Ok(TaskRecord {
                         task: *t,
                         coupling: c,
@@ -243,7 +236,7 @@ impl Variants<'_> {
     fn embeddings<T: Real>(&self, c: Coupling, base: &Weights<T>) -> (Vec<T>, Vec<T>) {
         if c == Coupling::Uncoupled {
             let no_blocks = Dims { l: 0, ..self.dims };
-            let fresh = Weights::<T>::draw(&no_blocks, self.r, self.own_embed, 0, false);
+            let fresh = Weights::<T>::draw(&no_blocks, self.r, self.own_embed, 0, Par::Seq);
             (fresh.we, fresh.wu)
         } else {
             (base.we.clone(), base.wu.clone())
