@@ -43,13 +43,21 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Scale {
+    /// Constant factor. Default 1; finite.
     pub c: f64,
+    /// Exponent of the depth L. Default 0; finite.
     pub l: f64,
+    /// Exponent of the block width M. Default 0; finite.
     pub m: f64,
+    /// Exponent of the embedding dimension D. Default 0; finite.
     pub d: f64,
+    /// Exponent of the input dimension d_in. Default 0; finite.
     pub din: f64,
+    /// Exponent of the output dimension d_out. Default 0; finite.
     pub dout: f64,
+    /// Exponent of the number of samples N. Default 0; finite.
     pub n: f64,
+    /// Exponent of the branch scale alpha. Default 0; finite (< 0 refused when alpha = 0).
     pub alpha: f64,
 }
 
@@ -520,14 +528,20 @@ mod tests {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParamOverride {
+    /// Branch scale alpha. Default: the preset's (1; 10 for `lazy`); finite, >= 0.
     pub alpha: Option<f64>,
+    /// Loss constant: loss = `loss` * sum (f - y)^2, a [`Scale`]. Default: the preset's.
     pub loss: Option<Scale>,
+    /// `W_E`: changes to the embedding's row of the table. Default: none.
     #[serde(rename = "W_E")]
     pub we: Option<RoleOverride>,
+    /// `U`: changes to the first-layer block weights. Default: none.
     #[serde(rename = "U")]
     pub u: Option<RoleOverride>,
+    /// `V`: changes to the second-layer block weights. Default: none.
     #[serde(rename = "V")]
     pub v: Option<RoleOverride>,
+    /// `W_U`: changes to the unembedding. Default: none.
     #[serde(rename = "W_U")]
     pub wu: Option<RoleOverride>,
 }
@@ -536,9 +550,14 @@ pub struct ParamOverride {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleOverride {
+    /// Standard deviation of the Gaussian entries at init, a [`Scale`]. Default: the preset's.
     pub init: Option<Scale>,
+    /// Forward multiplier, a [`Scale`] (V's is also multiplied by alpha). Default: the
+    /// preset's.
     pub mult: Option<Scale>,
+    /// Learning rate, a [`Scale`] multiplied by the run's eta (`lr`). Default: the preset's.
     pub lr: Option<Scale>,
+    /// Whether GD updates this tensor. Default: the preset's.
     pub trained: Option<bool>,
 }
 

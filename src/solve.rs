@@ -76,12 +76,21 @@ pub enum Method {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SolverSpec {
+    /// `"auto"` (default: exact for linear blocks, Monte Carlo otherwise), `"exact"`
+    /// (linear blocks only) or `"monte-carlo"`.
     pub method: Method,
+    /// Depth grid points s in [0, 1]. Default 201 (exact) or 101 (Monte Carlo); 2 to 100000.
     pub num_s: Option<usize>,
+    /// Monte Carlo only: units per depth point. Default 2000; even, between
+    /// 2(din + dout) + 2 and 1e8.
     pub samples: Option<usize>,
+    /// Monte Carlo only: independent replicas (standard errors). Default 8; 2 to 10000.
     pub replicas: Option<usize>,
+    /// Monte Carlo only: seed of the unit clouds. Default 0; any u64.
     pub seed: Option<u64>,
+    /// Exact only: relative ODE tolerance. Default 1e-8; finite, >= 2.2e-14.
     pub rtol: Option<f64>,
+    /// Exact only: absolute ODE tolerance. Default 1e-10; finite, >= 0.
     pub atol: Option<f64>,
 }
 
@@ -89,19 +98,29 @@ pub struct SolverSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSpec {
+    /// Name of the solve: figure titles and the default output `runs/<name>-limit`.
+    /// Default `"limit"`.
     #[serde(default = "default_name")]
     pub name: String,
+    /// Parametrization preset of the chizat-python family: `chizat-julia` (default),
+    /// `chizat-python`, `lazy`.
     #[serde(default = "crate::spec::default_preset")]
     pub preset: String,
+    /// `[param]`: changes to the preset's table ([`ParamOverride`]). Default: none.
     #[serde(default)]
     pub param: Option<ParamOverride>,
+    /// Activation of the blocks: `tanh` (default), `relu`, `gelu`, `softplus`, `linear`.
     #[serde(default = "crate::spec::default_activation")]
     pub activation: String,
+    /// `[data]`: the training data, as in a sweep ([`DataSpec`]). Required.
     pub data: DataSpec,
-    /// Forward passes K (`f_0 .. f_{K-1}`).
+    /// Forward passes K (`f_0 .. f_{K-1}`), a count. Required; integer >= 1.
     pub steps: usize,
+    /// Global learning rate eta, multiplies every role's rate. Default 1.0; finite, >= 0.
     #[serde(default = "crate::spec::default_lr")]
     pub lr: f64,
+    /// `[solver]`: how the limit is solved ([`SolverSpec`]). Default: every setting's
+    /// default.
     #[serde(default)]
     pub solver: SolverSpec,
 }

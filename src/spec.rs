@@ -64,27 +64,47 @@ fn invalid(field: &str, value: impl ToString, why: &str) -> SpecError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSpec {
+    /// Parametrization preset: `chizat-julia` (default), `chizat-python`, `lazy` or
+    /// `standard` (see [`crate::param`]).
     pub preset: Option<String>,
+    /// Activation of the blocks: `tanh` (default), `relu`, `gelu`, `softplus`, `linear`.
     pub activation: Option<String>,
+    /// `L`: depth, the number of residual blocks. Default 10; integer >= 1.
     #[serde(rename = "L")]
     pub l: Option<i64>,
+    /// `M`: hidden width of each block. Default 50; integer >= 1.
     #[serde(rename = "M")]
     pub m: Option<i64>,
+    /// `D`: embedding dimension (width of the residual stream). Default 50; integer >= 1.
     #[serde(rename = "D")]
     pub d: Option<i64>,
+    /// `N`: number of training samples. Default 10; integer >= 1.
     #[serde(rename = "N")]
     pub n: Option<i64>,
+    /// Input dimension d_in. Default 5; integer >= 1.
     pub din: Option<i64>,
+    /// Output dimension d_out. Default 5; integer >= 1.
     pub dout: Option<i64>,
+    /// GD steps K, a count (records k = 0..K-1). Default 15; integer >= 1.
     pub steps: Option<i64>,
+    /// Global learning rate eta, multiplies every role's rate. Default 1.0; finite, >= 0.
     pub lr: Option<f64>,
+    /// Seed of the block weights U, V. Default 1; any u64.
     pub seed: Option<u64>,
+    /// Seed of the embeddings W_E, W_U. Default: `seed`; any u64.
     pub embed_seed: Option<u64>,
+    /// Seed of the synthetic data X, Y (standard Gaussian). Default 1; any u64.
     pub data_seed: Option<u64>,
+    /// Precision of training: `f64` (default) or `f32`.
     pub dtype: Option<String>,
+    /// Directory of X, Y, WE, WU, U, V `.npy` files to start from instead of the seeded
+    /// draws; the shapes come from the arrays. Default: none.
     pub init_npy: Option<PathBuf>,
+    /// Write h_L at every step (`hL.npy`). Default true.
     pub record_hidden: Option<bool>,
+    /// Write per-layer coordinate statistics (`layers.csv`). Default false.
     pub layer_stats: Option<bool>,
+    /// `[param]`: changes to the preset's table ([`ParamOverride`]). Default: none.
     pub param: Option<ParamOverride>,
 }
 

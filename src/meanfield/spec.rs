@@ -68,52 +68,95 @@ fn invalid(field: &str, value: impl std::fmt::Display, why: &str) -> SpecError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentSpec {
+    /// Report title. Default `"spirals"`.
     pub name: Option<String>,
+    /// Base seed; repetition k uses seeds derived from (seed, k). Default 1; any u64.
     pub seed: Option<u64>,
+    /// Repetitions per training-set size, a count. Default 5; integer >= 1.
     pub seeds: Option<i64>,
+    /// Training-set sizes n. Default `[50, 100, 200, 400, 800, 1600, 3200]`; non-empty,
+    /// distinct, each >= 2 (csv: at most the training file's rows).
     pub n_train: Option<Vec<i64>>,
+    /// Test points drawn for spirals (a CSV test set is used whole). Default 10000; >= 1.
     pub n_test: Option<i64>,
+    /// `[data]`: where the data come from ([`DataSpec`]). Default: spirals.
     pub data: Option<DataSpec>,
+    /// `[model]`: the scaled ResNet ([`ModelSpec`]). Default: every setting's default.
     pub model: Option<ModelSpec>,
+    /// `[train]`: the GD protocol ([`TrainSection`]). Default: every setting's default.
     pub train: Option<TrainSection>,
+    /// `[measure]`: what is measured ([`MeasureSpec`]). Default: every setting's default.
     pub measure: Option<MeasureSpec>,
 }
 
+/// The `[data]` table of an experiment spec.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
+    /// `"spirals"` (default) or `"csv"`.
     pub source: Option<String>,
+    /// Spirals only: turns of each arm. Default 780/360 (2.1667); finite, > 0.
     pub turns: Option<f64>,
+    /// Spirals only: uniform noise amplitude, in the generator's units (before the
+    /// coordinates are divided by `turns * 2 pi`). Default 0.5; finite, >= 0.
     pub noise: Option<f64>,
+    /// Constant coordinate appended before normalising. Spirals: default 1.0, finite and
+    /// positive (d = 3). CSV: default none (no lift), finite.
     pub lift: Option<f64>,
+    /// CSV only: training file (`x_1..x_d, label` with labels +1/-1), relative to the
+    /// spec's directory. Required for `source = "csv"`.
     pub train: Option<PathBuf>,
+    /// CSV only: test file, same columns as `train`. Required for `source = "csv"`.
     pub test: Option<PathBuf>,
+    /// CSV only: put the inputs on the unit sphere. Default true.
     pub normalize: Option<bool>,
 }
 
+/// The `[model]` table of an experiment spec.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
+    /// `L`: depth, the number of residual blocks. Default 10; integer >= 1.
     #[serde(rename = "L")]
     pub l: Option<i64>,
+    /// `M`: particles (hidden units) per block. Default 200; integer >= 1, even with
+    /// `init = "symmetric"`.
     #[serde(rename = "M")]
     pub m: Option<i64>,
+    /// `M0`: particles of the output head. Default 1000; integer >= 1, even with
+    /// `init = "symmetric"`.
     #[serde(rename = "M0")]
     pub m0: Option<i64>,
+    /// Branch scale alpha. Default 1.0; finite.
     pub alpha: Option<f64>,
+    /// Output scale beta, a [`Scale`] (power law in n, L, M, D = d, ...). Default
+    /// `{ c = 0.25, n = 0.5 }`; must be finite and > 0 at every n.
     pub beta: Option<Scale>,
+    /// Activation: `tanh` (default), `relu`, `gelu`, `softplus`, `linear`.
     pub activation: Option<String>,
+    /// Initialisation: `"symmetric"` (default; antithetic pairs) or `"iid"`.
     pub init: Option<String>,
 }
 
+/// The `[train]` table of an experiment spec.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSection {
+    /// Learning rate: the step size is eta = lr / beta^2. Default 5.0; finite, > 0.
     pub lr: Option<f64>,
+    /// Step budget, a count or a power law in n ([`StepBudget`]). Default
+    /// `{ c = 800, n = 0.25 }`; between 1 and 1e9 steps at every n.
     pub max_steps: Option<StepBudget>,
+    /// Stop once the training loss is at most this. Default 5e-3; finite, >= 0.
     pub target_loss: Option<f64>,
+    /// Factor on eta after a step that raised the loss. Default 0.7; in (0, 1] (1:
+    /// constant step size).
     pub backoff: Option<f64>,
+    /// A step raised the loss when it grew it by more than this fraction. Default 0.5;
+    /// finite, >= 0 (0: any rise).
     pub backoff_rise: Option<f64>,
+    /// Factor on eta after any other step, capped at lr / beta^2. Default 1.0; finite and
+    /// at least 1 (1: eta never grows back).
     pub growth: Option<f64>,
 }
 
@@ -129,9 +172,14 @@ pub enum StepBudget {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeasureSpec {
+    /// Measured steps per run: step 0 and `checkpoints - 1` log-spaced steps up to the
+    /// budget (and the last step run). Default 6; 2 to 10000.
     pub checkpoints: Option<i64>,
+    /// Compute the Gram matrices G1, G2 (false: only loss, KL, errors). Default true.
     pub gram: Option<bool>,
+    /// Skip the Gram matrices above this training-set size n. Default 3200; >= 1.
     pub gram_max_n: Option<i64>,
+    /// Confidence parameter of the generalization bound. Default 0.05; in (0, 1).
     pub delta: Option<f64>,
 }
 

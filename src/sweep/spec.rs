@@ -118,16 +118,22 @@ pub fn logspace(lo: f64, hi: f64, n: usize) -> Vec<usize> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
+    /// Input dimension d_in. Required; integer >= 1.
     pub din: usize,
+    /// Output dimension d_out. Required; integer >= 1.
     pub dout: usize,
+    /// `N`: number of training samples. Required; integer >= 1.
     #[serde(rename = "N")]
     pub n: usize,
+    /// Seed of the synthetic X, Y (unused with `x`, `y`). Default 1; any u64.
     #[serde(default = "one")]
     pub seed: u64,
-    /// Explicit inputs: one list of `din` numbers when N = 1, or N such lists.
+    /// Explicit inputs: one list of `din` numbers when N = 1, or N such lists (finite).
+    /// Default: none (synthetic); give `y` with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x: Option<Samples>,
-    /// Explicit targets: one list of `dout` numbers when N = 1, or N such lists.
+    /// Explicit targets: one list of `dout` numbers when N = 1, or N such lists (finite).
+    /// Default: none (synthetic); give `x` with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub y: Option<Samples>,
 }
@@ -204,10 +210,13 @@ pub(crate) fn inv_data(field: &str, value: impl ToString, why: &str) -> SpecErro
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "RawGrid")]
 pub struct GridSpec {
+    /// Depths L: an [`Axis`] of positive integers (sorted, deduplicated). Required.
     #[serde(rename = "L")]
     pub l: Axis,
+    /// Block widths M: an [`Axis`] of positive integers. Required.
     #[serde(rename = "M")]
     pub m: Axis,
+    /// Embedding dimensions D: an [`Axis`] of positive integers. Required.
     #[serde(rename = "D")]
     pub d: Axis,
 }
@@ -252,10 +261,13 @@ pub enum ReferenceSpec {
     Largest,
     /// A named shape (need not be in the grid).
     Shape {
+        /// Depth of the reference. Required; integer >= 1.
         #[serde(rename = "L")]
         l: usize,
+        /// Block width of the reference. Required; integer >= 1.
         #[serde(rename = "M")]
         m: usize,
+        /// Embedding dimension of the reference. Required; at least the grid's largest D.
         #[serde(rename = "D")]
         d: usize,
     },
@@ -267,13 +279,19 @@ pub enum ReferenceSpec {
     /// (default 101), `samples`, `replicas`, `seed` (defaults of
     /// [`crate::limit::MonteCarlo`]).
     Limit {
+        /// Exact (linear) solver: relative ODE tolerance. Default 1e-5; finite, >= 2.2e-14.
         rtol: Option<f64>,
+        /// Exact (linear) solver: absolute ODE tolerance. Default 1e-7; finite, >= 0.
         atol: Option<f64>,
+        /// Depth grid points s in [0, 1]. Default 100 (exact) or 101 (Monte Carlo); >= 2.
         num_s: Option<usize>,
+        /// Monte Carlo: units per depth point. Default 2000; even, >= 2(din + dout) + 2, <= 1e8.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         samples: Option<usize>,
+        /// Monte Carlo: independent replicas (standard errors). Default 8; 2 to 10000.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         replicas: Option<usize>,
+        /// Monte Carlo: seed of the unit clouds. Default 0; any u64.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seed: Option<u64>,
     },
@@ -330,7 +348,10 @@ impl From<ReferenceRepr> for ReferenceSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Coupling {
+    /// `"coupled"`: W_E, W_U are the first D rows of the repetition's embedding draw (the
+    /// reference's rows).
     Coupled,
+    /// `"uncoupled"`: W_E, W_U drawn afresh for each shape.
     Uncoupled,
 }
 
@@ -353,21 +374,25 @@ impl std::fmt::Display for Coupling {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportSpec {
-    /// Read step of the slice plots and rate fits (default: the last read step).
+    /// Read step (record index) of the slice plots and rate fits (default: the last read
+    /// step); must be one of `read_steps`.
     pub step: Option<usize>,
-    /// Read step of the P plots (default: `step`).
+    /// Read step of the P plots (default: `step`); must be one of `read_steps`.
     pub p_step: Option<usize>,
-    /// M values of the error-vs-D slices (default: four spread over the grid).
+    /// M values of the error-vs-D slices (default: four spread over the grid); values of
+    /// `grid.M`.
     pub slice_m: Option<Vec<usize>>,
-    /// D values of the error-vs-M slices (default: four spread over the grid).
+    /// D values of the error-vs-M slices (default: four spread over the grid); values of
+    /// `grid.D`.
     pub slice_d: Option<Vec<usize>>,
-    /// Only shapes with P = L M D below this enter the P plots and P fits.
+    /// Only shapes with P = L M D below this enter the P plots and P fits. Default: no
+    /// limit; finite, > 0.
     pub p_max: Option<f64>,
-    /// Bootstrap replicates of the joint fits (default 200).
+    /// Bootstrap replicates of the joint fits (count; default 200; 20 to 100000).
     pub bootstrap: Option<usize>,
     /// Another sweep's output directory (relative to the working directory), whose
     /// headline and joint fits the report sets beside this sweep's: e.g. the same grid
-    /// against the largest network and against the limit.
+    /// against the largest network and against the limit. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare: Option<std::path::PathBuf>,
 }
@@ -470,34 +495,42 @@ impl ReportSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SweepSpec {
+    /// Name of the sweep; the default output directory is `runs/<name>`. Required.
     pub name: String,
+    /// Parametrization preset: `chizat-julia` (default), `chizat-python`, `lazy`, `standard`.
     #[serde(default = "crate::spec::default_preset")]
     pub preset: String,
+    /// `[param]`: changes to the preset's table ([`ParamOverride`]). Default: none.
     #[serde(default)]
     pub param: Option<ParamOverride>,
+    /// Activation of the blocks: `tanh` (default), `relu`, `gelu`, `softplus`, `linear`.
     #[serde(default = "crate::spec::default_activation")]
     pub activation: String,
+    /// `[data]`: the training data ([`DataSpec`]). Required.
     pub data: DataSpec,
+    /// `[grid]`: the shapes L x M x D ([`GridSpec`]). Required.
     pub grid: GridSpec,
-    /// GD steps K.
+    /// GD steps K, a count (records k = 0..K-1). Required; integer >= 1.
     pub steps: usize,
-    /// Global learning rate eta.
+    /// Global learning rate eta, multiplies every role's rate. Default 1.0; finite, >= 0.
     #[serde(default = "crate::spec::default_lr")]
     pub lr: f64,
-    /// Repetitions (independent weight draws).
+    /// Repetitions (independent weight draws), a count. Default 1; >= 1.
     #[serde(default = "default_reps")]
     pub reps: usize,
-    /// Sweep seed: every task's seeds derive from it.
+    /// Sweep seed: every task's seeds derive from it. Default 1; any u64.
     #[serde(default = "one")]
     pub seed: u64,
     /// Records (0-based, record k = after k updates) at which errors are read
-    /// (default: the last).
+    /// (default: the last, `steps - 1`); non-empty, each < `steps`.
     #[serde(default)]
     pub read_steps: Option<Vec<usize>>,
+    /// `[reference]`: what the models are compared with ([`ReferenceSpec`]). Required.
     pub reference: ReferenceSpec,
-    /// Coupling variants (default: both).
+    /// Coupling variants, `"coupled"` and/or `"uncoupled"` (default: both); non-empty.
     #[serde(default = "default_couplings")]
     pub couplings: Vec<Coupling>,
+    /// `[report]`: plots and fits ([`ReportSpec`]). Default: every setting's default.
     #[serde(default)]
     pub report: ReportSpec,
     /// Precision of the training runs: "f64" (default) or "f32". Errors are computed in
