@@ -13,7 +13,7 @@
 //!   `g_l = g_{l+1} + m_U U G` together with `U -= lr_U m_U h G^T`.
 //!
 //! Each weight is therefore read once by the forward pass and read and written once by
-//! the backward pass: 3 * 2 * L*M*D values per step, the minimum (DESIGN.md).
+//! the backward pass: 3 * 2 * L*M*D values per step, the minimum (ARCHITECTURE.md, "The GD step and its bytes").
 //!
 //! Determinism: every output entry is summed in an order fixed by the data layout alone
 //! (lane-wise partial sums over D in chunks of W = 64 bytes, reduced by a fixed tree,
@@ -30,7 +30,7 @@
 //! # Instruction sets
 //!
 //! One generic body per kernel over the lane trait [`crate::cpu::Simd`], compiled three
-//! times and picked at run time by [`crate::cpu::dispatch`] (on [`isa`]):
+//! times and picked at run time by [`crate::cpu::dispatch`] (on [`crate::cpu::isa`]):
 //!
 //! - AVX-512F + VL: one zmm register per 64-byte vector, 32 registers;
 //! - AVX2 + FMA (e.g. AMD Zen 2/3, Intel before Ice Lake): each 64-byte vector

@@ -1,7 +1,20 @@
 //! reslim: scaled deep residual networks and their large-scale limits.
 //!
-//! See `ARCHITECTURE.md` for how the modules fit together and
-//! `../shared/spec/PAPERS.md` for the mathematics they implement.
+//! - **One network:** a [`Parametrization`] (a preset or table of scalings) resolved for
+//!   [`Dims`], [`Weights`] drawn from counter-based streams, [`train::train`] by full-batch GD
+//!   ([`TrainOptions`]; records in a [`History`]); [`run::execute`] does it from a checked
+//!   [`TrainConfig`].
+//! - **A sweep over shapes:** [`SweepSpec`] (a TOML file) checked into a [`Sweep`], run
+//!   whole by [`sweep::execute`] in a [`SweepDir`] (resumable, fingerprinted records,
+//!   tidy tables, rate fits and a report).
+//! - **The large-scale limits:** [`solve_linear_limit`] / [`solve_linear_limit_multi`]
+//!   (exact ODEs, linear blocks) and [`solve_nonlinear_limit`] (Monte Carlo, any
+//!   activation); [`solve::solve`] is the `reslim limit` command.
+//! - **The mean-field model** of Chen et al. (2024): [`meanfield`].
+//!
+//! `ARCHITECTURE.md` maps the modules and their layers; `docs/papers.md` is the
+//! mathematics they implement (cited by section throughout), `docs/specs.md` every spec
+//! field with its default and unit.
 
 pub mod bench;
 pub mod coords;
@@ -28,3 +41,14 @@ pub mod vslimit;
 pub mod vtanh;
 
 pub use error::{Error, Result};
+
+pub use cpu::Par;
+pub use limit::{
+    LinearLimitParams, MonteCarlo, solve_linear_limit, solve_linear_limit_multi,
+    solve_nonlinear_limit,
+};
+pub use model::{Activation, Data, Dtype, Real, Weights};
+pub use param::{Dims, Parametrization};
+pub use spec::{TrainConfig, TrainSpec};
+pub use sweep::{Sweep, SweepDir, SweepError, SweepSpec};
+pub use train::{History, TrainOptions};

@@ -80,7 +80,7 @@ pub enum Activation {
     Gelu,
     /// log(1 + e^x).
     Softplus,
-    /// The identity (the linear experiments of PAPERS.md section 2.5, E2).
+    /// The identity (the linear experiments of docs/papers.md section 2.5, E2).
     Linear,
 }
 
@@ -211,7 +211,7 @@ pub struct Data {
 }
 
 impl Data {
-    /// Seeded synthetic regression as in the paper (PAPERS.md 2.5, E1): X and Y with
+    /// Seeded synthetic regression as in the paper (docs/papers.md 2.5, E1): X and Y with
     /// i.i.d. standard Gaussian entries, drawn from the `DataX` / `DataY` streams.
     pub fn synthetic(din: usize, dout: usize, n: usize, seed: u64) -> Self {
         Data {

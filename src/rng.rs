@@ -10,7 +10,7 @@
 //!   (what a matrix-free backend needs);
 //! - prefixes are coupled: the entry `(r, c)` of a tensor does not depend on the tensor's
 //!   size, so the first D rows of a d_max-row embedding are exactly the embedding of the
-//!   width-D model (PAPERS.md section 2.4, "coupled randomness").
+//!   width-D model (docs/papers.md section 2.4, "coupled randomness").
 //!
 //! Standard normals come from a 256-layer ziggurat (Marsaglia & Tsang 2000, with
 //! Doornik's 2005 symmetric variant): entry `(r, c)` uses the 64-bit half `c mod 2` of the

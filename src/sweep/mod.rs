@@ -36,7 +36,7 @@
 //!   its bytes and its records;
 //! - [`store`]: the sweep directory, task states and the lock;
 //! - [`runner`]: the resumable, largest-first parallel runner;
-//! - [`collect`]: errors against the reference and the tidy tables;
+//! - [`collect`](mod@collect): errors against the reference and the tidy tables;
 //! - [`pipeline`]: the whole sweep as one library function ([`execute`]) that the CLI
 //!   calls (check, plan, run, collect, tables, report).
 

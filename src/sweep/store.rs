@@ -122,7 +122,7 @@ impl SweepDir {
     /// lives (a second call does nothing), then removes the temporary files and
     /// directories that killed runs of this host left ([`io::remove_stale_temps`]).
     /// Another process working in the directory makes it fail at once with
-    /// [`IoError::Busy`]. [`run`] calls it; a caller that collects and reports after the
+    /// [`IoError::Busy`]. [`super::run`] calls it; a caller that collects and reports after the
     /// run should call it first, so that no other sweep writes while it reads.
     pub fn lock(&self) -> Result<(), IoError> {
         if self.lock.get().is_some() {
