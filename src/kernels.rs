@@ -966,6 +966,7 @@ mod entry {
     unsafe impl<T> Sync for DotArgs<'_, T> {}
 
     /// An axpy kernel's call (raw parts checked by the public wrappers).
+    #[derive(Clone, Copy)]
     pub struct AxpyArgs<'a, T> {
         pub(super) rows: Ptr<T>,
         /// Row stride of `rows` (the targets' is `d`).
@@ -1004,6 +1005,11 @@ struct AxpyUpd<'a, 'b, T>(&'a AxpyArgs<'b, T>, usize, usize);
 /// [`fma_chains`] with `iters` rounds.
 struct Probe<T>(usize, std::marker::PhantomData<T>);
 
+// The axpy `with_simd`s copy the arguments into a local first: the `#[target_feature]` entry
+// receives them inside a struct, whose reference LLVM cannot mark `noalias`, so every
+// store through the rows' raw pointer would force the fields (strides, pointers,
+// coefficient slices) to be reloaded in the inner loops (measured: the axpy passes 6%
+// and 18% slower at M = D = 2000). A local that never escapes cannot alias those stores.
 macro_rules! kernels_for {
     ($t:ty) => {
         impl WithSimd for DotRo<'_, '_, $t> {
@@ -1026,16 +1032,18 @@ macro_rules! kernels_for {
             type Output = ();
             #[inline(always)]
             fn with_simd<S: Token>(self, s: S) {
+                let args = *self.0;
                 // SAFETY: as above.
-                unsafe { axpy_ro_impl::<$t, S>(s, self.0, self.1, self.2) }
+                unsafe { axpy_ro_impl::<$t, S>(s, &args, self.1, self.2) }
             }
         }
         impl WithSimd for AxpyUpd<'_, '_, $t> {
             type Output = ();
             #[inline(always)]
             fn with_simd<S: Token>(self, s: S) {
+                let args = *self.0;
                 // SAFETY: as above.
-                unsafe { axpy_impl::<$t, S>(s, self.0, self.1, self.2) }
+                unsafe { axpy_impl::<$t, S>(s, &args, self.1, self.2) }
             }
         }
         impl WithSimd for Probe<$t> {
