@@ -166,6 +166,7 @@ impl LimitSpec {
     /// Checks every field and the memory the solve needs, before any work; errors name
     /// the field.
     pub fn check(self) -> Result<LimitJob> {
+        crate::spec::check_name("name", &self.name)?;
         let mut param = Parametrization::preset(&self.preset)
             .map_err(|e| inv("preset", &self.preset, &e.to_string()))?;
         if let Some(o) = &self.param {
@@ -270,8 +271,16 @@ impl LimitSpec {
                 return Err(inv(f, v, "must be finite and non-negative").into());
             }
         }
+        // The ODE solver's own floor (`LinearLimitParams::validate`), named here.
+        if let Some(v) = sv.rtol.filter(|v| *v < 100.0 * f64::EPSILON) {
+            return Err(inv(
+                "solver.rtol",
+                v,
+                "must be at least 100 f64::EPSILON (2.2e-14)",
+            )
+            .into());
+        }
         // Memory before anything is allocated (the data included).
-        let kn = memory::product(&[("steps", self.steps), ("data.N", n)])?;
         let data_bytes = memory::product(&[
             ("data.N", n),
             ("data.din + data.dout", din.saturating_add(dout)),
@@ -279,12 +288,7 @@ impl LimitSpec {
         ])?;
         let solve_bytes = match method {
             // About twenty num_s x KN x KN series (correlations, responses, ODE work).
-            Method::Exact => memory::product(&[
-                ("solver.num_s", num_s),
-                ("steps x data.N", kn),
-                ("steps x data.N", kn),
-                ("20 series x 8 bytes", 160),
-            ])?,
+            Method::Exact => limit::multi::exact_bytes(num_s, self.steps, n)?,
             _ => nonlinear_bytes(
                 self.steps,
                 n,

@@ -132,6 +132,31 @@ pub(crate) fn default_lr() -> f64 {
     1.0
 }
 
+/// Checks an experiment's `name` (field `field`), which names its default output
+/// directory `runs/<name>`: not empty, at most 200 bytes, no path separator or NUL, not
+/// `.` or `..`, so that the default directory stays inside `runs/`.
+pub fn check_name(field: &str, name: &str) -> Result<(), SpecError> {
+    let why = if name.is_empty() {
+        Some("must not be empty")
+    } else if name.len() > 200 {
+        Some("must be at most 200 bytes")
+    } else if name.contains(['/', '\\', '\0']) {
+        Some("must not contain '/', '\\' or NUL (it names the directory runs/<name>)")
+    } else if name == "." || name == ".." {
+        Some("must not be '.' or '..' (it names the directory runs/<name>)")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(SpecError::Invalid {
+            field: field.into(),
+            value: format!("{name:?}"),
+            why: why.into(),
+        }),
+        None => Ok(()),
+    }
+}
+
 impl TrainSpec {
     pub fn from_file(path: &Path) -> Result<Self, SpecError> {
         read_toml(path)

@@ -1183,6 +1183,21 @@ fn limit_solves_tanh_and_linear_specs_and_names_bad_fields() {
             spec("", "").replace("steps = 3", "steps = 0"),
             &["steps"][..],
         ),
+        (
+            "tiny-rtol",
+            spec("activation = \"linear\"", "rtol = 1e-20"),
+            &["solver.rtol", "2.2e-14"][..],
+        ),
+        (
+            "dotdot",
+            spec("", "").replace("name = \"t\"", "name = \"..\""),
+            &["'name'", "runs/<name>"][..],
+        ),
+        (
+            "slash",
+            spec("", "").replace("name = \"t\"", "name = \"../../x\""),
+            &["'name'", "'/'"][..],
+        ),
     ] {
         let (o, out) = run(name, &text);
         assert_refused(&o, needles);

@@ -137,6 +137,24 @@ fn tabulated_linear_rhs<'a>(
     }
 }
 
+/// Bytes the exact solver needs for `K = steps` passes on `n` samples on `num_s` depth
+/// points: about twenty `num_s × KN × KN` series (correlations, responses, ODE work) of
+/// 8 bytes; an error naming the quantities if the count overflows.
+pub fn exact_bytes(
+    num_s: usize,
+    steps: usize,
+    n: usize,
+) -> Result<usize, crate::memory::MemoryError> {
+    use crate::memory::product;
+    let kn = product(&[("steps", steps), ("data.N", n)])?;
+    product(&[
+        ("num_s", num_s),
+        ("steps x data.N", kn),
+        ("steps x data.N", kn),
+        ("20 series x 8 bytes", 160),
+    ])
+}
+
 /// Solves the linear limit for `N = x.len()` training pairs `(x[n], y[n])` (all `x[n]` of
 /// one length `d_in`, all `y[n]` of one length `d_out`).
 pub fn solve_linear_limit_multi(

@@ -109,6 +109,7 @@ impl SweepSpec {
             value,
             why: why.into(),
         };
+        crate::spec::check_name("name", &self.name)?;
         let mut param = Parametrization::preset(&self.preset)
             .map_err(|e| inv("preset", self.preset.clone(), &e.to_string()))?;
         if let Some(o) = &self.param {
@@ -231,10 +232,30 @@ impl SweepSpec {
                             ));
                         }
                     }
+                    if let Some(ns) = num_s.filter(|ns| *ns > 100_000) {
+                        return Err(inv(
+                            "reference.num_s",
+                            ns.to_string(),
+                            "must be at most 100000",
+                        ));
+                    }
                     let settings = crate::vslimit::SolverSettings { rtol, atol, num_s };
                     let lp = crate::vslimit::limit_params(
                         &param, activation, dd, self.steps, self.lr, settings,
                     )?;
+                    let need = crate::limit::multi::exact_bytes(lp.num_s, self.steps, dd.2)
+                        .map_err(|e| inv("reference", "limit".into(), &e.to_string()))?;
+                    let avail = memory::available()
+                        .map_err(|e| inv("reference", "limit".into(), &e.to_string()))?;
+                    avail
+                        .check(
+                            need,
+                            &format!(
+                                "the exact limit with 'steps' = {}, 'data.N' = {}, 'reference.num_s' = {}",
+                                self.steps, dd.2, lp.num_s
+                            ),
+                        )
+                        .map_err(|e| inv("reference.num_s", lp.num_s.to_string(), &e.to_string()))?;
                     LimitSolver::Exact(lp)
                 } else {
                     for (f, set) in [

@@ -246,3 +246,39 @@ fn explicit_data_is_column_per_sample_and_checked() {
     let e = no_y.data().unwrap_err().to_string();
     assert!(e.contains("'data.y'"), "{e}");
 }
+
+/// The name becomes runs/<name>: it must stay a single directory inside runs/; an exact
+/// limit reference is bounded in depth points and refused when its solve cannot fit.
+#[test]
+fn names_and_exact_limit_sizes_are_checked() {
+    let e = refused("name = ", "name = \"../elsewhere\" #");
+    assert!(e.contains("'name'") && e.contains("'/'"), "{e}");
+    let e = refused("name = ", "name = \"\" #");
+    assert!(e.contains("'name'") && e.contains("empty"), "{e}");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let text = std::fs::read_to_string(dir.join("paper-linear-quick.toml")).unwrap();
+    let with = |extra: &str| -> String {
+        let t = text.replacen("kind = \"limit\"", &format!("kind = \"limit\"\n{extra}"), 1);
+        assert_ne!(t, text);
+        let spec: SweepSpec = toml::from_str(&t).unwrap();
+        spec.check()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+            .unwrap_err()
+    };
+    let e = with("num_s = 1000000");
+    assert!(
+        e.contains("'reference.num_s'") && e.contains("100000"),
+        "{e}"
+    );
+    // 1e5 depth points of a 1000-step limit: about 16 TB, beyond any machine.
+    let big = text.replacen("steps = 15", "steps = 1000", 1);
+    let spec: SweepSpec =
+        toml::from_str(&big.replacen("kind = \"limit\"", "kind = \"limit\"\nnum_s = 100000", 1))
+            .unwrap();
+    let e = spec.check().unwrap_err().to_string();
+    assert!(
+        e.contains("'reference.num_s'") && e.contains("needs"),
+        "{e}"
+    );
+}
