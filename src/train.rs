@@ -570,11 +570,7 @@ fn forward_blocks<T: Real>(
     let k = Scales::new(r, 0.0);
     let nd = n * w.dims.d;
     for l in 0..w.dims.l {
-        let mut t = if ws.rows_m {
-            forward_layer_rows_m(w, k, act, ws, par, n, l)
-        } else {
-            forward_layer_rows_d(w, k, act, ws, par, n, l)
-        };
+        let mut t = forward_layer(w, k, act, ws, par, n, l);
         let finite = all_finite(&ws.h[(l + 1) * nd..(l + 2) * nd]);
         lap(&mut t, &mut ws.times.forward_v);
         if !finite {
@@ -588,9 +584,19 @@ fn forward_blocks<T: Real>(
     Ok(())
 }
 
-/// Block l of the forward pass, weights as rows of D (U_l^T, V_l^T: M x D). Returns
-/// the clock of its last [`lap`] (the V pass is still running on it).
-fn forward_layer_rows_d<T: Real>(
+/// Block l of the forward pass, in the workspace's layout. Returns the clock of its
+/// last [`lap`] (the V pass is still running on it).
+///
+/// Rows of D (U_l^T, V_l^T: M x D): `p_l = m_U U_l^T h_l` ([`kernels::dot_rows`] over
+/// U_l^T), then `h_{l+1} = h_l + m_V V_l sigma(p_l)` ([`kernels::axpy_rows`] over V_l^T).
+///
+/// Rows of M (U_l, V_l: D x M), M-side arrays N x M:
+///
+/// ```text
+/// p_l^T[n] = sum_d (m_U h_l[n][d]) U_l[d]          (kernels::axpy_rows over U_l)
+/// h_{l+1}[n][d] = h_l[n][d] + m_V <V_l[d], sigma(p_l)^T[n]>   (kernels::dot_rows over V_l)
+/// ```
+fn forward_layer<T: Real>(
     w: &mut Weights<T>,
     k: Scales<T>,
     act: Activation,
@@ -605,16 +611,31 @@ fn forward_layer_rows_d<T: Real>(
     let h_l = &lo[l * n * d..];
     let h_next = &mut hi[..n * d];
     let p = &mut ws.p[l * m * n..(l + 1) * m * n];
-    let ut = &mut w.ut[l * m * d..(l + 1) * m * d];
-    kernels::dot_rows(ut, m, d, h_l, n, None, k.mu, p, par);
+    let u = &mut w.ut[l * m * d..(l + 1) * m * d];
+    if ws.rows_m {
+        p.fill(T::zero());
+        transpose_scaled(h_l, n, d, k.mu, &mut ws.ta);
+        kernels::axpy_rows(u, d, m, &ws.ta, None, &[], n, p, par);
+    } else {
+        kernels::dot_rows(u, m, d, h_l, n, None, k.mu, p, par);
+    }
     lap(&mut t, &mut ws.times.forward_u);
     let sl = &mut ws.s[l * m * n..(l + 1) * m * n];
     let dsl = &mut ws.ds[l * m * n..(l + 1) * m * n];
     activate(act, k.mv, p, sl, dsl, &mut ws.ca, par);
     lap(&mut t, &mut ws.times.activation);
-    h_next.copy_from_slice(h_l);
-    let vt = &mut w.vt[l * m * d..(l + 1) * m * d];
-    kernels::axpy_rows(vt, m, d, &ws.ca, None, &[], n, h_next, par);
+    let v = &mut w.vt[l * m * d..(l + 1) * m * d];
+    if ws.rows_m {
+        kernels::dot_rows(v, d, m, sl, n, None, k.mv, &mut ws.tout, par);
+        for s in 0..n {
+            for dd in 0..d {
+                h_next[s * d + dd] = h_l[s * d + dd] + ws.tout[dd * n + s];
+            }
+        }
+    } else {
+        h_next.copy_from_slice(h_l);
+        kernels::axpy_rows(v, m, d, &ws.ca, None, &[], n, h_next, par);
+    }
     t
 }
 
@@ -625,49 +646,6 @@ fn transpose_scaled<T: Real>(a: &[T], rows: usize, cols: usize, c: T, t: &mut [T
             t[j * rows + i] = c * a[i * cols + j];
         }
     }
-}
-
-/// Block l of the forward pass, weights as rows of M (U_l, V_l: D x M), M-side arrays
-/// N x M:
-///
-/// ```text
-/// p_l^T[n] = sum_d (m_U h_l[n][d]) U_l[d]          (kernels::axpy_rows over U_l)
-/// h_{l+1}[n][d] = h_l[n][d] + m_V <V_l[d], sigma(p_l)^T[n]>   (kernels::dot_rows over V_l)
-/// ```
-///
-/// Returns the clock of its last [`lap`], as [`forward_layer_rows_d`] does.
-fn forward_layer_rows_m<T: Real>(
-    w: &mut Weights<T>,
-    k: Scales<T>,
-    act: Activation,
-    ws: &mut Workspace<T>,
-    par: Par,
-    n: usize,
-    l: usize,
-) -> Clock {
-    let mut t = clock(ws.timing);
-    let (m, d) = (w.dims.m, w.dims.d);
-    let (lo, hi) = ws.h.split_at_mut((l + 1) * n * d);
-    let h_l = &lo[l * n * d..];
-    let h_next = &mut hi[..n * d];
-    let p = &mut ws.p[l * m * n..(l + 1) * m * n];
-    p.fill(T::zero());
-    transpose_scaled(h_l, n, d, k.mu, &mut ws.ta);
-    let u = &mut w.ut[l * m * d..(l + 1) * m * d];
-    kernels::axpy_rows(u, d, m, &ws.ta, None, &[], n, p, par);
-    lap(&mut t, &mut ws.times.forward_u);
-    let sl = &mut ws.s[l * m * n..(l + 1) * m * n];
-    let dsl = &mut ws.ds[l * m * n..(l + 1) * m * n];
-    activate(act, k.mv, p, sl, dsl, &mut ws.ca, par);
-    lap(&mut t, &mut ws.times.activation);
-    let v = &mut w.vt[l * m * d..(l + 1) * m * d];
-    kernels::dot_rows(v, d, m, sl, n, None, k.mv, &mut ws.tout, par);
-    for s in 0..n {
-        for dd in 0..d {
-            h_next[s * d + dd] = h_l[s * d + dd] + ws.tout[dd * n + s];
-        }
-    }
-    t
 }
 
 /// Matching chunks of p, sigma(p), sigma'(p) and m_V sigma(p).
@@ -768,11 +746,7 @@ fn backward_blocks<T: Real>(
 ) -> Result<(), TrainError> {
     let k = Scales::new(r, eta);
     for l in (0..w.dims.l).rev() {
-        let mut t = if ws.rows_m {
-            backward_layer_rows_m(w, r, k, ws, par, n, l)
-        } else {
-            backward_layer_rows_d(w, r, k, ws, par, n, l)
-        };
+        let mut t = backward_layer(w, r, k, ws, par, n, l);
         let finite = all_finite(&ws.g);
         lap(&mut t, &mut ws.times.backward_u);
         if !finite {
@@ -786,57 +760,16 @@ fn backward_blocks<T: Real>(
     Ok(())
 }
 
-/// Block l of the backward pass fused with the update, weights as rows of D: `ws.g`
-/// goes from g_{l+1} to g_l. Returns the clock of its last [`lap`] (the U pass is still
-/// running on it).
-fn backward_layer_rows_d<T: Real>(
-    w: &mut Weights<T>,
-    r: &Resolved,
-    k: Scales<T>,
-    ws: &mut Workspace<T>,
-    par: Par,
-    n: usize,
-    l: usize,
-) -> Clock {
-    let mut t = clock(ws.timing);
-    let (m, d) = (w.dims.m, w.dims.d);
-    let sl = &ws.s[l * m * n..(l + 1) * m * n];
-    let dsl = &ws.ds[l * m * n..(l + 1) * m * n];
-    // V pass: q = m_V V^T g, V -= eta lr_V m_V g sigma(p)^T.
-    let vt = &mut w.vt[l * m * d..(l + 1) * m * d];
-    let coef = if r.v.trained {
-        for (c, &sv) in ws.cb.iter_mut().zip(sl.iter()) {
-            *c = k.cv * sv;
-        }
-        Some(&ws.cb[..])
-    } else {
-        None
-    };
-    kernels::dot_rows(vt, m, d, &ws.g, n, coef, k.mv, &mut ws.q, par);
-    lap(&mut t, &mut ws.times.backward_v);
-    // G = sigma'(p) q; U pass: g_l = g + m_U U G, U -= eta lr_U m_U h G^T.
-    for ((a, b), (&dv, &qv)) in ws
-        .ca
-        .iter_mut()
-        .zip(ws.cb.iter_mut())
-        .zip(dsl.iter().zip(ws.q.iter()))
-    {
-        let gv = dv * qv;
-        *a = k.mu * gv;
-        *b = k.cu * gv;
-    }
-    ws.g2.copy_from_slice(&ws.g);
-    lap(&mut t, &mut ws.times.between);
-    let ut = &mut w.ut[l * m * d..(l + 1) * m * d];
-    let h_l = &ws.h[l * n * d..(l + 1) * n * d];
-    let b = if r.u.trained { Some(&ws.cb[..]) } else { None };
-    kernels::axpy_rows(ut, m, d, &ws.ca, b, h_l, n, &mut ws.g2, par);
-    std::mem::swap(&mut ws.g, &mut ws.g2);
-    t
-}
-
-/// Block l of the backward pass fused with the update, weights as rows of M
-/// (U_l, V_l: D x M), M-side arrays N x M:
+/// Block l of the backward pass fused with the update, in the workspace's layout:
+/// `ws.g` goes from g_{l+1} to g_l. Returns the clock of its last [`lap`] (the U pass is
+/// still running on it).
+///
+/// Rows of D (U_l^T, V_l^T: M x D): `q = m_V V_l^T g` with `V -= eta lr_V m_V g
+/// sigma(p)^T` in one pass ([`kernels::dot_rows`] with update), `G = sigma'(p) q`, then
+/// `g_l = g + m_U U_l G` with `U -= eta lr_U m_U h G^T` ([`kernels::axpy_rows`] with
+/// update).
+///
+/// Rows of M (U_l, V_l: D x M), M-side arrays N x M:
 ///
 /// ```text
 /// q_l^T[n] = sum_d (m_V g[n][d]) V_l[d];   V_l[d] -= sum_n (eta lr_V m_V g[n][d]) sigma(p_l)^T[n]
@@ -845,9 +778,7 @@ fn backward_layer_rows_d<T: Real>(
 /// g_l[n][d] = g[n][d] + m_U <U_l[d], G_l^T[n]>;  U_l[d] -= sum_n (eta lr_U m_U h_l[n][d]) G_l^T[n]
 ///                                                              (kernels::dot_rows over U_l)
 /// ```
-///
-/// Returns the clock of its last [`lap`], as [`backward_layer_rows_d`] does.
-fn backward_layer_rows_m<T: Real>(
+fn backward_layer<T: Real>(
     w: &mut Weights<T>,
     r: &Resolved,
     k: Scales<T>,
@@ -860,36 +791,66 @@ fn backward_layer_rows_m<T: Real>(
     let (m, d) = (w.dims.m, w.dims.d);
     let sl = &ws.s[l * m * n..(l + 1) * m * n];
     let dsl = &ws.ds[l * m * n..(l + 1) * m * n];
-    // V pass: q^T = m_V V^T g (as N x M), V -= eta lr_V m_V g sigma(p)^T.
-    transpose_scaled(&ws.g, n, d, k.mv, &mut ws.ta);
-    let b = if r.v.trained {
-        transpose_scaled(&ws.g, n, d, k.cv, &mut ws.tb);
-        Some(&ws.tb[..])
-    } else {
-        None
-    };
-    ws.q.fill(T::zero());
-    let v = &mut w.vt[l * m * d..(l + 1) * m * d];
-    kernels::axpy_rows(v, d, m, &ws.ta, b, sl, n, &mut ws.q, par);
-    lap(&mut t, &mut ws.times.backward_v);
-    // G = sigma'(p) q; U pass: g_l = g + m_U U G, U -= eta lr_U m_U h G^T.
-    for ((a, &dv), &qv) in ws.ca.iter_mut().zip(dsl).zip(&ws.q) {
-        *a = dv * qv;
-    }
     let h_l = &ws.h[l * n * d..(l + 1) * n * d];
-    let coef = if r.u.trained {
-        transpose_scaled(h_l, n, d, k.cu, &mut ws.tb);
-        Some(&ws.tb[..])
-    } else {
-        None
-    };
-    lap(&mut t, &mut ws.times.between);
+    let v = &mut w.vt[l * m * d..(l + 1) * m * d];
     let u = &mut w.ut[l * m * d..(l + 1) * m * d];
-    kernels::dot_rows(u, d, m, &ws.ca, n, coef, k.mu, &mut ws.tout, par);
-    for s in 0..n {
-        for dd in 0..d {
-            ws.g[s * d + dd] += ws.tout[dd * n + s];
+    if ws.rows_m {
+        // V pass: q^T = m_V V^T g (as N x M), V -= eta lr_V m_V g sigma(p)^T.
+        transpose_scaled(&ws.g, n, d, k.mv, &mut ws.ta);
+        let b = if r.v.trained {
+            transpose_scaled(&ws.g, n, d, k.cv, &mut ws.tb);
+            Some(&ws.tb[..])
+        } else {
+            None
+        };
+        ws.q.fill(T::zero());
+        kernels::axpy_rows(v, d, m, &ws.ta, b, sl, n, &mut ws.q, par);
+        lap(&mut t, &mut ws.times.backward_v);
+        // G = sigma'(p) q; U pass: g_l = g + m_U U G, U -= eta lr_U m_U h G^T.
+        for ((a, &dv), &qv) in ws.ca.iter_mut().zip(dsl).zip(&ws.q) {
+            *a = dv * qv;
         }
+        let coef = if r.u.trained {
+            transpose_scaled(h_l, n, d, k.cu, &mut ws.tb);
+            Some(&ws.tb[..])
+        } else {
+            None
+        };
+        lap(&mut t, &mut ws.times.between);
+        kernels::dot_rows(u, d, m, &ws.ca, n, coef, k.mu, &mut ws.tout, par);
+        for s in 0..n {
+            for dd in 0..d {
+                ws.g[s * d + dd] += ws.tout[dd * n + s];
+            }
+        }
+    } else {
+        // V pass: q = m_V V^T g, V -= eta lr_V m_V g sigma(p)^T.
+        let coef = if r.v.trained {
+            for (c, &sv) in ws.cb.iter_mut().zip(sl.iter()) {
+                *c = k.cv * sv;
+            }
+            Some(&ws.cb[..])
+        } else {
+            None
+        };
+        kernels::dot_rows(v, m, d, &ws.g, n, coef, k.mv, &mut ws.q, par);
+        lap(&mut t, &mut ws.times.backward_v);
+        // G = sigma'(p) q; U pass: g_l = g + m_U U G, U -= eta lr_U m_U h G^T.
+        for ((a, b), (&dv, &qv)) in ws
+            .ca
+            .iter_mut()
+            .zip(ws.cb.iter_mut())
+            .zip(dsl.iter().zip(ws.q.iter()))
+        {
+            let gv = dv * qv;
+            *a = k.mu * gv;
+            *b = k.cu * gv;
+        }
+        ws.g2.copy_from_slice(&ws.g);
+        lap(&mut t, &mut ws.times.between);
+        let b = if r.u.trained { Some(&ws.cb[..]) } else { None };
+        kernels::axpy_rows(u, m, d, &ws.ca, b, h_l, n, &mut ws.g2, par);
+        std::mem::swap(&mut ws.g, &mut ws.g2);
     }
     t
 }

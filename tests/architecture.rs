@@ -156,11 +156,10 @@ fn cycles(nodes: &[String], e: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<S
         t.low.insert(v.into(), n);
         t.stack.push(v.into());
         t.on.insert(v.into());
-        let next: Vec<String> = t
-            .e
-            .get(v)
-            .map(|s| s.iter().filter(|w| t.nodes.contains(w)).cloned().collect())
-            .unwrap_or_default();
+        let next: Vec<String> =
+            t.e.get(v)
+                .map(|s| s.iter().filter(|w| t.nodes.contains(w)).cloned().collect())
+                .unwrap_or_default();
         for w in next {
             if !t.idx.contains_key(&w) {
                 visit(t, &w);
@@ -265,11 +264,20 @@ fn a_planted_cycle_is_found() {
     let w = |p: &str, s: &str| std::fs::write(dir.join(p), s).unwrap();
     w("lib.rs", "pub mod a;\npub mod b;\npub mod d;\n");
     w("a.rs", "use crate::b::Thing;\n");
-    w("b.rs", "// crate::a is named in a comment only\npub fn f() { crate::a::g() }\n");
+    w(
+        "b.rs",
+        "// crate::a is named in a comment only\npub fn f() { crate::a::g() }\n",
+    );
     w("d/mod.rs", "pub mod x;\npub mod y;\n");
     w("d/x.rs", "use super::y::Y;\n");
-    w("d/y.rs", "use super::{x::X, z};\n#[cfg(test)]\nmod tests { use crate::a; }\n");
+    w(
+        "d/y.rs",
+        "use super::{x::X, z};\n#[cfg(test)]\nmod tests { use crate::a; }\n",
+    );
     let found = all_cycles(&dir);
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(found, vec!["a <-> b".to_string(), "in d: d::x <-> d::y".to_string()]);
+    assert_eq!(
+        found,
+        vec!["a <-> b".to_string(), "in d: d::x <-> d::y".to_string()]
+    );
 }
