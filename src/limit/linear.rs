@@ -8,65 +8,38 @@
 //! shapes (`f_k ∈ ℝ^{d_out}`, `K × K` series).
 
 use super::LimitError;
-use super::grid::{DepthGrid, DepthSeries};
 use super::multi::{LinearLimitMulti, solve_linear_limit_multi};
-use super::ode::SolverReport;
 use super::params::LinearLimitParams;
 use serde::{Deserialize, Serialize};
 
-/// Everything the linear limit computes, for one training pair `(x, y)`.
+/// Everything the linear limit computes, for one training pair `(x, y)`: the `N = 1`
+/// solution ([`LinearLimitMulti`], reached through `Deref`: `params`, `grid`, `loss`,
+/// `gamma_h`, `gamma_b`, `lambda`, `a`, the `ξ` and `M` series, `w_h`, `w_b`, `report`)
+/// with the one-input shapes of the pair and of the outputs.
 ///
 /// Step indices `j, k` run over `0..K` (`K = params.k_steps`); `k` is the forward pass made
-/// after `k` GD steps. Matrices on the depth grid are [`DepthSeries`] of shape
+/// after `k` GD steps. Matrices on the depth grid are [`DepthSeries`](super::DepthSeries) of shape
 /// `num_s × K × K` (or `num_s × K × d`): entry `(j, k)` at grid point `i` is the quantity at
-/// depth `s_i`.
+/// depth `s_i` (with one sample the combined index `a = k·N + n` is `k`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LinearLimit {
-    /// The parameters used.
-    pub params: LinearLimitParams,
+    /// The solution with `N = 1`.
+    pub multi: LinearLimitMulti,
     /// The training input `x ∈ ℝ^{d_in}`.
     pub x: Vec<f64>,
     /// The target `y ∈ ℝ^{d_out}`.
     pub y: Vec<f64>,
-    /// The depth grid.
-    pub grid: DepthGrid,
     /// Limit outputs `f_k = ξ^{Wu}_{H,k}(1)`, `K × d_out`.
     pub f: Vec<Vec<f64>>,
     /// Residuals `g_k = f_k − y` (the loss gradients), `K × d_out`.
     pub g: Vec<Vec<f64>>,
-    /// Limit losses `½|f_k − y|²`.
-    pub loss: Vec<f64>,
-    /// `Γᴴ_{jk}(s) = lim ⟨h_j(s), h_k(s)⟩/D`.
-    pub gamma_h: DepthSeries,
-    /// `Γᴮ_{jk}(s) = lim ⟨B_j(s), B_k(s)⟩/D`, with `B = D·∂loss/∂h`.
-    pub gamma_b: DepthSeries,
-    /// `Λ_{jk}(s) = lim ⟨h_j(s), B_k(s)⟩/D`.
-    pub lambda: DepthSeries,
-    /// Response matrix: the velocity field of pass `k` at depth `s` is
-    /// `α Σ_k(s) = Σ_{i,j<k} A_{ij}(s) B_j(s) h_i(s)ᵀ / D`.
-    pub a: DepthSeries,
-    /// `ξ^{We}_{H,k}(s) = lim W_eᵀ h_k(s)/D` (row `k`), `num_s × K × d_in`.
-    pub xi_h_we: DepthSeries,
-    /// `ξ^{Wu}_{H,k}(s) = lim W_uᵀ h_k(s)/D`, `num_s × K × d_out`.
-    pub xi_h_wu: DepthSeries,
-    /// `ξ^{We}_{B,k}(s) = lim W_eᵀ B_k(s)/D`, `num_s × K × d_in`.
-    pub xi_b_we: DepthSeries,
-    /// `ξ^{Wu}_{B,k}(s) = lim W_uᵀ B_k(s)/D`, `num_s × K × d_out`.
-    pub xi_b_wu: DepthSeries,
-    /// Coefficients of the unit features on the Gaussian initial features (module doc).
-    pub m_f1: DepthSeries,
-    /// See [`LinearLimit::m_f1`].
-    pub m_f2: DepthSeries,
-    /// See [`LinearLimit::m_f1`].
-    pub m_g1: DepthSeries,
-    /// See [`LinearLimit::m_f1`].
-    pub m_g2: DepthSeries,
-    /// `W_h[k, j] = (A_{<k}ᵀ γᴴ_k)_j`: `h_k' = Σ_j W_h[k, j] B_j`.
-    pub w_h: DepthSeries,
-    /// `W_b[k, j] = −(A_{<k} γᴮ_k)_j`: `B_k' = Σ_j W_b[k, j] h_j`.
-    pub w_b: DepthSeries,
-    /// Work of all ODE solves together.
-    pub report: SolverReport,
+}
+
+impl std::ops::Deref for LinearLimit {
+    type Target = LinearLimitMulti;
+    fn deref(&self) -> &LinearLimitMulti {
+        &self.multi
+    }
 }
 
 impl LinearLimit {
@@ -138,34 +111,13 @@ impl LinearLimit {
     /// The one-sample limit from the `N`-input one with `N = 1` (combined index `a = k`).
     fn from_one_sample(m: LinearLimitMulti) -> Self {
         debug_assert_eq!(m.n_samples, 1);
-        let first = |v: Vec<Vec<Vec<f64>>>| {
-            v.into_iter()
-                .map(|mut per_n| per_n.swap_remove(0))
-                .collect()
-        };
+        let first = |v: &[Vec<Vec<f64>>]| v.iter().map(|per_n| per_n[0].clone()).collect();
         LinearLimit {
-            params: m.params,
-            x: m.x.into_iter().next().unwrap_or_default(),
-            y: m.y.into_iter().next().unwrap_or_default(),
-            grid: m.grid,
-            f: first(m.f),
-            g: first(m.g),
-            loss: m.loss,
-            gamma_h: m.gamma_h,
-            gamma_b: m.gamma_b,
-            lambda: m.lambda,
-            a: m.a,
-            xi_h_we: m.xi_h_we,
-            xi_h_wu: m.xi_h_wu,
-            xi_b_we: m.xi_b_we,
-            xi_b_wu: m.xi_b_wu,
-            m_f1: m.m_f1,
-            m_f2: m.m_f2,
-            m_g1: m.m_g1,
-            m_g2: m.m_g2,
-            w_h: m.w_h,
-            w_b: m.w_b,
-            report: m.report,
+            x: m.x[0].clone(),
+            y: m.y[0].clone(),
+            f: first(&m.f),
+            g: first(&m.g),
+            multi: m,
         }
     }
 }
