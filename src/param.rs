@@ -218,7 +218,8 @@ pub struct RoleParams {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Parametrization {
-    /// Name of the preset this table came from (or "custom").
+    /// Name of the preset this table came from, `<preset>+overrides` after a `[param]`
+    /// table changed it.
     pub name: String,
     /// Branch scale alpha: the residual branch is alpha * m_V * V sigma(p).
     pub alpha: f64,

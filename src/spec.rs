@@ -1,5 +1,6 @@
 //! Training specs: what a user writes (TOML file and/or command-line flags), and its
-//! validated form [`TrainConfig`], the only thing the engine sees.
+//! validated form [`TrainConfig`], the only thing the engine sees. An example (each field
+//! with its default is in `docs/specs.md`):
 //!
 //! ```toml
 //! preset = "chizat-julia"   # chizat-julia | chizat-python | lazy | standard

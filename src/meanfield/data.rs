@@ -107,9 +107,9 @@ pub enum DataError {
 /// `t = sqrt(U) * turns * 2 pi`; sample `2k` (label +1) is
 /// `(-t cos t + U1 noise, t sin t + U2 noise)` and sample `2k+1` (label -1) its negation.
 /// The coordinates are then divided by `turns * 2 pi` (the spiral fits the unit disk),
-/// so `noise` is in units of the spiral's largest radius. The default `turns` is
-/// 780/360 (the generator's 780 degrees); `noise = 0.5` there is
-/// `0.5 / (780/360 * 2 pi) = 0.037` after scaling.
+/// so `noise` is in the generator's units (added before the scaling): `noise = 0.5` at
+/// the default `turns` = 780/360 (the generator's 780 degrees) is
+/// `0.5 / (780/360 * 2 pi) = 0.037` of the unit disk after scaling.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Spirals {
     pub turns: f64,

@@ -36,7 +36,7 @@
 //!                             # (backoff = growth = 1: constant step size)
 //!
 //! [measure]
-//! checkpoints = 6             # Gram, eigenvalues, errors, bound at 6 log-spaced steps + the last
+//! checkpoints = 6             # Gram, eigenvalues, errors, bound at step 0, 5 more log-spaced steps up to the budget, and the last step run
 //! gram = true                 # compute G1, G2 (false: only loss, KL, errors)
 //! gram_max_n = 3200           # skip the Gram matrices above this n
 //! delta = 0.05                # confidence of the generalization bound
