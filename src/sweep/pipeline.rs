@@ -105,6 +105,20 @@ impl Observer for Silent {}
 /// every task's memory, runs the unfinished tasks ([`runner::run`]), collects the
 /// errors, writes `errors.csv`, `errors_rms.csv` (and `errors_limit.csv` against the
 /// limit) and the report ([`report::write_report`]).
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use reslim::sweep::{self, Outcome, PipelineOptions, Silent, SweepDir, SweepSpec};
+/// let sw = SweepSpec::from_file("experiments/quick.toml".as_ref())?.check()?;
+/// let dir = SweepDir::new("runs/quick".as_ref());
+/// if let Outcome::Done { rows, report, .. } =
+///     sweep::execute(&sw, &dir, &PipelineOptions::default(), &Silent)?
+/// {
+///     println!("{} rows; report in {}", rows.len(), report.display());
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub fn execute(
     sw: &Sweep,
     dir: &SweepDir,
