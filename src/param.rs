@@ -378,6 +378,14 @@ impl Parametrization {
                     value: sc.to_string(),
                 });
             }
+            // A standard deviation and a learning rate are not negative (a negative rate
+            // would climb the loss); a multiplier may flip a sign.
+            if used && (field.ends_with(".init") || field.ends_with(".lr")) && sc.c < 0.0 {
+                return Err(ParamError::Negative {
+                    field: format!("{field}.c"),
+                    value: sc.c,
+                });
+            }
             if used && self.alpha == 0.0 && sc.alpha < 0.0 && sc.c != 0.0 {
                 return Err(ParamError::InfiniteAtZeroAlpha {
                     field,
@@ -515,6 +523,27 @@ mod tests {
         assert!(p.check().unwrap_err().to_string().contains("NaN"));
     }
 
+    /// A standard deviation or a learning rate with a negative coefficient is refused,
+    /// naming it; a multiplier may be negative, and a frozen tensor's rate is not used.
+    #[test]
+    fn negative_stds_and_rates_are_refused() {
+        let mut p = Parametrization::preset("chizat-julia").unwrap();
+        p.u.lr = Scale::constant(-0.5);
+        let e = p.check().unwrap_err().to_string();
+        assert!(e.contains("'U.lr.c'") && e.contains("-0.5"), "{e}");
+        p.u.trained = false;
+        p.check().unwrap();
+        p.v.init = Scale::constant(-1.0).d(0.5);
+        let e = p.check().unwrap_err().to_string();
+        assert!(
+            e.contains("'V.init.c'") && e.contains("non-negative"),
+            "{e}"
+        );
+        p.v.init = Scale::constant(1.0);
+        p.v.mult = Scale::constant(-1.0);
+        p.check().unwrap();
+    }
+
     #[test]
     fn scale_display_is_readable() {
         assert_eq!(
@@ -551,12 +580,14 @@ pub struct ParamOverride {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleOverride {
-    /// Standard deviation of the Gaussian entries at init, a [`Scale`]. Default: the preset's.
+    /// Standard deviation of the Gaussian entries at init, a [`Scale`] (coefficient >= 0).
+    /// Default: the preset's.
     pub init: Option<Scale>,
     /// Forward multiplier, a [`Scale`] (V's is also multiplied by alpha). Default: the
     /// preset's.
     pub mult: Option<Scale>,
-    /// Learning rate, a [`Scale`] multiplied by the run's eta (`lr`). Default: the preset's.
+    /// Learning rate, a [`Scale`] (coefficient >= 0) multiplied by the run's eta (`lr`).
+    /// Default: the preset's.
     pub lr: Option<Scale>,
     /// Whether GD updates this tensor. Default: the preset's.
     pub trained: Option<bool>,

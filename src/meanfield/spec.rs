@@ -127,7 +127,7 @@ pub struct ModelSpec {
     /// `init = "symmetric"`.
     #[serde(rename = "M0")]
     pub m0: Option<i64>,
-    /// Branch scale alpha. Default 1.0; finite.
+    /// Branch scale alpha. Default 1.0; finite, >= 0.
     pub alpha: Option<f64>,
     /// Output scale beta, a [`Scale`] (power law in n, L, M, D = d, ...). Default
     /// `{ c = 0.25, n = 0.5 }`; must be finite and > 0 at every n.
@@ -435,8 +435,12 @@ impl ExperimentSpec {
             }
         }
         let alpha = ms.alpha.unwrap_or(1.0);
-        if !alpha.is_finite() {
-            return Err(invalid("model.alpha", alpha, "must be finite"));
+        if !(alpha.is_finite() && alpha >= 0.0) {
+            return Err(invalid(
+                "model.alpha",
+                alpha,
+                "must be finite and >= 0 (as [param].alpha of the other specs)",
+            ));
         }
         let beta = ms.beta.unwrap_or(Scale::constant(0.25).n(0.5));
         let activation: Activation =

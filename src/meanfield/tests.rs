@@ -642,6 +642,8 @@ fn spec_errors_name_the_field_and_value() {
     assert!(e.contains("train.lr") && e.contains("-1"), "{e}");
     let e = check("[model]\nbeta = { c = 0.0 }\n");
     assert!(e.contains("model.beta"), "{e}");
+    let e = check("[model]\nalpha = -2.0\n");
+    assert!(e.contains("model.alpha") && e.contains("-2"), "{e}");
     let e = check("[measure]\ndelta = 1.5\n");
     assert!(e.contains("measure.delta") && e.contains("1.5"), "{e}");
     let e = check("[model]\nwidth = 3\n");
