@@ -9,8 +9,9 @@ use super::collect::{self, ErrorRow};
 use super::plan::{Sweep, Task};
 use super::report;
 use super::runner::{self, MAX_JOBS, RunOptions, RunSummary};
-use super::store::{SweepDir, TaskState};
+use super::store::SweepDir;
 use crate::memory::Available;
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// How to run a whole sweep.
@@ -158,17 +159,18 @@ pub fn execute(
     };
     observer.planned(&plan);
     if opts.plan_only {
+        let mut states: HashMap<Task, &'static str> = HashMap::new();
+        for (list, state) in [(&survey.done, "done"), (&survey.missing, "todo")] {
+            states.extend(list.iter().map(|t| (*t, state)));
+        }
+        states.extend(survey.stale.iter().map(|(t, _)| (*t, "stale")));
+        states.extend(survey.corrupt.iter().map(|(t, _)| (*t, "corrupt")));
         let entries = tasks
             .iter()
             .zip(bytes)
             .map(|(t, bytes)| PlanEntry {
                 task: *t,
-                state: match dir.state(sw, t) {
-                    TaskState::Done(_) => "done",
-                    TaskState::Missing => "todo",
-                    TaskState::Stale(_) => "stale",
-                    TaskState::Corrupt(_) => "corrupt",
-                },
+                state: states.get(t).copied().unwrap_or("todo"),
                 bytes,
             })
             .collect();
@@ -183,7 +185,7 @@ pub fn execute(
             memory: opts.memory,
             redo_stale: opts.redo_stale,
         };
-        let summary = runner::run(sw, dir, &run_opts, &|done, total, t| {
+        let summary = runner::run_surveyed(sw, dir, &survey, &run_opts, &|done, total, t| {
             observer.progress(done, total, t)
         })?;
         observer.ran(&summary);

@@ -1,6 +1,6 @@
 use super::SweepError;
 use super::plan::{Sweep, Task};
-use super::store::SweepDir;
+use super::store::{Survey, SweepDir};
 use super::task::run_task;
 
 use crate::io::{self};
@@ -68,9 +68,20 @@ pub fn run(
     opts: &RunOptions,
     progress: &(dyn Fn(f64, f64, &Task) + Sync),
 ) -> Result<RunSummary, SweepError> {
-    let t0 = std::time::Instant::now();
     dir.lock()?;
-    let survey = dir.survey(sw);
+    run_surveyed(sw, dir, &dir.survey(sw), opts, progress)
+}
+
+/// [`run`] with the directory already locked and surveyed (the survey reads every
+/// task's records; [`super::execute`] has it already).
+pub(crate) fn run_surveyed(
+    sw: &Sweep,
+    dir: &SweepDir,
+    survey: &Survey,
+    opts: &RunOptions,
+    progress: &(dyn Fn(f64, f64, &Task) + Sync),
+) -> Result<RunSummary, SweepError> {
+    let t0 = std::time::Instant::now();
     if !survey.stale.is_empty() && !opts.redo_stale {
         return Err(SweepError::Stale {
             dir: dir.root.clone(),
