@@ -41,6 +41,7 @@ fn run<T: Real>(dims: Dims, k: usize) {
             _ => Layout::Auto,
         },
         max_loss_growth: reslim::train::DEFAULT_MAX_LOSS_GROWTH,
+        cancel: Default::default(),
     };
     let dense = if env("DENSE", 1) == 1 {
         let t = Instant::now();

@@ -272,6 +272,7 @@ pub fn train_shared<T: Real>(
     let fb = |l: usize| l * rmax * d..(l + 1) * rmax * d;
     let diverged = |step, layer, what| TrainError::Diverged { step, layer, what };
     for k in 0..opts.steps {
+        train::check_cancel(opts, k)?;
         // Forward, all variants together.
         for (v, var) in variants.iter().enumerate() {
             assert_eq!(var.we.len(), d * din);
@@ -480,6 +481,7 @@ mod tests {
             layer_steps: vec![0, steps - 1],
             layout: Default::default(),
             max_loss_growth: train::DEFAULT_MAX_LOSS_GROWTH,
+            cancel: Default::default(),
         };
         let mut want = Vec::new();
         for emb in [&base, &other] {

@@ -11,12 +11,15 @@
 //!   (exact ODEs, linear blocks) and [`solve_nonlinear_limit`] (Monte Carlo, any
 //!   activation); [`solve::solve`] is the `reslim limit` command.
 //! - **The mean-field model** of Chen et al. (2024): [`meanfield`].
+//! - **Long work stops cleanly:** a [`cancel::Cancel`] token, checked before each GD step
+//!   and each sweep task (the Python package, `python/`, sets it on Ctrl-C).
 //!
 //! `ARCHITECTURE.md` maps the modules and their layers; `docs/papers.md` is the
 //! mathematics they implement (cited by section throughout), `docs/specs.md` every spec
 //! field with its default and unit.
 
 pub mod bench;
+pub mod cancel;
 pub mod coords;
 pub mod cpu;
 pub mod error;

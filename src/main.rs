@@ -473,7 +473,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         cfg.eta
     );
     let mut prog = Progress::new(cfg.steps as u64, "train");
-    let out = reslim::run::execute(&cfg, Par::Rayon, &mut |k, loss| {
+    let out = reslim::run::execute(&cfg, Par::Rayon, &Default::default(), &mut |k, loss| {
         prog.set(k as u64 + 1, &format!("loss {loss:.4e}"))
     })?;
     prog.finish();
@@ -599,6 +599,7 @@ fn cmd_sweep(spec: SweepSpec, out: &Path, a: &SweepArgs) -> Result<()> {
         report_only: a.report_only,
         plan_only: a.plan,
         memory: None,
+        cancel: Default::default(),
     };
     let shown = SweepProgress {
         redo_stale: a.redo_stale,

@@ -397,6 +397,14 @@ impl<T: Real> Weights<T> {
         let wu = io::read_npy_shaped(&dir.join("WU.npy"), &[d, dims.dout])?;
         let u = io::read_npy_shaped(&dir.join("U.npy"), &[l, d, m])?;
         let v = io::read_npy_shaped(&dir.join("V.npy"), &[l, d, m])?;
+        Ok(Self::from_reference_layout(dims, &we, &wu, &u, &v))
+    }
+
+    /// The weights from arrays in the layout of `shared/reference/README.md`: `we`
+    /// (D, d_in), `wu` (D, d_out), `u`, `v` (L, D, M), C order, whose lengths the caller
+    /// has checked against `dims`.
+    fn from_reference_layout(dims: &Dims, we: &[f64], wu: &[f64], u: &[f64], v: &[f64]) -> Self {
+        let (l, m, d) = (dims.l, dims.m, dims.d);
         // (L, D, M) -> (L, M, D): transpose each layer.
         let tr = |a: &[f64]| {
             let mut out = Aligned::zeroed(l * m * d);
@@ -409,14 +417,182 @@ impl<T: Real> Weights<T> {
             }
             out
         };
-        Ok(Weights {
+        Weights {
             dims: *dims,
-            we: we.into_iter().map(T::of).collect(),
-            ut: tr(&u),
-            vt: tr(&v),
-            wu: wu.into_iter().map(T::of).collect(),
+            we: we.iter().map(|&x| T::of(x)).collect(),
+            ut: tr(u),
+            vt: tr(v),
+            wu: wu.iter().map(|&x| T::of(x)).collect(),
             layout: BlockLayout::RowsD,
+        }
+    }
+}
+
+/// A run's starting point given as arrays instead of an `--init-npy` directory (the
+/// Python package's `init=`): the same six arrays in the same layout (float64, C order),
+/// `x` (d_in, N), `y` (d_out, N), `we` (D, d_in), `wu` (D, d_out), `u` and `v`
+/// (L, D, M). [`InitArrays::dims`] checks them against each other.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitArrays {
+    pub x: io::NpyArray,
+    pub y: io::NpyArray,
+    pub we: io::NpyArray,
+    pub wu: io::NpyArray,
+    pub u: io::NpyArray,
+    pub v: io::NpyArray,
+}
+
+/// Init arrays that do not fit together; each message names the array (as the Python
+/// package's `init` key) and the shape it should have.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    #[error("init array '{name}': expected shape {expected}, found {found:?}")]
+    Shape {
+        name: &'static str,
+        expected: String,
+        found: Vec<usize>,
+    },
+    #[error(
+        "init array '{name}': dimension {dim} is 0 (shape {shape:?}); every dimension must be positive"
+    )]
+    Empty {
+        name: &'static str,
+        dim: &'static str,
+        shape: Vec<usize>,
+    },
+    #[error("init array '{name}': entry {index} (flat, C order) is not finite ({value})")]
+    NonFinite {
+        name: &'static str,
+        index: usize,
+        value: f64,
+    },
+}
+
+impl InitArrays {
+    /// The arrays with their names, in the order X, Y, WE, WU, U, V.
+    fn named(&self) -> [(&'static str, &io::NpyArray); 6] {
+        [
+            ("X", &self.x),
+            ("Y", &self.y),
+            ("WE", &self.we),
+            ("WU", &self.wu),
+            ("U", &self.u),
+            ("V", &self.v),
+        ]
+    }
+
+    /// The dimensions the arrays define, once every shape agrees with the others, no
+    /// dimension is 0 and every entry is finite.
+    pub fn dims(&self) -> Result<Dims, InitError> {
+        let shape = |name: &'static str, a: &io::NpyArray, axes: &[&'static str]| {
+            if a.shape.len() != axes.len() {
+                return Err(InitError::Shape {
+                    name,
+                    expected: format!("({})", axes.join(", ")),
+                    found: a.shape.clone(),
+                });
+            }
+            if let Some(i) = a.shape.iter().position(|&s| s == 0) {
+                return Err(InitError::Empty {
+                    name,
+                    dim: axes[i],
+                    shape: a.shape.clone(),
+                });
+            }
+            Ok(())
+        };
+        shape("X", &self.x, &["d_in", "N"])?;
+        shape("Y", &self.y, &["d_out", "N"])?;
+        shape("WE", &self.we, &["D", "d_in"])?;
+        shape("WU", &self.wu, &["D", "d_out"])?;
+        shape("U", &self.u, &["L", "D", "M"])?;
+        shape("V", &self.v, &["L", "D", "M"])?;
+        let (din, n) = (self.x.shape[0], self.x.shape[1]);
+        let dout = self.y.shape[0];
+        let (l, d, m) = (self.u.shape[0], self.u.shape[1], self.u.shape[2]);
+        let expect = |name: &'static str, a: &io::NpyArray, want: Vec<usize>, text: String| {
+            if a.shape != want {
+                return Err(InitError::Shape {
+                    name,
+                    expected: text,
+                    found: a.shape.clone(),
+                });
+            }
+            Ok(())
+        };
+        expect(
+            "Y",
+            &self.y,
+            vec![dout, n],
+            format!("(d_out, N) with N = {n} from X"),
+        )?;
+        expect(
+            "WE",
+            &self.we,
+            vec![d, din],
+            format!("(D, d_in) = ({d}, {din}) from U and X"),
+        )?;
+        expect(
+            "WU",
+            &self.wu,
+            vec![d, dout],
+            format!("(D, d_out) = ({d}, {dout}) from U and Y"),
+        )?;
+        expect(
+            "V",
+            &self.v,
+            vec![l, d, m],
+            format!("(L, D, M) = ({l}, {d}, {m}) from U"),
+        )?;
+        for (name, a) in self.named() {
+            if let Some((index, &value)) = a.data.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+                return Err(InitError::NonFinite { name, index, value });
+            }
+        }
+        Ok(Dims {
+            l,
+            m,
+            d,
+            din,
+            dout,
+            n,
         })
+    }
+
+    /// The training data X, Y.
+    pub fn data(&self) -> Data {
+        Data {
+            din: self.x.shape[0],
+            dout: self.y.shape[0],
+            n: self.x.shape[1],
+            x: self.x.data.clone(),
+            y: self.y.data.clone(),
+        }
+    }
+
+    /// The weights, for `dims` = [`InitArrays::dims`].
+    pub fn weights<T: Real>(&self, dims: &Dims) -> Weights<T> {
+        Weights::from_reference_layout(
+            dims,
+            &self.we.data,
+            &self.wu.data,
+            &self.u.data,
+            &self.v.data,
+        )
+    }
+
+    /// Bytes the arrays hold.
+    pub fn bytes(&self) -> usize {
+        self.named().iter().map(|(_, a)| a.data.len() * 8).sum()
+    }
+
+    /// Each array's shape by name (what a run's metadata records of them).
+    pub fn shapes(&self) -> std::collections::BTreeMap<&'static str, Vec<usize>> {
+        self.named()
+            .iter()
+            .map(|(n, a)| (*n, a.shape.clone()))
+            .collect()
     }
 }
 
@@ -481,6 +657,63 @@ fn refuse_empty(path: &Path, shape: &[usize], names: &[&str]) -> Result<(), IoEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn arr(shape: &[usize], f: impl Fn(usize) -> f64) -> io::NpyArray {
+        let n = shape.iter().product();
+        io::NpyArray {
+            shape: shape.to_vec(),
+            data: (0..n).map(f).collect(),
+        }
+    }
+
+    #[test]
+    fn init_arrays_give_their_dims_and_name_the_array_that_does_not_fit() {
+        let (l, m, d, din, dout, n) = (2, 3, 4, 2, 1, 5);
+        let good = InitArrays {
+            x: arr(&[din, n], |i| i as f64),
+            y: arr(&[dout, n], |i| -(i as f64)),
+            we: arr(&[d, din], |i| 0.1 * i as f64),
+            wu: arr(&[d, dout], |i| 0.2 * i as f64),
+            u: arr(&[l, d, m], |i| 0.01 * i as f64),
+            v: arr(&[l, d, m], |i| -0.01 * i as f64),
+        };
+        let dims = good.dims().unwrap();
+        assert_eq!(
+            (dims.l, dims.m, dims.d, dims.din, dims.dout, dims.n),
+            (l, m, d, din, dout, n)
+        );
+        // The weights are those of an NPY directory with the same arrays: U_l^T row mm,
+        // column dd is U[l, dd, mm].
+        let w = good.weights::<f64>(&dims);
+        assert_eq!(w.ut[m * d + 2 * d + 3], good.u.data[d * m + 3 * m + 2]);
+        assert_eq!(good.data().y, good.y.data);
+        let msg = |a: InitArrays| a.dims().unwrap_err().to_string();
+        let e = msg(InitArrays {
+            v: arr(&[l, d, m + 1], |_| 0.0),
+            ..good.clone()
+        });
+        assert!(e.contains("'V'") && e.contains("(L, D, M) = (2, 4, 3)"), "{e}");
+        let e = msg(InitArrays {
+            y: arr(&[dout, n - 1], |_| 0.0),
+            ..good.clone()
+        });
+        assert!(e.contains("'Y'") && e.contains("N = 5"), "{e}");
+        let e = msg(InitArrays {
+            x: arr(&[din * n], |_| 0.0),
+            ..good.clone()
+        });
+        assert!(e.contains("'X'") && e.contains("(d_in, N)"), "{e}");
+        let e = msg(InitArrays {
+            u: arr(&[l, 0, m], |_| 0.0),
+            ..good.clone()
+        });
+        assert!(e.contains("'U'") && e.contains("dimension D"), "{e}");
+        let e = msg(InitArrays {
+            wu: arr(&[d, dout], |i| if i == 3 { f64::NAN } else { 0.0 }),
+            ..good.clone()
+        });
+        assert!(e.contains("'WU'") && e.contains("entry 3"), "{e}");
+    }
 
     /// The shape of issue 13: L x M x D x 8 bytes wraps to 0 in 64 bits. The sizes are
     /// errors that name the dimensions, and no slice is built over a short allocation.

@@ -16,6 +16,7 @@
 //! before any training, a place that holds something other than a run directory.
 
 use crate::Result;
+use crate::cancel::Cancel;
 use crate::cpu::Par;
 use crate::io::{self, IoError};
 use crate::memory::{self, MemoryError};
@@ -44,23 +45,26 @@ pub struct Timings {
 }
 
 /// Initialises and trains the model of `cfg`. `on_step(k, loss)` is called after each
-/// step.
+/// step; once `cancel` is set, training stops before its next step
+/// ([`train::TrainError::Cancelled`]).
 pub fn execute(
     cfg: &TrainConfig,
     par: Par,
+    cancel: &Cancel,
     on_step: &mut dyn FnMut(usize, f64),
 ) -> Result<RunOutput> {
     match cfg.dtype {
-        Dtype::F64 => execute_t::<f64>(cfg, par, on_step),
-        Dtype::F32 => execute_t::<f32>(cfg, par, on_step),
+        Dtype::F64 => execute_t::<f64>(cfg, par, cancel, on_step),
+        Dtype::F32 => execute_t::<f32>(cfg, par, cancel, on_step),
     }
 }
 
 /// The data of a config: the NPY arrays, or the seeded synthetic regression.
 pub fn load_data(cfg: &TrainConfig) -> Result<Data> {
-    Ok(match &cfg.init_npy {
-        Some(dir) => model::data_from_npy_dir(dir)?,
-        None => Data::synthetic(cfg.dims.din, cfg.dims.dout, cfg.dims.n, cfg.data_seed),
+    Ok(match (&cfg.init_arrays, &cfg.init_npy) {
+        (Some(a), _) => a.data(),
+        (None, Some(dir)) => model::data_from_npy_dir(dir)?,
+        (None, None) => Data::synthetic(cfg.dims.din, cfg.dims.dout, cfg.dims.n, cfg.data_seed),
     })
 }
 
@@ -119,12 +123,17 @@ pub fn bytes(cfg: &TrainConfig) -> Result<usize, MemoryError> {
         ("layer statistics", layers),
         ("per-step records", per_step),
         ("init_npy arrays", npy),
+        (
+            "init arrays (a copy)",
+            cfg.init_arrays.as_ref().map_or(0, |a| a.bytes()),
+        ),
     ])
 }
 
 fn execute_t<T: Real>(
     cfg: &TrainConfig,
     par: Par,
+    cancel: &Cancel,
     on_step: &mut dyn FnMut(usize, f64),
 ) -> Result<RunOutput> {
     let dims = &cfg.dims;
@@ -138,9 +147,10 @@ fn execute_t<T: Real>(
     let t0 = Instant::now();
     let resolved = cfg.param.resolve(&cfg.dims);
     let data = load_data(cfg)?;
-    let mut w: Weights<T> = match &cfg.init_npy {
-        Some(dir) => Weights::from_npy_dir(dir, &cfg.dims)?,
-        None => Weights::draw(&cfg.dims, &resolved, cfg.embed_seed, cfg.seed, par),
+    let mut w: Weights<T> = match (&cfg.init_arrays, &cfg.init_npy) {
+        (Some(a), _) => a.weights(&cfg.dims),
+        (None, Some(dir)) => Weights::from_npy_dir(dir, &cfg.dims)?,
+        (None, None) => Weights::draw(&cfg.dims, &resolved, cfg.embed_seed, cfg.seed, par),
     };
     let init_s = t0.elapsed().as_secs_f64();
     let opts = TrainOptions {
@@ -149,6 +159,7 @@ fn execute_t<T: Real>(
         activation: cfg.activation,
         record_hidden: cfg.record_hidden,
         layer_stats: cfg.layer_stats,
+        cancel: cancel.clone(),
         ..TrainOptions::default()
     };
     let t1 = Instant::now();
@@ -206,10 +217,8 @@ fn write_run_files(dir: &Path, cfg: &TrainConfig, out: &RunOutput) -> Result<(),
     let (d, n, dout) = (cfg.dims.d, cfg.dims.n, cfg.dims.dout);
     io::write_npy(&dir.join("losses.npy"), &[k], &h.losses)?;
     io::write_npy(&dir.join("outputs.npy"), &[k, dout, n], &h.outputs)?;
-    let mut files = vec!["losses.npy", "outputs.npy", "steps.csv", "metadata.json"];
     if cfg.record_hidden {
         io::write_npy(&dir.join("hL.npy"), &[k, d, n], &h.hidden)?;
-        files.push("hL.npy");
     }
     let mut csv = String::from("step,loss,output_rms\n");
     for (s, loss) in h.losses.iter().enumerate() {
@@ -227,6 +236,21 @@ fn write_run_files(dir: &Path, cfg: &TrainConfig, out: &RunOutput) -> Result<(),
             ));
         }
         io::atomic_write(&dir.join("layers.csv"), csv.as_bytes())?;
+    }
+    io::atomic_write(
+        &dir.join("metadata.json"),
+        metadata_json(cfg, out).as_bytes(),
+    )
+}
+
+/// The run's `metadata.json` (see the module docs), as text.
+pub fn metadata_json(cfg: &TrainConfig, out: &RunOutput) -> String {
+    let h = &out.history;
+    let mut files = vec!["losses.npy", "outputs.npy", "steps.csv", "metadata.json"];
+    if cfg.record_hidden {
+        files.push("hL.npy");
+    }
+    if cfg.layer_stats {
         files.push("layers.csv");
     }
     let meta = Metadata {
@@ -243,6 +267,5 @@ fn write_run_files(dir: &Path, cfg: &TrainConfig, out: &RunOutput) -> Result<(),
         final_loss: h.losses.last().copied(),
         files,
     };
-    let json = serde_json::to_string_pretty(&meta).expect("metadata serialises");
-    io::atomic_write(&dir.join("metadata.json"), json.as_bytes())
+    serde_json::to_string_pretty(&meta).expect("metadata serialises")
 }

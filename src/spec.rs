@@ -25,10 +25,11 @@
 //! U = { lr = { c = 0.5, l = 1, m = 1, d = 1 } }
 //! ```
 
-use crate::model::{Activation, Dtype};
+use crate::model::{Activation, Dtype, InitArrays};
 use crate::param::{Dims, ParamOverride, Parametrization};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A spec with a problem. Every message names the field (or file) and the bad value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -174,6 +175,14 @@ impl TrainSpec {
     /// Validates the spec into a [`TrainConfig`]. With `init_npy`, the shapes come from
     /// the arrays, and any dimension also given must agree with them.
     pub fn check(&self) -> Result<TrainConfig, SpecError> {
+        self.check_with(None)
+    }
+
+    /// [`TrainSpec::check`] for a run that starts from `init` arrays (the Python
+    /// package's `init=`) when given: the shapes come from them ([`InitArrays::dims`]),
+    /// and any dimension also given must agree, as with `init_npy` (which cannot be given
+    /// as well).
+    pub fn check_with(&self, init: Option<Arc<InitArrays>>) -> Result<TrainConfig, SpecError> {
         let preset = self.preset.clone().unwrap_or_else(|| "chizat-julia".into());
         let mut param = Parametrization::preset(&preset)
             .map_err(|e| invalid("preset", &preset, &e.to_string()))?;
@@ -246,6 +255,37 @@ impl TrainSpec {
             }
             dims = from_files;
         }
+        if let Some(arrays) = &init {
+            if let Some(dir) = &self.init_npy {
+                return Err(invalid(
+                    "init_npy",
+                    dir.display(),
+                    "give init_npy or init arrays, not both",
+                ));
+            }
+            let found = arrays
+                .dims()
+                .map_err(|e| invalid("init", "arrays", &e.to_string()))?;
+            for (field, given, found) in [
+                ("L", self.l, found.l),
+                ("M", self.m, found.m),
+                ("D", self.d, found.d),
+                ("din", self.din, found.din),
+                ("dout", self.dout, found.dout),
+                ("N", self.n, found.n),
+            ] {
+                if let Some(g) = given
+                    && g != found as i64
+                {
+                    return Err(invalid(
+                        field,
+                        g,
+                        &format!("disagrees with the init arrays ({found})"),
+                    ));
+                }
+            }
+            dims = found;
+        }
         let steps = self.steps.unwrap_or(15);
         if steps <= 0 {
             return Err(invalid("steps", steps, "must be a positive integer"));
@@ -271,6 +311,7 @@ impl TrainSpec {
             data_seed: self.data_seed.unwrap_or(1),
             dtype,
             init_npy: self.init_npy.clone(),
+            init_arrays: init,
             record_hidden: self.record_hidden.unwrap_or(true),
             layer_stats: self.layer_stats.unwrap_or(false),
         })
@@ -294,8 +335,21 @@ pub struct TrainConfig {
     pub data_seed: u64,
     pub dtype: Dtype,
     pub init_npy: Option<PathBuf>,
+    /// Start from these arrays ([`TrainSpec::check_with`]); recorded by their shapes.
+    #[serde(
+        serialize_with = "init_shapes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub init_arrays: Option<Arc<InitArrays>>,
     pub record_hidden: bool,
     pub layer_stats: bool,
+}
+
+fn init_shapes<S: serde::Serializer>(
+    init: &Option<Arc<InitArrays>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    init.as_ref().map(|a| a.shapes()).serialize(s)
 }
 
 impl TrainConfig {

@@ -62,6 +62,9 @@ pub enum TrainError {
     /// The records of the run overflow or do not fit.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// [`TrainOptions::cancel`] was set; steps `0..step` were done.
+    #[error("training cancelled before step {step}")]
+    Cancelled { step: usize },
 }
 
 impl TrainError {
@@ -71,7 +74,7 @@ impl TrainError {
             TrainError::Diverged { step, .. }
             | TrainError::LossOverflow { step, .. }
             | TrainError::LossExploded { step, .. } => Some(*step),
-            TrainError::Mismatch(_) | TrainError::Memory(_) => None,
+            TrainError::Mismatch(_) | TrainError::Memory(_) | TrainError::Cancelled { .. } => None,
         }
     }
 }
@@ -109,6 +112,14 @@ pub(crate) fn loss_overflow(step: usize, f: &[f64], y: &[f64], n: usize) -> Trai
         }
     };
     TrainError::LossOverflow { step, detail }
+}
+
+/// Stops with [`TrainError::Cancelled`] once [`TrainOptions::cancel`] is set.
+pub(crate) fn check_cancel(opts: &TrainOptions, step: usize) -> Result<(), TrainError> {
+    if opts.cancel.is_cancelled() {
+        return Err(TrainError::Cancelled { step });
+    }
+    Ok(())
 }
 
 /// Refuses a finite loss beyond `opts.max_loss_growth` times the loss at step 0.
@@ -151,6 +162,10 @@ pub struct TrainOptions {
     /// Training stops with [`TrainError::LossExploded`] when the loss exceeds this many
     /// times its value at step 0 ([`DEFAULT_MAX_LOSS_GROWTH`]; infinity: never).
     pub max_loss_growth: f64,
+    /// Checked before each step: once set, training stops with
+    /// [`TrainError::Cancelled`] (the default token never is).
+    #[serde(skip)]
+    pub cancel: crate::cancel::Cancel,
 }
 
 impl Default for TrainOptions {
@@ -166,6 +181,7 @@ impl Default for TrainOptions {
             layer_steps: Vec::new(),
             layout: Layout::Auto,
             max_loss_growth: DEFAULT_MAX_LOSS_GROWTH,
+            cancel: crate::cancel::Cancel::default(),
         }
     }
 }
@@ -922,6 +938,7 @@ pub fn train_laid_out<T: Real>(
         layer_steps: Vec::new(),
     };
     for k in 0..opts.steps {
+        check_cancel(opts, k)?;
         let loss = forward(w, data, r, opts.activation, &mut ws, par, k)?;
         check_growth(opts, k, loss, hist.losses.first().copied().unwrap_or(loss))?;
         hist.losses.push(loss);
@@ -1275,6 +1292,51 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_run_stops_before_its_next_step() {
+        let dims = dims();
+        let r = Parametrization::preset("chizat-julia")
+            .unwrap()
+            .resolve(&dims);
+        let data = Data::synthetic(dims.din, dims.dout, dims.n, 2);
+        let cancel = crate::cancel::Cancel::new();
+        let opts = TrainOptions {
+            steps: 10,
+            cancel: cancel.clone(),
+            ..Default::default()
+        };
+        let w0 = Weights::<f64>::draw(&dims, &r, 1, 2, Par::Seq);
+        let mut done = Vec::new();
+        let e = train(&mut w0.clone(), &data, &r, &opts, Par::Seq, &mut |k, _| {
+            done.push(k);
+            if k == 2 {
+                cancel.cancel();
+            }
+        })
+        .unwrap_err();
+        assert_eq!(e, TrainError::Cancelled { step: 3 });
+        assert_eq!(done, [0, 1, 2]);
+        assert_eq!(e.diverged_at(), None);
+        // The factored step checks the same token.
+        let mut variants = [crate::factored::Variant {
+            we: w0.we.clone(),
+            wu: w0.wu.clone(),
+            record_hidden: false,
+        }];
+        let e = crate::factored::train_shared(
+            &dims,
+            &w0.ut,
+            &w0.vt,
+            &mut variants,
+            &data,
+            &r,
+            &opts,
+            Par::Seq,
+        )
+        .unwrap_err();
+        assert_eq!(e, TrainError::Cancelled { step: 0 });
+    }
+
+    #[test]
     fn results_do_not_depend_on_threads_and_f32_tracks_f64() {
         let dims = Dims {
             l: 4,
@@ -1365,6 +1427,7 @@ mod tests {
                             layer_steps: vec![2],
                             layout,
                             max_loss_growth: DEFAULT_MAX_LOSS_GROWTH,
+                            cancel: Default::default(),
                         };
                         let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, Par::Seq);
                         let h = train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {});

@@ -543,6 +543,8 @@ impl LimitReference {
                 // Divergence against the limit is data, judged by the errors (sweep::DIVERGED_ERROR);
                 // only a non-finite value stops the run.
                 max_loss_growth: f64::INFINITY,
+                // A sweep checks its cancel token between tasks.
+                cancel: Default::default(),
             };
             match train::train(w, data, r, &opts, Par::Seq, &mut |_, _| {}) {
                 Ok(h) => {

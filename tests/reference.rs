@@ -42,7 +42,7 @@ fn check(case: &str, preset: &str, activation: &str, lr: f64) {
         ..Default::default()
     };
     let cfg = spec.check().unwrap();
-    let out = run::execute(&cfg, Par::Seq, &mut |_, _| {}).unwrap();
+    let out = run::execute(&cfg, Par::Seq, &Default::default(), &mut |_, _| {}).unwrap();
     let h = &out.history;
     for (name, got) in [
         ("losses", &h.losses),

@@ -44,6 +44,7 @@ fn opts(redo_stale: bool) -> RunOptions {
         max_tasks: None,
         memory: None,
         redo_stale,
+        cancel: Default::default(),
     }
 }
 
@@ -329,4 +330,62 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(&p, to.join(&name)).unwrap();
         }
     }
+}
+
+#[test]
+fn a_cancelled_sweep_keeps_its_finished_tasks_and_resumes_to_the_same_rows() {
+    let root = tmp("cancel");
+    let (_, whole) = run(BASE, &root.join("whole"), false).unwrap();
+    let sw = spec(BASE).check().unwrap();
+    let dir = root.join("cut");
+    // Cancelled before anything runs: nothing trained, nothing lost.
+    let cancel = reslim::cancel::Cancel::new();
+    cancel.cancel();
+    let o = RunOptions {
+        jobs: 1,
+        cancel: cancel.clone(),
+        ..opts(false)
+    };
+    let e = sweep::run(&sw, &SweepDir::new(&dir), &o, &|_, _, _| {}).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            sweep::SweepError::Cancelled {
+                finished: 0,
+                remaining: 8
+            }
+        ),
+        "{e}"
+    );
+    // Cancelled from the progress callback once two tasks are done (as Ctrl-C would).
+    let cancel = reslim::cancel::Cancel::new();
+    let o = RunOptions {
+        jobs: 1,
+        cancel: cancel.clone(),
+        ..opts(false)
+    };
+    let seen = std::sync::atomic::AtomicUsize::new(0);
+    let e = sweep::run(&sw, &SweepDir::new(&dir), &o, &|_, _, _| {
+        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 2 {
+            cancel.cancel();
+        }
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            sweep::SweepError::Cancelled {
+                finished: 2,
+                remaining: 6
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("run it again to resume"), "{e}");
+    let survey = SweepDir::new(&dir).survey(&sw);
+    assert_eq!(survey.done.len(), 2);
+    // The resume runs only the other six, and the rows are those of an uncut sweep.
+    let (s, rows) = run(BASE, &dir, false).unwrap();
+    assert_eq!((s.skipped, s.ran), (2, 6));
+    assert_eq!(rows, whole);
 }

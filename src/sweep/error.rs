@@ -33,6 +33,12 @@ pub enum SweepError {
         count: usize,
         fields: String,
     },
+    /// The run's cancel token was set ([`super::RunOptions::cancel`]): every finished
+    /// task is on disk, and running the sweep again resumes with the others.
+    #[error(
+        "sweep cancelled: {finished} task(s) finished in this run are kept, {remaining} remain (run it again to resume)"
+    )]
+    Cancelled { finished: usize, remaining: usize },
     /// A task failed (the first one to, when several run at once).
     #[error("task {task} failed: {source}")]
     Task {

@@ -10,6 +10,7 @@ use super::plan::{Sweep, Task};
 use super::report;
 use super::runner::{self, MAX_JOBS, RunOptions, RunSummary};
 use super::store::SweepDir;
+use crate::cancel::Cancel;
 use crate::memory::Available;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,6 +33,9 @@ pub struct PipelineOptions {
     pub plan_only: bool,
     /// The memory the tasks may use together ([`RunOptions::memory`]).
     pub memory: Option<Available>,
+    /// Stops the run between tasks and GD steps ([`RunOptions::cancel`]); nothing is
+    /// collected or reported then ([`SweepError::Cancelled`]).
+    pub cancel: Cancel,
 }
 
 /// The plan of a sweep against its directory, before anything runs.
@@ -184,6 +188,7 @@ pub fn execute(
             max_tasks: opts.max_tasks,
             memory: opts.memory,
             redo_stale: opts.redo_stale,
+            cancel: opts.cancel.clone(),
         };
         let summary = runner::run_surveyed(sw, dir, &survey, &run_opts, &|done, total, t| {
             observer.progress(done, total, t)

@@ -2,6 +2,8 @@ use super::SweepError;
 use super::plan::{Sweep, Task};
 use super::store::{Survey, SweepDir};
 use super::task::run_task;
+use crate::cancel::Cancel;
+use crate::train::TrainError;
 
 use crate::io::{self};
 use crate::memory::{self};
@@ -39,6 +41,10 @@ pub struct RunOptions {
     /// Retrain tasks whose stored records were made by a different spec (overwriting
     /// them); without it such a sweep is refused ([`SweepError::Stale`]).
     pub redo_stale: bool,
+    /// Checked before each task and each GD step: once set, the run stops with
+    /// [`SweepError::Cancelled`], keeping every finished task (the interrupted ones are
+    /// not written).
+    pub cancel: Cancel,
 }
 
 /// The share of the available memory a sweep's tasks may use together: the estimates
@@ -134,7 +140,7 @@ pub(crate) fn run_surveyed(
         for _ in 0..jobs {
             s.spawn(|| {
                 loop {
-                    if stop.load(Ordering::SeqCst) {
+                    if stop.load(Ordering::SeqCst) || opts.cancel.is_cancelled() {
                         return;
                     }
                     let i = next.fetch_add(1, Ordering::SeqCst);
@@ -145,8 +151,8 @@ pub(crate) fn run_surveyed(
                     {
                         return;
                     }
-                    let res =
-                        run_task(sw, t, &data).and_then(|recs| Ok(dir.write_task(sw, t, &recs)?));
+                    let res = run_task(sw, t, &data, &opts.cancel)
+                        .and_then(|recs| Ok(dir.write_task(sw, t, &recs)?));
                     match res {
                         Ok(()) => {
                             let n = finished.fetch_add(1, Ordering::SeqCst) + 1;
@@ -157,6 +163,7 @@ pub(crate) fn run_surveyed(
                                 stop.store(true, Ordering::SeqCst);
                             }
                         }
+                        Err(SweepError::Train(TrainError::Cancelled { .. })) => return,
                         Err(e) => {
                             stop.store(true, Ordering::SeqCst);
                             let mut fe = first_err.lock().expect("error lock");
@@ -175,6 +182,7 @@ pub(crate) fn run_surveyed(
     if let Some(e) = first_err.into_inner().expect("error lock") {
         return Err(e);
     }
+    let cancelled = opts.cancel.is_cancelled();
     let summary = RunSummary {
         planned: all.len(),
         skipped,
@@ -195,6 +203,12 @@ pub(crate) fn run_surveyed(
             .expect("run log serialises")
             .as_bytes(),
     )?;
+    if cancelled {
+        return Err(SweepError::Cancelled {
+            finished: summary.ran,
+            remaining: todo.len().saturating_sub(summary.ran),
+        });
+    }
     Ok(summary)
 }
 

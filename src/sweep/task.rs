@@ -11,6 +11,7 @@
 use super::SweepError;
 use super::plan::{Sweep, Task};
 use super::spec::Coupling;
+use crate::cancel::Cancel;
 use crate::cpu::Par;
 use crate::factored;
 use crate::memory::{self, MemoryError};
@@ -77,8 +78,13 @@ impl Sweep {
 }
 
 /// Trains one task: every coupling variant from the same block weights.
-pub fn run_task(sw: &Sweep, t: &Task, data: &Data) -> Result<Vec<TaskRecord>, SweepError> {
-    sw.strategy(t).run(sw, t, data)
+pub fn run_task(
+    sw: &Sweep,
+    t: &Task,
+    data: &Data,
+    cancel: &Cancel,
+) -> Result<Vec<TaskRecord>, SweepError> {
+    sw.strategy(t).run(sw, t, data, cancel)
 }
 
 impl Strategy {
@@ -147,10 +153,16 @@ impl Strategy {
 
     /// Trains every coupling variant of task `t` of `sw` on `data` (single-threaded: the
     /// runner parallelizes across tasks), in the sweep's dtype.
-    pub fn run(self, sw: &Sweep, t: &Task, data: &Data) -> Result<Vec<TaskRecord>, SweepError> {
+    pub fn run(
+        self,
+        sw: &Sweep,
+        t: &Task,
+        data: &Data,
+        cancel: &Cancel,
+    ) -> Result<Vec<TaskRecord>, SweepError> {
         match sw.spec.dtype {
-            Dtype::F64 => self.run_t::<f64>(sw, t, data),
-            Dtype::F32 => self.run_t::<f32>(sw, t, data),
+            Dtype::F64 => self.run_t::<f64>(sw, t, data, cancel),
+            Dtype::F32 => self.run_t::<f32>(sw, t, data, cancel),
         }
     }
 
@@ -159,6 +171,7 @@ impl Strategy {
         sw: &Sweep,
         t: &Task,
         data: &Data,
+        cancel: &Cancel,
     ) -> Result<Vec<TaskRecord>, SweepError> {
         let dims = sw.dims(t);
         let r = sw.param.resolve(&dims);
@@ -171,7 +184,7 @@ impl Strategy {
             own_embed,
         };
         match self {
-            Strategy::LowRank => run_lowrank(sw, t, data, &variants, base),
+            Strategy::LowRank => run_lowrank(sw, t, data, &variants, base, cancel),
             Strategy::Dense { rows_m } => {
                 let mut base = base;
                 if rows_m {
@@ -184,6 +197,7 @@ impl Strategy {
                         activation: sw.activation,
                         record_hidden: c == Coupling::Coupled,
                         hidden_steps: Some(sw.read_steps.clone()),
+                        cancel: cancel.clone(),
                         ..TrainOptions::default()
                     };
                     let t0 = std::time::Instant::now();
@@ -286,6 +300,7 @@ fn run_lowrank<T: Real>(
     data: &Data,
     variants: &Variants,
     base: Weights<T>,
+    cancel: &Cancel,
 ) -> Result<Vec<TaskRecord>, SweepError> {
     let dims = base.dims;
     let mut factored_variants: Vec<factored::Variant<T>> = variants
@@ -306,6 +321,7 @@ fn run_lowrank<T: Real>(
         activation: sw.activation,
         record_hidden: true,
         hidden_steps: Some(sw.read_steps.clone()),
+        cancel: cancel.clone(),
         ..TrainOptions::default()
     };
     let t0 = std::time::Instant::now();

@@ -1,0 +1,122 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import reslim
+
+
+@pytest.fixture(scope="module")
+def cli_quick(cli, repo, tmp_path_factory):
+    """The CLI's sweep of experiments/quick.toml."""
+    out = tmp_path_factory.mktemp("cli") / "quick"
+    subprocess.run([cli, "sweep", repo / "experiments" / "quick.toml", "--out", out], check=True, capture_output=True)
+    return out
+
+
+def same_tables(py_out, cli_out):
+    for name in ["errors.csv", "errors_rms.csv"]:
+        assert (py_out / name).read_bytes() == (cli_out / name).read_bytes(), name
+
+
+def test_sweep_gives_the_cli_tables(repo, cli_quick, tmp_path):
+    res = reslim.sweep(repo / "experiments" / "quick.toml", out=tmp_path / "py")
+    assert res.summary["ran"] == res.summary["tasks"] == 192
+    same_tables(tmp_path / "py", cli_quick)
+    pd.testing.assert_frame_equal(res.errors, pd.read_csv(cli_quick / "errors.csv"))
+    pd.testing.assert_frame_equal(res.errors_rms, pd.read_csv(cli_quick / "errors_rms.csv"))
+    assert set(res.fits) >= {"joint", "slices"} and res.report.is_file()
+    # Reading it back runs nothing and gives the same tables.
+    again = reslim.load_sweep(tmp_path / "py")
+    pd.testing.assert_frame_equal(again.errors, res.errors)
+    # A second call resumes: every task is finished.
+    res2 = reslim.sweep(repo / "experiments" / "quick.toml", out=tmp_path / "py")
+    assert (res2.summary["ran"], res2.summary["skipped"]) == (0, 192)
+
+
+def test_an_interrupted_sweep_resumes_from_a_dict_spec(repo, cli_quick, tmp_path):
+    with open(repo / "experiments" / "quick.toml", "rb") as f:
+        spec = tomllib.load(f)
+    first = reslim.sweep(spec, out=tmp_path / "cut", max_tasks=50, jobs=2)
+    assert 50 <= first.summary["ran"] < 192
+    rest = reslim.sweep(spec, out=tmp_path / "cut")
+    assert rest.summary["skipped"] == first.summary["ran"]
+    assert rest.summary["ran"] == 192 - first.summary["ran"]
+    same_tables(tmp_path / "cut", cli_quick)
+
+
+SCRIPT = """
+import sys, reslim
+try:
+    reslim.sweep(sys.argv[1], out=sys.argv[2], jobs=2)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(3)
+"""
+
+
+def test_ctrl_c_stops_a_sweep_quickly_and_keeps_finished_tasks(repo, cli_quick, tmp_path):
+    out = tmp_path / "sig"
+    spec = repo / "experiments" / "quick.toml"
+    p = subprocess.Popen([sys.executable, "-c", SCRIPT, str(spec), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tasks = out / "tasks"
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        if tasks.is_dir() and sum(1 for d in tasks.iterdir() if (d / "records.json").is_file()) >= 20:
+            break
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    sent = time.time()
+    stdout, stderr = p.communicate(timeout=60)
+    took = time.time() - sent
+    assert p.returncode == 3 and "interrupted" in stdout, (p.returncode, stdout, stderr)
+    print(f"stopped {took:.2f} s after SIGINT")
+    assert took < 5.0, took  # "within about a second"; generous for a loaded CI machine
+    kept = [d for d in tasks.iterdir() if (d / "records.json").is_file()]
+    assert 20 <= len(kept) < 192
+    res = reslim.sweep(spec, out=out)
+    assert res.summary["skipped"] == len(kept) and res.summary["ran"] == 192 - len(kept)
+    same_tables(out, cli_quick)
+
+
+def test_bad_specs_and_stale_directories_raise(repo, tmp_path):
+    with open(repo / "experiments" / "quick.toml", "rb") as f:
+        spec = tomllib.load(f)
+    with pytest.raises(reslim.SpecError, match="grid"):
+        reslim.sweep(dict(spec, grid=dict(spec["grid"], M=[0, 4])), out=tmp_path / "bad")
+    with pytest.raises(reslim.SpecError, match="steps"):
+        reslim.sweep(dict(spec, steps=-3), out=tmp_path / "bad")
+    with pytest.raises(reslim.SpecError, match="jobs"):
+        reslim.sweep(spec, out=tmp_path / "bad", jobs=0)
+    with pytest.raises(FileNotFoundError, match="missing.toml"):
+        reslim.sweep(tmp_path / "missing.toml")
+    small = dict(spec, grid=dict(spec["grid"], M=[4, 8], D=[4, 8]), reps=1)
+    reslim.sweep(small, out=tmp_path / "s")
+    with pytest.raises(reslim.StaleResultsError, match="lr"):
+        reslim.sweep(dict(small, lr=0.5), out=tmp_path / "s")
+    redone = reslim.sweep(dict(small, lr=0.5), out=tmp_path / "s", redo_stale=True)
+    assert redone.summary["ran"] == redone.summary["tasks"]
+
+
+def test_tables_without_pandas_are_dicts_of_numpy_columns(repo, cli_quick, monkeypatch):
+    import reslim._tables as tables
+
+    monkeypatch.setattr(tables, "_pd", None)
+    res = reslim.load_sweep(cli_quick)
+    assert isinstance(res.errors, dict)
+    want = pd.read_csv(cli_quick / "errors.csv")
+    assert list(res.errors) == list(want.columns)
+    for col in want.columns:
+        got = res.errors[col]
+        assert isinstance(got, np.ndarray) and len(got) == len(want)
+        if want[col].dtype.kind in "if":
+            assert np.allclose(got, want[col].to_numpy(), rtol=0, atol=0, equal_nan=True), col
+        else:
+            assert list(got) == list(want[col]), col
