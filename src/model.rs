@@ -692,7 +692,10 @@ mod tests {
             v: arr(&[l, d, m + 1], |_| 0.0),
             ..good.clone()
         });
-        assert!(e.contains("'V'") && e.contains("(L, D, M) = (2, 4, 3)"), "{e}");
+        assert!(
+            e.contains("'V'") && e.contains("(L, D, M) = (2, 4, 3)"),
+            "{e}"
+        );
         let e = msg(InitArrays {
             y: arr(&[dout, n - 1], |_| 0.0),
             ..good.clone()

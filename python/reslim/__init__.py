@@ -26,6 +26,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 
 from . import _native
+from ._progress import Progress, callback as _progress
 from ._tables import from_columns, have_pandas, read_csv
 from .errors import (
     BusyError,
@@ -255,6 +256,7 @@ def train(
     init: Optional[Mapping[str, np.ndarray]] = None,
     out: Optional[PathLike] = None,
     alpha: Optional[float] = None,
+    progress: Progress = None,
     **overrides: Any,
 ) -> Run:
     """Trains one ResNet by full-batch gradient descent, as ``reslim train``.
@@ -266,6 +268,9 @@ def train(
             ``V`` (L, D, M), all float64 in C order (the layout of the NPY interop).
         out: also write the run directory here (as ``reslim train --out``).
         alpha: the branch scale, shorthand for ``param={"alpha": alpha}``.
+        progress: True shows a progress bar (tqdm if installed), a callable gets
+            ``(step, steps, note)`` after each step; default: a bar when stderr is a
+            terminal.
         **overrides: any spec field, overriding the file or dict: ``L``, ``M``, ``D``,
             ``N``, ``din``, ``dout``, ``steps``, ``lr``, ``preset`` (``chizat-julia``,
             ``chizat-python``, ``lazy``, ``standard``), ``activation`` (``tanh``,
@@ -290,7 +295,7 @@ def train(
         fields["init_npy"] = os.fspath(fields["init_npy"])
     arrays = None if init is None else _check_init(init)
     text = _spec_json(fields, "train arguments")
-    r = _native.train(path, text, arrays, _fspath(out))
+    r = _native.train(path, text, arrays, _fspath(out), _progress(progress, "train"))
     stats = r["layer_stats"]
     return Run(
         losses=r["losses"],
@@ -310,6 +315,7 @@ def sweep(
     redo_stale: bool = False,
     report_only: bool = False,
     max_tasks: Optional[int] = None,
+    progress: Progress = None,
 ) -> SweepResult:
     """Runs or resumes a sweep over shapes, exactly as ``reslim sweep`` (same files).
 
@@ -321,6 +327,9 @@ def sweep(
         jobs: parallel tasks (default: one per core).
         report_only: train nothing; collect, fit and report what is finished.
         max_tasks: stop after this many tasks (then call again to resume).
+        progress: True shows a progress bar (tqdm if installed; the work of each
+            finished task, in parameter-steps), a callable gets ``(done, total, task)``;
+            default: a bar when stderr is a terminal.
 
     Returns:
         a :class:`SweepResult` (``errors``, ``errors_rms``, ``fits``, ``report``).
@@ -330,9 +339,11 @@ def sweep(
     """
     if isinstance(spec, Mapping):
         text = _spec_json(spec, "sweep spec")
-        r = _native.sweep(None, text, _fspath(out), jobs, redo_stale, report_only, max_tasks)
+        r = _native.sweep(None, text, _fspath(out), jobs, redo_stale, report_only, max_tasks, _progress(progress, "sweep"))
     elif isinstance(spec, (str, os.PathLike)):
-        r = _native.sweep(_spec_file(os.fspath(spec)), None, _fspath(out), jobs, redo_stale, report_only, max_tasks)
+        r = _native.sweep(
+            _spec_file(os.fspath(spec)), None, _fspath(out), jobs, redo_stale, report_only, max_tasks, _progress(progress, "sweep")
+        )
     else:
         raise SpecError(f"spec: expected a TOML path or a dict, got {type(spec).__name__}")
     res = load_sweep(r["out"])

@@ -330,18 +330,43 @@ fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
     }
 }
 
+/// Calls a Python callable with progress, from whichever thread reports it (taking the
+/// GIL for the call, which the waiting thread has released). An exception in the
+/// callable is reported as unraisable and the work goes on.
+struct PyProgress(Option<Py<PyAny>>);
+
+impl PyProgress {
+    fn call(&self, args: (f64, f64, String)) {
+        if let Some(cb) = &self.0 {
+            Python::attach(|py| {
+                if let Err(e) = cb.call1(py, args) {
+                    e.write_unraisable(py, Some(cb.bind(py)));
+                }
+            });
+        }
+    }
+}
+
+impl rsweep::Observer for PyProgress {
+    fn progress(&self, done: f64, total: f64, task: &rsweep::Task) {
+        self.call((done, total, task.id()));
+    }
+}
+
 /// Trains one network: the spec file `spec_path` (if any) with the fields of
 /// `overrides_json` merged in (tables key by key), from `init` arrays if given. Writes a
-/// run directory to `out` if given. Returns `losses`, `outputs`, `h_last` (or None),
+/// run directory to `out` if given; `progress(step, steps, "loss ...")` is called after
+/// each step. Returns `losses`, `outputs`, `h_last` (or None),
 /// `layer_stats` (a dict of columns, or None) and `metadata` (JSON text).
 #[pyfunction]
-#[pyo3(signature = (spec_path, overrides_json, init=None, out=None))]
+#[pyo3(signature = (spec_path, overrides_json, init=None, out=None, progress=None))]
 fn train<'py>(
     py: Python<'py>,
     spec_path: Option<PathBuf>,
     overrides_json: &str,
     init: Option<Bound<'py, PyDict>>,
     out: Option<PathBuf>,
+    progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let file = match &spec_path {
         Some(p) => TrainSpec::from_file(p).map_err(|e| spec_err(py, e))?,
@@ -367,8 +392,12 @@ fn train<'py>(
         reslim::run::check_out_dir(dir).map_err(|e| to_py_err(py, e.into()))?;
     }
     let cancel = Cancel::new();
+    let progress = PyProgress(progress);
+    let steps = cfg.steps as f64;
     let res = interruptible(py, &cancel, || {
-        let run = reslim::run::execute(&cfg, Par::Rayon, &cancel, &mut |_, _| {})?;
+        let run = reslim::run::execute(&cfg, Par::Rayon, &cancel, &mut |k, loss| {
+            progress.call(((k + 1) as f64, steps, format!("loss {loss:.4e}")))
+        })?;
         if let Some(dir) = &out {
             reslim::run::write_run_dir(dir, &cfg, &run)?;
         }
@@ -414,9 +443,11 @@ fn train<'py>(
 
 /// Runs or resumes a sweep exactly as `reslim sweep` does ([`sweep::execute`]): the spec
 /// from the TOML file `spec_path` or the JSON text `spec_json`; `out` defaults to
-/// `runs/<name>`. Returns the output directory, the report's path and the run's summary.
+/// `runs/<name>`. `progress(done, total, task)` is called after each task (work in
+/// parameter-steps). Returns the output directory, the report's path and the run's
+/// summary.
 #[pyfunction]
-#[pyo3(signature = (spec_path, spec_json, out=None, jobs=None, redo_stale=false, report_only=false, max_tasks=None))]
+#[pyo3(signature = (spec_path, spec_json, out=None, jobs=None, redo_stale=false, report_only=false, max_tasks=None, progress=None))]
 #[allow(clippy::too_many_arguments)]
 fn sweep<'py>(
     py: Python<'py>,
@@ -427,6 +458,7 @@ fn sweep<'py>(
     redo_stale: bool,
     report_only: bool,
     max_tasks: Option<usize>,
+    progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let spec: SweepSpec = match (&spec_path, spec_json) {
         (Some(p), _) => SweepSpec::from_file(p).map_err(|e| spec_err(py, e))?,
@@ -458,9 +490,8 @@ fn sweep<'py>(
         ..Default::default()
     };
     let dir = SweepDir::new(&out);
-    let res = interruptible(py, &cancel, || {
-        rsweep::execute(&sw, &dir, &opts, &rsweep::Silent)
-    })?;
+    let observer = PyProgress(progress);
+    let res = interruptible(py, &cancel, || rsweep::execute(&sw, &dir, &opts, &observer))?;
     let outcome = res.map_err(|e| to_py_err(py, e.into()))?;
     let dict = PyDict::new(py);
     dict.set_item("out", out.to_string_lossy().into_owned())?;

@@ -120,3 +120,20 @@ def test_tables_without_pandas_are_dicts_of_numpy_columns(repo, cli_quick, monke
             assert np.allclose(got, want[col].to_numpy(), rtol=0, atol=0, equal_nan=True), col
         else:
             assert list(got) == list(want[col]), col
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_progress_reaches_a_callable_once_per_task_and_step(repo, tmp_path):
+    with open(repo / "experiments" / "quick.toml", "rb") as f:
+        spec = tomllib.load(f)
+    small = dict(spec, grid=dict(spec["grid"], M=[4, 8], D=[4, 8]), reps=1)
+    seen = []
+    res = reslim.sweep(small, out=tmp_path / "p", progress=lambda done, total, task: seen.append((done, total, task)))
+    assert len(seen) == res.summary["ran"] == res.summary["tasks"]
+    assert seen[-1][0] == pytest.approx(seen[-1][1]) and all(isinstance(t, str) for _, _, t in seen)
+    steps = []
+    reslim.train(L=2, M=4, D=4, steps=5, progress=lambda k, n, note: steps.append((k, n, note)))
+    assert [s[0] for s in steps] == [1, 2, 3, 4, 5] and steps[0][1] == 5 and "loss" in steps[0][2]
+    # A failing callable does not stop the work.
+    run = reslim.train(L=2, M=4, D=4, steps=3, progress=lambda *a: 1 / 0)
+    assert run.losses.shape == (3,)
