@@ -286,6 +286,7 @@ pub fn slurm_files(
         .collect::<Vec<_>>()
         .join(",");
     let array_spec = match (elements.first(), elements.last()) {
+        (Some(&a), Some(&b)) if a == b => a.to_string(),
         (Some(&a), Some(&b)) if b - a + 1 == elements.len() => format!("{a}-{b}"),
         _ => array_list,
     };
