@@ -70,6 +70,17 @@ struct SpiralsArgs {
     /// never used.
     #[arg(long)]
     redo_stale: bool,
+    /// Run only the unfinished runs of shard J of N (0 <= J < N, fixed by the spec). Any
+    /// number of processes sharing --out may run shards at once; no report (run without
+    /// --shard once all are done: it reuses every stored run).
+    #[arg(long, value_name = "J/N", conflicts_with = "status")]
+    shard: Option<String>,
+    /// Print each shard's finished and missing runs (exits 1 if some are missing).
+    #[arg(long)]
+    status: bool,
+    /// Shards for --status (default 1).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "status")]
+    shards: usize,
 }
 
 #[derive(Args)]
@@ -547,7 +558,37 @@ fn cmd_spirals(a: SpiralsArgs) -> Result<()> {
     let spec = meanfield::ExperimentSpec::from_file(&a.spec)?;
     let base = a.spec.parent().unwrap_or(Path::new("."));
     let cfg = spec.check(base)?;
-    let total = cfg.n_train.len() * cfg.seeds;
+    if a.status {
+        let st = meanfield::experiment::shard_status(&cfg, &a.out, a.shards)?;
+        let mut missing = 0;
+        for (shard, done, miss) in &st {
+            missing += miss.len();
+            let ids: Vec<String> = miss.iter().map(|(n, k)| format!("n{n}-k{k}")).collect();
+            println!(
+                "shard {shard}: {}/{} finished{}{}",
+                done.len(),
+                done.len() + miss.len(),
+                if ids.is_empty() { "" } else { "; missing: " },
+                ids.join(" ")
+            );
+        }
+        anyhow::ensure!(
+            missing == 0,
+            "{missing} run(s) are missing; run them with --shard J/{}",
+            a.shards
+        );
+        println!("all runs finished");
+        return Ok(());
+    }
+    let shard = a
+        .shard
+        .as_deref()
+        .map(reslim::shard::Shard::parse)
+        .transpose()?;
+    let total = match shard {
+        Some(s) => meanfield::experiment::shard_runs(&cfg, s).len(),
+        None => cfg.n_train.len() * cfg.seeds,
+    };
     eprintln!(
         "{}: {} runs (n_train {:?} x {} seeds), L={} M={} M0={}, {} threads",
         cfg.name,
@@ -561,45 +602,59 @@ fn cmd_spirals(a: SpiralsArgs) -> Result<()> {
     );
     // Held until the report is written: no second process writes here meanwhile. Then
     // the half-written files of killed runs of this host go.
-    let _lock = reslim::io::DirLock::acquire(&a.out)?;
+    // A shard shares it with other shards ([`meanfield::experiment::run_shard`]).
+    let _lock = match shard {
+        Some(_) => reslim::io::DirLock::acquire_shared(&a.out)?,
+        None => reslim::io::DirLock::acquire(&a.out)?,
+    };
     reslim::io::remove_stale_temps(&a.out, 2);
     let t0 = std::time::Instant::now();
     let prog = std::sync::Mutex::new((0u64, Progress::new(total as u64, &cfg.name)));
     let reused = std::sync::atomic::AtomicUsize::new(0);
     let replaced = std::sync::atomic::AtomicUsize::new(0);
-    let runs = meanfield::run_experiment(&cfg, &a.out, a.redo_stale, &|r, status| {
-        let mut p = prog.lock().unwrap_or_else(|e| e.into_inner());
-        p.0 += 1;
-        let note = format!(
-            "n={} k={}: test error {:.4}, {} steps{}",
-            r.n,
-            r.k,
-            r.last().test_error,
-            r.steps,
-            if status == RunStatus::Reused {
-                " (stored)"
-            } else {
-                ""
+    let runs =
+        meanfield::experiment::run_shard(&cfg, &a.out, shard, a.redo_stale, &|r, status| {
+            let mut p = prog.lock().unwrap_or_else(|e| e.into_inner());
+            p.0 += 1;
+            let note = format!(
+                "n={} k={}: test error {:.4}, {} steps{}",
+                r.n,
+                r.k,
+                r.last().test_error,
+                r.steps,
+                if status == RunStatus::Reused {
+                    " (stored)"
+                } else {
+                    ""
+                }
+            );
+            match status {
+                RunStatus::Reused => {
+                    reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                RunStatus::Replaced => {
+                    replaced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                RunStatus::Done => {}
             }
-        );
-        match status {
-            RunStatus::Reused => {
-                reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            RunStatus::Replaced => {
-                replaced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            RunStatus::Done => {}
-        }
-        let done = p.0;
-        p.1.set(done, &note);
-    })?;
+            let done = p.0;
+            p.1.set(done, &note);
+        })?;
     prog.lock().unwrap_or_else(|e| e.into_inner()).1.finish();
     let replaced = replaced.into_inner();
     if replaced > 0 {
         eprintln!(
             "note: {replaced} stored run(s) were unusable (unreadable, incomplete, or made by another spec) and were trained again"
         );
+    }
+    if let Some(s) = shard {
+        println!(
+            "shard {s}: {} run(s) finished; report with `reslim spirals {} --out {}` once every shard is done",
+            runs.len(),
+            a.spec.display(),
+            a.out.display()
+        );
+        return Ok(());
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let wall = t0.elapsed().as_secs_f64();

@@ -373,3 +373,97 @@ fn without_slurm_submission_is_a_clear_error() {
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn spirals_shards_at_once_give_the_runs_of_one_process() {
+    let root = tmp("spirals");
+    let spec = root.join("tiny.toml");
+    std::fs::write(
+        &spec,
+        "name = \"tiny\"\nseeds = 2\nn_train = [16, 32, 48]\nn_test = 100\n\
+         [model]\nL = 2\nM = 8\nM0 = 32\n\
+         [train]\nlr = 1.0\nmax_steps = { c = 10, n = 0.5 }\ntarget_loss = 0.0\n\
+         [measure]\ncheckpoints = 3\n",
+    )
+    .unwrap();
+    let s = spec.to_str().unwrap();
+    let (one, sharded) = (root.join("one"), root.join("sharded"));
+    let r = reslim(&["spirals", s, "--out", one.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let o = sharded.to_str().unwrap();
+    let r = reslim(&["spirals", s, "--out", o, "--status", "--shards", "3"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        text(&r.stderr).contains("6 run(s) are missing"),
+        "{}",
+        text(&r.stderr)
+    );
+    // Shards 0-2 and shard 0 again, at once.
+    let children: Vec<_> = ["0/3", "1/3", "2/3", "0/3"]
+        .iter()
+        .map(|j| {
+            bin()
+                .args(["spirals", s, "--out", o, "--shard", j])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let r = c.wait_with_output().unwrap();
+        assert!(r.status.success(), "{}", text(&r.stderr));
+        assert!(
+            text(&r.stdout).contains("run(s) finished"),
+            "{}",
+            text(&r.stdout)
+        );
+    }
+    assert!(!sharded.join("report.md").exists(), "a shard reported");
+    let r = reslim(&["spirals", s, "--out", o, "--status", "--shards", "3"]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    assert!(
+        text(&r.stdout).contains("shard 2/3: 2/2 finished"),
+        "{}",
+        text(&r.stdout)
+    );
+    // The stored runs are those of one process; the report reuses all of them.
+    let runs = |d: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d.join("runs"))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                (n, std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let r = reslim(&["spirals", s, "--out", o]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let (a, b) = (runs(&one), runs(&sharded));
+    assert_eq!(a.len(), 6);
+    assert_eq!(
+        a.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        b.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
+    for (x, y) in a.iter().zip(&b) {
+        let strip = |bytes: &[u8]| {
+            let mut v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        };
+        assert_eq!(strip(&x.1), strip(&y.1), "{}", x.0);
+    }
+    // runs.csv alike but for its last column, the wall time.
+    let csv = |d: &Path| -> Vec<String> {
+        std::fs::read_to_string(d.join("runs.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect()
+    };
+    assert!(csv(&one) == csv(&sharded), "runs.csv differs");
+    let _ = std::fs::remove_dir_all(&root);
+}
