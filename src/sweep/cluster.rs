@@ -8,9 +8,8 @@
 //!
 //! **A directory shared by many processes.** Shard runs take the directory's lock
 //! *shared* ([`SweepDir::lock_shared`]): any number of them, on any hosts sharing the
-//! directory, work at once, while an unsharded run or a report (the exclusive lock) waits
-//! for none of them and is refused until they are gone. What makes concurrent shards
-//! safe:
+//! directory, work at once, and an unsharded run or a report (the exclusive lock) is
+//! refused while any of them works. What makes concurrent shards safe:
 //! - a task is written as a whole directory, renamed into place, and the first complete
 //!   one is kept ([`SweepDir::write_task`]): a task is never half-written, and a task run
 //!   twice (a requeued element, the same shard started twice) is harmless, as tasks are
