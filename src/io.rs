@@ -10,7 +10,8 @@
 //! directory, on one machine or on a cluster's shared file system, never collide; and a
 //! later run removes only the temporaries of dead processes of its own host
 //! ([`remove_stale_temps`]). [`DirLock`] keeps a second process out of an output
-//! directory while one works in it.
+//! directory while one works in it (exclusive), or lets several share it (shard runs);
+//! [`write_new`] keeps the first of two concurrent writes of one result.
 //!
 //! NPY support covers what reslim exchanges with NumPy: little-endian `f8`/`f4` arrays
 //! in C order, format versions 1.0-3.0 (see the NPY format description in NumPy's
@@ -203,19 +204,35 @@ pub fn remove_stale_temps(dir: &Path, depth: usize) -> Vec<PathBuf> {
     removed
 }
 
-/// An exclusive lock on a directory (`flock` on `{dir}/.lock`), held until dropped. The
-/// kernel releases it when the process ends, however it ends, so a killed run never
-/// leaves a stale lock. The lock file names its holder (pid, host, start time) for the
-/// message a second process gets.
+/// A lock on a directory (`flock` on `{dir}/.lock`), held until dropped. The kernel
+/// releases it when the process ends, however it ends, so a killed run never leaves a
+/// stale lock. The lock file names its last holder (pid, host, start time) for the
+/// message a refused process gets.
+///
+/// Exclusive ([`DirLock::acquire`]): one process alone (a whole sweep, a report).
+/// Shared ([`DirLock::acquire_shared`]): any number of processes that each write only
+/// units that are safe to write concurrently (shard runs), and no exclusive holder
+/// meanwhile. On a cluster's shared file system `flock` works across nodes where the
+/// file system supports it (NFS does; Lustre with its `flock` mount option).
 #[derive(Debug)]
 pub struct DirLock {
     _file: fs::File,
 }
 
 impl DirLock {
-    /// Takes the lock of `dir` (created if needed), or fails at once with
-    /// [`IoError::Busy`] when another process holds it.
+    /// Takes the exclusive lock of `dir` (created if needed), or fails at once with
+    /// [`IoError::Busy`] when another process holds it, shared or exclusive.
     pub fn acquire(dir: &Path) -> Result<Self, IoError> {
+        Self::take(dir, true)
+    }
+
+    /// Takes a shared lock of `dir` (created if needed), or fails at once with
+    /// [`IoError::Busy`] when another process holds it exclusively.
+    pub fn acquire_shared(dir: &Path) -> Result<Self, IoError> {
+        Self::take(dir, false)
+    }
+
+    fn take(dir: &Path, exclusive: bool) -> Result<Self, IoError> {
         fs::create_dir_all(dir).map_err(os(dir))?;
         let path = dir.join(".lock");
         let mut file = fs::OpenOptions::new()
@@ -230,7 +247,12 @@ impl DirLock {
             use std::io::{Read, Seek};
             use std::os::fd::AsRawFd;
             // SAFETY: a valid open descriptor; flock does not touch memory.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            let how = if exclusive {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_SH
+            };
+            let rc = unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) };
             if rc != 0 {
                 let err = std::io::Error::last_os_error();
                 if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
@@ -253,9 +275,10 @@ impl DirLock {
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             let note = format!(
-                "pid {} on {} since unix time {since}\n",
+                "pid {} on {} since unix time {since}{}\n",
                 std::process::id(),
-                host_name()
+                host_name(),
+                if exclusive { "" } else { ", sharing it" }
             );
             let _ = file.set_len(0);
             let _ = file.rewind();
@@ -357,6 +380,38 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
         f.write_all(bytes)?;
         f.sync_all()
     })
+}
+
+/// Writes `bytes` to `path` atomically unless `path` exists: the first writer wins
+/// (temporary file, fsync, then a hard link to `path`, which fails if `path` exists; on
+/// file systems without hard links, a rename when `path` is still absent). Returns
+/// whether this call wrote it. For results that concurrent processes may produce
+/// twice: the first complete one is kept, never replaced by a later duplicate.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<bool, IoError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(os(parent))?;
+    }
+    let tmp = temp_path(path);
+    let made = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = made {
+        let _ = fs::remove_file(&tmp);
+        return Err(IoError::Os {
+            path: path.to_path_buf(),
+            source: e,
+        });
+    }
+    let res = match fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(_) if !path.exists() => fs::rename(&tmp, path).map(|()| true).map_err(os(path)),
+        Err(_) => Ok(false),
+    };
+    let _ = fs::remove_file(&tmp);
+    res
 }
 
 /// Lets `write` produce the file at a temporary path, then renames it to `path`.

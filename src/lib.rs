@@ -36,6 +36,7 @@ pub mod plot;
 pub mod provenance;
 pub mod rng;
 pub mod run;
+pub mod shard;
 pub mod solve;
 pub mod spec;
 pub mod sweep;

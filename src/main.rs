@@ -70,6 +70,17 @@ struct SpiralsArgs {
     /// never used.
     #[arg(long)]
     redo_stale: bool,
+    /// Run only the unfinished runs of shard J of N (0 <= J < N, fixed by the spec). Any
+    /// number of processes sharing --out may run shards at once; no report (run without
+    /// --shard once all are done: it reuses every stored run).
+    #[arg(long, value_name = "J/N", conflicts_with = "status")]
+    shard: Option<String>,
+    /// Print each shard's finished and missing runs (exits 1 if some are missing).
+    #[arg(long)]
+    status: bool,
+    /// Shards for --status (default 1).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "status")]
+    shards: usize,
 }
 
 #[derive(Args)]
@@ -151,6 +162,57 @@ struct SweepArgs {
     /// Stop after this many tasks (the sweep resumes later where it stopped).
     #[arg(long, hide = true)]
     max_tasks: Option<usize>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// `reslim sweep`'s cluster flags (README, "On a cluster").
+#[derive(Args, Default)]
+struct ClusterArgs {
+    /// Run only the unfinished tasks of shard J of N (0 <= J < N; shards are fixed by the
+    /// plan). Any number of processes, on any hosts sharing --out, may run shards at
+    /// once; no report (run --report-only when all are done).
+    #[arg(long, value_name = "J/N", conflicts_with_all = ["report_only", "status", "slurm"])]
+    shard: Option<String>,
+    /// Print each shard's finished and missing tasks (exits 1 if some are missing).
+    #[arg(long, conflicts_with_all = ["plan", "report_only", "slurm"])]
+    status: bool,
+    /// Shards (with --status, --slurm; default: those of the last --slurm submission,
+    /// else 1 for --status and min(tasks, 16) for --slurm).
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Write DIR/slurm/array.sbatch (one element per shard with missing tasks) and
+    /// DIR/slurm/collect.sbatch (after the array: status, tables, report), and submit
+    /// both with sbatch. Each element uses --jobs cores (default 1).
+    #[arg(long, conflicts_with_all = ["plan", "report_only"])]
+    slurm: bool,
+    /// Slurm partition (--slurm).
+    #[arg(long, requires = "slurm")]
+    partition: Option<String>,
+    /// Slurm account (--slurm).
+    #[arg(long, requires = "slurm")]
+    account: Option<String>,
+    /// Array elements running at once, the %K of --array (--slurm).
+    #[arg(long, value_name = "K", requires = "slurm")]
+    max_parallel: Option<usize>,
+    /// Time limit of each element as Slurm reads it, e.g. 2:00:00 (--slurm; default:
+    /// from the work estimate with a safety factor).
+    #[arg(long, requires = "slurm")]
+    time: Option<String>,
+    /// Another #SBATCH option for both scripts, e.g. --sbatch-arg=--qos=long (repeatable).
+    #[arg(
+        long,
+        value_name = "OPTION",
+        requires = "slurm",
+        allow_hyphen_values = true
+    )]
+    sbatch_arg: Vec<String>,
+    /// A shell line both scripts run before reslim, e.g. 'module load gcc' (repeatable).
+    #[arg(long, value_name = "LINE", requires = "slurm")]
+    setup: Vec<String>,
+    /// With --slurm: write the scripts, submit nothing.
+    #[arg(long, requires = "slurm")]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -345,6 +407,7 @@ fn main() -> ExitCode {
                 report_only: false,
                 redo_stale: false,
                 max_tasks: None,
+                cluster: ClusterArgs::default(),
             };
             cmd_sweep(spec, &q.out, &a)
         }
@@ -495,7 +558,37 @@ fn cmd_spirals(a: SpiralsArgs) -> Result<()> {
     let spec = meanfield::ExperimentSpec::from_file(&a.spec)?;
     let base = a.spec.parent().unwrap_or(Path::new("."));
     let cfg = spec.check(base)?;
-    let total = cfg.n_train.len() * cfg.seeds;
+    if a.status {
+        let st = meanfield::experiment::shard_status(&cfg, &a.out, a.shards)?;
+        let mut missing = 0;
+        for (shard, done, miss) in &st {
+            missing += miss.len();
+            let ids: Vec<String> = miss.iter().map(|(n, k)| format!("n{n}-k{k}")).collect();
+            println!(
+                "shard {shard}: {}/{} finished{}{}",
+                done.len(),
+                done.len() + miss.len(),
+                if ids.is_empty() { "" } else { "; missing: " },
+                ids.join(" ")
+            );
+        }
+        anyhow::ensure!(
+            missing == 0,
+            "{missing} run(s) are missing; run them with --shard J/{}",
+            a.shards
+        );
+        println!("all runs finished");
+        return Ok(());
+    }
+    let shard = a
+        .shard
+        .as_deref()
+        .map(reslim::shard::Shard::parse)
+        .transpose()?;
+    let total = match shard {
+        Some(s) => meanfield::experiment::shard_runs(&cfg, s).len(),
+        None => cfg.n_train.len() * cfg.seeds,
+    };
     eprintln!(
         "{}: {} runs (n_train {:?} x {} seeds), L={} M={} M0={}, {} threads",
         cfg.name,
@@ -509,45 +602,59 @@ fn cmd_spirals(a: SpiralsArgs) -> Result<()> {
     );
     // Held until the report is written: no second process writes here meanwhile. Then
     // the half-written files of killed runs of this host go.
-    let _lock = reslim::io::DirLock::acquire(&a.out)?;
+    // A shard shares it with other shards ([`meanfield::experiment::run_shard`]).
+    let _lock = match shard {
+        Some(_) => reslim::io::DirLock::acquire_shared(&a.out)?,
+        None => reslim::io::DirLock::acquire(&a.out)?,
+    };
     reslim::io::remove_stale_temps(&a.out, 2);
     let t0 = std::time::Instant::now();
     let prog = std::sync::Mutex::new((0u64, Progress::new(total as u64, &cfg.name)));
     let reused = std::sync::atomic::AtomicUsize::new(0);
     let replaced = std::sync::atomic::AtomicUsize::new(0);
-    let runs = meanfield::run_experiment(&cfg, &a.out, a.redo_stale, &|r, status| {
-        let mut p = prog.lock().unwrap_or_else(|e| e.into_inner());
-        p.0 += 1;
-        let note = format!(
-            "n={} k={}: test error {:.4}, {} steps{}",
-            r.n,
-            r.k,
-            r.last().test_error,
-            r.steps,
-            if status == RunStatus::Reused {
-                " (stored)"
-            } else {
-                ""
+    let runs =
+        meanfield::experiment::run_shard(&cfg, &a.out, shard, a.redo_stale, &|r, status| {
+            let mut p = prog.lock().unwrap_or_else(|e| e.into_inner());
+            p.0 += 1;
+            let note = format!(
+                "n={} k={}: test error {:.4}, {} steps{}",
+                r.n,
+                r.k,
+                r.last().test_error,
+                r.steps,
+                if status == RunStatus::Reused {
+                    " (stored)"
+                } else {
+                    ""
+                }
+            );
+            match status {
+                RunStatus::Reused => {
+                    reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                RunStatus::Replaced => {
+                    replaced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                RunStatus::Done => {}
             }
-        );
-        match status {
-            RunStatus::Reused => {
-                reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            RunStatus::Replaced => {
-                replaced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            RunStatus::Done => {}
-        }
-        let done = p.0;
-        p.1.set(done, &note);
-    })?;
+            let done = p.0;
+            p.1.set(done, &note);
+        })?;
     prog.lock().unwrap_or_else(|e| e.into_inner()).1.finish();
     let replaced = replaced.into_inner();
     if replaced > 0 {
         eprintln!(
             "note: {replaced} stored run(s) were unusable (unreadable, incomplete, or made by another spec) and were trained again"
         );
+    }
+    if let Some(s) = shard {
+        println!(
+            "shard {s}: {} run(s) finished; report with `reslim spirals {} --out {}` once every shard is done",
+            runs.len(),
+            a.spec.display(),
+            a.out.display()
+        );
+        return Ok(());
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let wall = t0.elapsed().as_secs_f64();
@@ -592,8 +699,18 @@ fn cmd_sweep(spec: SweepSpec, out: &Path, a: &SweepArgs) -> Result<()> {
     let jobs = a.jobs.map(|j| sweep::check_jobs("--jobs", j)).transpose()?;
     let sw = spec.check()?;
     let dir = SweepDir::new(out);
+    let c = &a.cluster;
+    if c.status || c.slurm {
+        return cmd_sweep_cluster(&sw, &dir, a, jobs);
+    }
+    let shard = c
+        .shard
+        .as_deref()
+        .map(reslim::shard::Shard::parse)
+        .transpose()?;
     let opts = sweep::PipelineOptions {
         jobs,
+        shard,
         max_tasks: a.max_tasks,
         redo_stale: a.redo_stale,
         report_only: a.report_only,
@@ -613,6 +730,110 @@ fn cmd_sweep(spec: SweepSpec, out: &Path, a: &SweepArgs) -> Result<()> {
             }
         }
         sweep::Outcome::Done { report, .. } => println!("report: {}", report.display()),
+        sweep::Outcome::Shard { plan, run } => println!(
+            "shard {}: ran {} task(s), {} of its {} tasks finished",
+            shard.map(|s| s.to_string()).unwrap_or_default(),
+            run.ran,
+            run.skipped + run.ran,
+            plan.tasks
+        ),
+    }
+    Ok(())
+}
+
+/// `reslim sweep --status` and `reslim sweep --slurm`.
+fn cmd_sweep_cluster(
+    sw: &sweep::Sweep,
+    dir: &SweepDir,
+    a: &SweepArgs,
+    jobs: Option<usize>,
+) -> Result<()> {
+    use sweep::cluster;
+    let c = &a.cluster;
+    let shards = match c.shards.or_else(|| cluster::submitted_shards(dir)) {
+        Some(n) => n,
+        None if c.slurm => sw.plan().len().clamp(1, 16),
+        None => 1,
+    };
+    let statuses = cluster::status(sw, dir, shards)?;
+    let missing: usize = statuses.iter().map(|s| s.missing.len()).sum();
+    let total: usize = statuses.iter().map(|s| s.tasks.len()).sum();
+    if c.status {
+        for s in &statuses {
+            let ids: Vec<String> = s.missing.iter().map(|t| t.id()).collect();
+            println!(
+                "shard {}: {}/{} finished{}{}",
+                s.shard,
+                s.done,
+                s.tasks.len(),
+                if ids.is_empty() { "" } else { "; missing: " },
+                ids.join(" ")
+            );
+        }
+        if missing > 0 {
+            let with: Vec<String> = statuses
+                .iter()
+                .filter(|s| !s.missing.is_empty())
+                .map(|s| s.shard.index.to_string())
+                .collect();
+            anyhow::bail!(
+                "{missing} of {total} tasks are missing, in shard(s) {} of {shards}; run them with --shard J/{shards}, or resubmit with --slurm",
+                with.join(", ")
+            );
+        }
+        println!("all {total} tasks finished");
+        return Ok(());
+    }
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let opts = cluster::SlurmOptions {
+        shards,
+        max_parallel: c.max_parallel,
+        cpus: jobs.unwrap_or(1),
+        partition: c.partition.clone(),
+        account: c.account.clone(),
+        time: c.time.clone(),
+        sbatch_args: c.sbatch_arg.clone(),
+        setup: c.setup.clone(),
+        reslim: std::env::current_exe()?,
+        spec: abs(&a.spec),
+        workdir: std::env::current_dir()?,
+        redo_stale: a.redo_stale,
+    };
+    let dir = SweepDir::new(&abs(&dir.root));
+    if missing == 0 {
+        eprintln!(
+            "all {total} tasks are finished; nothing to submit (reslim sweep {} --out {} --report-only writes the report)",
+            a.spec.display(),
+            dir.root.display()
+        );
+        return Ok(());
+    }
+    let files = cluster::slurm_files(sw, &dir, &statuses, &opts)?;
+    eprintln!(
+        "sweep '{}': {total} tasks in {shards} shard(s), {missing} missing; array elements {:?}, {} core(s), --mem={}M, --time={}{}",
+        sw.spec.name,
+        files.elements,
+        opts.cpus,
+        files.mem_mib,
+        files.time,
+        if files.time_estimated {
+            " (estimated)"
+        } else {
+            ""
+        }
+    );
+    println!("{}", files.array_path.display());
+    println!("{}", files.collect_path.display());
+    if c.dry_run {
+        eprintln!("dry run: nothing submitted");
+        return Ok(());
+    }
+    if let Some(s) = cluster::submit(&dir, &files)? {
+        println!(
+            "array job {} (shards {:?} of {})",
+            s.array_job, s.elements, s.shards
+        );
+        println!("collect job {} (after the array)", s.collect_job);
     }
     Ok(())
 }

@@ -29,6 +29,7 @@ use super::spec::{DataSource, ExperimentConfig};
 use crate::io::{self, IoError};
 use crate::memory::{self, MemoryError};
 use crate::provenance;
+use crate::shard::{Shard, ShardError};
 use crate::train::TrainError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -570,15 +571,78 @@ pub fn run_experiment(
     redo_stale: bool,
     on_run: &(dyn Fn(&RunResult, RunStatus) + Sync),
 ) -> Result<Vec<RunResult>, MeanFieldError> {
+    run_shard(cfg, out, None, redo_stale, on_run)
+}
+
+/// Every (n, k) of the config, in plan order (n as listed, then k).
+pub fn plan_runs(cfg: &ExperimentConfig) -> Vec<(usize, usize)> {
+    cfg.n_train
+        .iter()
+        .flat_map(|&n| (0..cfg.seeds).map(move |k| (n, k)))
+        .collect()
+}
+
+/// The runs of `shard` ([`crate::shard::partition`] of [`plan_runs`] by the training's
+/// work estimate, n times the step budget at n), in plan order.
+pub fn shard_runs(cfg: &ExperimentConfig, shard: Shard) -> Vec<(usize, usize)> {
+    let runs = plan_runs(cfg);
+    let costs: Vec<f64> = runs
+        .iter()
+        .map(|&(n, _)| n as f64 * cfg.max_steps_at(n) as f64)
+        .collect();
+    let of = crate::shard::partition(&costs, shard.count);
+    runs.into_iter()
+        .enumerate()
+        .filter(|(i, _)| shard.holds(&of, *i))
+        .map(|(_, r)| r)
+        .collect()
+}
+
+/// One shard's runs, as (n, k): with a usable stored result, and without (missing,
+/// stale or corrupt).
+pub type ShardRuns = (Shard, Vec<(usize, usize)>, Vec<(usize, usize)>);
+
+/// Each of `count` shards' finished and missing runs in `out`.
+pub fn shard_status(
+    cfg: &ExperimentConfig,
+    out: &Path,
+    count: usize,
+) -> Result<Vec<ShardRuns>, ShardError> {
+    let key = run_key(cfg);
+    (0..count)
+        .map(|j| {
+            let shard = Shard::new(j, count)?;
+            let (mut done, mut missing) = (Vec::new(), Vec::new());
+            for (n, k) in shard_runs(cfg, shard) {
+                match stored_run(&run_path(out, n, k), &key, n, k) {
+                    StoredRun::Usable(_) => done.push((n, k)),
+                    _ => missing.push((n, k)),
+                }
+            }
+            Ok((shard, done, missing))
+        })
+        .collect()
+}
+
+/// [`run_experiment`] for the runs of `shard` alone (all with `None`). Shard processes
+/// may share `out` (hold its lock shared, [`io::DirLock::acquire_shared`]): a run is
+/// written with [`io::write_new`], so of two processes finishing the same run the first
+/// result stays (an unusable stored one is replaced atomically).
+pub fn run_shard(
+    cfg: &ExperimentConfig,
+    out: &Path,
+    shard: Option<Shard>,
+    redo_stale: bool,
+    on_run: &(dyn Fn(&RunResult, RunStatus) + Sync),
+) -> Result<Vec<RunResult>, MeanFieldError> {
     use rayon::prelude::*;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let key = run_key(cfg);
-    let mut jobs: Vec<(usize, usize)> = cfg
-        .n_train
-        .iter()
-        .flat_map(|&n| (0..cfg.seeds).map(move |k| (n, k)))
-        .collect();
+    let mut jobs: Vec<(usize, usize)> = match shard {
+        Some(s) => shard_runs(cfg, s),
+        None => plan_runs(cfg),
+    };
     jobs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     let workers = rayon::current_num_threads().min(jobs.len()).max(1);
     // The largest runs start together, one per worker: they must fit side by side.
@@ -645,7 +709,11 @@ pub fn run_experiment(
             path: path.clone(),
             msg: e.to_string(),
         })?;
-        io::atomic_write(&path, json.as_bytes())?;
+        if status == RunStatus::Done {
+            io::write_new(&path, json.as_bytes())?;
+        } else {
+            io::atomic_write(&path, json.as_bytes())?;
+        }
         on_run(&r, status);
         Ok(r)
     };

@@ -8,6 +8,7 @@ use crate::limit::LimitError;
 use crate::memory::MemoryError;
 use crate::param::ParamError;
 use crate::plot::PlotError;
+use crate::shard::ShardError;
 use crate::spec::SpecError;
 use crate::train::TrainError;
 use crate::vslimit::ReferenceError;
@@ -46,6 +47,11 @@ pub enum SweepError {
         #[source]
         source: Box<SweepError>,
     },
+    /// A Slurm command (`sbatch`) could not run or failed.
+    #[error("{command}: {why}")]
+    Slurm { command: String, why: String },
+    #[error(transparent)]
+    Shard(#[from] ShardError),
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(transparent)]

@@ -37,9 +37,12 @@
 //! - [`store`]: the sweep directory, task states and the lock;
 //! - [`runner`]: the resumable, largest-first parallel runner;
 //! - [`collect`](mod@collect): errors against the reference and the tidy tables;
+//! - [`cluster`]: shards of the plan for many processes sharing one directory, their
+//!   status, and Slurm job arrays that run them;
 //! - [`pipeline`]: the whole sweep as one library function ([`execute`]) that the CLI
 //!   calls (check, plan, run, collect, tables, report).
 
+pub mod cluster;
 pub mod collect;
 pub mod error;
 pub mod pipeline;

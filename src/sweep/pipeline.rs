@@ -5,6 +5,7 @@
 //! progress bar, log lines) goes through an [`Observer`]; the library prints nothing.
 
 use super::SweepError;
+use super::cluster;
 use super::collect::{self, ErrorRow};
 use super::plan::{Sweep, Task};
 use super::report;
@@ -12,6 +13,8 @@ use super::runner::{self, MAX_JOBS, RunOptions, RunSummary};
 use super::store::SweepDir;
 use crate::cancel::Cancel;
 use crate::memory::Available;
+use crate::shard::Shard;
+use crate::spec::SpecError;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -21,6 +24,10 @@ pub struct PipelineOptions {
     /// Parallel tasks; `None`: one per thread of rayon's pool (the cores, or
     /// `RAYON_NUM_THREADS`). Never more than tasks to run.
     pub jobs: Option<usize>,
+    /// Run only this shard's unfinished tasks ([`super::cluster`]), under the
+    /// directory's shared lock so that other shard processes may work there at once;
+    /// no collect and no report ([`Outcome::Shard`]). With `plan_only`: the shard's plan.
+    pub shard: Option<Shard>,
     /// Stop after this many tasks have finished in this invocation (for tests).
     pub max_tasks: Option<usize>,
     /// Retrain tasks whose records were made by a different spec
@@ -77,6 +84,8 @@ pub enum Outcome {
         plan: PlanSummary,
         entries: Vec<PlanEntry>,
     },
+    /// [`PipelineOptions::shard`]: the shard's unfinished tasks ran; nothing collected.
+    Shard { plan: PlanSummary, run: RunSummary },
     /// The sweep ran (unless `report_only`), and its tables and report are written.
     Done {
         plan: PlanSummary,
@@ -106,7 +115,8 @@ pub struct Silent;
 impl Observer for Silent {}
 
 /// Runs a whole sweep in `dir`: takes the directory's lock (held until the report is
-/// written, so no other sweep writes meanwhile), plans and surveys the tasks, estimates
+/// written, so no other sweep writes meanwhile; a shard run takes it shared and stops
+/// after its tasks, [`PipelineOptions::shard`]), plans and surveys the tasks, estimates
 /// every task's memory, runs the unfinished tasks ([`runner::run`]), collects the
 /// errors, writes `errors.csv`, `errors_rms.csv` (and `errors_limit.csv` against the
 /// limit) and the report ([`report::write_report`]).
@@ -131,11 +141,25 @@ pub fn execute(
     observer: &dyn Observer,
 ) -> Result<Outcome, SweepError> {
     let t0 = std::time::Instant::now();
-    if !opts.plan_only {
-        dir.lock()?;
+    if opts.shard.is_some() && opts.report_only {
+        return Err(SpecError::Flag {
+            flag: "--report-only".into(),
+            value: "with --shard".into(),
+            why: "a shard only trains its tasks; report without --shard once they are done".into(),
+        }
+        .into());
     }
-    let tasks = sw.plan();
-    let survey = dir.survey(sw);
+    if !opts.plan_only {
+        match opts.shard {
+            Some(_) => dir.lock_shared()?,
+            None => dir.lock()?,
+        }
+    }
+    let tasks = match opts.shard {
+        Some(shard) => cluster::shard_tasks(sw, shard),
+        None => sw.plan(),
+    };
+    let survey = dir.survey_of(sw, &tasks);
     let bytes = tasks
         .iter()
         .map(|t| {
@@ -194,6 +218,9 @@ pub fn execute(
             observer.progress(done, total, t)
         })?;
         observer.ran(&summary);
+        if opts.shard.is_some() {
+            return Ok(Outcome::Shard { plan, run: summary });
+        }
         Some(summary)
     };
     let rows = collect::collect(sw, dir)?;

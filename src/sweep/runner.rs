@@ -101,7 +101,9 @@ pub(crate) fn run_surveyed(
             .expect("sweep serialises")
             .as_bytes(),
     )?;
-    let all = sw.plan();
+    // The surveyed tasks: the whole plan, or a shard's.
+    let planned =
+        survey.done.len() + survey.missing.len() + survey.stale.len() + survey.corrupt.len();
     let mut todo: Vec<Task> = survey.missing.clone();
     todo.extend(survey.stale.iter().map(|(t, _)| *t));
     todo.extend(survey.corrupt.iter().map(|(t, _)| *t));
@@ -184,7 +186,7 @@ pub(crate) fn run_surveyed(
     }
     let cancelled = opts.cancel.is_cancelled();
     let summary = RunSummary {
-        planned: all.len(),
+        planned,
         skipped,
         ran: finished.into_inner(),
         seconds: t0.elapsed().as_secs_f64(),
@@ -195,12 +197,17 @@ pub(crate) fn run_surveyed(
             .map(|(t, why)| (t.id(), why.clone()))
             .collect(),
     };
-    let mut log = read_run_log(dir);
-    log.push(summary.clone());
-    io::atomic_write(
-        &dir.root.join("runs.json"),
-        serde_json::to_string_pretty(&log)
-            .expect("run log serialises")
+    // One file per invocation, never rewritten: shards running at once each add theirs.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    io::write_new(
+        &dir.root
+            .join(RUN_LOG)
+            .join(format!("{since:015}-{}.json", io::unique_tag())),
+        serde_json::to_string_pretty(&summary)
+            .expect("run summary serialises")
             .as_bytes(),
     )?;
     if cancelled {
@@ -212,10 +219,35 @@ pub(crate) fn run_surveyed(
     Ok(summary)
 }
 
-/// Every invocation's summary so far (`runs.json`), oldest first.
+/// The run log's directory in a sweep directory: one `{unix ms}-{host}-{pid}-{seq}.json`
+/// per invocation that ran tasks (its [`RunSummary`]).
+pub const RUN_LOG: &str = "run-log";
+
+/// Every invocation's summary so far, oldest first: `runs.json` (the single log file
+/// of earlier versions) if present, then the files of [`RUN_LOG`] in name (time) order.
 pub fn read_run_log(dir: &SweepDir) -> Vec<RunSummary> {
-    std::fs::read(dir.root.join("runs.json"))
+    let mut log: Vec<RunSummary> = std::fs::read(dir.root.join("runs.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir.root.join(RUN_LOG))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().is_some_and(|x| x == "json")
+                        && !p
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    log.extend(files.iter().filter_map(|p| {
+        std::fs::read(p)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RunSummary>(&b).ok())
+    }));
+    log
 }

@@ -125,10 +125,30 @@ impl SweepDir {
     /// [`IoError::Busy`]. [`super::run`] calls it; a caller that collects and reports after the
     /// run should call it first, so that no other sweep writes while it reads.
     pub fn lock(&self) -> Result<(), IoError> {
+        self.take_lock(true)
+    }
+
+    /// Takes the directory's lock shared ([`io::DirLock::acquire_shared`]): for shard
+    /// runs, any number of which may work in the directory at once (on any hosts that
+    /// share it) since each writes only whole task directories ([`SweepDir::write_task`])
+    /// and its own run log. A process holding the exclusive lock ([`SweepDir::lock`]: an
+    /// unsharded sweep, a report) makes it fail with [`IoError::Busy`], and the other way
+    /// round. Removes the temporaries of dead processes of this host like
+    /// [`SweepDir::lock`] (never those of a live shard). A `SweepDir` holds one lock: the
+    /// first call's kind stays.
+    pub fn lock_shared(&self) -> Result<(), IoError> {
+        self.take_lock(false)
+    }
+
+    fn take_lock(&self, exclusive: bool) -> Result<(), IoError> {
         if self.lock.get().is_some() {
             return Ok(());
         }
-        let l = io::DirLock::acquire(&self.root)?;
+        let l = if exclusive {
+            io::DirLock::acquire(&self.root)?
+        } else {
+            io::DirLock::acquire_shared(&self.root)?
+        };
         let _ = self.lock.set(l);
         io::remove_stale_temps(&self.root, 2);
         Ok(())
@@ -190,10 +210,14 @@ impl SweepDir {
     }
 
     /// Writes a task's records with their provenance: into a temporary directory (a name
-    /// no other process uses, [`io::temp_name`]), renamed into place. A stale or corrupt
-    /// directory of the task is replaced.
+    /// no other process uses, [`io::temp_name`]), renamed into place. Safe against other
+    /// processes writing the same task at once (shards run twice, on any hosts sharing
+    /// the directory): the rename of a directory onto a non-empty one fails, so the first
+    /// complete `tasks/{id}` stays and a later duplicate is dropped (both hold the same
+    /// records: a task is deterministic). A stale or corrupt directory of the task is
+    /// first renamed aside (then removed) and the rename retried, so a reader sees the
+    /// old directory, none, or the new one, never a mix.
     pub fn write_task(&self, sw: &Sweep, t: &Task, recs: &[TaskRecord]) -> Result<(), IoError> {
-        let final_dir = self.task_dir(t);
         let tmp = self.tasks().join(io::temp_name(&t.id()));
         let os = |path: &Path| {
             let path = path.to_path_buf();
@@ -209,22 +233,61 @@ impl SweepDir {
             records: recs.to_vec(),
         };
         let json = serde_json::to_vec(&stored).expect("records serialise");
-        let written = io::atomic_write(&tmp.join("records.json"), &json).and_then(|()| {
-            if final_dir.exists() {
-                std::fs::remove_dir_all(&final_dir).map_err(os(&final_dir))?;
-            }
-            std::fs::rename(&tmp, &final_dir).map_err(os(&final_dir))
-        });
-        if written.is_err() {
+        let written = io::atomic_write(&tmp.join("records.json"), &json)
+            .and_then(|()| self.place_task(sw, t, &tmp));
+        if tmp.exists() {
             let _ = std::fs::remove_dir_all(&tmp);
         }
         written
     }
 
+    /// Renames the complete temporary directory `tmp` to `tasks/{id}` unless a finished
+    /// one of this spec is there already ([`SweepDir::write_task`]).
+    fn place_task(&self, sw: &Sweep, t: &Task, tmp: &Path) -> Result<(), IoError> {
+        let final_dir = self.task_dir(t);
+        // Each round either places the directory, finds a finished one, or moves an
+        // unusable one aside; other writers can only make the next round succeed.
+        for _ in 0..16 {
+            let err = match std::fs::rename(tmp, &final_dir) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if !final_dir.is_dir() {
+                // Not an occupied target (another writer moved it aside meanwhile, or
+                // a real failure): a second try tells them apart.
+                if final_dir.exists() {
+                    return Err(IoError::Os {
+                        path: final_dir,
+                        source: err,
+                    });
+                }
+                continue;
+            }
+            if self.is_done(sw, t) {
+                return Ok(());
+            }
+            let aside = self.tasks().join(io::temp_name(&format!("{}.old", t.id())));
+            if std::fs::rename(&final_dir, &aside).is_ok() {
+                let _ = std::fs::remove_dir_all(&aside);
+            }
+        }
+        Err(IoError::Os {
+            path: final_dir,
+            source: std::io::Error::other(
+                "another process keeps replacing this task's directory; is a second spec writing to the same --out?",
+            ),
+        })
+    }
+
     /// The state of every task of the plan.
     pub fn survey(&self, sw: &Sweep) -> Survey {
+        self.survey_of(sw, &sw.plan())
+    }
+
+    /// The state of each of `tasks` (a shard's).
+    pub fn survey_of(&self, sw: &Sweep, tasks: &[Task]) -> Survey {
         let mut s = Survey::default();
-        for t in sw.plan() {
+        for &t in tasks {
             match self.state(sw, &t) {
                 TaskState::Missing => s.missing.push(t),
                 TaskState::Done(_) => s.done.push(t),
