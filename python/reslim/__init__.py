@@ -114,12 +114,15 @@ class SweepResult:
         out: the sweep directory.
         summary: what this call did (``tasks``, ``ran``, ``skipped``, ``seconds``); empty
             for :func:`load_sweep`.
+        errors_limit: ``errors_limit.csv`` for a sweep against the limit, else None.
+
+    A shard's result (``sweep(..., shard="J/N")``) has only ``out`` and ``summary``.
     """
 
     errors: Any
     errors_rms: Any
     fits: Dict[str, Any]
-    report: Path
+    report: Optional[Path]
     out: Path
     summary: Dict[str, Any] = field(default_factory=dict)
     errors_limit: Any = None
@@ -316,6 +319,7 @@ def sweep(
     report_only: bool = False,
     max_tasks: Optional[int] = None,
     progress: Progress = None,
+    shard: Optional[str] = None,
 ) -> SweepResult:
     """Runs or resumes a sweep over shapes, exactly as ``reslim sweep`` (same files).
 
@@ -330,6 +334,11 @@ def sweep(
         progress: True shows a progress bar (tqdm if installed; the work of each
             finished task, in parameter-steps), a callable gets ``(done, total, task)``;
             default: a bar when stderr is a terminal.
+        shard: ``"J/N"`` runs only the unfinished tasks of shard J of N (0-based), beside
+            any other processes working on other shards of ``out`` (as ``reslim sweep
+            --shard``); nothing is collected then: the result holds only ``summary``,
+            and a later call without ``shard`` (or ``report_only=True``) writes the
+            tables and the report.
 
     Returns:
         a :class:`SweepResult` (``errors``, ``errors_rms``, ``fits``, ``report``).
@@ -339,15 +348,18 @@ def sweep(
     """
     if isinstance(spec, Mapping):
         text = _spec_json(spec, "sweep spec")
-        r = _native.sweep(None, text, _fspath(out), jobs, redo_stale, report_only, max_tasks, _progress(progress, "sweep"))
+        r = _native.sweep(None, text, _fspath(out), jobs, redo_stale, report_only, max_tasks, _progress(progress, "sweep"), shard)
     elif isinstance(spec, (str, os.PathLike)):
         r = _native.sweep(
-            _spec_file(os.fspath(spec)), None, _fspath(out), jobs, redo_stale, report_only, max_tasks, _progress(progress, "sweep")
+            _spec_file(os.fspath(spec)), None, _fspath(out), jobs, redo_stale, report_only, max_tasks, _progress(progress, "sweep"), shard
         )
     else:
         raise SpecError(f"spec: expected a TOML path or a dict, got {type(spec).__name__}")
+    summary = {k: v for k, v in r.items() if k not in ("out", "report")}
+    if shard is not None:
+        return SweepResult(errors=None, errors_rms=None, fits={}, report=None, out=Path(r["out"]), summary=summary)
     res = load_sweep(r["out"])
-    res.summary = {k: v for k, v in r.items() if k not in ("out", "report")}
+    res.summary = summary
     return res
 
 

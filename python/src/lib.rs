@@ -443,11 +443,13 @@ fn train<'py>(
 
 /// Runs or resumes a sweep exactly as `reslim sweep` does ([`sweep::execute`]): the spec
 /// from the TOML file `spec_path` or the JSON text `spec_json`; `out` defaults to
-/// `runs/<name>`. `progress(done, total, task)` is called after each task (work in
+/// `runs/<name>`. With `shard` (`J/N`), only that shard's unfinished tasks run, beside
+/// any other shard processes in `out`, and nothing is collected (as `--shard`).
+/// `progress(done, total, task)` is called after each task (work in
 /// parameter-steps). Returns the output directory, the report's path and the run's
 /// summary.
 #[pyfunction]
-#[pyo3(signature = (spec_path, spec_json, out=None, jobs=None, redo_stale=false, report_only=false, max_tasks=None, progress=None))]
+#[pyo3(signature = (spec_path, spec_json, out=None, jobs=None, redo_stale=false, report_only=false, max_tasks=None, progress=None, shard=None))]
 #[allow(clippy::too_many_arguments)]
 fn sweep<'py>(
     py: Python<'py>,
@@ -459,7 +461,18 @@ fn sweep<'py>(
     report_only: bool,
     max_tasks: Option<usize>,
     progress: Option<Py<PyAny>>,
+    shard: Option<&str>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let shard = shard
+        .map(|s| {
+            reslim::shard::Shard::parse(s).map_err(|e| SpecError::Flag {
+                flag: "shard".into(),
+                value: s.into(),
+                why: e.to_string(),
+            })
+        })
+        .transpose()
+        .map_err(|e| spec_err(py, e))?;
     let spec: SweepSpec = match (&spec_path, spec_json) {
         (Some(p), _) => SweepSpec::from_file(p).map_err(|e| spec_err(py, e))?,
         (None, Some(text)) => from_json(py, text, "<sweep spec>")?,
@@ -486,6 +499,7 @@ fn sweep<'py>(
         max_tasks,
         redo_stale,
         report_only,
+        shard,
         cancel: cancel.clone(),
         ..Default::default()
     };
@@ -495,17 +509,21 @@ fn sweep<'py>(
     let outcome = res.map_err(|e| to_py_err(py, e.into()))?;
     let dict = PyDict::new(py);
     dict.set_item("out", out.to_string_lossy().into_owned())?;
-    if let rsweep::Outcome::Done {
-        plan, run, report, ..
-    } = outcome
-    {
-        dict.set_item("report", report.to_string_lossy().into_owned())?;
-        dict.set_item("tasks", plan.tasks)?;
-        if let Some(r) = run {
-            dict.set_item("skipped", r.skipped)?;
-            dict.set_item("ran", r.ran)?;
-            dict.set_item("seconds", r.seconds)?;
+    let (plan, run) = match outcome {
+        rsweep::Outcome::Done {
+            plan, run, report, ..
+        } => {
+            dict.set_item("report", report.to_string_lossy().into_owned())?;
+            (plan, run)
         }
+        rsweep::Outcome::Shard { plan, run } => (plan, Some(run)),
+        rsweep::Outcome::Planned { plan, .. } => (plan, None),
+    };
+    dict.set_item("tasks", plan.tasks)?;
+    if let Some(r) = run {
+        dict.set_item("skipped", r.skipped)?;
+        dict.set_item("ran", r.ran)?;
+        dict.set_item("seconds", r.seconds)?;
     }
     Ok(dict)
 }

@@ -137,3 +137,21 @@ def test_progress_reaches_a_callable_once_per_task_and_step(repo, tmp_path):
     # A failing callable does not stop the work.
     run = reslim.train(L=2, M=4, D=4, steps=3, progress=lambda *a: 1 / 0)
     assert run.losses.shape == (3,)
+
+
+def test_shards_run_from_python_make_the_whole_sweep(repo, tmp_path):
+    with open(repo / "experiments" / "quick.toml", "rb") as f:
+        spec = tomllib.load(f)
+    small = dict(spec, grid=dict(spec["grid"], M=[4, 8, 16], D=[4, 8]), reps=2)
+    whole = reslim.sweep(small, out=tmp_path / "whole")
+    ran = 0
+    for j in range(3):
+        part = reslim.sweep(small, out=tmp_path / "sharded", shard=f"{j}/3")
+        assert part.errors is None and part.report is None
+        ran += part.summary["ran"]
+    assert ran == whole.summary["tasks"]
+    done = reslim.sweep(small, out=tmp_path / "sharded", report_only=True)
+    assert (tmp_path / "sharded" / "errors.csv").read_bytes() == (tmp_path / "whole" / "errors.csv").read_bytes()
+    pd.testing.assert_frame_equal(done.errors, whole.errors)
+    with pytest.raises(reslim.SpecError, match="shard"):
+        reslim.sweep(small, out=tmp_path / "x", shard="3/3")
