@@ -858,7 +858,11 @@ fn draw_heatmap<DB: DrawingBackend>(
         builder.caption(&h.title, (FONT_FAMILY, px(26.0)));
     }
     let mut chart = builder
-        .build_cartesian_2d((0..nx).into_segmented(), (0..ny).into_segmented())
+        // An integer range of plotters holds both ends: 0..n-1 gives the n cells.
+        .build_cartesian_2d(
+            (0..nx.max(1) - 1).into_segmented(),
+            (0..ny.max(1) - 1).into_segmented(),
+        )
         .map_err(&err)?;
     let label = |ticks: &[String], v: &SegmentValue<usize>| match v {
         SegmentValue::CenterOf(i) => ticks.get(*i).cloned().unwrap_or_default(),
