@@ -24,6 +24,8 @@ pub enum Error {
     #[error(transparent)]
     Memory(#[from] crate::memory::MemoryError),
     #[error(transparent)]
+    CoordCheck(#[from] crate::coordcheck::CoordCheckError),
+    #[error(transparent)]
     MeanField(#[from] crate::meanfield::experiment::MeanFieldError),
 }
 

@@ -10,6 +10,9 @@
 //! - **The large-scale limits:** [`solve_linear_limit`] / [`solve_linear_limit_multi`]
 //!   (exact ODEs, linear blocks) and [`solve_nonlinear_limit`] (Monte Carlo, any
 //!   activation); [`solve::solve`] is the `reslim limit` command.
+//! - **Coordinate checks:** [`coordcheck`] trains ladders of widths and depths under a
+//!   parametrization and fits how activations, updates and outputs scale with them
+//!   (`reslim coordcheck`).
 //! - **The mean-field model** of Chen et al. (2024): [`meanfield`].
 //! - **Long work stops cleanly:** a [`cancel::Cancel`] token, checked before each GD step
 //!   and each sweep task (the Python package, `python/`, sets it on Ctrl-C).
@@ -20,6 +23,7 @@
 
 pub mod bench;
 pub mod cancel;
+pub mod coordcheck;
 pub mod coords;
 pub mod cpu;
 pub mod error;

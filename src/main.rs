@@ -39,6 +39,11 @@ enum Cmd {
     /// Coordinates of one linear network beside their large-D limit (docs/papers.md 2.5, E3):
     /// trajectories of h and D b against depth, histograms against N(0, Gamma_kk).
     Coords(CoordsArgs),
+    /// Coordinate check of a parametrization: train ladders of widths and depths for a few
+    /// steps, record per-layer activations, updates, backward signals and outputs, fit
+    /// their exponents in width and depth (stable / growing / vanishing), draw mup-style
+    /// figures and write report.md.
+    Coordcheck(CoordcheckArgs),
     /// Mean-field generalization experiment (docs/papers.md paper 1): train scaled ResNets on
     /// two spirals (or CSV data) for every n_train and seed, then write the report.
     Spirals(SpiralsArgs),
@@ -53,6 +58,54 @@ struct LimitArgs {
     spec: PathBuf,
     /// Output directory (default runs/<name>-limit); an earlier limit output there is
     /// replaced.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CoordcheckArgs {
+    /// The spec (TOML), e.g. experiments/coordcheck.toml; flags override its fields.
+    spec: Option<PathBuf>,
+    /// Parametrization preset (chizat-julia, chizat-python, lazy, standard).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Block activation (tanh, relu, gelu, softplus, linear).
+    #[arg(long)]
+    activation: Option<String>,
+    /// The width ladder, e.g. 16,32,64,128,256.
+    #[arg(long, value_delimiter = ',')]
+    widths: Option<Vec<usize>>,
+    /// What the width sets: MD (M = D), M (D fixed by --D) or D (M fixed by --M).
+    #[arg(long)]
+    vary: Option<String>,
+    /// The fixed M with --vary D.
+    #[arg(long = "M")]
+    m: Option<usize>,
+    /// The fixed D with --vary M.
+    #[arg(long = "D")]
+    d: Option<usize>,
+    /// The depth ladder, e.g. 2,4,8,16.
+    #[arg(long, value_delimiter = ',')]
+    depths: Option<Vec<usize>>,
+    /// A ladder of branch scales alpha (default: the table's alpha).
+    #[arg(long, value_delimiter = ',')]
+    alphas: Option<Vec<f64>>,
+    /// GD steps K (default 5).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Global learning rate eta (default 1).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Number of seeds (default 3).
+    #[arg(long)]
+    seeds: Option<usize>,
+    /// First seed (default 1).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Tolerance of the classification (default 0.25).
+    #[arg(long)]
+    tolerance: Option<f64>,
+    /// Output directory (default runs/<name>); an earlier check there is replaced.
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -380,6 +433,7 @@ fn main() -> ExitCode {
         Cmd::Train(_) => Some("'--lr', or 'lr' in the spec"),
         Cmd::Sweep(_) | Cmd::Quickstart(_) => Some("'lr' in the spec"),
         Cmd::Coords(_) => Some("'--lr'"),
+        Cmd::Coordcheck(_) => Some("'--lr', or 'lr' in the spec"),
         Cmd::Spirals(_) => Some("'train.lr', or a smaller 'train.backoff'"),
         Cmd::Bench(_) | Cmd::Limit(_) => None,
     };
@@ -412,6 +466,7 @@ fn main() -> ExitCode {
             cmd_sweep(spec, &q.out, &a)
         }
         Cmd::Coords(a) => cmd_coords(a),
+        Cmd::Coordcheck(a) => cmd_coordcheck(a),
         Cmd::Limit(a) => cmd_limit(a),
         Cmd::Spirals(a) => cmd_spirals(a),
     };
@@ -921,6 +976,51 @@ impl sweep::Observer for SweepProgress {
             }
         );
     }
+}
+
+fn cmd_coordcheck(a: CoordcheckArgs) -> Result<()> {
+    use reslim::coordcheck::{self, CoordCheckSpec};
+    let file = match &a.spec {
+        Some(p) => CoordCheckSpec::from_file(p)?,
+        None => CoordCheckSpec::default(),
+    };
+    let flags = CoordCheckSpec {
+        preset: a.preset,
+        activation: a.activation,
+        widths: a.widths,
+        vary: a.vary,
+        m: a.m,
+        d: a.d,
+        depths: a.depths,
+        alphas: a.alphas,
+        steps: a.steps,
+        lr: a.lr,
+        seeds: a.seeds,
+        seed: a.seed,
+        tolerance: a.tolerance,
+        ..CoordCheckSpec::default()
+    };
+    let cfg = file.overridden_by(flags).check()?;
+    let out = a
+        .out
+        .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+    eprintln!(
+        "coordcheck {}: {} shapes x {} seeds, K = {}",
+        cfg.param.name,
+        cfg.shapes().len(),
+        cfg.seeds.len(),
+        cfg.steps
+    );
+    let cc = coordcheck::run(&cfg)?;
+    coordcheck::write(&cc, &out)?;
+    println!("{}", coordcheck::verdict_table(&cc));
+    println!(
+        "{} networks in {:.1} s; report: {}",
+        cc.shapes.len() * cfg.seeds.len(),
+        cc.seconds,
+        out.join("report.md").display()
+    );
+    Ok(())
 }
 
 fn cmd_coords(a: CoordsArgs) -> Result<()> {

@@ -791,6 +791,214 @@ fn draw_grid<DB: DrawingBackend>(
     root.present().map_err(draw_error(title))
 }
 
+/// A heat map: one value per cell of a grid, coloured by `log10` of the value (viridis,
+/// from the smallest to the largest positive finite value of the map) and written in the
+/// cell; cells with a non-positive or non-finite value are grey.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeatMap {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    /// Column labels (left to right) and row labels (bottom to top).
+    pub x_ticks: Vec<String>,
+    pub y_ticks: Vec<String>,
+    /// Row-major: `z[row * x_ticks.len() + col]`.
+    pub z: Vec<f64>,
+}
+
+/// Viridis at `t` in [0, 1], interpolated between nine of its colours.
+fn viridis(t: f64) -> RGBColor {
+    const V: [(u8, u8, u8); 9] = [
+        (68, 1, 84),
+        (71, 45, 123),
+        (59, 82, 139),
+        (44, 114, 142),
+        (33, 145, 140),
+        (40, 174, 128),
+        (94, 201, 98),
+        (173, 220, 48),
+        (253, 231, 37),
+    ];
+    let t = if t.is_finite() {
+        t.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let x = t * (V.len() - 1) as f64;
+    let i = (x.floor() as usize).min(V.len() - 2);
+    let f = x - i as f64;
+    let mix = |a: u8, b: u8| (a as f64 + f * (b as f64 - a as f64)).round() as u8;
+    let (a, b) = (V[i], V[i + 1]);
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+fn draw_heatmap<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    h: &HeatMap,
+    s: f64,
+) -> Result<(), PlotError> {
+    use plotters::coord::ranged1d::SegmentValue;
+    let err = draw_error(&h.title);
+    let px = |v: f64| (v * s).round().max(1.0) as u32;
+    let (nx, ny) = (h.x_ticks.len(), h.y_ticks.len());
+    let logs: Vec<f64> =
+        h.z.iter()
+            .filter(|v| v.is_finite() && **v > 0.0)
+            .map(|v| v.log10())
+            .collect();
+    let lo = logs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = logs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .margin(px(16.0))
+        .x_label_area_size(px(56.0))
+        .y_label_area_size(px(80.0));
+    if !h.title.is_empty() {
+        builder.caption(&h.title, (FONT_FAMILY, px(26.0)));
+    }
+    let mut chart = builder
+        // An integer range of plotters holds both ends: 0..n-1 gives the n cells.
+        .build_cartesian_2d(
+            (0..nx.max(1) - 1).into_segmented(),
+            (0..ny.max(1) - 1).into_segmented(),
+        )
+        .map_err(&err)?;
+    let label = |ticks: &[String], v: &SegmentValue<usize>| match v {
+        SegmentValue::CenterOf(i) => ticks.get(*i).cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
+    let xfmt = |v: &SegmentValue<usize>| label(&h.x_ticks, v);
+    let yfmt = |v: &SegmentValue<usize>| label(&h.y_ticks, v);
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc(h.x_label.as_str())
+        .y_desc(h.y_label.as_str())
+        .x_labels(nx + 1)
+        .y_labels(ny + 1)
+        .x_label_formatter(&xfmt)
+        .y_label_formatter(&yfmt)
+        .label_style((FONT_FAMILY, px(18.0)))
+        .axis_desc_style((FONT_FAMILY, px(20.0)))
+        .draw()
+        .map_err(&err)?;
+    let cells: Vec<(usize, usize, f64)> = (0..ny)
+        .flat_map(|r| (0..nx).map(move |c| (r, c)))
+        .map(|(r, c)| (r, c, h.z.get(r * nx + c).copied().unwrap_or(f64::NAN)))
+        .collect();
+    let fill = |v: f64| {
+        if v.is_finite() && v > 0.0 {
+            viridis((v.log10() - lo) / span)
+        } else {
+            RGBColor(200, 200, 200)
+        }
+    };
+    chart
+        .draw_series(cells.iter().map(|&(r, c, v)| {
+            Rectangle::new(
+                [
+                    (SegmentValue::Exact(c), SegmentValue::Exact(r)),
+                    (SegmentValue::Exact(c + 1), SegmentValue::Exact(r + 1)),
+                ],
+                fill(v).filled(),
+            )
+        }))
+        .map_err(&err)?;
+    let font = (FONT_FAMILY, px(16.0)).into_font();
+    chart
+        .draw_series(cells.iter().map(|&(r, c, v)| {
+            let dark = !(v.is_finite() && v > 0.0) || (v.log10() - lo) / span > 0.6;
+            let text = if v.is_finite() {
+                format!("{v:.2e}")
+            } else {
+                "-".to_string()
+            };
+            let colour = if dark { BLACK } else { WHITE };
+            Text::new(
+                text,
+                (SegmentValue::CenterOf(c), SegmentValue::CenterOf(r)),
+                font.clone()
+                    .color(&colour)
+                    .pos(plotters::style::text_anchor::Pos::new(
+                        plotters::style::text_anchor::HPos::Center,
+                        plotters::style::text_anchor::VPos::Center,
+                    )),
+            )
+        }))
+        .map_err(&err)?;
+    Ok(())
+}
+
+fn draw_heat_grid<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    maps: &[HeatMap],
+    grid: (usize, usize),
+) -> Result<(), PlotError> {
+    let title = maps.first().map_or("", |m| m.title.as_str());
+    root.fill(&WHITE).map_err(draw_error(title))?;
+    for (m, a) in maps.iter().zip(root.split_evenly(grid).iter()) {
+        draw_heatmap(a, m, 0.8)?;
+    }
+    root.present().map_err(draw_error(title))
+}
+
+/// Writes `maps` as a grid of heat-map panels, `cols` per row (640×480 each), into
+/// `stem.png` and `stem.svg`; returns the two paths.
+pub fn save_heatmaps(
+    maps: &[HeatMap],
+    cols: usize,
+    stem: &Path,
+) -> Result<Vec<PathBuf>, PlotError> {
+    if maps.is_empty() || cols == 0 {
+        return Err(PlotError::BadLayout {
+            why: format!("{} heat maps in {cols} columns", maps.len()),
+        });
+    }
+    for m in maps {
+        if m.x_ticks.is_empty()
+            || m.y_ticks.is_empty()
+            || m.z.len() != m.x_ticks.len() * m.y_ticks.len()
+        {
+            return Err(PlotError::BadLayout {
+                why: format!(
+                    "heat map '{}': {} values for {} x {} cells",
+                    m.title,
+                    m.z.len(),
+                    m.y_ticks.len(),
+                    m.x_ticks.len()
+                ),
+            });
+        }
+    }
+    if stem.file_name().is_none() {
+        return Err(PlotError::BadStem {
+            stem: stem.to_path_buf(),
+        });
+    }
+    ensure_font()?;
+    let cols = cols.min(maps.len());
+    let rows = maps.len().div_ceil(cols);
+    let size = (cols as u32 * PANEL_SIZE.0, rows as u32 * PANEL_SIZE.1);
+    let png_path = with_suffix(stem, "png");
+    let svg_path = with_suffix(stem, "svg");
+    let mut rgb = vec![0u8; size.0 as usize * size.1 as usize * 3];
+    draw_heat_grid(
+        BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area(),
+        maps,
+        (rows, cols),
+    )?;
+    atomic_write_with(&png_path, |tmp| write_png(tmp, &rgb, size))?;
+    let mut svg = String::new();
+    draw_heat_grid(
+        SVGBackend::with_string(&mut svg, size).into_drawing_area(),
+        maps,
+        (rows, cols),
+    )?;
+    atomic_write(&svg_path, svg.as_bytes())?;
+    Ok(vec![png_path, svg_path])
+}
+
 /// `stem` with `.ext` appended (not replacing an extension: `fit.v2` gives `fit.v2.png`).
 fn with_suffix(stem: &Path, ext: &str) -> PathBuf {
     let mut s = stem.as_os_str().to_owned();

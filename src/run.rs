@@ -228,11 +228,20 @@ fn write_run_files(dir: &Path, cfg: &TrainConfig, out: &RunOutput) -> Result<(),
     }
     io::atomic_write(&dir.join("steps.csv"), csv.as_bytes())?;
     if cfg.layer_stats {
-        let mut csv = String::from("step,layer,rms_h,rms_branch,rms_du,rms_dv\n");
+        let mut csv =
+            String::from("step,layer,rms_h,rms_branch,rms_du,rms_dv,rms_dh,rms_dbranch,rms_g\n");
         for s in &h.layer_stats {
             csv.push_str(&format!(
-                "{},{},{:e},{:e},{:e},{:e}\n",
-                s.step, s.layer, s.rms_h, s.rms_branch, s.rms_du, s.rms_dv
+                "{},{},{:e},{:e},{:e},{:e},{:e},{:e},{:e}\n",
+                s.step,
+                s.layer,
+                s.rms_h,
+                s.rms_branch,
+                s.rms_du,
+                s.rms_dv,
+                s.rms_dh,
+                s.rms_dbranch,
+                s.rms_g
             ));
         }
         io::atomic_write(&dir.join("layers.csv"), csv.as_bytes())?;

@@ -225,6 +225,14 @@ pub struct LayerStat {
     /// RMS of U_l - U_l(0) and V_l - V_l(0) over entries (NaN for l = L).
     pub rms_du: f64,
     pub rms_dv: f64,
+    /// RMS of the feature change h_l(k) - h_l(0) (0 at step 0).
+    pub rms_dh: f64,
+    /// RMS of the change of the branch output since step 0,
+    /// (h_{l+1} - h_l)(k) - (h_{l+1} - h_l)(0) (NaN for l = L).
+    pub rms_dbranch: f64,
+    /// RMS of the backward signal g_l = dloss/dh_l of this step's forward pass (as the
+    /// table's loss constant and multipliers make it; NaN if the backward pass stopped).
+    pub rms_g: f64,
 }
 
 /// What a run records: entry k is the forward pass before update k.
@@ -321,6 +329,8 @@ pub struct Workspace<T> {
     q: Aligned<T>,
     /// N x D gradients.
     g: Aligned<T>,
+    /// With layer statistics: RMS of g_l per layer l = 0..=L, filled by the backward pass.
+    grad_rms: Option<Vec<f64>>,
     g2: Aligned<T>,
     /// With rows of M ([`Layout::RowsM`]): D x N coefficient and output blocks, and the
     /// per-layer M-side arrays (p, s, ds, ca, cb, q) are N x M instead of M x N.
@@ -358,6 +368,7 @@ impl<T: Real> Workspace<T> {
             cb: Aligned::zeroed(d.m * n),
             q: Aligned::zeroed(d.m * n),
             g: Aligned::zeroed(n * d.d),
+            grad_rms: None,
             g2: Aligned::zeroed(n * d.d),
             f: vec![0.0; d.dout * n],
             dldf: vec![0.0; d.dout * n],
@@ -761,8 +772,17 @@ fn backward_blocks<T: Real>(
     n: usize,
 ) -> Result<(), TrainError> {
     let k = Scales::new(r, eta);
+    let nd = n * w.dims.d;
+    if let Some(gr) = &mut ws.grad_rms {
+        gr.clear();
+        gr.resize(w.dims.l + 1, f64::NAN);
+        gr[w.dims.l] = rms(ws.g.iter().copied(), nd);
+    }
     for l in (0..w.dims.l).rev() {
         let mut t = backward_layer(w, r, k, ws, par, n, l);
+        if let Some(gr) = &mut ws.grad_rms {
+            gr[l] = rms(ws.g.iter().copied(), nd);
+        }
         let finite = all_finite(&ws.g);
         lap(&mut t, &mut ws.times.backward_u);
         if !finite {
@@ -924,10 +944,13 @@ pub fn train_laid_out<T: Real>(
     };
     let mut ws = Workspace::with_layout(w, n, rows_m);
     let init = if opts.layer_stats {
+        ws.grad_rms = Some(Vec::with_capacity(dims.l + 1));
         Some(w.clone())
     } else {
         None
     };
+    // With layer statistics: h_l(0) of every layer, for the changes since step 0.
+    let mut h0: Vec<T> = Vec::new();
     let mut hist = History {
         losses: Vec::with_capacity(opts.steps),
         outputs: Vec::with_capacity(outputs),
@@ -963,9 +986,18 @@ pub fn train_laid_out<T: Real>(
             }
         }
         if let Some(w0) = &init {
-            layer_stats(w, w0, &ws, n, k, &mut hist.layer_stats);
+            if k == 0 {
+                h0 = ws.h.to_vec();
+            }
+            layer_stats(w, w0, &ws, &h0, n, k, &mut hist.layer_stats);
         }
         backward_update(w, data, r, opts.activation, opts.eta, &mut ws, par, k)?;
+        if let Some(gr) = &ws.grad_rms {
+            let first = hist.layer_stats.len() - (dims.l + 1);
+            for (st, &g) in hist.layer_stats[first..].iter_mut().zip(gr) {
+                st.rms_g = g;
+            }
+        }
         on_step(k, loss);
     }
     Ok(hist)
@@ -975,10 +1007,14 @@ fn rms<T: Real>(it: impl Iterator<Item = T>, count: usize) -> f64 {
     (it.map(|x| x.to() * x.to()).sum::<f64>() / count.max(1) as f64).sqrt()
 }
 
+/// The [`LayerStat`]s of step `step` (before its update), `h0` holding h_l(0) of every
+/// layer ((L+1) x N x D, the workspace's `h` at step 0); `rms_g` is NaN until the
+/// backward pass fills it.
 fn layer_stats<T: Real>(
     w: &Weights<T>,
     w0: &Weights<T>,
     ws: &Workspace<T>,
+    h0: &[T],
     n: usize,
     step: usize,
     out: &mut Vec<LayerStat>,
@@ -986,8 +1022,16 @@ fn layer_stats<T: Real>(
     let dims = w.dims;
     let (m, d) = (dims.m, dims.d);
     let nd = n * d;
+    let at0 = |l: usize| &h0[l * nd..(l + 1) * nd];
     for l in 0..=dims.l {
         let h = ws.hidden(l, n, d);
+        let dh = rms(h.iter().zip(at0(l)).map(|(&a, &b)| a - b), nd);
+        let dbranch = if l < dims.l {
+            let (hn, hn0, h_0) = (ws.hidden(l + 1, n, d), at0(l + 1), at0(l));
+            rms((0..nd).map(|i| (hn[i] - h[i]) - (hn0[i] - h_0[i])), nd)
+        } else {
+            f64::NAN
+        };
         let (rb, du, dv) = if l < dims.l {
             let hn = ws.hidden(l + 1, n, d);
             let blk = l * m * d..(l + 1) * m * d;
@@ -1018,6 +1062,9 @@ fn layer_stats<T: Real>(
             rms_branch: rb,
             rms_du: du,
             rms_dv: dv,
+            rms_dh: dh,
+            rms_dbranch: dbranch,
+            rms_g: f64::NAN,
         });
     }
 }

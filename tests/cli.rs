@@ -1218,3 +1218,67 @@ fn limit_solves_tanh_and_linear_specs_and_names_bad_fields() {
     assert!(other.join("notes.txt").is_file());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `reslim coordcheck`: the shipped quick spec with flags over it writes the table, the
+/// figures and the verdict; bad flags and spec fields are refused, naming them.
+#[test]
+fn coordcheck_writes_the_table_figures_and_verdict() {
+    let out = tmp("coordcheck");
+    let dir = out.join("cc");
+    let o = reslim(&[
+        "coordcheck",
+        "experiments/coordcheck-quick.toml",
+        "--widths",
+        "8,16",
+        "--depths",
+        "2,4",
+        "--seeds",
+        "2",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("| `df` (") && stdout.contains("exponent in depth"),
+        "{stdout}"
+    );
+    for f in [
+        "coordcheck.csv",
+        "verdict.json",
+        "report.md",
+        "width.png",
+        "depth.svg",
+        "heatmap.png",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("verdict.json")).unwrap()).unwrap();
+    assert_eq!(v["config"]["widths"], serde_json::json!([8, 16]));
+    assert!(v["verdicts"].as_array().unwrap().len() == 18);
+    for (args, field) in [
+        (vec!["--widths", "0,8"], "'widths'"),
+        (vec!["--vary", "X"], "'vary'"),
+        (vec!["--steps", "1"], "'steps'"),
+        (vec!["--preset", "nope"], "'preset'"),
+    ] {
+        let mut a = vec!["coordcheck", "--out", dir.to_str().unwrap()];
+        a.extend(args);
+        let r = reslim(&a);
+        assert!(
+            !r.status.success() && stderr(&r).contains(field),
+            "{}",
+            stderr(&r)
+        );
+    }
+    let bad = out.join("bad.toml");
+    std::fs::write(&bad, "widths = [8]\nwidht = 3\n").unwrap();
+    let r = reslim(&["coordcheck", bad.to_str().unwrap()]);
+    assert!(
+        !r.status.success() && stderr(&r).contains("widht"),
+        "{}",
+        stderr(&r)
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

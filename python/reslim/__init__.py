@@ -97,7 +97,9 @@ class Run:
     @property
     def layer_stats(self) -> Any:
         """Per-layer coordinate statistics (``step, layer, rms_h, rms_branch, rms_du,
-        rms_dv``) as a DataFrame (a dict of columns without pandas), when the run was
+        rms_dv, rms_dh, rms_dbranch, rms_g``: RMS of h_l, of the branch output, of the
+        weight changes, of the feature change, of the branch output's change since step
+        0, of the backward signal dloss/dh_l) as a DataFrame (a dict of columns without pandas), when the run was
         asked for them (``layer_stats=True``); else None."""
         return self._layer_stats
 

@@ -433,6 +433,12 @@ fn train<'py>(
         )?;
         cols.set_item("rms_du", PyArray1::from_vec(py, floats(|x| x.rms_du)))?;
         cols.set_item("rms_dv", PyArray1::from_vec(py, floats(|x| x.rms_dv)))?;
+        cols.set_item("rms_dh", PyArray1::from_vec(py, floats(|x| x.rms_dh)))?;
+        cols.set_item(
+            "rms_dbranch",
+            PyArray1::from_vec(py, floats(|x| x.rms_dbranch)),
+        )?;
+        cols.set_item("rms_g", PyArray1::from_vec(py, floats(|x| x.rms_g)))?;
         dict.set_item("layer_stats", cols)?;
     } else {
         dict.set_item("layer_stats", py.None())?;

@@ -49,12 +49,14 @@ def test_train_returns_arrays_metadata_and_layer_stats(tmp_path):
     assert cfg["dims"] == {"L": 4, "M": 8, "D": 6, "din": 2, "dout": 2, "N": 3}
     assert run.metadata["resolved"] and cfg["param"]["alpha"] == 0.5
     stats = run.layer_stats
-    assert list(stats.columns) == ["step", "layer", "rms_h", "rms_branch", "rms_du", "rms_dv"]
+    assert list(stats.columns) == ["step", "layer", "rms_h", "rms_branch", "rms_du", "rms_dv", "rms_dh", "rms_dbranch", "rms_g"]
+    assert (stats[stats.step == 0].rms_dh == 0).all() and (stats[(stats.step == 2) & (stats.layer > 0)].rms_dh > 0).all()
     assert len(stats) == 3 * 5  # steps x (L + 1)
     # The run directory holds the same numbers, and load_run reads them back.
     back = reslim.load_run(tmp_path / "run")
     assert np.array_equal(back.losses, run.losses) and np.array_equal(back.h_last, run.h_last)
-    assert np.allclose(back.layer_stats["rms_h"], stats["rms_h"], rtol=1e-12)
+    for col in stats.columns:
+        assert np.allclose(back.layer_stats[col], stats[col], rtol=1e-12, equal_nan=True), col
     with open(tmp_path / "run" / "metadata.json") as f:
         assert json.load(f)["config"] == cfg
     # A spec dict, then keywords over it; a TOML file the same way.

@@ -205,6 +205,11 @@ fn the_shipped_experiments_pass_their_checks() {
         if name.starts_with("spirals") || p.extension().is_none_or(|x| x != "toml") {
             continue;
         }
+        if name.starts_with("coordcheck") {
+            let spec = crate::coordcheck::CoordCheckSpec::from_file(&p).unwrap();
+            spec.check().expect(&name);
+            continue;
+        }
         if name.starts_with("limit") {
             let spec = crate::solve::LimitSpec::from_file(&p).unwrap();
             spec.check().expect(&name);
