@@ -51,7 +51,7 @@ use crate::memory::{self, MemoryError};
 use crate::model::{Activation, Data, Weights};
 use crate::param::{Dims, ParamError, ParamOverride, Parametrization};
 use crate::plot::{self, Figure, HeatMap, PlotError, Series, Style};
-use crate::spec::{SpecError, read_toml};
+use crate::spec::{SpecError, invalid, read_toml};
 use crate::sweep::spec::DataSpec;
 use crate::train::{self, TrainError, TrainOptions, Workspace};
 use rayon::prelude::*;
@@ -79,14 +79,6 @@ pub enum CoordCheckError {
     Io(#[from] IoError),
     #[error(transparent)]
     Plot(#[from] PlotError),
-}
-
-fn invalid(field: &str, value: impl ToString, why: &str) -> SpecError {
-    SpecError::Invalid {
-        field: field.into(),
-        value: value.to_string(),
-        why: why.into(),
-    }
 }
 
 /// A coordinate-check spec as written (TOML; every field optional, flags override it).

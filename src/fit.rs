@@ -240,6 +240,19 @@ impl LinearFit {
     }
 }
 
+/// The 97.5% quantile of `t` (the 95% interval's half-width per standard error) and the
+/// two-sided p-value of a zero slope (0 or 1 when the slope is exact).
+fn slope_test(t: &StudentsT, slope: f64, slope_se: f64) -> (f64, f64) {
+    let p_value = if slope_se > 0.0 {
+        2.0 * t.sf((slope / slope_se).abs())
+    } else if slope == 0.0 {
+        1.0
+    } else {
+        0.0
+    };
+    (t.inverse_cdf(0.975), p_value)
+}
+
 /// Ordinary least squares `y = intercept + slope · x` (see the module docs for the
 /// formulas). Errors on fewer than 2 points, different lengths, NaN or infinite values, or
 /// when all `x` are equal.
@@ -304,14 +317,7 @@ pub fn ols(x: &[f64], y: &[f64]) -> Result<LinearFit, FitError> {
         need: 3,
         got: n,
     })?;
-    let tq = t.inverse_cdf(0.975);
-    let p_value = if slope_se > 0.0 {
-        2.0 * t.sf((slope / slope_se).abs())
-    } else if slope == 0.0 {
-        1.0
-    } else {
-        0.0
-    };
+    let (tq, p_value) = slope_test(&t, slope, slope_se);
     Ok(LinearFit {
         n,
         slope,
@@ -424,14 +430,7 @@ pub fn loglog_fit_grouped(x: &[f64], y: &[f64], group: &[usize]) -> Result<Linea
         need: g + 2,
         got: n,
     })?;
-    let tq = t.inverse_cdf(0.975);
-    let p_value = if slope_se > 0.0 {
-        2.0 * t.sf((slope / slope_se).abs())
-    } else if slope == 0.0 {
-        1.0
-    } else {
-        0.0
-    };
+    let (tq, p_value) = slope_test(&t, slope, slope_se);
     Ok(LinearFit {
         n,
         slope,

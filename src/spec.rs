@@ -54,7 +54,8 @@ pub enum SpecError {
     Read { path: PathBuf, msg: String },
 }
 
-fn invalid(field: &str, value: impl ToString, why: &str) -> SpecError {
+/// [`SpecError::Invalid`]: field `field` has the bad value `value`, for reason `why`.
+pub(crate) fn invalid(field: &str, value: impl ToString, why: &str) -> SpecError {
     SpecError::Invalid {
         field: field.into(),
         value: value.to_string(),

@@ -52,17 +52,9 @@ use super::data::{self, Dataset, Spirals};
 use super::net::Init;
 use crate::model::Activation;
 use crate::param::{Dims, Scale};
-use crate::spec::{SpecError, read_toml};
+use crate::spec::{SpecError, invalid, read_toml};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-
-fn invalid(field: &str, value: impl std::fmt::Display, why: &str) -> SpecError {
-    SpecError::Invalid {
-        field: field.into(),
-        value: value.to_string(),
-        why: why.into(),
-    }
-}
 
 /// An experiment spec as written: every field optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
