@@ -234,6 +234,22 @@ pub struct LinearFit {
 }
 
 impl LinearFit {
+    /// A fit with no degrees of freedom left for its errors: every uncertainty is NaN.
+    fn without_errors(n: usize, slope: f64, intercept: f64, r2: f64) -> LinearFit {
+        let nan = f64::NAN;
+        LinearFit {
+            n,
+            slope,
+            intercept,
+            slope_se: nan,
+            intercept_se: nan,
+            slope_ci95: (nan, nan),
+            r2,
+            p_value: nan,
+            residual_se: nan,
+        }
+    }
+
     /// The fitted line at `x`.
     pub fn predict(&self, x: f64) -> f64 {
         self.intercept + self.slope * x
@@ -293,19 +309,8 @@ pub fn ols(x: &[f64], y: &[f64]) -> Result<LinearFit, FitError> {
         .map(|(&xi, &yi)| (yi - intercept - slope * xi).powi(2))
         .sum();
     let r2 = if syy > 0.0 { 1.0 - rss / syy } else { 1.0 };
-    let nan = f64::NAN;
     if n == 2 {
-        return Ok(LinearFit {
-            n,
-            slope,
-            intercept,
-            slope_se: nan,
-            intercept_se: nan,
-            slope_ci95: (nan, nan),
-            r2,
-            p_value: nan,
-            residual_se: nan,
-        });
+        return Ok(LinearFit::without_errors(n, slope, intercept, r2));
     }
     let dof = nf - 2.0;
     let s2 = rss / dof;
@@ -411,17 +416,7 @@ pub fn loglog_fit_grouped(x: &[f64], y: &[f64], group: &[usize]) -> Result<Linea
     let dof = n as f64 - g as f64 - 1.0;
     let nan = f64::NAN;
     if dof < 1.0 {
-        return Ok(LinearFit {
-            n,
-            slope,
-            intercept,
-            slope_se: nan,
-            intercept_se: nan,
-            slope_ci95: (nan, nan),
-            r2,
-            p_value: nan,
-            residual_se: nan,
-        });
+        return Ok(LinearFit::without_errors(n, slope, intercept, r2));
     }
     let s2 = rss / dof;
     let slope_se = (s2 / sxx).sqrt();

@@ -349,14 +349,12 @@ def sweep(
     task and raises KeyboardInterrupt; calling ``sweep`` again resumes.
     """
     if isinstance(spec, Mapping):
-        text = _spec_json(spec, "sweep spec")
-        r = _native.sweep(None, text, _fspath(out), jobs, redo_stale, report_only, max_tasks, _progress(progress, "sweep"), shard)
+        path, text = None, _spec_json(spec, "sweep spec")
     elif isinstance(spec, (str, os.PathLike)):
-        r = _native.sweep(
-            _spec_file(os.fspath(spec)), None, _fspath(out), jobs, redo_stale, report_only, max_tasks, _progress(progress, "sweep"), shard
-        )
+        path, text = _spec_file(os.fspath(spec)), None
     else:
         raise SpecError(f"spec: expected a TOML path or a dict, got {type(spec).__name__}")
+    r = _native.sweep(path, text, _fspath(out), jobs, redo_stale, report_only, max_tasks, _progress(progress, "sweep"), shard)
     summary = {k: v for k, v in r.items() if k not in ("out", "report")}
     if shard is not None:
         return SweepResult(errors=None, errors_rms=None, fits={}, report=None, out=Path(r["out"]), summary=summary)

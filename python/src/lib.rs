@@ -179,13 +179,9 @@ fn spec_from_value<T: serde::de::DeserializeOwned>(
     toml::from_str(&text).map_err(|e| parse(e.to_string()))
 }
 
-/// A spec from the JSON text of a Python dict ([`spec_from_value`]).
-fn from_json<T: serde::de::DeserializeOwned>(
-    py: Python<'_>,
-    text: &str,
-    origin: &str,
-) -> PyResult<T> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+/// The JSON text of a Python dict as a value (`origin` names it in messages).
+fn json_value(py: Python<'_>, text: &str, origin: &str) -> PyResult<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| {
         spec_err(
             py,
             SpecError::Parse {
@@ -193,8 +189,16 @@ fn from_json<T: serde::de::DeserializeOwned>(
                 msg: e.to_string(),
             },
         )
-    })?;
-    spec_from_value(py, value, origin)
+    })
+}
+
+/// A spec from the JSON text of a Python dict ([`spec_from_value`]).
+fn from_json<T: serde::de::DeserializeOwned>(
+    py: Python<'_>,
+    text: &str,
+    origin: &str,
+) -> PyResult<T> {
+    spec_from_value(py, json_value(py, text, origin)?, origin)
 }
 
 /// Runs `work` on its own thread with the GIL released, checking for signals every
@@ -373,16 +377,10 @@ fn train<'py>(
         None => TrainSpec::default(),
     };
     let mut spec = serde_json::to_value(&file).expect("a spec serialises");
-    let over: serde_json::Value = serde_json::from_str(overrides_json).map_err(|e| {
-        spec_err(
-            py,
-            SpecError::Parse {
-                path: PathBuf::from("<train arguments>"),
-                msg: e.to_string(),
-            },
-        )
-    })?;
-    merge(&mut spec, over);
+    merge(
+        &mut spec,
+        json_value(py, overrides_json, "<train arguments>")?,
+    );
     let spec: TrainSpec = spec_from_value(py, spec, "<train arguments>")?;
     let arrays = init.map(|d| init_arrays(py, &d)).transpose()?;
     let cfg = spec
