@@ -109,14 +109,22 @@ class SweepResult:
     """A sweep's tidy results (those the CLI writes into its directory).
 
     Attributes:
-        errors: ``errors.csv``, one row per (coupling, rep, L, M, D, step).
-        errors_rms: ``errors_rms.csv``, aggregated over repetitions.
-        fits: ``fits.json``, the fitted rates with their intervals.
+        errors: ``errors.csv``, one row per (coupling, rep, L, M, D, step); None for a
+            transfer sweep (``[reference] kind = "none"``).
+        errors_rms: ``errors_rms.csv``, aggregated over repetitions (None likewise).
+        fits: ``fits.json``, the fitted rates with their intervals; for a transfer sweep
+            the optimal knob value per shape and its drift with L, M and D
+            (``fits["drift"]``: exponent, 95% interval, verdict).
         report: path of ``report.md``.
         out: the sweep directory.
         summary: what this call did (``tasks``, ``ran``, ``skipped``, ``seconds``); empty
             for :func:`load_sweep`.
         errors_limit: ``errors_limit.csv`` for a sweep against the limit, else None.
+        losses: transfer sweeps: ``losses.csv``, one row per run (rep, L, M, D, each knob,
+            final loss, inf when it diverged, and the divergence); else None.
+        optima: transfer sweeps: ``optima.csv``, the optimum of each repetition's curve.
+        transfer: transfer sweeps: ``transfer.csv``, each shape's mean optimum and its
+            95% interval.
 
     A shard's result (``sweep(..., shard="J/N")``) has only ``out`` and ``summary``.
     """
@@ -128,6 +136,9 @@ class SweepResult:
     out: Path
     summary: Dict[str, Any] = field(default_factory=dict)
     errors_limit: Any = None
+    losses: Any = None
+    optima: Any = None
+    transfer: Any = None
 
 
 @dataclass
@@ -373,14 +384,28 @@ def load_sweep(out: PathLike) -> SweepResult:
         raise FileNotFoundError(f"{fits_path}: no such file (has the sweep been collected? run reslim.sweep)")
     with open(fits_path) as f:
         fits = json.load(f)
-    limit_table = out / "errors_limit.csv"
+    def optional(name: str) -> Any:
+        p = out / name
+        return read_csv(p) if p.is_file() else None
+
+    if (out / "losses.csv").is_file():
+        return SweepResult(
+            errors=None,
+            errors_rms=None,
+            fits=fits,
+            report=out / "report.md",
+            out=out,
+            losses=read_csv(out / "losses.csv"),
+            optima=optional("optima.csv"),
+            transfer=optional("transfer.csv"),
+        )
     return SweepResult(
         errors=read_csv(out / "errors.csv"),
         errors_rms=read_csv(out / "errors_rms.csv"),
         fits=fits,
         report=out / "report.md",
         out=out,
-        errors_limit=read_csv(limit_table) if limit_table.is_file() else None,
+        errors_limit=optional("errors_limit.csv"),
     )
 
 

@@ -155,3 +155,26 @@ def test_shards_run_from_python_make_the_whole_sweep(repo, tmp_path):
     pd.testing.assert_frame_equal(done.errors, whole.errors)
     with pytest.raises(reslim.SpecError, match="shard"):
         reslim.sweep(small, out=tmp_path / "x", shard="3/3")
+
+
+def test_a_transfer_sweep_gives_losses_optima_and_drift(tmp_path):
+    spec = {
+        "name": "tr",
+        "preset": "chizat-julia",
+        "steps": 6,
+        "reps": 2,
+        "couplings": ["coupled"],
+        "data": {"din": 3, "dout": 2, "N": 4},
+        "grid": {"L": [2, 4], "M": [8, 16], "D": [8], "lr": {"logspace": [1e-2, 1e4, 7]}},
+        "reference": {"kind": "none"},
+    }
+    res = reslim.sweep(spec, out=tmp_path / "tr")
+    assert res.errors is None and res.errors_rms is None
+    assert len(res.losses) == 2 * 2 * 2 * 7
+    assert list(res.losses.columns[:6]) == ["coupling", "rep", "L", "M", "D", "lr"]
+    # The largest rates diverge: an infinite loss and the step where it happened.
+    div = res.losses[res.losses["diverged"].notna()]
+    assert len(div) > 0 and np.isinf(div["loss"]).all()
+    assert {"opt", "ci_lo", "ci_hi", "censored"} <= set(res.transfer.columns)
+    assert {d["axis"] for d in res.fits["drift"]} == {"L", "M"}  # D has one value: no M=D
+    assert reslim.load_sweep(tmp_path / "tr").losses.equals(res.losses)

@@ -3,7 +3,9 @@
 //!
 //! **Plan.** A sweep is planned into independent tasks, one per (repetition, shape). A
 //! task's id is `r{rep}-L{L}-M{M}-D{D}` and its seeds are derived from the sweep seed and
-//! that id ([`crate::rng::derive_seed`]), never from the order of execution. A task trains
+//! that id ([`crate::rng::derive_seed`]), never from the order of execution. A transfer
+//! sweep ([`transfer`]) has one task per (repetition, shape, knob point), with id
+//! `r{rep}-L{L}-M{M}-D{D}-k{point}` and the shape's seeds. A task trains
 //! every coupling variant of its shape from the same block weights U, V:
 //! - `coupled`: W_E, W_U are the first D rows of the repetition's embedding draw (the
 //!   reference's rows), docs/papers.md 2.4 "coupled randomness";
@@ -37,6 +39,9 @@
 //! - [`store`]: the sweep directory, task states and the lock;
 //! - [`runner`]: the resumable, largest-first parallel runner;
 //! - [`collect`](mod@collect): errors against the reference and the tidy tables;
+//! - [`transfer`]: transfer sweeps (knob axes in the grid, no reference): the loss
+//!   after K steps against a knob, its optimum per shape and the optimum's drift with
+//!   L, M and D;
 //! - [`cluster`]: shards of the plan for many processes sharing one directory, their
 //!   status, and Slurm job arrays that run them;
 //! - [`pipeline`]: the whole sweep as one library function ([`execute`]) that the CLI
@@ -52,6 +57,7 @@ pub mod runner;
 pub mod spec;
 pub mod store;
 pub mod task;
+pub mod transfer;
 
 pub use collect::{
     AggRow, DIVERGED_ERROR, ErrorRow, aggregate, collect, collect_limit, write_limit_table,
@@ -59,13 +65,13 @@ pub use collect::{
 };
 pub use error::SweepError;
 pub use pipeline::{Observer, Outcome, PipelineOptions, PlanEntry, PlanSummary, Silent, execute};
-pub use plan::{LimitPlan, LimitSolver, MAX_TASKS, Sweep, Task};
+pub use plan::{KnobGrid, LimitPlan, LimitSolver, MAX_TASKS, Sweep, Task};
 pub use runner::{
     MAX_JOBS, MEMORY_FRACTION, RunOptions, RunSummary, check_jobs, read_run_log, run,
 };
 pub use spec::{
-    Axis, Coupling, DataSpec, GridSpec, MAX_BOOTSTRAP, MIN_BOOTSTRAP, ReferenceSpec,
-    ReportSettings, ReportSpec, Samples, SweepSpec, logspace,
+    Axis, Coupling, DataSpec, GridSpec, Knob, KnobAxis, MAX_BOOTSTRAP, MIN_BOOTSTRAP,
+    ReferenceSpec, ReportSettings, ReportSpec, Samples, SweepSpec, logspace,
 };
 pub use store::{StoredTask, Survey, SweepDir, TaskState};
 pub use task::{Strategy, TaskRecord, run_task};

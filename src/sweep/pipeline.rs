@@ -223,6 +223,15 @@ pub fn execute(
         }
         Some(summary)
     };
+    if sw.is_transfer() {
+        let report = super::transfer::write_report(sw, dir, t0.elapsed().as_secs_f64())?;
+        return Ok(Outcome::Done {
+            plan,
+            run,
+            rows: Vec::new(),
+            report,
+        });
+    }
     let rows = collect::collect(sw, dir)?;
     collect::write_tables(dir, &rows)?;
     if sw.against_limit() {

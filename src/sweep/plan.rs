@@ -1,5 +1,5 @@
 use super::SweepError;
-use super::spec::{Axis, Coupling, ReferenceSpec, SweepSpec, inv_data};
+use super::spec::{Axis, Coupling, Knob, ReferenceSpec, SweepSpec, inv_data};
 use crate::limit::{LinearLimitParams, MonteCarlo};
 use std::sync::Arc;
 
@@ -25,6 +25,8 @@ pub struct Sweep {
     /// The reference shape; (0, 0, 0) for a limit reference.
     pub reference: (usize, usize, usize),
     pub read_steps: Vec<usize>,
+    /// The knob axes of a transfer sweep (empty for a shape sweep).
+    pub knobs: KnobGrid,
     /// The limit of a `kind = "limit"` reference: checked with the spec, solved when
     /// first needed ([`Sweep::limit_reference`]).
     #[serde(skip)]
@@ -61,7 +63,72 @@ impl LimitPlan {
     }
 }
 
+/// The knob axes of a transfer sweep: their names (as in `[grid]`), knobs and values
+/// (sorted); the knob points are their Cartesian product, the last axis varying fastest.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KnobGrid {
+    pub names: Vec<String>,
+    #[serde(skip)]
+    pub knobs: Vec<Knob>,
+    pub values: Vec<Vec<f64>>,
+}
+
+impl KnobGrid {
+    /// Number of knob points (1 when there is no knob axis: the spec's own values).
+    pub fn points(&self) -> usize {
+        self.values.iter().map(Vec::len).product()
+    }
+
+    /// The values of point `i` (< [`KnobGrid::points`]), one per axis.
+    pub fn point(&self, i: usize) -> Vec<f64> {
+        let mut rest = i;
+        let mut out = vec![0.0; self.values.len()];
+        for (a, vs) in self.values.iter().enumerate().rev() {
+            out[a] = vs[rest % vs.len()];
+            rest /= vs.len();
+        }
+        out
+    }
+
+    /// Whether there is no knob axis.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The table and global learning rate at point `i`: `param`, `lr` with each knob set.
+    pub fn apply(&self, i: usize, param: &Parametrization, lr: f64) -> (Parametrization, f64) {
+        let (mut p, mut lr) = (param.clone(), lr);
+        for (k, v) in self.knobs.iter().zip(self.point(i)) {
+            k.apply(v, &mut p, &mut lr);
+        }
+        (p, lr)
+    }
+}
+
 impl Sweep {
+    /// Whether this is a transfer sweep (`[reference] kind = "none"`, knob axes in the
+    /// grid): no reference; a task's divergence is recorded, not fatal.
+    pub fn is_transfer(&self) -> bool {
+        matches!(self.spec.reference, ReferenceSpec::None)
+    }
+
+    /// The parametrization table and global learning rate of task `t`: the sweep's, with
+    /// the task's knob values set.
+    pub fn task_param(&self, t: &Task) -> (Parametrization, f64) {
+        match t.knob {
+            Some(i) => self.knobs.apply(i, &self.param, self.spec.lr),
+            None => (self.param.clone(), self.spec.lr),
+        }
+    }
+
+    /// The report's settings ([`super::spec::ReportSpec::resolve`]; checked with the spec).
+    pub fn report_settings(&self) -> Result<super::spec::ReportSettings, SpecError> {
+        let names: Vec<&str> = self.knobs.names.iter().map(String::as_str).collect();
+        self.spec
+            .report
+            .resolve(&self.read_steps, &self.ms, &self.ds, &names)
+    }
+
     /// Whether the reference is the large-scale limit (`[reference] kind = "limit"`).
     pub fn against_limit(&self) -> bool {
         self.limit.is_some()
@@ -151,8 +218,60 @@ impl SweepSpec {
         let ls = self.grid.l.values("grid.L")?;
         let ms = self.grid.m.values("grid.M")?;
         let ds = self.grid.d.values("grid.D")?;
-        plan_size(self.reps, &ls, &ms, &ds)?;
+        let mut knobs = KnobGrid::default();
+        for (name, axis) in &self.grid.knobs {
+            let field = format!("grid.{name}");
+            let knob: Knob = name
+                .parse()
+                .map_err(|e: String| inv(&field, name.clone(), &e))?;
+            knobs.names.push(name.clone());
+            knobs.knobs.push(knob);
+            knobs.values.push(axis.values(&field)?);
+        }
+        plan_size(self.reps, &ls, &ms, &ds, knobs.values.iter().map(Vec::len))?;
+        match (&self.reference, knobs.is_empty()) {
+            (ReferenceSpec::None, true) => {
+                return Err(inv(
+                    "reference",
+                    "none".into(),
+                    "a sweep without a reference is a transfer sweep: give [grid] a knob axis (lr, alpha or a parametrization scalar such as \"U.lr.c\")",
+                ));
+            }
+            (ReferenceSpec::None, false) | (_, true) => {}
+            (_, false) => {
+                return Err(inv(
+                    "reference",
+                    format!("{:?}", self.reference).to_lowercase(),
+                    &format!(
+                        "a grid over knobs ({}) is a transfer sweep: use [reference] kind = \"none\" (errors against a reference per knob value are not supported)",
+                        knobs.names.join(", ")
+                    ),
+                ));
+            }
+        }
+        // Every knob point must give a valid table and learning rate.
+        for i in 0..knobs.points() {
+            let (p, lr) = knobs.apply(i, &param, self.lr);
+            let at = || {
+                knobs
+                    .names
+                    .iter()
+                    .zip(knobs.point(i))
+                    .map(|(n, v)| format!("{n} = {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if !(lr.is_finite() && lr >= 0.0) {
+                return Err(inv(
+                    "grid.lr",
+                    lr.to_string(),
+                    "must be finite and non-negative",
+                ));
+            }
+            p.check().map_err(|e| inv("grid", at(), &e.to_string()))?;
+        }
         let reference = match self.reference {
+            ReferenceSpec::None => (0, 0, 0),
             ReferenceSpec::Largest => (
                 *ls.last().unwrap(),
                 *ms.last().unwrap(),
@@ -206,7 +325,8 @@ impl SweepSpec {
         let mut read_steps = read_steps;
         read_steps.sort_unstable();
         read_steps.dedup();
-        self.report.resolve(&read_steps, &ms, &ds)?;
+        let knob_names: Vec<&str> = knobs.names.iter().map(String::as_str).collect();
+        self.report.resolve(&read_steps, &ms, &ds, &knob_names)?;
         let data = self.data.data()?;
         let limit = match self.reference {
             ReferenceSpec::Limit {
@@ -352,14 +472,13 @@ impl SweepSpec {
             ds,
             reference,
             read_steps,
+            knobs,
             limit,
         })
     }
 }
 
-/// The most tasks a sweep may plan (and the most values a logspace axis may have): the
-/// plan, the finished-task scan and the tables hold one entry per task.
-pub const MAX_TASKS: usize = 1_000_000;
+pub use super::spec::MAX_TASKS;
 
 impl SweepSpec {
     /// Refuses sizes that would allocate more than the machine has while the sweep is
@@ -440,15 +559,22 @@ impl SweepSpec {
 }
 
 /// Refuses a plan of more than [`MAX_TASKS`] tasks, before it is built.
-fn plan_size(reps: usize, ls: &[usize], ms: &[usize], ds: &[usize]) -> Result<(), SpecError> {
+fn plan_size(
+    reps: usize,
+    ls: &[usize],
+    ms: &[usize],
+    ds: &[usize],
+    knobs: impl Iterator<Item = usize>,
+) -> Result<(), SpecError> {
     // In floating point: the count itself may not fit `usize`.
-    let tasks = reps as f64 * ls.len() as f64 * ms.len() as f64 * ds.len() as f64;
+    let points: f64 = knobs.map(|n| n as f64).product();
+    let tasks = reps as f64 * ls.len() as f64 * ms.len() as f64 * ds.len() as f64 * points;
     if tasks > MAX_TASKS as f64 {
         return Err(inv_data(
             "reps",
             reps,
             &format!(
-                "the plan would hold 'reps' x L values x M values x D values = {reps} x {} x {} x {} = {tasks:.3e} tasks, more than {MAX_TASKS}",
+                "the plan would hold 'reps' x L values x M values x D values x knob points = {reps} x {} x {} x {} x {points} = {tasks:.3e} tasks, more than {MAX_TASKS}",
                 ls.len(),
                 ms.len(),
                 ds.len()
@@ -470,10 +596,25 @@ pub struct Task {
     pub d: usize,
     /// Whether this is the reference shape (trained coupled only... and as a grid point).
     pub is_reference: bool,
+    /// The knob point of a transfer sweep's task (index into [`KnobGrid::point`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knob: Option<usize>,
 }
 
 impl Task {
+    /// The task's name (its directory): `r{rep}-L{L}-M{M}-D{D}`, then `-k{point}` in a
+    /// transfer sweep.
     pub fn id(&self) -> String {
+        match self.knob {
+            Some(k) => format!("{}-k{k}", self.shape_id()),
+            None => self.shape_id(),
+        }
+    }
+
+    /// The repetition and shape part of [`Task::id`], from which the task's seeds
+    /// derive: every knob point of a shape starts from the same weights (common random
+    /// numbers, so that the loss curves over a knob are smooth).
+    pub fn shape_id(&self) -> String {
         format!("r{}-L{}-M{}-D{}", self.rep, self.l, self.m, self.d)
     }
     /// Work of the task, for scheduling: its parameters L M D (times steps, the same
@@ -495,23 +636,41 @@ impl Sweep {
                     for &d in &self.ds {
                         let is_ref = (l, m, d) == (rl, rm, rd);
                         in_grid |= is_ref;
-                        tasks.push(Task {
-                            rep,
-                            l,
-                            m,
-                            d,
-                            is_reference: is_ref,
-                        });
+                        if self.knobs.is_empty() {
+                            tasks.push(Task {
+                                rep,
+                                l,
+                                m,
+                                d,
+                                is_reference: is_ref,
+                                knob: None,
+                            });
+                        }
+                        for k in 0..if self.knobs.is_empty() {
+                            0
+                        } else {
+                            self.knobs.points()
+                        } {
+                            tasks.push(Task {
+                                rep,
+                                l,
+                                m,
+                                d,
+                                is_reference: false,
+                                knob: Some(k),
+                            });
+                        }
                     }
                 }
             }
-            if !in_grid && !self.against_limit() {
+            if !in_grid && !self.against_limit() && !self.is_transfer() {
                 tasks.push(Task {
                     rep,
                     l: rl,
                     m: rm,
                     d: rd,
                     is_reference: true,
+                    knob: None,
                 });
             }
         }
@@ -534,9 +693,10 @@ impl Sweep {
         derive_seed(self.spec.seed, 0x45_4D_42 ^ ((rep as u64) << 20))
     }
 
-    /// Seeds of a task: (block weights, uncoupled embeddings), from the task id.
+    /// Seeds of a task: (block weights, uncoupled embeddings), from the task's
+    /// [`Task::shape_id`] (every knob point of a shape shares them).
     pub fn task_seeds(&self, t: &Task) -> (u64, u64) {
-        let h = fnv1a(t.id().as_bytes());
+        let h = fnv1a(t.shape_id().as_bytes());
         (
             derive_seed(self.spec.seed, h),
             derive_seed(self.spec.seed, h ^ 0x55_4E_43),
@@ -557,7 +717,8 @@ impl Sweep {
     /// ([`crate::provenance`]): the task (repetition, shape, whether it is the
     /// reference), its coupling variants, the dtype, the parametrization table, the
     /// activation, the data (the explicit samples, or the synthetic draw's seed), steps,
-    /// learning rate, the sweep seed (every task seed derives from it and the task id), the
+    /// learning rate (the table and rate with the task's knob values set, in a transfer
+    /// sweep), the sweep seed (every task seed derives from it and the task id), the
     /// read steps, and for a limit reference its solver settings. The sweep's name, its
     /// other grid points and the report options are left out: extending a grid or
     /// re-plotting reuses every finished task.
@@ -572,16 +733,17 @@ impl Sweep {
             r @ ReferenceSpec::Limit { .. } => serde_json::to_value(r).expect("serialises"),
             _ => serde_json::Value::Null,
         };
+        let (param, lr) = self.task_param(t);
         serde_json::json!({
             "format": crate::provenance::FORMAT,
             "task": t,
             "couplings": self.couplings_of(t),
             "dtype": self.spec.dtype,
-            "param": self.param,
+            "param": param,
             "activation": self.activation.name(),
             "data": data,
             "steps": self.spec.steps,
-            "lr": self.spec.lr,
+            "lr": lr,
             "seed": self.spec.seed,
             "read_steps": self.read_steps,
             "reference": reference,

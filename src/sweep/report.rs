@@ -173,7 +173,7 @@ pub fn write_report(
     };
     // Checked again (SweepSpec::check refuses these before training), so that a `Sweep`
     // built or edited by a library caller cannot make the report index past its data.
-    let settings = sw.spec.report.resolve(&sw.read_steps, &sw.ms, &sw.ds)?;
+    let settings = sw.report_settings()?;
     let (step, p_step, n_boot) = (settings.step, settings.p_step, settings.bootstrap);
     let (slice_m, slice_d) = (settings.slice_m, settings.slice_d);
     let grid_err = |field: &str| crate::spec::SpecError::Invalid {

@@ -90,6 +90,10 @@ impl Axis {
     }
 }
 
+/// The most tasks a sweep may plan (and the most values a logspace axis may have): the
+/// plan, the finished-task scan and the tables hold one entry per task.
+pub const MAX_TASKS: usize = 1_000_000;
+
 /// `floor(10^linspace(log10 lo, log10 hi, n))`, as NumPy/Julia compute it.
 pub fn logspace(lo: f64, hi: f64, n: usize) -> Vec<usize> {
     let (a, b) = (lo.log10(), hi.log10());
@@ -206,7 +210,7 @@ pub(crate) fn inv_data(field: &str, value: impl ToString, why: &str) -> SpecErro
     }
 }
 
-/// The grids of shapes.
+/// The grids of shapes, and the knob axes of a transfer sweep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "RawGrid")]
 pub struct GridSpec {
@@ -219,11 +223,16 @@ pub struct GridSpec {
     /// Embedding dimensions D: an [`Axis`] of positive integers. Required.
     #[serde(rename = "D")]
     pub d: Axis,
+    /// Knob axes ([`Knob`]: `lr`, `alpha`, or a scalar of the parametrization table such
+    /// as `"U.lr.c"`), each a [`KnobAxis`]; by name (their order in the plan). Default:
+    /// none. A sweep with knob axes is a transfer sweep (`[reference] kind = "none"`).
+    #[serde(flatten)]
+    pub knobs: std::collections::BTreeMap<String, KnobAxis>,
 }
 
-/// `[grid]` as written; its axes are checked by [`axis_from_value`].
+/// `[grid]` as written; its axes are checked by [`axis_from_value`] and
+/// [`knob_axis_from_value`].
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawGrid {
     #[serde(rename = "L")]
     l: toml::Value,
@@ -231,17 +240,266 @@ struct RawGrid {
     m: toml::Value,
     #[serde(rename = "D")]
     d: toml::Value,
+    #[serde(flatten)]
+    rest: std::collections::BTreeMap<String, toml::Value>,
 }
 
 impl TryFrom<RawGrid> for GridSpec {
     type Error = String;
     fn try_from(g: RawGrid) -> Result<Self, String> {
+        let mut knobs = std::collections::BTreeMap::new();
+        for (name, v) in g.rest {
+            let field = format!("grid.{name}");
+            if let Err(why) = name.parse::<Knob>() {
+                return Err(format!("{field}: {why}"));
+            }
+            knobs.insert(name, knob_axis_from_value(&field, v)?);
+        }
         Ok(GridSpec {
             l: axis_from_value("grid.L", g.l)?,
             m: axis_from_value("grid.M", g.m)?,
             d: axis_from_value("grid.D", g.d)?,
+            knobs,
         })
     }
+}
+
+/// A knob of a transfer sweep: a real number of the run that a `[grid]` axis may range
+/// over besides the shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Knob {
+    /// `lr`: the global learning rate eta (multiplies every role's rate).
+    Lr,
+    /// `alpha`: the branch scale of the parametrization table.
+    Alpha,
+    /// `"<role>.<init|mult|lr>.<c|l|m|d|din|dout|n|alpha>"` (role `W_E`, `U`, `V`, `W_U`)
+    /// or `"loss.<c|l|...>"`: one number of the table ([`crate::param::Scale`]).
+    Scale {
+        /// `None` for the loss constant.
+        role: Option<crate::param::Role>,
+        /// 0 init, 1 mult, 2 lr (unused for the loss).
+        what: u8,
+        /// Index into [`SCALE_FIELDS`].
+        field: u8,
+    },
+}
+
+/// The numbers of a [`crate::param::Scale`], by their spec names.
+pub const SCALE_FIELDS: [&str; 8] = ["c", "l", "m", "d", "din", "dout", "n", "alpha"];
+
+const KNOB_FORMS: &str = "a knob is 'lr', 'alpha', \"<role>.<init|mult|lr>.<c|l|m|d|din|dout|n|alpha>\" with role W_E, U, V or W_U, or \"loss.<c|l|m|d|din|dout|n|alpha>\" (quote dotted names)";
+
+impl std::str::FromStr for Knob {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        use crate::param::Role;
+        let unknown =
+            || format!("unknown grid axis '{s}' (the shape axes are L, M, D; {KNOB_FORMS})");
+        let field_of = |f: &str| {
+            SCALE_FIELDS
+                .iter()
+                .position(|x| *x == f)
+                .map(|i| i as u8)
+                .ok_or_else(unknown)
+        };
+        match s {
+            "lr" => return Ok(Knob::Lr),
+            "alpha" => return Ok(Knob::Alpha),
+            _ => {}
+        }
+        let parts: Vec<&str> = s.split('.').collect();
+        match parts.as_slice() {
+            ["loss", f] => Ok(Knob::Scale {
+                role: None,
+                what: 0,
+                field: field_of(f)?,
+            }),
+            [r, w, f] => {
+                let role = Role::ALL
+                    .into_iter()
+                    .find(|x| x.name() == *r)
+                    .ok_or_else(unknown)?;
+                let what = match *w {
+                    "init" => 0,
+                    "mult" => 1,
+                    "lr" => 2,
+                    _ => return Err(unknown()),
+                };
+                Ok(Knob::Scale {
+                    role: Some(role),
+                    what,
+                    field: field_of(f)?,
+                })
+            }
+            _ => Err(unknown()),
+        }
+    }
+}
+
+impl Knob {
+    /// Sets this knob to `v` in a run's table and global learning rate.
+    pub fn apply(self, v: f64, p: &mut crate::param::Parametrization, lr: &mut f64) {
+        match self {
+            Knob::Lr => *lr = v,
+            Knob::Alpha => p.alpha = v,
+            Knob::Scale { role, what, field } => {
+                let sc = match role {
+                    None => &mut p.loss,
+                    Some(r) => {
+                        let rp = p.role_mut(r);
+                        match what {
+                            0 => &mut rp.init,
+                            1 => &mut rp.mult,
+                            _ => &mut rp.lr,
+                        }
+                    }
+                };
+                let slot = match field {
+                    0 => &mut sc.c,
+                    1 => &mut sc.l,
+                    2 => &mut sc.m,
+                    3 => &mut sc.d,
+                    4 => &mut sc.din,
+                    5 => &mut sc.dout,
+                    6 => &mut sc.n,
+                    _ => &mut sc.alpha,
+                };
+                *slot = v;
+            }
+        }
+    }
+}
+
+/// A knob axis as written: a list of numbers, `{ logspace = [lo, hi, count] }` (count
+/// values from lo to hi evenly spaced in log10, not rounded; 0 < lo <= hi) or
+/// `{ linspace = [lo, hi, count] }` (evenly spaced, e.g. for exponents).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum KnobAxis {
+    List(Vec<f64>),
+    Logspace { logspace: (f64, f64, usize) },
+    Linspace { linspace: (f64, f64, usize) },
+}
+
+/// Parses a knob axis as written, with errors naming `field` (e.g. `grid.lr`).
+fn knob_axis_from_value(field: &str, v: toml::Value) -> Result<KnobAxis, String> {
+    const FORMS: &str =
+        "a list of numbers, { logspace = [lo, hi, count] } or { linspace = [lo, hi, count] }";
+    match v {
+        toml::Value::Array(xs) => xs
+            .into_iter()
+            .map(|x| match x {
+                toml::Value::Integer(i) => Ok(i as f64),
+                toml::Value::Float(f) => Ok(f),
+                other => Err(format!(
+                    "{field}: list entries must be numbers, got {other}"
+                )),
+            })
+            .collect::<Result<_, _>>()
+            .map(KnobAxis::List),
+        toml::Value::Table(t) => {
+            if t.len() != 1 {
+                return Err(format!("{field}: expected {FORMS}, got {t}"));
+            }
+            let (k, range) = t.into_iter().next().expect("one key");
+            let parsed = range.clone().try_into::<(f64, f64, usize)>().map_err(|_| {
+                format!(
+                    "{field}: {k} must be [lo, hi, count] with an integer count >= 0, got {range}"
+                )
+            });
+            match k.as_str() {
+                "logspace" => parsed.map(|logspace| KnobAxis::Logspace { logspace }),
+                "linspace" => parsed.map(|linspace| KnobAxis::Linspace { linspace }),
+                _ => Err(format!("{field}: unknown key '{k}' (expected {FORMS})")),
+            }
+        }
+        other => Err(format!("{field}: expected {FORMS}, got {other}")),
+    }
+}
+
+impl KnobAxis {
+    /// The axis' values, sorted and deduplicated; every value finite, at least one.
+    pub(crate) fn values(&self, field: &str) -> Result<Vec<f64>, SpecError> {
+        let bad = |v: String, why: &str| SpecError::Invalid {
+            field: field.into(),
+            value: v,
+            why: why.into(),
+        };
+        if let KnobAxis::Logspace {
+            logspace: (_, _, n),
+        }
+        | KnobAxis::Linspace {
+            linspace: (_, _, n),
+        } = self
+            && *n > MAX_TASKS
+        {
+            return Err(bad(
+                n.to_string(),
+                &format!("a count must be at most {MAX_TASKS}"),
+            ));
+        }
+        let mut v: Vec<f64> = match self {
+            KnobAxis::List(xs) => {
+                if xs.is_empty() {
+                    return Err(bad("[]".into(), "must not be empty"));
+                }
+                if let Some(x) = xs.iter().find(|x| !x.is_finite()) {
+                    return Err(bad(x.to_string(), "must hold finite numbers"));
+                }
+                xs.clone()
+            }
+            KnobAxis::Logspace {
+                logspace: (lo, hi, n),
+            } => {
+                if !(lo.is_finite() && hi.is_finite() && *lo > 0.0 && hi >= lo && *n >= 1) {
+                    return Err(bad(
+                        format!("[{lo}, {hi}, {n}]"),
+                        "logspace needs 0 < lo <= hi (finite) and count >= 1",
+                    ));
+                }
+                let (a, b) = (lo.log10(), hi.log10());
+                spaced(a, b, *n)
+                    .into_iter()
+                    .map(|e| 10f64.powf(e))
+                    .collect()
+            }
+            KnobAxis::Linspace {
+                linspace: (lo, hi, n),
+            } => {
+                if !(lo.is_finite() && hi.is_finite() && hi >= lo && *n >= 1) {
+                    return Err(bad(
+                        format!("[{lo}, {hi}, {n}]"),
+                        "linspace needs lo <= hi (finite) and count >= 1",
+                    ));
+                }
+                spaced(*lo, *hi, *n)
+            }
+        };
+        if v.len() > MAX_TASKS {
+            return Err(bad(
+                v.len().to_string(),
+                &format!("an axis may hold at most {} values", MAX_TASKS),
+            ));
+        }
+        v.sort_by(f64::total_cmp);
+        v.dedup();
+        Ok(v)
+    }
+}
+
+/// `n` values from `a` to `b` evenly spaced, the endpoints exact.
+fn spaced(a: f64, b: f64, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|i| {
+            if i + 1 == n && n > 1 {
+                b
+            } else if n == 1 {
+                a
+            } else {
+                a + (b - a) * (i as f64 / (n - 1) as f64)
+            }
+        })
+        .collect()
 }
 
 /// What the models are compared with.
@@ -259,6 +517,10 @@ impl TryFrom<RawGrid> for GridSpec {
 pub enum ReferenceSpec {
     /// The largest shape of the grid (max L, max M, max D).
     Largest,
+    /// No reference: a transfer sweep, which records the training losses of every shape
+    /// and knob value and reports the optimal knob value per shape and its drift
+    /// ([`crate::sweep::transfer`]). Needs a knob axis in `[grid]`.
+    None,
     /// A named shape (need not be in the grid).
     Shape {
         /// Depth of the reference. Required; integer >= 1.
@@ -302,6 +564,7 @@ pub enum ReferenceSpec {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 enum ReferenceRepr {
     Largest {},
+    None {},
     Shape {
         #[serde(rename = "L")]
         l: usize,
@@ -324,6 +587,7 @@ impl From<ReferenceRepr> for ReferenceSpec {
     fn from(r: ReferenceRepr) -> Self {
         match r {
             ReferenceRepr::Largest {} => ReferenceSpec::Largest,
+            ReferenceRepr::None {} => ReferenceSpec::None,
             ReferenceRepr::Shape { l, m, d } => ReferenceSpec::Shape { l, m, d },
             ReferenceRepr::Limit {
                 rtol,
@@ -395,6 +659,14 @@ pub struct ReportSpec {
     /// against the largest network and against the limit. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare: Option<std::path::PathBuf>,
+    /// Transfer sweeps: the knob axis the optimum is sought along. Default `lr` when the
+    /// grid has it, else the first knob axis by name; one of the grid's knob axes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<String>,
+    /// Transfer sweeps: the optimum transfers along a shape axis when the fitted exponent
+    /// of its drift is within +-tolerance. Default 0.25; finite, > 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<f64>,
 }
 
 /// Fewest bootstrap replicates a report accepts: below 20 the 2.5% and 97.5% percentiles
@@ -413,6 +685,9 @@ pub struct ReportSettings {
     pub slice_d: Vec<usize>,
     pub p_max: f64,
     pub bootstrap: usize,
+    /// The transfer knob (transfer sweeps), a key of `grid`'s knob axes.
+    pub transfer: Option<String>,
+    pub tolerance: f64,
 }
 
 impl ReportSpec {
@@ -424,6 +699,7 @@ impl ReportSpec {
         read_steps: &[usize],
         ms: &[usize],
         ds: &[usize],
+        knobs: &[&str],
     ) -> Result<ReportSettings, SpecError> {
         let Some(&last) = read_steps.last() else {
             return Err(inv_data(
@@ -480,6 +756,26 @@ impl ReportSpec {
                 ),
             ));
         }
+        let transfer = match &self.transfer {
+            None if knobs.contains(&"lr") => Some("lr".to_string()),
+            None => knobs.first().map(|k| k.to_string()),
+            Some(t) if knobs.contains(&t.as_str()) => Some(t.clone()),
+            Some(t) => {
+                return Err(inv_data(
+                    "report.transfer",
+                    t,
+                    &format!("must name a knob axis of [grid] (here {knobs:?})"),
+                ));
+            }
+        };
+        let tolerance = self.tolerance.unwrap_or(0.25);
+        if !(tolerance.is_finite() && tolerance > 0.0) {
+            return Err(inv_data(
+                "report.tolerance",
+                tolerance,
+                "must be a finite positive number",
+            ));
+        }
         Ok(ReportSettings {
             step,
             p_step,
@@ -487,6 +783,8 @@ impl ReportSpec {
             slice_d,
             p_max,
             bootstrap,
+            transfer,
+            tolerance,
         })
     }
 }

@@ -25,6 +25,17 @@ impl Sweep {
             if r.task != *t {
                 return Err(format!("the {c} record is of task {}", r.task.id()));
             }
+            if let Some(why) = &r.diverged {
+                if !self.is_transfer() {
+                    return Err(format!(
+                        "the {c} record diverged ({why}) in a sweep that does not record divergences"
+                    ));
+                }
+                if !(r.losses.is_empty() && r.outputs.is_empty() && r.hidden.is_empty()) {
+                    return Err(format!("the {c} record diverged but holds results"));
+                }
+                continue;
+            }
             let limit = self.against_limit();
             let losses_ok = if limit {
                 r.losses.len() <= k

@@ -37,6 +37,12 @@ pub struct TaskRecord {
     /// divergence, which is recorded rather than fatal, as in docs/papers.md 2.5 E2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<Vec<StepErrors>>,
+    /// Transfer sweeps: the divergence that stopped this variant (the training error's
+    /// message, naming the step and layer); its losses, outputs and hidden states are
+    /// then empty. A divergence is an outcome there (a learning rate too large), not a
+    /// failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<String>,
 }
 
 /// How a task trains its coupling variants.
@@ -60,9 +66,12 @@ impl Sweep {
     /// The strategy of task `t`.
     pub fn strategy(&self, t: &Task) -> Strategy {
         let dims = self.dims(t);
+        let variants = self.couplings_of(t).len();
         if self.against_limit() {
             Strategy::Limit
-        } else if factored::worth_it(&dims, self.spec.steps, self.couplings_of(t).len()) {
+        } else if (variants == 1 || !self.is_transfer())
+            && factored::worth_it(&dims, self.spec.steps, self.couplings_of(t).len())
+        {
             Strategy::LowRank
         } else {
             Strategy::Dense {
@@ -85,6 +94,31 @@ pub fn run_task(
     cancel: &Cancel,
 ) -> Result<Vec<TaskRecord>, SweepError> {
     sw.strategy(t).run(sw, t, data, cancel)
+}
+
+/// In a transfer sweep, a variant's divergence becomes its record
+/// ([`TaskRecord::diverged`]); elsewhere, and for any other error, the error stays.
+fn diverged_or(
+    sw: &Sweep,
+    t: &Task,
+    c: Coupling,
+    res: Result<TaskRecord, SweepError>,
+) -> Result<TaskRecord, SweepError> {
+    match res {
+        Err(SweepError::Train(e)) if sw.is_transfer() && e.diverged_at().is_some() => {
+            Ok(TaskRecord {
+                task: *t,
+                coupling: c,
+                losses: Vec::new(),
+                outputs: Vec::new(),
+                hidden: Vec::new(),
+                seconds: 0.0,
+                limit: None,
+                diverged: Some(e.to_string()),
+            })
+        }
+        other => other,
+    }
 }
 
 impl Strategy {
@@ -174,7 +208,8 @@ impl Strategy {
         cancel: &Cancel,
     ) -> Result<Vec<TaskRecord>, SweepError> {
         let dims = sw.dims(t);
-        let r = sw.param.resolve(&dims);
+        let (param, eta) = sw.task_param(t);
+        let r = param.resolve(&dims);
         let (block_seed, own_embed) = sw.task_seeds(t);
         let base = Weights::<T>::draw(&dims, &r, sw.embed_seed(t.rep), block_seed, Par::Seq);
         let variants = Variants {
@@ -184,7 +219,15 @@ impl Strategy {
             own_embed,
         };
         match self {
-            Strategy::LowRank => run_lowrank(sw, t, data, &variants, base, cancel),
+            Strategy::LowRank => {
+                // One variant here in a transfer sweep (`Sweep::strategy`).
+                match run_lowrank(sw, t, eta, data, &variants, base, cancel) {
+                    Err(e) if variants.couplings.len() == 1 => {
+                        Ok(vec![diverged_or(sw, t, variants.couplings[0], Err(e))?])
+                    }
+                    other => other,
+                }
+            }
             Strategy::Dense { rows_m } => {
                 let mut base = base;
                 if rows_m {
@@ -193,7 +236,7 @@ impl Strategy {
                 variants.each(base, |c, mut w| {
                     let opts = TrainOptions {
                         steps: sw.spec.steps,
-                        eta: sw.spec.lr,
+                        eta,
                         activation: sw.activation,
                         record_hidden: c == Coupling::Coupled,
                         hidden_steps: Some(sw.read_steps.clone()),
@@ -202,16 +245,22 @@ impl Strategy {
                     };
                     let t0 = std::time::Instant::now();
                     let h =
-                        train::train_laid_out(&mut w, data, &r, &opts, Par::Seq, &mut |_, _| {})?;
-                    Ok(TaskRecord {
-                        task: *t,
-                        coupling: c,
-                        outputs: read_outputs(sw, &dims, &h.outputs),
-                        losses: h.losses,
-                        hidden: h.hidden,
-                        seconds: t0.elapsed().as_secs_f64(),
-                        limit: None,
-                    })
+                        train::train_laid_out(&mut w, data, &r, &opts, Par::Seq, &mut |_, _| {});
+                    diverged_or(
+                        sw,
+                        t,
+                        c,
+                        h.map_err(SweepError::from).map(|h| TaskRecord {
+                            task: *t,
+                            coupling: c,
+                            outputs: read_outputs(sw, &dims, &h.outputs),
+                            losses: h.losses,
+                            hidden: h.hidden,
+                            seconds: t0.elapsed().as_secs_f64(),
+                            limit: None,
+                            diverged: None,
+                        }),
+                    )
                 })
             }
             Strategy::Limit => {
@@ -228,6 +277,7 @@ impl Strategy {
                         hidden: Vec::new(),
                         seconds: t0.elapsed().as_secs_f64(),
                         limit: Some(a.errors),
+                        diverged: None,
                     })
                 })
             }
@@ -297,6 +347,7 @@ fn read_outputs(sw: &Sweep, dims: &Dims, outputs: &[f64]) -> Vec<f64> {
 fn run_lowrank<T: Real>(
     sw: &Sweep,
     t: &Task,
+    eta: f64,
     data: &Data,
     variants: &Variants,
     base: Weights<T>,
@@ -317,7 +368,7 @@ fn run_lowrank<T: Real>(
         .collect();
     let opts = TrainOptions {
         steps: sw.spec.steps,
-        eta: sw.spec.lr,
+        eta,
         activation: sw.activation,
         record_hidden: true,
         hidden_steps: Some(sw.read_steps.clone()),
@@ -348,6 +399,7 @@ fn run_lowrank<T: Real>(
             hidden: h.hidden,
             seconds,
             limit: None,
+            diverged: None,
         })
         .collect())
 }

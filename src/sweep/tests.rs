@@ -222,7 +222,7 @@ fn the_shipped_experiments_pass_their_checks() {
             let ds = spec.grid.d.values("grid.D").unwrap();
             let mut reads = spec.read_steps.clone().unwrap_or(vec![spec.steps - 1]);
             reads.sort_unstable();
-            spec.report.resolve(&reads, &ms, &ds).expect(&name);
+            spec.report.resolve(&reads, &ms, &ds, &[]).expect(&name);
         } else {
             spec.check().expect(&name);
         }
