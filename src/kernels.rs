@@ -36,7 +36,8 @@
 //! - AVX2 + FMA (e.g. AMD Zen 2/3, Intel before Ice Lake): each 64-byte vector
 //!   is two ymm halves, so the lane order, and with it every bit, is the same as on
 //!   AVX-512; only 16 registers, so smaller register tiles ([`Tiles::DOT_GROUP`] and
-//!   the other tile constants), and coefficients broadcast at each use (see `opaque`);
+//!   the other tile constants), and the dot's coefficients broadcast at each use (see
+//!   `opaque`; the axpy broadcasts them so on every instruction set, [`axpy_blk`]);
 //! - portable (arrays of 64 bytes, any CPU), whose `mul_add` is a libm call per
 //!   element on x86-64 without FMA: about 20x slower than the AVX2 build (M = D = 500:
 //!   1.8 s per step against 0.056-0.086 s, on the 2-core Zen 3 machine).
@@ -1148,6 +1149,14 @@ pub fn dot_rows<T: Float + Kernels>(
 /// Rows [m0, m0 + R) on the columns [c0, c1) of one segment (c1 - c0 a multiple of W):
 /// each target vector is loaded and stored once per R rows, each sample vector loaded
 /// once per R rows, and the rows are read (and written) once, sequentially.
+///
+/// Every coefficient is broadcast from memory at its use (one 8- or 4-byte load, which
+/// the multiply-add can take as its memory operand), on every instruction set. Hoisted
+/// out of the column loop, the R N splats (2 R N with the update) took 40 of the 32
+/// zmm registers at N = 10, so they spilled and each use reloaded a whole 64-byte
+/// vector from the stack: 40 vector loads per chunk of the update's 4 x 10 (2 x 10 x 2)
+/// multiply-adds, on top of the targets' and vectors' 20, which kept the kernel on the
+/// load ports rather than on memory (see [`axpy_blocks`] for the times).
 #[inline(always)]
 unsafe fn axpy_blk<T: Float, S: Tiles<T>, const R: usize, const N: usize>(
     s: S,
@@ -1158,16 +1167,6 @@ unsafe fn axpy_blk<T: Float, S: Tiles<T>, const R: usize, const N: usize>(
 ) {
     unsafe {
         let (d, w) = (x.d, S::W);
-        let mut a = [[s.zero(); N]; R];
-        let mut b = [[s.zero(); N]; R];
-        for j in 0..R {
-            for n in 0..N {
-                a[j][n] = s.splat(x.a[(m0 + j) * N + n]);
-                if let Some(bb) = x.b {
-                    b[j][n] = s.splat(bb[(m0 + j) * N + n]);
-                }
-            }
-        }
         let ahead = x.rows.0.wrapping_add((m0 + 2 * R) * x.ld);
         let mut c = c0;
         while c < c1 {
@@ -1179,27 +1178,20 @@ unsafe fn axpy_blk<T: Float, S: Tiles<T>, const R: usize, const N: usize>(
                 r[j] = s.load(x.rows.0.add((m0 + j) * x.ld + c));
             }
             let mut u = [s.zero(); R];
-            // With 16 registers, broadcast each coefficient at its use (one load) rather
-            // than keep the 2 R N splats, which spill and reload two halves each.
+            // Opaque, so that LLVM cannot hoist the broadcasts out of the loop again.
             let (ap, bp) = (opaque(x.a.as_ptr()), opaque(x.b.unwrap_or(x.a).as_ptr()));
-            let coef = |p: *const T, j: usize, n: usize, hoisted: &[[S::V; N]; R]| {
-                if S::REGISTERS <= 8 {
-                    s.splat(*p.add((m0 + j) * N + n))
-                } else {
-                    hoisted[j][n]
-                }
-            };
+            let coef = |p: *const T, j: usize, n: usize| s.splat(*p.add((m0 + j) * N + n));
             for n in 0..N {
                 let tp = x.tgt.0.add(n * d + c);
                 let mut t = s.load(tp);
                 for j in 0..R {
-                    t = s.fma(coef(ap, j, n, &a), r[j], t);
+                    t = s.fma(coef(ap, j, n), r[j], t);
                 }
                 s.store(tp, t);
                 if x.b.is_some() {
                     let v = s.load(x.vecs.add(n * d + c));
                     for j in 0..R {
-                        u[j] = s.fma(coef(bp, j, n, &b), v, u[j]);
+                        u[j] = s.fma(coef(bp, j, n), v, u[j]);
                     }
                 }
             }
@@ -1254,7 +1246,7 @@ unsafe fn axpy_blocks<T: Float, S: Tiles<T>, const N: usize>(
     unsafe {
         let mut m = 0;
         if x.b.is_some() && S::REGISTERS <= 8 {
-            // With 16 registers (coefficients broadcast at each use), blocks of 3 rows:
+            // With 16 registers, blocks of 3 rows:
             // per target, 10 loads (its two halves, the vector's, 2 x 3 broadcasts) and 2
             // stores feed 12 multiply-adds, against 8 and 2 for 8 with 2 rows. Inside the
             // step (M = D = 500, N = 10, 2 threads), the backward U pass took 15.0-15.5 ms
@@ -1263,16 +1255,17 @@ unsafe fn axpy_blocks<T: Float, S: Tiles<T>, const N: usize>(
                 axpy_blk::<T, S, 3, N>(s, x, m, c0, c1);
                 m += 3;
             }
-        } else if x.b.is_some() {
-            // With the update, blocks of 2 rows: 4 rows' 2 x 4 x N coefficient splats
-            // spill to the stack, and their reloads saturate the load ports (M = D =
-            // 1000, N = 10, f64, 2 threads: 19.2 vs 16.8 GB/s; from L2, 1 thread: 14.3 vs
-            // 10.4 GB/s; 1 row: 14.2 and 7.9).
-            while m + 2 <= x.m {
-                axpy_blk::<T, S, 2, N>(s, x, m, c0, c1);
-                m += 2;
-            }
         }
+        // With 32 registers, blocks of 4 rows, with the update too: each target's load
+        // and store then feed 4 multiply-adds, each vector load 4. (Blocks of 2 had been
+        // chosen while the 2 x 4 x N coefficient splats of 4 rows were hoisted and
+        // spilled; broadcast at each use, 4 rows win.) Measured inside the step on the
+        // 2-core AMD EPYC (Zen 4, AVX-512) machine, f64, N = 10, L = 50, 2 threads,
+        // `reslim bench`, interleaved runs of the old and new kernels: at M = D = 500 the
+        // backward U pass went from 9.9-13.9 ms (14-20 GB/s) to 7.7-8.3 ms (24-26 GB/s)
+        // and the forward V pass from 5.9-8.3 ms (12-17 GB/s) to 5.0-5.5 ms (18-20
+        // GB/s); at M = D = 1000 backward U from 27.5 to 23.3 ms (29 -> 34 GB/s) and
+        // forward V from 21.5-22.1 to 17.4 ms (18 -> 23 GB/s).
         while m + 4 <= x.m {
             axpy_blk::<T, S, 4, N>(s, x, m, c0, c1);
             m += 4;
