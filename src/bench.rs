@@ -14,6 +14,12 @@
 //!   activation, `G = sigma'(p) q`; the rest of the step as the remainder), medians over
 //!   the timed steps, and each weight pass's GB/s (one tensor of L M D values read, or
 //!   read and written), to set against the triad.
+//! - The regenerated backend ([`bench_regenerated`]): seconds per step of the low-rank
+//!   step whose initial weights are regenerated in row blocks inside each pass
+//!   ([`crate::factored::Init::Regenerated`]), as nanoseconds per regenerated weight and
+//!   core (4 L M D weights a step: U and V forward and backward), against the row
+//!   filler's own nanoseconds per normal and core in the same run; their ratio is the
+//!   fraction of the filler's limit reached.
 //! - Roofline time = max(bytes / bandwidth, flops / peak); fraction = roofline / measured.
 //!   On a shared machine the bandwidth left free drifts by tens of percent within
 //!   minutes, so the bandwidth and peak are sampled again right before every timed step
@@ -356,6 +362,110 @@ pub fn bench_shape<T: Real>(
     }
 }
 
+/// The regenerated backend at one shape ([`crate::factored::Init::Regenerated`]): the
+/// low-rank step with the initial weights regenerated in row blocks inside each pass,
+/// against the row filler's own throughput measured in the same run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegenBench {
+    pub dims: Dims,
+    /// Timed GD steps (the first, a warm-up of one step, not counted).
+    pub steps: usize,
+    /// Seconds per step (a step regenerates each of U, V twice: forward and backward).
+    pub sec_per_step: f64,
+    /// Seconds per regenerated weight times the threads: the step's cost per weight and
+    /// core, in nanoseconds.
+    pub ns_per_weight_core: f64,
+    /// The row filler alone, in nanoseconds per normal and core (rows of D filled on
+    /// every thread, as the passes fill them).
+    pub filler_ns_per_normal_core: f64,
+    /// `filler_ns_per_normal_core / ns_per_weight_core`: the share of the step's time
+    /// that generating the weights would take at the filler's speed (1 = the step runs at
+    /// the limit the filler sets).
+    pub fraction: f64,
+}
+
+/// The row filler's throughput: nanoseconds per normal and core, filling rows of `d`
+/// on every thread of `par` for about `seconds`.
+pub fn filler_ns_per_normal<T: Real>(d: usize, par: Par, seconds: f64) -> f64 {
+    let threads = match par {
+        Par::Rayon => rayon::current_num_threads(),
+        Par::Seq => 1,
+    };
+    let rows = crate::factored::regen_block_rows::<T>(d).max(threads);
+    let mut buf = vec![T::zero(); rows * d];
+    let s = crate::rng::Stream::new(7, crate::rng::Tensor::U, 0);
+    let mut filled = 0usize;
+    let mut row0 = 0u64;
+    let t0 = Instant::now();
+    while t0.elapsed().as_secs_f64() < seconds || filled == 0 {
+        let job = |(i, out): (usize, &mut [T])| T::fill_normal_row(&s, row0 + i as u64, 1.0, out);
+        if par == Par::Rayon {
+            buf.par_chunks_mut(d).enumerate().for_each(job);
+        } else {
+            buf.chunks_mut(d).enumerate().for_each(job);
+        }
+        filled += rows * d;
+        row0 += rows as u64;
+    }
+    std::hint::black_box(&buf);
+    t0.elapsed().as_secs_f64() * threads as f64 / filled as f64 * 1e9
+}
+
+/// Times `steps` GD steps (after a warm-up step) of the regenerated backend at `dims`
+/// (chizat-julia, tanh, one network), and the row filler in the same run.
+pub fn bench_regenerated<T: Real>(dims: &Dims, steps: usize, par: Par) -> RegenBench {
+    let threads = match par {
+        Par::Rayon => rayon::current_num_threads(),
+        Par::Seq => 1,
+    };
+    let p = Parametrization::preset("chizat-julia").expect("preset exists");
+    let r = p.resolve(dims);
+    let data = Data::synthetic(dims.din, dims.dout, dims.n, 1);
+    let emb = Weights::<T>::draw(&Dims { l: 0, ..*dims }, &r, 1, 1, par);
+    let init = crate::factored::Init::Regenerated {
+        block_seed: 1,
+        std_u: r.u.std,
+        std_v: r.v.std,
+    };
+    // K steps make K forward and K - 1 backward passes: time K = 1 and K = steps + 1
+    // and take the difference, `steps` whole steps.
+    let run = |k: usize| {
+        let mut vars = vec![crate::factored::Variant {
+            we: emb.we.clone(),
+            wu: emb.wu.clone(),
+            record_hidden: false,
+        }];
+        let opts = train::TrainOptions {
+            steps: k,
+            eta: 1.0,
+            activation: Activation::Tanh,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let ok = crate::factored::train_shared_from(dims, init, &mut vars, &data, &r, &opts, par);
+        if let Err(e) = ok {
+            eprintln!("bench: {e}");
+            return f64::NAN;
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let steps = steps.max(1);
+    let one = run(1);
+    let all = run(steps + 1);
+    let sec_per_step = ((all - one) / steps as f64).max(0.0);
+    let weights = 4.0 * dims.l as f64 * dims.m as f64 * dims.d as f64;
+    let ns_per_weight_core = sec_per_step * threads as f64 / weights * 1e9;
+    let filler = filler_ns_per_normal::<T>(dims.d, par, 0.3);
+    RegenBench {
+        dims: *dims,
+        steps,
+        sec_per_step,
+        ns_per_weight_core,
+        filler_ns_per_normal_core: filler,
+        fraction: filler / ns_per_weight_core,
+    }
+}
+
 /// What `reslim bench` measures: steps of networks of depth `l`, `n` samples and
 /// M = D = each of `sizes`, `steps` timed steps each (after a warm-up), and, when
 /// `peers` names the directory of `peer_numpy.py` and python3 with NumPy is there, the
@@ -386,6 +496,8 @@ pub struct Table {
     /// The median of the limits sampled beside the timed steps.
     pub machine_median: Machine,
     pub rows: Vec<TableRow>,
+    /// The regenerated backend at each size ([`bench_regenerated`]).
+    pub regenerated: Vec<RegenBench>,
 }
 
 /// The step's speed against the roofline at each size of `spec`, and the NumPy peer's,
@@ -509,10 +621,46 @@ pub fn table<T: Real>(
             ));
         }
     }
+    print(
+        "regenerated initial weights (the low-rank step, U(0) and V(0) generated in row blocks inside each pass, never stored):",
+    );
+    print(&format!(
+        "{:>5} {:>5} {:>5} {:>3} {:>11} {:>16} {:>18} {:>9}",
+        "L", "M", "D", "N", "s/step", "ns/weight/core", "filler ns/normal", "fraction"
+    ));
+    let mut regenerated = Vec::new();
+    for &s in &spec.sizes {
+        let dims = Dims {
+            l: spec.l,
+            m: s,
+            d: s,
+            din: 5,
+            dout: 5,
+            n: spec.n,
+        };
+        let need = crate::factored::bytes::<T>(&dims, spec.steps + 1, 1)?;
+        if need > budget.bytes {
+            continue;
+        }
+        let g = bench_regenerated::<T>(&dims, spec.steps, par);
+        print(&format!(
+            "{:>5} {:>5} {:>5} {:>3} {:>11.5} {:>16.3} {:>18.3} {:>8.0}%",
+            spec.l,
+            s,
+            s,
+            spec.n,
+            g.sec_per_step,
+            g.ns_per_weight_core,
+            g.filler_ns_per_normal_core,
+            100.0 * g.fraction
+        ));
+        regenerated.push(g);
+    }
     Ok(Table {
         machine: start,
         machine_median,
         rows,
+        regenerated,
     })
 }
 

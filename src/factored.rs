@@ -26,12 +26,25 @@
 //! records are those of the dense step; in floating point they differ by rounding.
 //! Cheaper than the dense step when the rank stays small against M and D
 //! ([`worth_it`]).
+//!
+//! **Regenerated initial weights** ([`Init::Regenerated`]). Every initial weight is a
+//! pure function of its (seed, tensor, layer, row, column) address ([`crate::rng`]), so
+//! the initial matrices need not be stored: each pass over U_l^T(0) or V_l^T(0) fills a
+//! block of [`regen_block_rows`] rows (about 256 KiB, in cache; at least 16 rows) with the row filler that
+//! [`crate::model::Weights::draw`] uses and runs the same kernel on the block, block after
+//! block. Memory then grows like `L K N (M + D)` (the factors) instead of `L M D`, and the
+//! passes cost the row filler's time instead of memory bandwidth. The dot passes give the
+//! same bits as over stored weights (each output row is one row's dot products); the
+//! axpy passes sum the rows block by block, so the results differ from the stored
+//! backend by rounding only. The block size depends on D and the precision alone, never on
+//! the thread count: the results do not either.
 
 use crate::cpu::Par;
 use crate::kernels;
 use crate::memory::{self, MemoryError};
 use crate::model::{Data, Real};
 use crate::param::{Dims, Resolved};
+use crate::rng::{Stream, Tensor};
 use crate::train::{self, History, TrainError, TrainOptions};
 
 /// One network sharing the initial block weights: its own embedding and unembedding.
@@ -198,6 +211,167 @@ fn factor_axpy<T: Real>(
     kernels::axpy_ro(b, rank, g.d, g.d, &sm.z, n, tgt, Par::Seq);
 }
 
+/// Where the low-rank step reads the initial block weights U_l^T(0), V_l^T(0) from.
+#[derive(Debug, Clone, Copy)]
+pub enum Init<'a, T> {
+    /// Stored: L x M x D each, row-major U_l^T, V_l^T (as [`crate::model::Weights`] holds
+    /// them in [`crate::model::BlockLayout::RowsD`]); only read.
+    Stored { ut0: &'a [T], vt0: &'a [T] },
+    /// Regenerated in row blocks inside each pass, never held whole: the rows
+    /// [`crate::model::Weights::draw`] makes from `block_seed` (stream (seed, U or V,
+    /// layer), row = hidden unit), with standard deviations `std_u`, `std_v`
+    /// ([`crate::param::Resolved`]'s `u.std`, `v.std`).
+    Regenerated {
+        block_seed: u64,
+        std_u: f64,
+        std_v: f64,
+    },
+}
+
+/// Rows per block of a regenerated pass: about 256 KiB of weights (a block stays in the
+/// L2 cache between its generation and its kernel), at least 16 rows (so that the threads
+/// filling a block share it evenly at large D). A function of D and the precision only,
+/// so that the results do not depend on the thread count.
+pub fn regen_block_rows<T>(d: usize) -> usize {
+    const BLOCK_BYTES: usize = 256 * 1024;
+    (BLOCK_BYTES / (d.max(1) * std::mem::size_of::<T>())).max(16)
+}
+
+/// Bytes of the regenerated backend's block buffer for width D (besides [`bytes`]).
+pub fn regen_scratch_bytes<T>(m: usize, d: usize) -> Result<usize, MemoryError> {
+    memory::product(&[
+        ("rows per block", regen_block_rows::<T>(d).min(m.max(1))),
+        ("D", d),
+        ("bytes", std::mem::size_of::<T>()),
+    ])
+}
+
+/// The passes over one layer's initial weights, from [`Init`].
+struct InitPasses<'a, T> {
+    init: Init<'a, T>,
+    m: usize,
+    d: usize,
+    /// Rows per block ([`regen_block_rows`]; smaller in tests).
+    rows: usize,
+    /// The regenerated backend's block (rows x D).
+    block: Vec<T>,
+}
+
+/// Which initial tensor a pass reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Which {
+    U,
+    V,
+}
+
+impl<'a, T: Real> InitPasses<'a, T> {
+    fn new(init: Init<'a, T>, m: usize, d: usize, rows: usize) -> Self {
+        let rows = rows.clamp(1, m.max(1));
+        let block = match init {
+            Init::Stored { .. } => Vec::new(),
+            Init::Regenerated { .. } => vec![T::zero(); rows * d],
+        };
+        InitPasses {
+            init,
+            m,
+            d,
+            rows,
+            block,
+        }
+    }
+
+    /// Fills the block with rows `m0..m0 + rows` of layer `l`'s initial `which`.
+    fn fill(&mut self, which: Which, l: usize, m0: usize, rows: usize, par: Par) {
+        let Init::Regenerated {
+            block_seed,
+            std_u,
+            std_v,
+        } = self.init
+        else {
+            unreachable!("only the regenerated backend fills blocks")
+        };
+        let (tensor, std) = match which {
+            Which::U => (Tensor::U, std_u),
+            Which::V => (Tensor::V, std_v),
+        };
+        let s = Stream::new(block_seed, tensor, l as u64);
+        let d = self.d;
+        let job = |(i, out): (usize, &mut [T])| T::fill_normal_row(&s, (m0 + i) as u64, std, out);
+        let buf = &mut self.block[..rows * d];
+        if par == Par::Rayon {
+            use rayon::prelude::*;
+            buf.par_chunks_mut(d).enumerate().for_each(job);
+        } else {
+            buf.chunks_mut(d).enumerate().for_each(job);
+        }
+    }
+
+    /// `out[m][n] = scale <W_l(0) row m, x_n>` (out: M x N; x: N x D), W = `which`.
+    #[allow(clippy::too_many_arguments)]
+    fn dot(
+        &mut self,
+        which: Which,
+        l: usize,
+        x: &[T],
+        n: usize,
+        scale: T,
+        out: &mut [T],
+        par: Par,
+    ) {
+        let (m, d) = (self.m, self.d);
+        match self.init {
+            Init::Stored { ut0, vt0 } => {
+                let w = if which == Which::U { ut0 } else { vt0 };
+                kernels::dot_ro(
+                    &w[l * m * d..(l + 1) * m * d],
+                    m,
+                    d,
+                    d,
+                    x,
+                    d,
+                    n,
+                    scale,
+                    out,
+                    par,
+                );
+            }
+            Init::Regenerated { .. } => {
+                let b = self.rows;
+                let mut m0 = 0;
+                while m0 < m {
+                    let rows = b.min(m - m0);
+                    self.fill(which, l, m0, rows, par);
+                    let o = &mut out[m0 * n..(m0 + rows) * n];
+                    kernels::dot_ro(&self.block, rows, d, d, x, d, n, scale, o, par);
+                    m0 += rows;
+                }
+            }
+        }
+    }
+
+    /// `tgt_n += sum_m a[m][n] W_l(0) row m` (tgt: N x D; a: M x N), W = `which`.
+    fn axpy(&mut self, which: Which, l: usize, a: &[T], n: usize, tgt: &mut [T], par: Par) {
+        let (m, d) = (self.m, self.d);
+        match self.init {
+            Init::Stored { ut0, vt0 } => {
+                let w = if which == Which::U { ut0 } else { vt0 };
+                kernels::axpy_ro(&w[l * m * d..(l + 1) * m * d], m, d, d, a, n, tgt, par);
+            }
+            Init::Regenerated { .. } => {
+                let b = self.rows;
+                let mut m0 = 0;
+                while m0 < m {
+                    let rows = b.min(m - m0);
+                    self.fill(which, l, m0, rows, par);
+                    let ab = &a[m0 * n..(m0 + rows) * n];
+                    kernels::axpy_ro(&self.block, rows, d, d, ab, n, tgt, par);
+                    m0 += rows;
+                }
+            }
+        }
+    }
+}
+
 /// K steps of GD for every variant, from the shared initial block weights `ut0`, `vt0`
 /// (L x M x D each, row-major U_l^T, V_l^T; only read). Records as [`train::train`]
 /// (`opts.record_hidden` is taken per variant); layer statistics need the dense step.
@@ -206,6 +380,53 @@ pub fn train_shared<T: Real>(
     dims: &Dims,
     ut0: &[T],
     vt0: &[T],
+    variants: &mut [Variant<T>],
+    data: &Data,
+    r: &Resolved,
+    opts: &TrainOptions,
+    par: Par,
+) -> Result<Vec<History>, TrainError> {
+    let n_blocks = dims.l * dims.m * dims.d;
+    if ut0.len() != n_blocks || vt0.len() != n_blocks {
+        return Err(TrainError::Mismatch(format!(
+            "the initial block weights hold {} and {} values, L x M x D = {n_blocks}",
+            ut0.len(),
+            vt0.len()
+        )));
+    }
+    train_shared_from(
+        dims,
+        Init::Stored { ut0, vt0 },
+        variants,
+        data,
+        r,
+        opts,
+        par,
+    )
+}
+
+/// [`train_shared`] with the initial block weights from `init`: stored, or regenerated
+/// in row blocks inside each pass ([`Init::Regenerated`], module docs).
+#[allow(clippy::too_many_arguments)]
+pub fn train_shared_from<T: Real>(
+    dims: &Dims,
+    init: Init<'_, T>,
+    variants: &mut [Variant<T>],
+    data: &Data,
+    r: &Resolved,
+    opts: &TrainOptions,
+    par: Par,
+) -> Result<Vec<History>, TrainError> {
+    let rows = regen_block_rows::<T>(dims.d);
+    train_shared_blocks(dims, init, rows, variants, data, r, opts, par)
+}
+
+/// [`train_shared_from`] with `block_rows` rows per regenerated block.
+#[allow(clippy::too_many_arguments)]
+fn train_shared_blocks<T: Real>(
+    dims: &Dims,
+    init: Init<'_, T>,
+    block_rows: usize,
     variants: &mut [Variant<T>],
     data: &Data,
     r: &Resolved,
@@ -230,8 +451,10 @@ pub fn train_shared<T: Real>(
     ])?;
     memory::product(&[("steps", opts.steps), ("D", d), ("N", n), ("8", 8)])?;
     let vn = nv * n;
-    assert_eq!(ut0.len(), l_n * m * d);
-    assert_eq!(vt0.len(), l_n * m * d);
+    if let Init::Regenerated { .. } = init {
+        regen_scratch_bytes::<T>(m, d)?;
+    }
+    let mut passes = InitPasses::new(init, m, d, block_rows);
     let rmax = opts.steps.saturating_sub(1) * n;
     let geo = Geo { m, d, n, vn };
     let mut fu: Vec<Factors<T>> = (0..nv).map(|_| Factors::new(l_n, m, d, rmax)).collect();
@@ -267,7 +490,6 @@ pub fn train_shared<T: Real>(
     let (mu, mv) = (T::of(r.u.mult), T::of(r.v.mult));
     let cu = T::of(opts.eta * r.u.lr * r.u.mult);
     let cv = T::of(opts.eta * r.v.lr * r.v.mult);
-    let layer = |l: usize| l * m * d..(l + 1) * m * d;
     let fa = |l: usize| l * rmax * m..(l + 1) * rmax * m;
     let fb = |l: usize| l * rmax * d..(l + 1) * rmax * d;
     let diverged = |step, layer, what| TrainError::Diverged { step, layer, what };
@@ -286,7 +508,7 @@ pub fn train_shared<T: Real>(
             let h_l = &lo[l * vn * d..];
             let h_next = &mut hi[..vn * d];
             let pl = &mut p[l * m * vn..(l + 1) * m * vn];
-            kernels::dot_ro(&ut0[layer(l)], m, d, d, h_l, d, vn, mu, pl, par);
+            passes.dot(Which::U, l, h_l, vn, mu, pl, par);
             for v in 0..nv {
                 let x = &h_l[v * n * d..(v + 1) * n * d];
                 let fuv = &fu[v];
@@ -306,7 +528,7 @@ pub fn train_shared<T: Real>(
             let dsl = &mut ds[l * m * vn..(l + 1) * m * vn];
             train::activate(opts.activation, mv, pl, sl, dsl, &mut ca, par);
             h_next.copy_from_slice(h_l);
-            kernels::axpy_ro(&vt0[layer(l)], m, d, d, &ca, vn, h_next, par);
+            passes.axpy(Which::V, l, &ca, vn, h_next, par);
             for v in 0..nv {
                 let fvv = &fv[v];
                 let t = &mut h_next[v * n * d..(v + 1) * n * d];
@@ -369,7 +591,7 @@ pub fn train_shared<T: Real>(
             let sl = &sg[l * m * vn..(l + 1) * m * vn];
             let dsl = &ds[l * m * vn..(l + 1) * m * vn];
             // q = m_V V^T(k) g.
-            kernels::dot_ro(&vt0[layer(l)], m, d, d, &g, d, vn, mv, &mut q, par);
+            passes.dot(Which::V, l, &g, vn, mv, &mut q, par);
             for v in 0..nv {
                 let x = &g[v * n * d..(v + 1) * n * d];
                 let f = &fv[v];
@@ -403,7 +625,7 @@ pub fn train_shared<T: Real>(
                 *c = mu * *gq;
             }
             g2.copy_from_slice(&g);
-            kernels::axpy_ro(&ut0[layer(l)], m, d, d, &ca, vn, &mut g2, par);
+            passes.axpy(Which::U, l, &ca, vn, &mut g2, par);
             for v in 0..nv {
                 let f = &fu[v];
                 let t = &mut g2[v * n * d..(v + 1) * n * d];
@@ -490,7 +712,7 @@ mod tests {
             w.wu = emb.wu.clone();
             want.push(train::train(&mut w, &data, &r, &opts, Par::Seq, &mut |_, _| {}).unwrap());
         }
-        let mut vars = vec![
+        let vars = vec![
             Variant {
                 we: base.we.clone(),
                 wu: base.wu.clone(),
@@ -502,32 +724,65 @@ mod tests {
                 record_hidden: true,
             },
         ];
-        let got = train_shared(
-            &dims,
-            &base.ut,
-            &base.vt,
-            &mut vars,
-            &data,
-            &r,
-            &opts,
-            Par::Seq,
-        )
-        .unwrap();
-        let close = |a: &[f64], b: &[f64], what: &str| {
-            assert_eq!(a.len(), b.len(), "{what}");
-            let scale = b.iter().fold(0.0f64, |s, x| s.max(x.abs())).max(1e-300);
-            for (x, y) in a.iter().zip(b) {
-                assert!(
-                    (x - y).abs() <= 1e-11 * scale,
-                    "{preset} {what}: {x} vs {y}"
-                );
-            }
+        let stored = Init::Stored {
+            ut0: &base.ut,
+            vt0: &base.vt,
         };
-        for (g, w) in got.iter().zip(&want) {
-            close(&g.losses, &w.losses, "losses");
-            close(&g.outputs, &w.outputs, "outputs");
-            close(&g.hidden, &w.hidden, "hidden");
-            close(&g.layers, &w.layers, "layers");
+        let regen = Init::Regenerated {
+            block_seed: 12,
+            std_u: r.u.std,
+            std_v: r.v.std,
+        };
+        // Stored; regenerated in blocks of 5 rows (a ragged last block), of the default
+        // size, and on two threads (the same bits as on one).
+        let runs: Vec<(Init<f64>, usize, Par)> = vec![
+            (stored, 0, Par::Seq),
+            (regen, 5, Par::Seq),
+            (regen, regen_block_rows::<f64>(dims.d), Par::Seq),
+            (regen, 5, Par::Rayon),
+        ];
+        let mut gots = Vec::new();
+        for (init, rows, par) in runs {
+            let mut vs = vars.clone();
+            gots.push(
+                train_shared_blocks(&dims, init, rows, &mut vs, &data, &r, &opts, par).unwrap(),
+            );
+        }
+        let bits = |h: &[History]| -> Vec<u64> {
+            h.iter()
+                .flat_map(|x| {
+                    x.losses
+                        .iter()
+                        .chain(&x.outputs)
+                        .chain(&x.hidden)
+                        .chain(&x.layers)
+                })
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(
+            bits(&gots[1]),
+            bits(&gots[3]),
+            "{preset}: thread count changed the bits"
+        );
+        for got in &gots {
+            let got = got.clone();
+            let close = |a: &[f64], b: &[f64], what: &str| {
+                assert_eq!(a.len(), b.len(), "{what}");
+                let scale = b.iter().fold(0.0f64, |s, x| s.max(x.abs())).max(1e-300);
+                for (x, y) in a.iter().zip(b) {
+                    assert!(
+                        (x - y).abs() <= 1e-11 * scale,
+                        "{preset} {what}: {x} vs {y}"
+                    );
+                }
+            };
+            for (g, w) in got.iter().zip(&want) {
+                close(&g.losses, &w.losses, "losses");
+                close(&g.outputs, &w.outputs, "outputs");
+                close(&g.hidden, &w.hidden, "hidden");
+                close(&g.layers, &w.layers, "layers");
+            }
         }
     }
 
@@ -602,6 +857,27 @@ mod tests {
         }
         // Ranks past the register tiles (N = 13 samples, 20 shared vectors in a pass).
         dense_and_lowrank("chizat-julia", Activation::Gelu, Dims { n: 13, ..dims }, 4);
+        // M < D, and M much larger than D.
+        dense_and_lowrank(
+            "chizat-julia",
+            Activation::Tanh,
+            Dims {
+                m: 11,
+                d: 41,
+                ..dims
+            },
+            5,
+        );
+        dense_and_lowrank(
+            "standard",
+            Activation::Relu,
+            Dims {
+                m: 64,
+                d: 7,
+                ..dims
+            },
+            5,
+        );
     }
 
     #[test]

@@ -252,11 +252,36 @@ impl DirLock {
             } else {
                 libc::LOCK_SH
             };
-            let rc = unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) };
-            if rc != 0 {
+            // A lock this very process released can still look held for a moment: a
+            // thread that forks a child (`std::process::Command`) lends it every open
+            // descriptor until the child's exec closes them (they are close-on-exec).
+            // So when the holder is this process, try again for up to 200 ms before
+            // refusing; a lock genuinely held elsewhere in the process still is refused.
+            let me = format!("pid {} on {}", std::process::id(), host_name());
+            let mut tries = 0;
+            let locked: Result<(), std::io::Error> = loop {
+                // SAFETY: as above.
+                let rc = unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) };
+                if rc == 0 {
+                    break Ok(());
+                }
                 let err = std::io::Error::last_os_error();
+                if err.raw_os_error() != Some(libc::EWOULDBLOCK) || tries >= 20 {
+                    break Err(err);
+                }
+                let mut holder = String::new();
+                let _ = file.rewind();
+                let _ = file.read_to_string(&mut holder);
+                if !holder.starts_with(&me) {
+                    break Err(err);
+                }
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            };
+            if let Err(err) = locked {
                 if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
                     let mut holder = String::new();
+                    let _ = file.rewind();
                     let _ = file.read_to_string(&mut holder);
                     let holder = holder.trim();
                     return Err(IoError::Busy {

@@ -70,7 +70,7 @@ pub use runner::{
     MAX_JOBS, MEMORY_FRACTION, RunOptions, RunSummary, check_jobs, read_run_log, run,
 };
 pub use spec::{
-    Axis, Coupling, DataSpec, GridSpec, Knob, KnobAxis, MAX_BOOTSTRAP, MIN_BOOTSTRAP,
+    Axis, Backend, Coupling, DataSpec, GridSpec, Knob, KnobAxis, MAX_BOOTSTRAP, MIN_BOOTSTRAP,
     ReferenceSpec, ReportSettings, ReportSpec, Samples, SweepSpec, logspace,
 };
 pub use store::{StoredTask, Survey, SweepDir, TaskState};

@@ -27,6 +27,11 @@ pub struct Sweep {
     pub read_steps: Vec<usize>,
     /// The knob axes of a transfer sweep (empty for a shape sweep).
     pub knobs: KnobGrid,
+    /// Bytes one task may use, for the automatic choice of its engine
+    /// ([`super::Strategy`]; `backend = "auto"`): [`super::MEMORY_FRACTION`] of the
+    /// memory available when the spec was checked (`RESLIM_MEMORY_LIMIT` overrides it).
+    /// Fixed with the plan, so that a task's engine never changes within a run.
+    pub memory_budget: usize,
     /// The limit of a `kind = "limit"` reference: checked with the spec, solved when
     /// first needed ([`Sweep::limit_reference`]).
     #[serde(skip)]
@@ -463,7 +468,29 @@ impl SweepSpec {
             }
             _ => None,
         };
+        if self.backend != super::spec::Backend::Auto && self.backend != super::spec::Backend::Dense
+        {
+            if matches!(self.reference, ReferenceSpec::Limit { .. }) {
+                return Err(inv(
+                    "backend",
+                    format!("{:?}", self.backend).to_lowercase(),
+                    "against the limit every task runs the dense step (it records every layer): use \"auto\" or \"dense\"",
+                ));
+            }
+            if !knobs.is_empty() && self.couplings.len() > 1 {
+                return Err(inv(
+                    "backend",
+                    format!("{:?}", self.backend).to_lowercase(),
+                    "the low-rank steps train the coupling variants together, and a transfer sweep records each one's divergence: use one coupling, or \"auto\" / \"dense\"",
+                ));
+            }
+        }
+        let memory_budget = memory::available()
+            .map_err(|e| inv("RESLIM_MEMORY_LIMIT", "?".into(), &e.to_string()))?
+            .scaled(super::MEMORY_FRACTION)
+            .bytes;
         Ok(Sweep {
+            memory_budget,
             spec: self,
             param,
             activation,
@@ -734,7 +761,7 @@ impl Sweep {
             _ => serde_json::Value::Null,
         };
         let (param, lr) = self.task_param(t);
-        serde_json::json!({
+        let mut inputs = serde_json::json!({
             "format": crate::provenance::FORMAT,
             "task": t,
             "couplings": self.couplings_of(t),
@@ -747,7 +774,18 @@ impl Sweep {
             "seed": self.spec.seed,
             "read_steps": self.read_steps,
             "reference": reference,
-        })
+        });
+        // An explicit engine changes the results by rounding: part of the provenance
+        // (left out for "auto", as before the option existed).
+        if !self.spec.backend.is_auto()
+            && let Some(o) = inputs.as_object_mut()
+        {
+            o.insert(
+                "backend".into(),
+                serde_json::to_value(self.spec.backend).expect("serialises"),
+            );
+        }
+        inputs
     }
 }
 

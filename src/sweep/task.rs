@@ -10,7 +10,7 @@
 
 use super::SweepError;
 use super::plan::{Sweep, Task};
-use super::spec::Coupling;
+use super::spec::{Backend, Coupling};
 use crate::cancel::Cancel;
 use crate::cpu::Par;
 use crate::factored;
@@ -43,6 +43,10 @@ pub struct TaskRecord {
     /// failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diverged: Option<String>,
+    /// The engine that trained it ([`Strategy::name`]); absent in records of reslim
+    /// versions before the option.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
 }
 
 /// How a task trains its coupling variants.
@@ -60,23 +64,55 @@ pub enum Strategy {
     /// one variant after another, each measured against the solved limit
     /// ([`LimitReference::train_against`]).
     Limit,
+    /// The low-rank step with the initial block weights regenerated in row blocks
+    /// inside each pass ([`factored::Init::Regenerated`]): never stored, so memory grows
+    /// like L K N (M + D). Chosen when the stored engines would not fit, or on request.
+    Regenerated,
+}
+
+impl Strategy {
+    /// The engine's name, as records and plans show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Dense { .. } => "dense",
+            Strategy::LowRank => "lowrank",
+            Strategy::Limit => "limit",
+            Strategy::Regenerated => "regenerated",
+        }
+    }
 }
 
 impl Sweep {
-    /// The strategy of task `t`.
+    /// The strategy of task `t`: the spec's `backend`, or for "auto" the dense step, or
+    /// the low-rank one where it is cheaper ([`factored::worth_it`]), or the regenerated
+    /// one when that would not fit in [`Sweep::memory_budget`] (not against the limit,
+    /// nor in a transfer sweep with several couplings, whose divergences are per
+    /// variant).
     pub fn strategy(&self, t: &Task) -> Strategy {
         let dims = self.dims(t);
         let variants = self.couplings_of(t).len();
-        if self.against_limit() {
-            Strategy::Limit
-        } else if (variants == 1 || !self.is_transfer())
-            && factored::worth_it(&dims, self.spec.steps, self.couplings_of(t).len())
-        {
+        let dense = Strategy::Dense {
+            rows_m: train::Layout::Auto.rows_m(&dims),
+        };
+        let together = variants == 1 || !self.is_transfer();
+        match self.spec.backend {
+            Backend::Dense => return dense,
+            Backend::Lowrank => return Strategy::LowRank,
+            Backend::Regenerated => return Strategy::Regenerated,
+            Backend::Auto => {}
+        }
+        let stored = if self.against_limit() {
+            return Strategy::Limit;
+        } else if together && factored::worth_it(&dims, self.spec.steps, variants) {
             Strategy::LowRank
         } else {
-            Strategy::Dense {
-                rows_m: train::Layout::Auto.rows_m(&dims),
-            }
+            dense
+        };
+        let fits = |s: Strategy| s.bytes(self, t).is_ok_and(|b| b <= self.memory_budget);
+        if together && !fits(stored) && fits(Strategy::Regenerated) {
+            Strategy::Regenerated
+        } else {
+            stored
         }
     }
 
@@ -115,6 +151,7 @@ fn diverged_or(
                 seconds: 0.0,
                 limit: None,
                 diverged: Some(e.to_string()),
+                backend: Some(sw.strategy(t).name().into()),
             })
         }
         other => other,
@@ -156,18 +193,35 @@ impl Strategy {
             ),
         ])?;
         let w = match sw.spec.dtype {
-            Dtype::F64 => Weights::<f64>::bytes(&dims)?,
-            Dtype::F32 => Weights::<f32>::bytes(&dims)?,
+            Dtype::F64 => Weights::<f64>::bytes(&dims),
+            Dtype::F32 => Weights::<f32>::bytes(&dims),
+        };
+        let factors = || match sw.spec.dtype {
+            Dtype::F64 => factored::bytes::<f64>(&dims, k, variants),
+            Dtype::F32 => factored::bytes::<f32>(&dims, k, variants),
         };
         match self {
             Strategy::LowRank => {
-                let f = match sw.spec.dtype {
-                    Dtype::F64 => factored::bytes::<f64>(&dims, k, variants)?,
-                    Dtype::F32 => factored::bytes::<f32>(&dims, k, variants)?,
+                let w = w?;
+                memory::sum(&[
+                    ("weights", w),
+                    ("factors", factors()?),
+                    ("records", records),
+                ])
+            }
+            Strategy::Regenerated => {
+                let block = match sw.spec.dtype {
+                    Dtype::F64 => factored::regen_scratch_bytes::<f64>(dims.m, dims.d)?,
+                    Dtype::F32 => factored::regen_scratch_bytes::<f32>(dims.m, dims.d)?,
                 };
-                memory::sum(&[("weights", w), ("factors", f), ("records", records)])
+                memory::sum(&[
+                    ("factors", factors()?),
+                    ("regenerated block", block),
+                    ("records", records),
+                ])
             }
             Strategy::Dense { .. } | Strategy::Limit => {
+                let w = w?;
                 let copies = if variants > 1 { 2 } else { 1 };
                 let ws = match sw.spec.dtype {
                     Dtype::F64 => train::Workspace::<f64>::bytes(&dims)?,
@@ -211,7 +265,12 @@ impl Strategy {
         let (param, eta) = sw.task_param(t);
         let r = param.resolve(&dims);
         let (block_seed, own_embed) = sw.task_seeds(t);
-        let base = Weights::<T>::draw(&dims, &r, sw.embed_seed(t.rep), block_seed, Par::Seq);
+        // The regenerated engine never holds the block weights: the embeddings alone.
+        let drawn = match self {
+            Strategy::Regenerated => Dims { l: 0, ..dims },
+            _ => dims,
+        };
+        let base = Weights::<T>::draw(&drawn, &r, sw.embed_seed(t.rep), block_seed, Par::Seq);
         let variants = Variants {
             couplings: sw.couplings_of(t),
             dims,
@@ -219,9 +278,20 @@ impl Strategy {
             own_embed,
         };
         match self {
-            Strategy::LowRank => {
+            Strategy::LowRank | Strategy::Regenerated => {
+                let init = match self {
+                    Strategy::Regenerated => factored::Init::Regenerated {
+                        block_seed,
+                        std_u: r.u.std,
+                        std_v: r.v.std,
+                    },
+                    _ => factored::Init::Stored {
+                        ut0: &base.ut,
+                        vt0: &base.vt,
+                    },
+                };
                 // One variant here in a transfer sweep (`Sweep::strategy`).
-                match run_lowrank(sw, t, eta, data, &variants, base, cancel) {
+                match run_lowrank(sw, t, eta, data, &variants, &base, init, self, cancel) {
                     Err(e) if variants.couplings.len() == 1 => {
                         Ok(vec![diverged_or(sw, t, variants.couplings[0], Err(e))?])
                     }
@@ -259,6 +329,7 @@ impl Strategy {
                             seconds: t0.elapsed().as_secs_f64(),
                             limit: None,
                             diverged: None,
+                            backend: Some(self.name().into()),
                         }),
                     )
                 })
@@ -278,6 +349,7 @@ impl Strategy {
                         seconds: t0.elapsed().as_secs_f64(),
                         limit: Some(a.errors),
                         diverged: None,
+                        backend: Some(self.name().into()),
                     })
                 })
             }
@@ -344,21 +416,24 @@ fn read_outputs(sw: &Sweep, dims: &Dims, outputs: &[f64]) -> Vec<f64> {
 
 /// [`Strategy::LowRank`]: every variant trained together from one read-only copy of the
 /// block weights.
+#[allow(clippy::too_many_arguments)]
 fn run_lowrank<T: Real>(
     sw: &Sweep,
     t: &Task,
     eta: f64,
     data: &Data,
     variants: &Variants,
-    base: Weights<T>,
+    base: &Weights<T>,
+    init: factored::Init<'_, T>,
+    strategy: Strategy,
     cancel: &Cancel,
 ) -> Result<Vec<TaskRecord>, SweepError> {
-    let dims = base.dims;
+    let dims = variants.dims;
     let mut factored_variants: Vec<factored::Variant<T>> = variants
         .couplings
         .iter()
         .map(|&c| {
-            let (we, wu) = variants.embeddings(c, &base);
+            let (we, wu) = variants.embeddings(c, base);
             factored::Variant {
                 we,
                 wu,
@@ -376,10 +451,9 @@ fn run_lowrank<T: Real>(
         ..TrainOptions::default()
     };
     let t0 = std::time::Instant::now();
-    let hs = factored::train_shared(
+    let hs = factored::train_shared_from(
         &dims,
-        &base.ut,
-        &base.vt,
+        init,
         &mut factored_variants,
         data,
         variants.r,
@@ -400,6 +474,7 @@ fn run_lowrank<T: Real>(
             seconds,
             limit: None,
             diverged: None,
+            backend: Some(strategy.name().into()),
         })
         .collect())
 }

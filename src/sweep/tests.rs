@@ -287,3 +287,73 @@ fn names_and_exact_limit_sizes_are_checked() {
         "{e}"
     );
 }
+
+/// A task whose stored weights exceed the memory budget runs on regenerated weights
+/// (never stored) and gives the dense step's results to rounding; the engine is recorded,
+/// and a spec may ask for any engine.
+#[test]
+fn a_task_too_large_for_memory_runs_regenerated_with_the_dense_results() {
+    let text = BASE
+        .replace("M = [4, 8, 16]", "M = [40]")
+        .replace("D = [5, 10, 20]", "D = [30]");
+    let mut sw = toml::from_str::<SweepSpec>(&text).unwrap().check().unwrap();
+    let t = sw.plan()[0];
+    let data = sw.spec.data.data().unwrap();
+    let stored = sw.strategy(&t);
+    assert_ne!(stored, Strategy::Regenerated);
+    let stored_bytes = sw.task_bytes(&t).unwrap();
+    let regen_bytes = Strategy::Regenerated.bytes(&sw, &t).unwrap();
+    assert!(
+        regen_bytes < stored_bytes,
+        "{regen_bytes} vs {stored_bytes}"
+    );
+    let dense = toml::from_str::<SweepSpec>(&format!("backend = \"dense\"\n{text}"))
+        .unwrap()
+        .check()
+        .unwrap();
+    let want = run_task(&dense, &t, &data, &Default::default()).unwrap();
+    sw.memory_budget = regen_bytes;
+    assert_eq!(sw.strategy(&t), Strategy::Regenerated);
+    let got = run_task(&sw, &t, &data, &Default::default()).unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.backend.as_deref(), Some("regenerated"));
+        assert_eq!(w.backend.as_deref(), Some("dense"));
+        for (what, a, b) in [
+            ("losses", &g.losses, &w.losses),
+            ("outputs", &g.outputs, &w.outputs),
+            ("hidden", &g.hidden, &w.hidden),
+        ] {
+            assert_eq!(a.len(), b.len(), "{what}");
+            let scale = b.iter().fold(0.0f64, |s, x| s.max(x.abs()));
+            for (x, y) in a.iter().zip(b.iter()) {
+                assert!((x - y).abs() <= 1e-11 * scale, "{what}: {x} vs {y}");
+            }
+        }
+    }
+    // Nothing fits: the stored engine stays, and the runner refuses it by its bytes.
+    sw.memory_budget = 1;
+    assert_eq!(sw.strategy(&t), stored);
+    // Asked for by name: any engine, recorded in the provenance.
+    for name in ["regenerated", "lowrank", "dense"] {
+        let sw = toml::from_str::<SweepSpec>(&format!("backend = \"{name}\"\n{text}"))
+            .unwrap()
+            .check()
+            .unwrap();
+        assert_eq!(sw.strategy(&t).name(), name);
+        assert_eq!(sw.task_inputs(&t)["backend"], name);
+    }
+    let limit = format!(
+        "backend = \"regenerated\"\n{}",
+        BASE.replace("kind = \"largest\"", "kind = \"limit\"")
+    );
+    let e = toml::from_str::<SweepSpec>(&limit)
+        .unwrap()
+        .check()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'backend'") && e.contains("limit"), "{e}");
+    // "auto" leaves the provenance as it was.
+    let auto = toml::from_str::<SweepSpec>(&text).unwrap().check().unwrap();
+    assert!(auto.task_inputs(&t).get("backend").is_none());
+}

@@ -248,6 +248,7 @@ fn divergence_is_recorded_as_an_outcome_and_resumed() {
         seconds: 0.0,
         limit: None,
         diverged: Some("training diverged at step 1".into()),
+        backend: None,
     };
     sw.check_records(&rec.task, std::slice::from_ref(&rec))
         .unwrap();
