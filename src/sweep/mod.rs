@@ -74,7 +74,7 @@ pub use spec::{
     ReferenceSpec, ReportSettings, ReportSpec, Samples, SweepSpec, logspace,
 };
 pub use store::{StoredTask, Survey, SweepDir, TaskState};
-pub use task::{Strategy, TaskRecord, run_task};
+pub use task::{Strategy, TaskRecord, run_task, run_task_on};
 
 #[cfg(test)]
 mod tests;

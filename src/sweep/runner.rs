@@ -1,7 +1,7 @@
 use super::SweepError;
 use super::plan::{Sweep, Task};
 use super::store::{Survey, SweepDir};
-use super::task::run_task;
+use super::task::run_task_on;
 use crate::cancel::Cancel;
 use crate::train::TrainError;
 
@@ -138,6 +138,12 @@ pub(crate) fn run_surveyed(
     let stop = AtomicBool::new(false);
     let done_cost = Mutex::new(0.0f64);
     let first_err: Mutex<Option<SweepError>> = Mutex::new(None);
+    // One task at a time (one task, or the memory allows one): it gets every core.
+    let par = if jobs == 1 && rayon::current_num_threads() > 1 {
+        crate::cpu::Par::Rayon
+    } else {
+        crate::cpu::Par::Seq
+    };
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| {
@@ -153,7 +159,7 @@ pub(crate) fn run_surveyed(
                     {
                         return;
                     }
-                    let res = run_task(sw, t, &data, &opts.cancel)
+                    let res = run_task_on(sw, t, &data, &opts.cancel, par)
                         .and_then(|recs| Ok(dir.write_task(sw, t, &recs)?));
                     match res {
                         Ok(()) => {

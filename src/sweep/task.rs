@@ -122,14 +122,28 @@ impl Sweep {
     }
 }
 
-/// Trains one task: every coupling variant from the same block weights.
+/// Trains one task: every coupling variant from the same block weights, on one thread
+/// (the runner parallelizes across tasks).
 pub fn run_task(
     sw: &Sweep,
     t: &Task,
     data: &Data,
     cancel: &Cancel,
 ) -> Result<Vec<TaskRecord>, SweepError> {
-    sw.strategy(t).run(sw, t, data, cancel)
+    run_task_on(sw, t, data, cancel, Par::Seq)
+}
+
+/// [`run_task`] with the step's parallelism `par`: the runner gives a task every core
+/// when it runs one task at a time. The records do not depend on it (every engine's
+/// results are independent of the thread count).
+pub fn run_task_on(
+    sw: &Sweep,
+    t: &Task,
+    data: &Data,
+    cancel: &Cancel,
+    par: Par,
+) -> Result<Vec<TaskRecord>, SweepError> {
+    sw.strategy(t).run_on(sw, t, data, cancel, par)
 }
 
 /// In a transfer sweep, a variant's divergence becomes its record
@@ -248,9 +262,21 @@ impl Strategy {
         data: &Data,
         cancel: &Cancel,
     ) -> Result<Vec<TaskRecord>, SweepError> {
+        self.run_on(sw, t, data, cancel, Par::Seq)
+    }
+
+    /// [`Strategy::run`] with the step's parallelism `par` (the same records).
+    pub fn run_on(
+        self,
+        sw: &Sweep,
+        t: &Task,
+        data: &Data,
+        cancel: &Cancel,
+        par: Par,
+    ) -> Result<Vec<TaskRecord>, SweepError> {
         match sw.spec.dtype {
-            Dtype::F64 => self.run_t::<f64>(sw, t, data, cancel),
-            Dtype::F32 => self.run_t::<f32>(sw, t, data, cancel),
+            Dtype::F64 => self.run_t::<f64>(sw, t, data, cancel, par),
+            Dtype::F32 => self.run_t::<f32>(sw, t, data, cancel, par),
         }
     }
 
@@ -260,6 +286,7 @@ impl Strategy {
         t: &Task,
         data: &Data,
         cancel: &Cancel,
+        par: Par,
     ) -> Result<Vec<TaskRecord>, SweepError> {
         let dims = sw.dims(t);
         let (param, eta) = sw.task_param(t);
@@ -270,7 +297,7 @@ impl Strategy {
             Strategy::Regenerated => Dims { l: 0, ..dims },
             _ => dims,
         };
-        let base = Weights::<T>::draw(&drawn, &r, sw.embed_seed(t.rep), block_seed, Par::Seq);
+        let base = Weights::<T>::draw(&drawn, &r, sw.embed_seed(t.rep), block_seed, par);
         let variants = Variants {
             couplings: sw.couplings_of(t),
             dims,
@@ -291,7 +318,7 @@ impl Strategy {
                     },
                 };
                 // One variant here in a transfer sweep (`Sweep::strategy`).
-                match run_lowrank(sw, t, eta, data, &variants, &base, init, self, cancel) {
+                match run_lowrank(sw, t, eta, data, &variants, &base, init, self, cancel, par) {
                     Err(e) if variants.couplings.len() == 1 => {
                         Ok(vec![diverged_or(sw, t, variants.couplings[0], Err(e))?])
                     }
@@ -314,8 +341,7 @@ impl Strategy {
                         ..TrainOptions::default()
                     };
                     let t0 = std::time::Instant::now();
-                    let h =
-                        train::train_laid_out(&mut w, data, &r, &opts, Par::Seq, &mut |_, _| {});
+                    let h = train::train_laid_out(&mut w, data, &r, &opts, par, &mut |_, _| {});
                     diverged_or(
                         sw,
                         t,
@@ -427,6 +453,7 @@ fn run_lowrank<T: Real>(
     init: factored::Init<'_, T>,
     strategy: Strategy,
     cancel: &Cancel,
+    par: Par,
 ) -> Result<Vec<TaskRecord>, SweepError> {
     let dims = variants.dims;
     let mut factored_variants: Vec<factored::Variant<T>> = variants
@@ -458,7 +485,7 @@ fn run_lowrank<T: Real>(
         data,
         variants.r,
         &opts,
-        Par::Seq,
+        par,
     )?;
     let seconds = t0.elapsed().as_secs_f64() / variants.couplings.len() as f64;
     Ok(variants
