@@ -479,6 +479,20 @@ pub struct TableSpec {
     pub peers: Option<std::path::PathBuf>,
 }
 
+impl TableSpec {
+    /// The benchmarked network at M = D = `s`: depth `l`, `n` samples, d_in = d_out = 5.
+    pub fn dims(&self, s: usize) -> Dims {
+        Dims {
+            l: self.l,
+            m: s,
+            d: s,
+            din: 5,
+            dout: 5,
+            n: self.n,
+        }
+    }
+}
+
 /// One measured shape of the table.
 #[derive(Debug, Clone, Serialize)]
 pub struct TableRow {
@@ -542,14 +556,7 @@ pub fn table<T: Real>(
     // The weights, with headroom for the workspace and the probe's arrays.
     let budget = crate::memory::available()?.scaled(0.8);
     for &s in &spec.sizes {
-        let dims = Dims {
-            l: spec.l,
-            m: s,
-            d: s,
-            din: 5,
-            dout: 5,
-            n: spec.n,
-        };
+        let dims = spec.dims(s);
         let need = Weights::<T>::bytes(&dims)?;
         if need > budget.bytes {
             print(&format!(
@@ -630,14 +637,7 @@ pub fn table<T: Real>(
     ));
     let mut regenerated = Vec::new();
     for &s in &spec.sizes {
-        let dims = Dims {
-            l: spec.l,
-            m: s,
-            d: s,
-            din: 5,
-            dout: 5,
-            n: spec.n,
-        };
+        let dims = spec.dims(s);
         let need = crate::factored::bytes::<T>(&dims, spec.steps + 1, 1)?;
         if need > budget.bytes {
             continue;

@@ -306,6 +306,24 @@ impl<'a, T: Real> InitPasses<'a, T> {
         }
     }
 
+    /// Regenerates layer `l`'s initial `which` block by block, in row order, and hands
+    /// each block (rows x D) to `pass` with its first row and row count.
+    fn blocks(
+        &mut self,
+        which: Which,
+        l: usize,
+        par: Par,
+        mut pass: impl FnMut(&[T], usize, usize),
+    ) {
+        let mut m0 = 0;
+        while m0 < self.m {
+            let rows = self.rows.min(self.m - m0);
+            self.fill(which, l, m0, rows, par);
+            pass(&self.block[..rows * self.d], m0, rows);
+            m0 += rows;
+        }
+    }
+
     /// `out[m][n] = scale <W_l(0) row m, x_n>` (out: M x N; x: N x D), W = `which`.
     #[allow(clippy::too_many_arguments)]
     fn dot(
@@ -335,17 +353,10 @@ impl<'a, T: Real> InitPasses<'a, T> {
                     par,
                 );
             }
-            Init::Regenerated { .. } => {
-                let b = self.rows;
-                let mut m0 = 0;
-                while m0 < m {
-                    let rows = b.min(m - m0);
-                    self.fill(which, l, m0, rows, par);
-                    let o = &mut out[m0 * n..(m0 + rows) * n];
-                    kernels::dot_ro(&self.block, rows, d, d, x, d, n, scale, o, par);
-                    m0 += rows;
-                }
-            }
+            Init::Regenerated { .. } => self.blocks(which, l, par, |block, m0, rows| {
+                let o = &mut out[m0 * n..(m0 + rows) * n];
+                kernels::dot_ro(block, rows, d, d, x, d, n, scale, o, par);
+            }),
         }
     }
 
@@ -357,17 +368,10 @@ impl<'a, T: Real> InitPasses<'a, T> {
                 let w = if which == Which::U { ut0 } else { vt0 };
                 kernels::axpy_ro(&w[l * m * d..(l + 1) * m * d], m, d, d, a, n, tgt, par);
             }
-            Init::Regenerated { .. } => {
-                let b = self.rows;
-                let mut m0 = 0;
-                while m0 < m {
-                    let rows = b.min(m - m0);
-                    self.fill(which, l, m0, rows, par);
-                    let ab = &a[m0 * n..(m0 + rows) * n];
-                    kernels::axpy_ro(&self.block, rows, d, d, ab, n, tgt, par);
-                    m0 += rows;
-                }
-            }
+            Init::Regenerated { .. } => self.blocks(which, l, par, |block, m0, rows| {
+                let ab = &a[m0 * n..(m0 + rows) * n];
+                kernels::axpy_ro(block, rows, d, d, ab, n, tgt, par);
+            }),
         }
     }
 }

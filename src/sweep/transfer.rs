@@ -506,54 +506,56 @@ pub fn write_report(sw: &Sweep, dir: &SweepDir, wall_s: f64) -> Result<PathBuf, 
         .collect();
     io::atomic_write(&path, &csv_bytes(&path, &head, &body)?)?;
 
-    // optima.csv
-    let path = dir.root.join("optima.csv");
-    let mut head = key_head.clone();
-    head.extend(
-        ["rep", "opt", "loss", "edge", "interpolated"]
+    // optima.csv, transfer.csv: the curve's key columns, then their own.
+    let keyed = |name: &str, cols: &[&str], rows: Vec<(&CurveKey, Vec<String>)>| {
+        let path = dir.root.join(name);
+        let mut head = key_head.clone();
+        head.extend(cols.iter().map(|s| s.to_string()));
+        let body: Vec<Vec<String>> = rows
+            .into_iter()
+            .map(|(k, own)| {
+                let mut v = key_cols(k);
+                v.extend(own);
+                v
+            })
+            .collect();
+        io::atomic_write(&path, &csv_bytes(&path, &head, &body)?)
+    };
+    keyed(
+        "optima.csv",
+        &["rep", "opt", "loss", "edge", "interpolated"],
+        optima
             .iter()
-            .map(|s| s.to_string()),
-    );
-    let body: Vec<Vec<String>> = optima
-        .iter()
-        .map(|o| {
-            let mut v = key_cols(&o.key);
-            v.extend([
-                o.rep.to_string(),
-                num(o.opt),
-                num(o.loss),
-                o.edge.to_string(),
-                o.interpolated.to_string(),
-            ]);
-            v
-        })
-        .collect();
-    io::atomic_write(&path, &csv_bytes(&path, &head, &body)?)?;
-
-    // transfer.csv
-    let path = dir.root.join("transfer.csv");
-    let mut head = key_head.clone();
-    head.extend(
-        ["n", "censored", "opt", "ci_lo", "ci_hi", "se"]
+            .map(|o| {
+                let own = vec![
+                    o.rep.to_string(),
+                    num(o.opt),
+                    num(o.loss),
+                    o.edge.to_string(),
+                    o.interpolated.to_string(),
+                ];
+                (&o.key, own)
+            })
+            .collect(),
+    )?;
+    keyed(
+        "transfer.csv",
+        &["n", "censored", "opt", "ci_lo", "ci_hi", "se"],
+        shapes
             .iter()
-            .map(|s| s.to_string()),
-    );
-    let body: Vec<Vec<String>> = shapes
-        .iter()
-        .map(|s| {
-            let mut v = key_cols(&s.key);
-            v.extend([
-                s.n.to_string(),
-                s.censored.to_string(),
-                num(s.opt),
-                num(s.ci_lo),
-                num(s.ci_hi),
-                num(s.se),
-            ]);
-            v
-        })
-        .collect();
-    io::atomic_write(&path, &csv_bytes(&path, &head, &body)?)?;
+            .map(|s| {
+                let own = vec![
+                    s.n.to_string(),
+                    s.censored.to_string(),
+                    num(s.opt),
+                    num(s.ci_lo),
+                    num(s.ci_hi),
+                    num(s.se),
+                ];
+                (&s.key, own)
+            })
+            .collect(),
+    )?;
 
     let summary = TransferSummary {
         knob: knob_name.clone(),
