@@ -398,12 +398,7 @@ pub fn filler_ns_per_normal<T: Real>(d: usize, par: Par, seconds: f64) -> f64 {
     let mut row0 = 0u64;
     let t0 = Instant::now();
     while t0.elapsed().as_secs_f64() < seconds || filled == 0 {
-        let job = |(i, out): (usize, &mut [T])| T::fill_normal_row(&s, row0 + i as u64, 1.0, out);
-        if par == Par::Rayon {
-            buf.par_chunks_mut(d).enumerate().for_each(job);
-        } else {
-            buf.chunks_mut(d).enumerate().for_each(job);
-        }
+        crate::model::fill_rows(&s, row0, 1.0, d, &mut buf, par);
         filled += rows * d;
         row0 += rows as u64;
     }

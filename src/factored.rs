@@ -296,14 +296,7 @@ impl<'a, T: Real> InitPasses<'a, T> {
         };
         let s = Stream::new(block_seed, tensor, l as u64);
         let d = self.d;
-        let job = |(i, out): (usize, &mut [T])| T::fill_normal_row(&s, (m0 + i) as u64, std, out);
-        let buf = &mut self.block[..rows * d];
-        if par == Par::Rayon {
-            use rayon::prelude::*;
-            buf.par_chunks_mut(d).enumerate().for_each(job);
-        } else {
-            buf.chunks_mut(d).enumerate().for_each(job);
-        }
+        crate::model::fill_rows(&s, m0 as u64, std, d, &mut self.block[..rows * d], par);
     }
 
     /// Regenerates layer `l`'s initial `which` block by block, in row order, and hands
@@ -390,7 +383,7 @@ pub fn train_shared<T: Real>(
     opts: &TrainOptions,
     par: Par,
 ) -> Result<Vec<History>, TrainError> {
-    let n_blocks = dims.l * dims.m * dims.d;
+    let n_blocks = memory::product(&[("L", dims.l), ("M", dims.m), ("D", dims.d)])?;
     if ut0.len() != n_blocks || vt0.len() != n_blocks {
         return Err(TrainError::Mismatch(format!(
             "the initial block weights hold {} and {} values, L x M x D = {n_blocks}",

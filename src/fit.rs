@@ -256,6 +256,26 @@ impl LinearFit {
     }
 }
 
+/// Mean of `xs`, its standard error and the half-width of its 95% interval (Student t,
+/// n - 1 degrees of freedom); NaN where undefined (no point; fewer than two for the
+/// error and the interval).
+pub fn mean_ci95(xs: &[f64]) -> (f64, f64, f64) {
+    let n = xs.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mean = xs.iter().sum::<f64>() / n as f64;
+    if n < 2 {
+        return (mean, f64::NAN, f64::NAN);
+    }
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let se = (var / n as f64).sqrt();
+    let t = StudentsT::new(0.0, 1.0, (n - 1) as f64)
+        .map(|t| t.inverse_cdf(0.975))
+        .unwrap_or(f64::NAN);
+    (mean, se, t * se)
+}
+
 /// The 97.5% quantile of `t` (the 95% interval's half-width per standard error) and the
 /// two-sided p-value of a zero slope (0 or 1 when the slope is exact).
 fn slope_test(t: &StudentsT, slope: f64, slope_se: f64) -> (f64, f64) {

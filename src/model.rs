@@ -38,6 +38,23 @@ pub trait Real: Float + crate::kernels::Kernels + crate::vtanh::VTanh {
         Self::tanh_d1_scaled_on(crate::vtanh::Path::best(), p, s, ds, ca, mv)
     }
 }
+/// Fills `buf`, rows of `d` values, with rows `row0, row0 + 1, ...` of stream `s` times
+/// `std` ([`Real::fill_normal_row`]), the rows shared out over the threads of `par`: the
+/// same values either way. The one way the block weights are made
+/// ([`Weights::draw`]) and remade ([`crate::factored::Init::Regenerated`]).
+pub fn fill_rows<T: Real>(s: &Stream, row0: u64, std: f64, d: usize, buf: &mut [T], par: Par) {
+    if d == 0 {
+        return;
+    }
+    let job = |(i, out): (usize, &mut [T])| T::fill_normal_row(s, row0 + i as u64, std, out);
+    if par == Par::Rayon {
+        use rayon::prelude::*;
+        buf.par_chunks_mut(d).enumerate().for_each(job);
+    } else {
+        buf.chunks_mut(d).enumerate().for_each(job);
+    }
+}
+
 impl Real for f64 {
     fn fill_normal_row(s: &Stream, row: u64, scale: f64, out: &mut [Self]) {
         s.fill_normal_row(row, 0, scale, out)
@@ -354,9 +371,7 @@ impl<T: Real> Weights<T> {
         let fill = |tensor: Tensor, std: f64, buf: &mut [T]| {
             let job = |(layer, block): (usize, &mut [T])| {
                 let s = Stream::new(block_seed, tensor, layer as u64);
-                for (row, out) in block.chunks_mut(d).enumerate() {
-                    T::fill_normal_row(&s, row as u64, std, out);
-                }
+                fill_rows(&s, 0, std, d, block, Par::Seq);
             };
             if par == Par::Rayon {
                 use rayon::prelude::*;

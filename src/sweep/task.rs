@@ -143,7 +143,7 @@ pub fn run_task_on(
     cancel: &Cancel,
     par: Par,
 ) -> Result<Vec<TaskRecord>, SweepError> {
-    sw.strategy(t).run_on(sw, t, data, cancel, par)
+    sw.strategy(t).run(sw, t, data, cancel, par)
 }
 
 /// In a transfer sweep, a variant's divergence becomes its record
@@ -151,6 +151,7 @@ pub fn run_task_on(
 fn diverged_or(
     sw: &Sweep,
     t: &Task,
+    strategy: Strategy,
     c: Coupling,
     res: Result<TaskRecord, SweepError>,
 ) -> Result<TaskRecord, SweepError> {
@@ -165,7 +166,7 @@ fn diverged_or(
                 seconds: 0.0,
                 limit: None,
                 diverged: Some(e.to_string()),
-                backend: Some(sw.strategy(t).name().into()),
+                backend: Some(strategy.name().into()),
             })
         }
         other => other,
@@ -253,20 +254,10 @@ impl Strategy {
         }
     }
 
-    /// Trains every coupling variant of task `t` of `sw` on `data` (single-threaded: the
-    /// runner parallelizes across tasks), in the sweep's dtype.
+    /// Trains every coupling variant of task `t` of `sw` on `data`, in the sweep's dtype,
+    /// on the threads of `par` (the runner parallelizes across tasks, and gives a task
+    /// that runs alone every core; the records do not depend on it).
     pub fn run(
-        self,
-        sw: &Sweep,
-        t: &Task,
-        data: &Data,
-        cancel: &Cancel,
-    ) -> Result<Vec<TaskRecord>, SweepError> {
-        self.run_on(sw, t, data, cancel, Par::Seq)
-    }
-
-    /// [`Strategy::run`] with the step's parallelism `par` (the same records).
-    pub fn run_on(
         self,
         sw: &Sweep,
         t: &Task,
@@ -319,9 +310,13 @@ impl Strategy {
                 };
                 // One variant here in a transfer sweep (`Sweep::strategy`).
                 match run_lowrank(sw, t, eta, data, &variants, &base, init, self, cancel, par) {
-                    Err(e) if variants.couplings.len() == 1 => {
-                        Ok(vec![diverged_or(sw, t, variants.couplings[0], Err(e))?])
-                    }
+                    Err(e) if variants.couplings.len() == 1 => Ok(vec![diverged_or(
+                        sw,
+                        t,
+                        self,
+                        variants.couplings[0],
+                        Err(e),
+                    )?]),
                     other => other,
                 }
             }
@@ -345,6 +340,7 @@ impl Strategy {
                     diverged_or(
                         sw,
                         t,
+                        self,
                         c,
                         h.map_err(SweepError::from).map(|h| TaskRecord {
                             task: *t,

@@ -50,7 +50,6 @@ use crate::fit;
 use crate::io::{self, IoError};
 use crate::plot::{self, Figure, Series, Style};
 use serde::Serialize;
-use statrs::distribution::{ContinuousCDF, StudentsT};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -307,7 +306,7 @@ pub fn analyse(
                 .map(|o| coord(o.opt))
                 .collect();
             let n = xs.len();
-            let (mean, se, half) = mean_ci(&xs);
+            let (mean, se, half) = fit::mean_ci95(&xs);
             ShapeOptimum {
                 key,
                 n,
@@ -385,25 +384,6 @@ pub fn analyse(
         drift.push(d);
     }
     (optima, shapes, drift, log_grid)
-}
-
-/// Mean, standard error and 95% half-width (Student t, n - 1 dof) of `xs`; NaN where
-/// undefined (no point; fewer than two for the error).
-fn mean_ci(xs: &[f64]) -> (f64, f64, f64) {
-    let n = xs.len();
-    if n == 0 {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    let mean = xs.iter().sum::<f64>() / n as f64;
-    if n < 2 {
-        return (mean, f64::NAN, f64::NAN);
-    }
-    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-    let se = (var / n as f64).sqrt();
-    let t = StudentsT::new(0.0, 1.0, (n - 1) as f64)
-        .map(|t| t.inverse_cdf(0.975))
-        .unwrap_or(f64::NAN);
-    (mean, se, t * se)
 }
 
 fn csv_bytes(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<Vec<u8>, IoError> {
