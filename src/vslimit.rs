@@ -507,6 +507,7 @@ impl LimitReference {
     /// the earlier read steps, as in the paper (docs/papers.md 2.5, E2: `k = 5` is read from runs
     /// whose later steps blow up). Divergence is data: the read steps at or after it get
     /// NaN errors and `diverged_at` says where it happened.
+    #[allow(clippy::too_many_arguments)]
     pub fn train_against<T: crate::model::Real>(
         &self,
         w: &mut Weights<T>,
@@ -515,6 +516,7 @@ impl LimitReference {
         eta: f64,
         steps: usize,
         read_steps: &[usize],
+        par: Par,
     ) -> Result<AgainstLimit, ReferenceError> {
         let dims = w.dims;
         self.check_dims(&dims)?;
@@ -546,7 +548,7 @@ impl LimitReference {
                 // A sweep checks its cancel token between tasks.
                 cancel: Default::default(),
             };
-            match train::train(w, data, r, &opts, Par::Seq, &mut |_, _| {}) {
+            match train::train(w, data, r, &opts, par, &mut |_, _| {}) {
                 Ok(h) => {
                     out.losses.extend_from_slice(&h.losses);
                     if read {
@@ -598,6 +600,92 @@ pub enum ReferenceError {
     /// Training failed otherwise than by diverging (divergence is data).
     #[error(transparent)]
     Train(#[from] train::TrainError),
+}
+
+impl LimitReference {
+    /// [`LimitReference::train_against`] with the regenerated engine: the low-rank step
+    /// over initial block weights regenerated from `block_seed` inside each pass
+    /// ([`crate::factored::Init::Regenerated`], standard deviations `r.u.std`, `r.v.std`),
+    /// never stored, recording every layer at the read steps in one run; `we`, `wu` the
+    /// network's embeddings (D x d_in, D x d_out). The same errors as the dense step to
+    /// rounding. A run that diverges is run again up to the step before, so that the
+    /// read steps it reached keep their errors (NaN after, as in `train_against`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_against_regenerated<T: crate::model::Real>(
+        &self,
+        dims: &Dims,
+        block_seed: u64,
+        we: &[T],
+        wu: &[T],
+        data: &Data,
+        r: &Resolved,
+        eta: f64,
+        steps: usize,
+        read_steps: &[usize],
+        par: Par,
+    ) -> Result<AgainstLimit, ReferenceError> {
+        use crate::factored;
+        self.check_dims(dims)?;
+        let f64s = |v: &[T]| v.iter().map(|x| x.to()).collect::<Vec<f64>>();
+        let (we0, wu0) = (f64s(we), f64s(wu));
+        let mut reads: Vec<usize> = read_steps.to_vec();
+        reads.sort_unstable();
+        reads.dedup();
+        let run = |steps: usize| {
+            let opts = TrainOptions {
+                steps,
+                eta,
+                activation: self.activation,
+                record_hidden: false,
+                hidden_steps: None,
+                layer_stats: false,
+                layer_steps: reads.iter().copied().filter(|&k| k < steps).collect(),
+                layout: Default::default(),
+                // As `train_against`: only a non-finite value stops the run.
+                max_loss_growth: f64::INFINITY,
+                cancel: Default::default(),
+            };
+            let mut v = [factored::Variant {
+                we: we.to_vec(),
+                wu: wu.to_vec(),
+                record_hidden: false,
+            }];
+            let init = factored::Init::Regenerated {
+                block_seed,
+                std_u: r.u.std,
+                std_v: r.v.std,
+            };
+            factored::train_shared_from(dims, init, &mut v, data, r, &opts, par)
+                .map(|mut h| h.swap_remove(0))
+        };
+        let (hist, diverged_at) = match run(steps) {
+            Ok(h) => (h, None),
+            Err(e) => match e.diverged_at() {
+                Some(0) => (History::default(), Some(0)),
+                Some(step) => (run(step)?, Some(step)),
+                None => return Err(e.into()),
+            },
+        };
+        let done = hist.losses.len();
+        let reached: Vec<usize> = reads.iter().copied().filter(|&k| k < done).collect();
+        let mut errors = self.step_errors(dims, &we0, &wu0, &hist, &reached)?;
+        for &k in reads.iter().filter(|&&k| k >= done) {
+            errors.push(StepErrors {
+                step: k,
+                h_mad_max: f64::NAN,
+                h_mad_mean: f64::NAN,
+                h_rms_last: f64::NAN,
+                y_rms: f64::NAN,
+                loss: f64::NAN,
+                loss_limit: self.losses[k],
+            });
+        }
+        Ok(AgainstLimit {
+            losses: hist.losses,
+            errors,
+            diverged_at,
+        })
+    }
 }
 
 /// What [`LimitReference::train_against`] measured.
@@ -781,7 +869,7 @@ mod tests {
         // Training in segments ending at the read steps is the same run.
         let mut w2 = Weights::<f64>::draw(&dims, &r, 3, 4, Par::Seq);
         let a = lim
-            .train_against(&mut w2, &data, &r, 0.1, 4, &[3, 0])
+            .train_against(&mut w2, &data, &r, 0.1, 4, &[3, 0], Par::Seq)
             .unwrap();
         assert_eq!(a.losses, hist.losses);
         assert_eq!(a.errors, e);
@@ -829,7 +917,7 @@ mod tests {
         .unwrap();
         let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, Par::Seq);
         let a = lim
-            .train_against(&mut w, &data, &r, eta, 6, &[0, 5])
+            .train_against(&mut w, &data, &r, eta, 6, &[0, 5], Par::Seq)
             .unwrap();
         let at = a.diverged_at.expect("diverges");
         assert!((1..5).contains(&at), "{at}");
@@ -841,5 +929,96 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&a.errors).unwrap()).unwrap();
         assert!(back[1].y_rms.is_nan() && back[1].loss_limit == a.errors[1].loss_limit);
         assert!((back[0].h_mad_max - a.errors[0].h_mad_max).abs() < 1e-14);
+    }
+
+    #[test]
+    fn the_regenerated_engine_measures_the_dense_errors() {
+        let p = Parametrization::preset("chizat-python").unwrap();
+        let data = Data {
+            din: 3,
+            dout: 3,
+            n: 1,
+            x: PAPER_X.to_vec(),
+            y: PAPER_Y.to_vec(),
+        };
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-11 * a.abs().max(b.abs()).max(1e-300);
+        for (eta, (l, m, d)) in [(0.1, (6, 40, 13)), (0.1, (4, 9, 31)), (1e30, (3, 5, 6))] {
+            let dims = Dims {
+                l,
+                m,
+                d,
+                din: 3,
+                dout: 3,
+                n: 1,
+            };
+            let r = p.resolve(&dims);
+            let lp = limit_params(
+                &p,
+                Activation::Linear,
+                (3, 3, 1),
+                6,
+                eta,
+                SolverSettings::default(),
+            )
+            .unwrap();
+            let lim = LimitReference::solve(
+                &data,
+                &LinearLimitParams {
+                    eta_u: lp.eta_u.min(0.1),
+                    eta_v: lp.eta_v.min(0.1),
+                    ..lp
+                },
+            )
+            .unwrap();
+            let mut w = Weights::<f64>::draw(&dims, &r, 1, 2, Par::Seq);
+            let (we, wu) = (w.we.clone(), w.wu.clone());
+            let dense = lim
+                .train_against(&mut w, &data, &r, eta, 6, &[0, 2, 5], Par::Seq)
+                .unwrap();
+            for par in [Par::Seq, Par::Rayon] {
+                let regen = lim
+                    .train_against_regenerated(
+                        &dims,
+                        2,
+                        &we,
+                        &wu,
+                        &data,
+                        &r,
+                        eta,
+                        6,
+                        &[5, 0, 2],
+                        par,
+                    )
+                    .unwrap();
+                assert_eq!(regen.diverged_at, dense.diverged_at, "{dims:?}");
+                assert_eq!(regen.errors.len(), 3);
+                for (a, b) in regen.errors.iter().zip(&dense.errors) {
+                    assert_eq!(a.step, b.step);
+                    for (x, y) in [
+                        (a.h_mad_max, b.h_mad_max),
+                        (a.h_mad_mean, b.h_mad_mean),
+                        (a.h_rms_last, b.h_rms_last),
+                        (a.y_rms, b.y_rms),
+                        (a.loss, b.loss),
+                        (a.loss_limit, b.loss_limit),
+                    ] {
+                        assert!(
+                            close(x, y) || (x.is_nan() && y.is_nan()),
+                            "{dims:?} {a:?} {b:?}"
+                        );
+                    }
+                }
+                // The dense run keeps the losses of its segments that finished; the
+                // regenerated one every step before the divergence.
+                let n = dense.losses.len();
+                assert!(regen.losses.len() >= n);
+                for (x, y) in regen.losses.iter().zip(&dense.losses) {
+                    assert!(close(*x, *y), "{x} {y}");
+                }
+            }
+            if eta > 1.0 {
+                assert!(dense.diverged_at.is_some());
+            }
+        }
     }
 }

@@ -47,13 +47,15 @@ pub fn collect(sw: &Sweep, dir: &SweepDir) -> Result<Vec<ErrorRow>, SweepError> 
     }
     let (dout, n) = (sw.spec.data.dout, sw.spec.data.n);
     let dref = sw.reference.2;
+    let grid: std::collections::HashSet<(usize, usize, usize)> =
+        sw.shapes.iter().copied().collect();
     let mut rows = Vec::new();
     for t in &plan {
         let TaskState::Done(recs) = dir.state(sw, t) else {
             continue;
         };
         let Some(rf) = refs.get(&t.rep) else { continue };
-        let in_grid = sw.ls.contains(&t.l) && sw.ms.contains(&t.m) && sw.ds.contains(&t.d);
+        let in_grid = grid.contains(&(t.l, t.m, t.d));
         if !in_grid {
             continue;
         }

@@ -50,6 +50,7 @@
 pub mod cluster;
 pub mod collect;
 pub mod error;
+pub mod ladder;
 pub mod pipeline;
 pub mod plan;
 pub mod report;

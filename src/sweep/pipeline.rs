@@ -237,7 +237,11 @@ pub fn execute(
     if sw.against_limit() {
         collect::write_limit_table(sw, dir)?;
     }
-    let report = report::write_report(sw, dir, &rows, t0.elapsed().as_secs_f64())?;
+    let report = if sw.spec.grid.shapes == super::spec::Shapes::Zip {
+        super::ladder::write_report(sw, dir, &rows, t0.elapsed().as_secs_f64())?
+    } else {
+        report::write_report(sw, dir, &rows, t0.elapsed().as_secs_f64())?
+    };
     Ok(Outcome::Done {
         plan,
         run,

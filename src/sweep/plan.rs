@@ -1,5 +1,5 @@
 use super::SweepError;
-use super::spec::{Axis, Coupling, Knob, ReferenceSpec, SweepSpec, inv_data};
+use super::spec::{Axis, Coupling, Knob, ReferenceSpec, Shapes, SweepSpec, inv_data};
 use crate::limit::{LinearLimitParams, MonteCarlo};
 use std::sync::Arc;
 
@@ -22,6 +22,9 @@ pub struct Sweep {
     pub ls: Vec<usize>,
     pub ms: Vec<usize>,
     pub ds: Vec<usize>,
+    /// The grid's shapes (L, M, D) in plan order: the product of `ls`, `ms`, `ds`, or
+    /// with `[grid] shapes = "zip"` the ladder as written.
+    pub shapes: Vec<(usize, usize, usize)>,
     /// The reference shape; (0, 0, 0) for a limit reference.
     pub reference: (usize, usize, usize),
     pub read_steps: Vec<usize>,
@@ -134,6 +137,16 @@ impl Sweep {
             .resolve(&self.read_steps, &self.ms, &self.ds, &names)
     }
 
+    /// Depth grid points of the limit reference (0 without one).
+    pub fn limit_num_s(&self) -> usize {
+        match self.limit.as_ref().map(|l| &l.solver) {
+            Some(LimitSolver::Exact(lp)) | Some(LimitSolver::MonteCarlo { params: lp, .. }) => {
+                lp.num_s
+            }
+            None => 0,
+        }
+    }
+
     /// Whether the reference is the large-scale limit (`[reference] kind = "limit"`).
     pub fn against_limit(&self) -> bool {
         self.limit.is_some()
@@ -223,6 +236,26 @@ impl SweepSpec {
         let ls = self.grid.l.values("grid.L")?;
         let ms = self.grid.m.values("grid.M")?;
         let ds = self.grid.d.values("grid.D")?;
+        let shapes = match self.grid.shapes {
+            Shapes::Product => {
+                // In floating point: the count itself may not fit `usize`.
+                let n = ls.len() as f64 * ms.len() as f64 * ds.len() as f64;
+                if n > MAX_TASKS as f64 {
+                    Vec::new() // refused by `plan_size` below
+                } else {
+                    let mut v = Vec::with_capacity(n as usize);
+                    for &l in &ls {
+                        for &m in &ms {
+                            for &d in &ds {
+                                v.push((l, m, d));
+                            }
+                        }
+                    }
+                    v
+                }
+            }
+            Shapes::Zip => zip_shapes(&self.grid)?,
+        };
         let mut knobs = KnobGrid::default();
         for (name, axis) in &self.grid.knobs {
             let field = format!("grid.{name}");
@@ -233,7 +266,21 @@ impl SweepSpec {
             knobs.knobs.push(knob);
             knobs.values.push(axis.values(&field)?);
         }
-        plan_size(self.reps, &ls, &ms, &ds, knobs.values.iter().map(Vec::len))?;
+        plan_size(
+            self.reps,
+            &self.grid,
+            &ls,
+            &ms,
+            &ds,
+            knobs.values.iter().map(Vec::len),
+        )?;
+        if self.grid.shapes == Shapes::Zip && !knobs.is_empty() {
+            return Err(inv(
+                "grid.shapes",
+                "zip".into(),
+                "a transfer sweep (knob axes) runs over the product of its shapes: leave grid.shapes at \"product\"",
+            ));
+        }
         match (&self.reference, knobs.is_empty()) {
             (ReferenceSpec::None, true) => {
                 return Err(inv(
@@ -277,6 +324,16 @@ impl SweepSpec {
         }
         let reference = match self.reference {
             ReferenceSpec::None => (0, 0, 0),
+            // A ladder's largest network: the shape of the largest L M D (the last of
+            // equals); the product grid's (max L, max M, max D).
+            ReferenceSpec::Largest if self.grid.shapes == Shapes::Zip => *shapes
+                .iter()
+                .rev()
+                .max_by(|a, b| {
+                    let p = |s: &(usize, usize, usize)| s.0 as f64 * s.1 as f64 * s.2 as f64;
+                    p(a).total_cmp(&p(b))
+                })
+                .expect("a checked ladder has a shape"),
             ReferenceSpec::Largest => (
                 *ls.last().unwrap(),
                 *ms.last().unwrap(),
@@ -470,11 +527,13 @@ impl SweepSpec {
         };
         if self.backend != super::spec::Backend::Auto && self.backend != super::spec::Backend::Dense
         {
-            if matches!(self.reference, ReferenceSpec::Limit { .. }) {
+            if matches!(self.reference, ReferenceSpec::Limit { .. })
+                && self.backend == super::spec::Backend::Lowrank
+            {
                 return Err(inv(
                     "backend",
-                    format!("{:?}", self.backend).to_lowercase(),
-                    "against the limit every task runs the dense step (it records every layer): use \"auto\" or \"dense\"",
+                    "lowrank".into(),
+                    "against the limit a task runs the dense step or the regenerated one (both record every layer): use \"auto\", \"dense\" or \"regenerated\"",
                 ));
             }
             if !knobs.is_empty() && self.couplings.len() > 1 {
@@ -497,6 +556,7 @@ impl SweepSpec {
             ls,
             ms,
             ds,
+            shapes,
             reference,
             read_steps,
             knobs,
@@ -585,9 +645,52 @@ impl SweepSpec {
     }
 }
 
+/// The shapes of a `shapes = "zip"` grid: (L[i], M[i], D[i]) in the order written, an
+/// axis of one value going with every shape; the axes must otherwise have one length.
+/// A repeated shape is kept once.
+fn zip_shapes(g: &super::spec::GridSpec) -> Result<Vec<(usize, usize, usize)>, SpecError> {
+    let axes = [
+        ("grid.L", g.l.written("grid.L")?),
+        ("grid.M", g.m.written("grid.M")?),
+        ("grid.D", g.d.written("grid.D")?),
+    ];
+    let n = axes.iter().map(|a| a.1.len()).max().unwrap_or(0);
+    if let Some((field, v)) = axes.iter().find(|a| a.1.len() != 1 && a.1.len() != n) {
+        let lens: Vec<String> = axes
+            .iter()
+            .map(|(f, v)| format!("{f}: {}", v.len()))
+            .collect();
+        return Err(inv_data(
+            field,
+            format!("{} values", v.len()),
+            &format!(
+                "with grid.shapes = \"zip\" the axes go together value by value: give them one length, or one value ({})",
+                lens.join(", ")
+            ),
+        ));
+    }
+    if n > MAX_TASKS {
+        return Err(inv_data(
+            "grid.shapes",
+            n,
+            &format!("a ladder may hold at most {MAX_TASKS} shapes"),
+        ));
+    }
+    let at = |v: &Vec<usize>, i: usize| if v.len() == 1 { v[0] } else { v[i] };
+    let mut out: Vec<(usize, usize, usize)> = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = (at(&axes[0].1, i), at(&axes[1].1, i), at(&axes[2].1, i));
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
 /// Refuses a plan of more than [`MAX_TASKS`] tasks, before it is built.
 fn plan_size(
     reps: usize,
+    grid: &super::spec::GridSpec,
     ls: &[usize],
     ms: &[usize],
     ds: &[usize],
@@ -595,7 +698,12 @@ fn plan_size(
 ) -> Result<(), SpecError> {
     // In floating point: the count itself may not fit `usize`.
     let points: f64 = knobs.map(|n| n as f64).product();
-    let tasks = reps as f64 * ls.len() as f64 * ms.len() as f64 * ds.len() as f64 * points;
+    let shapes = match grid.shapes {
+        Shapes::Product => ls.len() as f64 * ms.len() as f64 * ds.len() as f64,
+        // Checked by `zip_shapes` (at most MAX_TASKS).
+        Shapes::Zip => ls.len().max(ms.len()).max(ds.len()) as f64,
+    };
+    let tasks = reps as f64 * shapes * points;
     if tasks > MAX_TASKS as f64 {
         return Err(inv_data(
             "reps",
@@ -658,36 +766,32 @@ impl Sweep {
         let (rl, rm, rd) = self.reference;
         for rep in 0..self.spec.reps {
             let mut in_grid = false;
-            for &l in &self.ls {
-                for &m in &self.ms {
-                    for &d in &self.ds {
-                        let is_ref = (l, m, d) == (rl, rm, rd);
-                        in_grid |= is_ref;
-                        if self.knobs.is_empty() {
-                            tasks.push(Task {
-                                rep,
-                                l,
-                                m,
-                                d,
-                                is_reference: is_ref,
-                                knob: None,
-                            });
-                        }
-                        for k in 0..if self.knobs.is_empty() {
-                            0
-                        } else {
-                            self.knobs.points()
-                        } {
-                            tasks.push(Task {
-                                rep,
-                                l,
-                                m,
-                                d,
-                                is_reference: false,
-                                knob: Some(k),
-                            });
-                        }
-                    }
+            for &(l, m, d) in &self.shapes {
+                let is_ref = (l, m, d) == (rl, rm, rd);
+                in_grid |= is_ref;
+                if self.knobs.is_empty() {
+                    tasks.push(Task {
+                        rep,
+                        l,
+                        m,
+                        d,
+                        is_reference: is_ref,
+                        knob: None,
+                    });
+                }
+                for k in 0..if self.knobs.is_empty() {
+                    0
+                } else {
+                    self.knobs.points()
+                } {
+                    tasks.push(Task {
+                        rep,
+                        l,
+                        m,
+                        d,
+                        is_reference: false,
+                        knob: Some(k),
+                    });
                 }
             }
             if !in_grid && !self.against_limit() && !self.is_transfer() {

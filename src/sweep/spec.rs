@@ -51,13 +51,22 @@ fn axis_from_value(field: &str, v: toml::Value) -> Result<Axis, String> {
 }
 
 impl Axis {
+    /// The axis's values, sorted and deduplicated.
     pub(crate) fn values(&self, field: &str) -> Result<Vec<usize>, SpecError> {
+        let mut v = self.written(field)?;
+        v.sort_unstable();
+        v.dedup();
+        Ok(v)
+    }
+
+    /// The axis's values in the order written (a logspace ascending), checked positive.
+    pub(crate) fn written(&self, field: &str) -> Result<Vec<usize>, SpecError> {
         let bad = |v: String, why: &str| SpecError::Invalid {
             field: field.into(),
             value: v,
             why: why.into(),
         };
-        let mut v: Vec<usize> = match self {
+        let v: Vec<usize> = match self {
             Axis::List(xs) => {
                 if xs.is_empty() {
                     return Err(bad("[]".into(), "must not be empty"));
@@ -84,8 +93,6 @@ impl Axis {
                 logspace(*lo, *hi, *n)
             }
         };
-        v.sort_unstable();
-        v.dedup();
         Ok(v)
     }
 }
@@ -223,11 +230,34 @@ pub struct GridSpec {
     /// Embedding dimensions D: an [`Axis`] of positive integers. Required.
     #[serde(rename = "D")]
     pub d: Axis,
+    /// How the axes make shapes: `"product"` (default), every (L, M, D) of the three
+    /// axes; `"zip"`, the i-th shape is (L[i], M[i], D[i]) in the order written (an axis
+    /// of one value goes with every shape), e.g. a ladder of growing networks along
+    /// D ∝ P^(1/3) (the P-scaling report, [`crate::sweep::ladder`]).
+    #[serde(default, skip_serializing_if = "Shapes::is_product")]
+    pub shapes: Shapes,
     /// Knob axes ([`Knob`]: `lr`, `alpha`, or a scalar of the parametrization table such
     /// as `"U.lr.c"`), each a [`KnobAxis`]; by name (their order in the plan). Default:
     /// none. A sweep with knob axes is a transfer sweep (`[reference] kind = "none"`).
     #[serde(flatten)]
     pub knobs: std::collections::BTreeMap<String, KnobAxis>,
+}
+
+/// How the axes of `[grid]` make the shapes of a sweep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shapes {
+    /// Every combination of the L, M and D values.
+    #[default]
+    Product,
+    /// The i-th values of the three axes together (a ladder of shapes).
+    Zip,
+}
+
+impl Shapes {
+    fn is_product(&self) -> bool {
+        *self == Shapes::Product
+    }
 }
 
 /// `[grid]` as written; its axes are checked by [`axis_from_value`] and
@@ -246,7 +276,17 @@ struct RawGrid {
 
 impl TryFrom<RawGrid> for GridSpec {
     type Error = String;
-    fn try_from(g: RawGrid) -> Result<Self, String> {
+    fn try_from(mut g: RawGrid) -> Result<Self, String> {
+        let shapes = match g.rest.remove("shapes") {
+            None => Shapes::Product,
+            Some(toml::Value::String(s)) if s == "product" => Shapes::Product,
+            Some(toml::Value::String(s)) if s == "zip" => Shapes::Zip,
+            Some(other) => {
+                return Err(format!(
+                    "grid.shapes: must be \"product\" or \"zip\", got {other}"
+                ));
+            }
+        };
         let mut knobs = std::collections::BTreeMap::new();
         for (name, v) in g.rest {
             let field = format!("grid.{name}");
@@ -259,6 +299,7 @@ impl TryFrom<RawGrid> for GridSpec {
             l: axis_from_value("grid.L", g.l)?,
             m: axis_from_value("grid.M", g.m)?,
             d: axis_from_value("grid.D", g.d)?,
+            shapes,
             knobs,
         })
     }

@@ -68,6 +68,12 @@ pub enum Strategy {
     /// inside each pass ([`factored::Init::Regenerated`]): never stored, so memory grows
     /// like L K N (M + D). Chosen when the stored engines would not fit, or on request.
     Regenerated,
+    /// Against the limit with the regenerated engine: the low-rank step over regenerated
+    /// initial weights ([`factored::Init::Regenerated`]) recording every layer at the
+    /// read steps, each variant measured against the solved limit
+    /// ([`LimitReference::step_errors`]). Chosen when the dense step would not fit, or
+    /// on request (`backend = "regenerated"`); the same errors to rounding.
+    LimitRegenerated,
 }
 
 impl Strategy {
@@ -78,6 +84,7 @@ impl Strategy {
             Strategy::LowRank => "lowrank",
             Strategy::Limit => "limit",
             Strategy::Regenerated => "regenerated",
+            Strategy::LimitRegenerated => "limit-regenerated",
         }
     }
 }
@@ -95,20 +102,28 @@ impl Sweep {
             rows_m: train::Layout::Auto.rows_m(&dims),
         };
         let together = variants == 1 || !self.is_transfer();
+        let fits = |s: Strategy| s.bytes(self, t).is_ok_and(|b| b <= self.memory_budget);
+        if self.against_limit() {
+            // `lowrank` is refused against the limit by the spec's check.
+            return match self.spec.backend {
+                Backend::Regenerated => Strategy::LimitRegenerated,
+                Backend::Auto if !fits(Strategy::Limit) && fits(Strategy::LimitRegenerated) => {
+                    Strategy::LimitRegenerated
+                }
+                _ => Strategy::Limit,
+            };
+        }
         match self.spec.backend {
             Backend::Dense => return dense,
             Backend::Lowrank => return Strategy::LowRank,
             Backend::Regenerated => return Strategy::Regenerated,
             Backend::Auto => {}
         }
-        let stored = if self.against_limit() {
-            return Strategy::Limit;
-        } else if together && factored::worth_it(&dims, self.spec.steps, variants) {
+        let stored = if together && factored::worth_it(&dims, self.spec.steps, variants) {
             Strategy::LowRank
         } else {
             dense
         };
-        let fits = |s: Strategy| s.bytes(self, t).is_ok_and(|b| b <= self.memory_budget);
         if together && !fits(stored) && fits(Strategy::Regenerated) {
             Strategy::Regenerated
         } else {
@@ -207,6 +222,13 @@ impl Strategy {
                 ])?,
             ),
         ])?;
+        // Every layer's h_l (L + 1 states of D x N, f64) at one read step.
+        let layers = memory::product(&[
+            ("L + 1", memory::sum(&[("L", dims.l), ("1", 1)])?),
+            ("D", dims.d),
+            ("data.N", dims.n),
+            ("8", 8),
+        ])?;
         let w = match sw.spec.dtype {
             Dtype::F64 => Weights::<f64>::bytes(&dims),
             Dtype::F32 => Weights::<f32>::bytes(&dims),
@@ -235,7 +257,51 @@ impl Strategy {
                     ("records", records),
                 ])
             }
-            Strategy::Dense { .. } | Strategy::Limit => {
+            Strategy::LimitRegenerated => {
+                let block = match sw.spec.dtype {
+                    Dtype::F64 => factored::regen_scratch_bytes::<f64>(dims.m, dims.d)?,
+                    Dtype::F32 => factored::regen_scratch_bytes::<f32>(dims.m, dims.d)?,
+                };
+                // One variant at a time, every read step's layers recorded in one run.
+                let one = match sw.spec.dtype {
+                    Dtype::F64 => factored::bytes::<f64>(&dims, k, 1),
+                    Dtype::F32 => factored::bytes::<f32>(&dims, k, 1),
+                }?;
+                memory::sum(&[
+                    ("factors", one),
+                    ("regenerated block", block),
+                    ("records", records),
+                    ("limit trajectories", limit_bytes(sw, &dims)?),
+                    (
+                        "layer records",
+                        memory::product(&[
+                            ("read steps", sw.read_steps.len()),
+                            ("layers", layers),
+                        ])?,
+                    ),
+                ])
+            }
+            Strategy::Limit => {
+                let w = w?;
+                let ws = match sw.spec.dtype {
+                    Dtype::F64 => train::Workspace::<f64>::bytes(&dims)?,
+                    Dtype::F32 => train::Workspace::<f32>::bytes(&dims)?,
+                };
+                // One variant at a time (each on its own copy when there are several),
+                // one read step's layers at a time.
+                let copies = if variants > 1 { 2 } else { 1 };
+                memory::sum(&[
+                    (
+                        "weights",
+                        memory::product(&[("copies", copies), ("weight bytes", w)])?,
+                    ),
+                    ("workspace", ws),
+                    ("records", records),
+                    ("limit trajectories", limit_bytes(sw, &dims)?),
+                    ("layer records", layers),
+                ])
+            }
+            Strategy::Dense { .. } => {
                 let w = w?;
                 let copies = if variants > 1 { 2 } else { 1 };
                 let ws = match sw.spec.dtype {
@@ -285,7 +351,7 @@ impl Strategy {
         let (block_seed, own_embed) = sw.task_seeds(t);
         // The regenerated engine never holds the block weights: the embeddings alone.
         let drawn = match self {
-            Strategy::Regenerated => Dims { l: 0, ..dims },
+            Strategy::Regenerated | Strategy::LimitRegenerated => Dims { l: 0, ..dims },
             _ => dims,
         };
         let base = Weights::<T>::draw(&drawn, &r, sw.embed_seed(t.rep), block_seed, par);
@@ -356,12 +422,42 @@ impl Strategy {
                     )
                 })
             }
+            Strategy::LimitRegenerated => {
+                let lim: std::sync::Arc<LimitReference> = sw.limit_reference()?;
+                variants.each(base, |c, w| {
+                    let t0 = std::time::Instant::now();
+                    let (eta, k) = (sw.spec.lr, sw.spec.steps);
+                    let a = lim.train_against_regenerated(
+                        &dims,
+                        block_seed,
+                        &w.we,
+                        &w.wu,
+                        data,
+                        &r,
+                        eta,
+                        k,
+                        &sw.read_steps,
+                        par,
+                    )?;
+                    Ok(TaskRecord {
+                        task: *t,
+                        coupling: c,
+                        losses: a.losses,
+                        outputs: Vec::new(),
+                        hidden: Vec::new(),
+                        seconds: t0.elapsed().as_secs_f64(),
+                        limit: Some(a.errors),
+                        diverged: None,
+                        backend: Some(self.name().into()),
+                    })
+                })
+            }
             Strategy::Limit => {
                 let lim: std::sync::Arc<LimitReference> = sw.limit_reference()?;
                 variants.each(base, |c, mut w| {
                     let t0 = std::time::Instant::now();
                     let (eta, k) = (sw.spec.lr, sw.spec.steps);
-                    let a = lim.train_against(&mut w, data, &r, eta, k, &sw.read_steps)?;
+                    let a = lim.train_against(&mut w, data, &r, eta, k, &sw.read_steps, par)?;
                     Ok(TaskRecord {
                         task: *t,
                         coupling: c,
@@ -377,6 +473,19 @@ impl Strategy {
             }
         }
     }
+}
+
+/// Bytes of the limit's coordinate trajectories for a network of width D (H and B:
+/// 2 x D x depth points x K N, f64; [`crate::limit::CoordinateTrajectories`]).
+fn limit_bytes(sw: &Sweep, dims: &Dims) -> Result<usize, MemoryError> {
+    memory::product(&[
+        ("2", 2),
+        ("D", dims.d),
+        ("reference.num_s", sw.limit_num_s()),
+        ("steps", sw.spec.steps),
+        ("data.N", dims.n),
+        ("8", 8),
+    ])
 }
 
 /// The coupling variants of a task and how their embeddings are made.

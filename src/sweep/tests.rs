@@ -347,7 +347,12 @@ fn a_task_too_large_for_memory_runs_regenerated_with_the_dense_results() {
         "backend = \"regenerated\"\n{}",
         BASE.replace("kind = \"largest\"", "kind = \"limit\"")
     );
-    let e = toml::from_str::<SweepSpec>(&limit)
+    // Against the limit the regenerated engine is allowed, the low-rank one refused.
+    toml::from_str::<SweepSpec>(&limit)
+        .unwrap()
+        .check()
+        .unwrap();
+    let e = toml::from_str::<SweepSpec>(&limit.replace("\"regenerated\"", "\"lowrank\""))
         .unwrap()
         .check()
         .unwrap_err()
@@ -356,4 +361,182 @@ fn a_task_too_large_for_memory_runs_regenerated_with_the_dense_results() {
     // "auto" leaves the provenance as it was.
     let auto = toml::from_str::<SweepSpec>(&text).unwrap().check().unwrap();
     assert!(auto.task_inputs(&t).get("backend").is_none());
+}
+
+/// A small ladder against the exact linear limit (the P-scaling spec's setting).
+const LADDER: &str = r#"
+name = "ladder"
+preset = "chizat-python"
+activation = "linear"
+steps = 4
+lr = 0.1
+reps = 2
+read_steps = [3]
+couplings = ["coupled"]
+[data]
+din = 3
+dout = 3
+N = 1
+x = [0.48, -0.13, 0.63]
+y = [0.63, 0.27, -0.06]
+[grid]
+shapes = "zip"
+L = [4, 6, 9, 13, 20]
+M = { logspace = [4, 20, 5] }
+D = [5, 8, 12, 18, 27]
+[reference]
+kind = "limit"
+[report]
+step = 3
+p_step = 3
+"#;
+
+#[test]
+fn a_zipped_grid_is_a_ladder_of_shapes_checked_naming_the_field() {
+    let sw = toml::from_str::<SweepSpec>(LADDER)
+        .unwrap()
+        .check()
+        .unwrap();
+    assert_eq!(
+        sw.shapes,
+        vec![(4, 4, 5), (6, 5, 8), (9, 8, 12), (13, 13, 18), (20, 20, 27)]
+    );
+    let plan = sw.plan();
+    assert_eq!(plan.len(), 10);
+    assert_eq!((plan[1].l, plan[1].m, plan[1].d), (6, 5, 8));
+    // The product grid is unchanged.
+    let product = LADDER.replace("shapes = \"zip\"\n", "");
+    let sw = toml::from_str::<SweepSpec>(&product)
+        .unwrap()
+        .check()
+        .unwrap();
+    assert_eq!(sw.shapes.len(), 125);
+    // One value goes with every shape; the order is as written; a repeated shape once.
+    let text = LADDER
+        .replace("L = [4, 6, 9, 13, 20]", "L = [7]")
+        .replace("D = [5, 8, 12, 18, 27]", "D = [30, 20, 10, 10, 5]")
+        .replace("M = { logspace = [4, 20, 5] }", "M = [1, 2, 3, 3, 4]");
+    let sw = toml::from_str::<SweepSpec>(&text).unwrap().check().unwrap();
+    assert_eq!(
+        sw.shapes,
+        vec![(7, 1, 30), (7, 2, 20), (7, 3, 10), (7, 4, 5)]
+    );
+    // The largest network of a ladder: the largest L M D.
+    let largest = text
+        .replace("kind = \"limit\"", "kind = \"largest\"")
+        .replace("activation = \"linear\"", "activation = \"tanh\"")
+        .replace("D = [30, 20, 10, 10, 5]", "D = [9, 20, 10, 10, 5]");
+    let sw = toml::from_str::<SweepSpec>(&largest)
+        .unwrap()
+        .check()
+        .unwrap();
+    assert_eq!(sw.reference, (7, 2, 20));
+    // Refusals name the field.
+    let refuse = |from: &str, to: &str| {
+        let t = LADDER.replace(from, to);
+        assert_ne!(t, LADDER);
+        match toml::from_str::<SweepSpec>(&t) {
+            Err(e) => e.to_string(),
+            Ok(s) => s.check().unwrap_err().to_string(),
+        }
+    };
+    let e = refuse("D = [5, 8, 12, 18, 27]", "D = [5, 8, 12]");
+    assert!(e.contains("'grid.D'") && e.contains("one length"), "{e}");
+    let e = refuse("shapes = \"zip\"", "shapes = \"diagonal\"");
+    assert!(e.contains("grid.shapes") && e.contains("diagonal"), "{e}");
+    let e = refuse("L = [4, 6, 9, 13, 20]", "L = [4, 6, 0, 13, 20]");
+    assert!(e.contains("'grid.L'") && e.contains("positive"), "{e}");
+    let transfer = LADDER
+        .replace("[grid]", "[grid]\nlr = [0.1, 1]")
+        .replace("kind = \"limit\"", "kind = \"none\"");
+    let e = toml::from_str::<SweepSpec>(&transfer)
+        .unwrap()
+        .check()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'grid.shapes'") && e.contains("transfer"), "{e}");
+}
+
+#[test]
+fn a_ladder_against_the_limit_runs_regenerated_when_dense_does_not_fit() {
+    let mut sw = toml::from_str::<SweepSpec>(LADDER)
+        .unwrap()
+        .check()
+        .unwrap();
+    let t = *sw.plan().last().unwrap();
+    let data = sw.spec.data.data().unwrap();
+    assert_eq!(sw.strategy(&t), Strategy::Limit);
+    let want = run_task(&sw, &t, &data, &Default::default()).unwrap();
+    let regen = Strategy::LimitRegenerated.bytes(&sw, &t).unwrap();
+    assert!(regen < Strategy::Limit.bytes(&sw, &t).unwrap());
+    sw.memory_budget = regen;
+    assert_eq!(sw.strategy(&t), Strategy::LimitRegenerated);
+    let got = run_task(&sw, &t, &data, &Default::default()).unwrap();
+    assert_eq!(got[0].backend.as_deref(), Some("limit-regenerated"));
+    assert_eq!(want[0].backend.as_deref(), Some("limit"));
+    let (g, w) = (
+        got[0].limit.as_ref().unwrap(),
+        want[0].limit.as_ref().unwrap(),
+    );
+    assert_eq!(g.len(), 1);
+    for (a, b) in [
+        (g[0].h_mad_max, w[0].h_mad_max),
+        (g[0].y_rms, w[0].y_rms),
+        (g[0].loss, w[0].loss),
+    ] {
+        assert!((a - b).abs() <= 1e-11 * b.abs(), "{a} vs {b}");
+    }
+    assert_eq!(got[0].losses.len(), 4);
+}
+
+#[test]
+fn a_ladder_reports_its_p_exponent_over_the_whole_range_and_each_half() {
+    let sw = toml::from_str::<SweepSpec>(LADDER)
+        .unwrap()
+        .check()
+        .unwrap();
+    let root = std::env::temp_dir().join(format!("reslim-ladder-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let d = SweepDir::new(&root);
+    crate::sweep::execute(&sw, &d, &PipelineOptions::default(), &Silent).unwrap();
+    let fits: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("fits.json")).unwrap()).unwrap();
+    let spaces = fits["spaces"].as_array().unwrap();
+    assert_eq!(spaces.len(), 2);
+    for sp in spaces {
+        let ranges: Vec<&str> = sp["fits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["range"].as_str().unwrap())
+            .collect();
+        assert_eq!(ranges, ["whole", "lower half", "upper half"]);
+        let whole = &sp["fits"][0];
+        assert_eq!(whole["shapes"], 5);
+        assert_eq!(whole["fit"]["n"], 10);
+        // The errors fall with P.
+        let b = whole["fit"]["slope"].as_f64().unwrap();
+        assert!(b < 0.0 && b > -1.0, "{b}");
+        // Each half holds the middle shape (P = 9 8 12 = 864 is not the midpoint: 3 + 2).
+        let (lo, hi) = (&sp["fits"][1], &sp["fits"][2]);
+        assert_eq!(
+            lo["shapes"].as_u64().unwrap() + hi["shapes"].as_u64().unwrap(),
+            5
+        );
+        // The same fit by hand from the per-shape table.
+        assert_eq!(sp["shapes"].as_array().unwrap().len(), 5);
+    }
+    let csv = std::fs::read_to_string(root.join("pscaling.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 11);
+    assert!(csv.starts_with("space,coupling,L,M,D,P,reps,err_rms"));
+    let md = std::fs::read_to_string(root.join("report.md")).unwrap();
+    assert!(md.contains("upper half") && md.contains("-0.167"), "{md}");
+    assert!(root.join("figures").join("pscaling.png").exists());
+    // The whole-range exponent is the OLS of the tidy rows.
+    let rows = collect(&sw, &d).unwrap();
+    let (x, y): (Vec<f64>, Vec<f64>) = rows.iter().map(|r| (r.p, r.msq_h.sqrt())).unzip();
+    let f = crate::fit::loglog_fit(&x, &y).unwrap();
+    let got = spaces[0]["fits"][0]["fit"]["slope"].as_f64().unwrap();
+    assert!((f.slope - got).abs() < 1e-12, "{} vs {got}", f.slope);
+    let _ = std::fs::remove_dir_all(&root);
 }
