@@ -125,6 +125,11 @@ class SweepResult:
         optima: transfer sweeps: ``optima.csv``, the optimum of each repetition's curve.
         transfer: transfer sweeps: ``transfer.csv``, each shape's mean optimum and its
             95% interval.
+        pscaling: ladder sweeps (``[grid] shapes = "zip"``): ``pscaling.csv``, per error
+            space and shape the RMS error over repetitions, the geometric mean and its
+            95% interval; ``fits["spaces"]`` then holds the exponent of the error in P over
+            the whole ladder and each half (``fits``: slope, ``slope_ci95``, ``p_value``;
+            ``verdict`` against the paper's -1/6 or -1/5). Else None.
 
     A shard's result (``sweep(..., shard="J/N")``) has only ``out`` and ``summary``.
     """
@@ -139,6 +144,7 @@ class SweepResult:
     losses: Any = None
     optima: Any = None
     transfer: Any = None
+    pscaling: Any = None
 
 
 @dataclass
@@ -406,6 +412,7 @@ def load_sweep(out: PathLike) -> SweepResult:
         report=out / "report.md",
         out=out,
         errors_limit=optional("errors_limit.csv"),
+        pscaling=optional("pscaling.csv"),
     )
 
 

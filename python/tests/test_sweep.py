@@ -178,3 +178,30 @@ def test_a_transfer_sweep_gives_losses_optima_and_drift(tmp_path):
     assert {"opt", "ci_lo", "ci_hi", "censored"} <= set(res.transfer.columns)
     assert {d["axis"] for d in res.fits["drift"]} == {"L", "M"}  # D has one value: no M=D
     assert reslim.load_sweep(tmp_path / "tr").losses.equals(res.losses)
+
+
+def test_a_ladder_sweep_gives_the_p_exponent_over_each_half(tmp_path):
+    spec = {
+        "name": "ladder",
+        "preset": "chizat-python",
+        "activation": "linear",
+        "backend": "regenerated",
+        "steps": 4,
+        "lr": 0.1,
+        "reps": 2,
+        "read_steps": [3],
+        "couplings": ["coupled"],
+        "data": {"din": 3, "dout": 3, "N": 1, "x": [0.48, -0.13, 0.63], "y": [0.63, 0.27, -0.06]},
+        "grid": {"shapes": "zip", "L": [4, 8, 16, 32], "M": [4, 8, 16, 32], "D": [4, 8, 16, 32]},
+        "reference": {"kind": "limit"},
+    }
+    res = reslim.sweep(spec, out=tmp_path / "ladder")
+    assert len(res.errors) == 4 * 2
+    assert sorted(set(res.errors["P"])) == [64.0, 512.0, 4096.0, 32768.0]
+    assert len(res.pscaling) == 2 * 4
+    emb = [s for s in res.fits["spaces"] if s["space"] == "embedding"][0]
+    assert [f["range"] for f in emb["fits"]] == ["whole", "lower half", "upper half"]
+    whole = emb["fits"][0]["fit"]
+    assert whole["slope"] < 0 and whole["slope_ci95"][0] <= whole["slope"] <= whole["slope_ci95"][1]
+    assert abs(emb["paper"] + 1 / 6) < 1e-12
+    assert reslim.load_sweep(tmp_path / "ladder").pscaling.equals(res.pscaling)

@@ -131,6 +131,28 @@ impl Sweep {
         }
     }
 
+    /// Every engine that could run task `t` (against the limit: `limit`,
+    /// `limit-regenerated`; else `dense`, `lowrank`, `regenerated`) with its bytes
+    /// ([`Strategy::bytes`]; `None` where the count overflows), for messages that refuse
+    /// a task.
+    pub fn engine_bytes(&self, t: &Task) -> Vec<(&'static str, Option<usize>)> {
+        let engines: Vec<Strategy> = if self.against_limit() {
+            vec![Strategy::Limit, Strategy::LimitRegenerated]
+        } else {
+            vec![
+                Strategy::Dense {
+                    rows_m: train::Layout::Auto.rows_m(&self.dims(t)),
+                },
+                Strategy::LowRank,
+                Strategy::Regenerated,
+            ]
+        };
+        engines
+            .into_iter()
+            .map(|s| (s.name(), s.bytes(self, t).ok()))
+            .collect()
+    }
+
     /// Bytes task `t` needs at its peak ([`Strategy::bytes`]).
     pub fn task_bytes(&self, t: &Task) -> Result<usize, MemoryError> {
         self.strategy(t).bytes(self, t)
