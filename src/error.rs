@@ -14,6 +14,8 @@ pub enum Error {
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
     #[error(transparent)]
+    Run(#[from] crate::run::RunError),
+    #[error(transparent)]
     Sweep(#[from] crate::sweep::SweepError),
     #[error(transparent)]
     Fit(#[from] crate::fit::FitError),

@@ -414,11 +414,27 @@ pub fn train_shared_from<T: Real>(
     opts: &TrainOptions,
     par: Par,
 ) -> Result<Vec<History>, TrainError> {
-    let rows = regen_block_rows::<T>(dims.d);
-    train_shared_blocks(dims, init, rows, variants, data, r, opts, par)
+    train_shared_observed(dims, init, variants, data, r, opts, par, &mut |_, _| {})
 }
 
-/// [`train_shared_from`] with `block_rows` rows per regenerated block.
+/// [`train_shared_from`] that calls `on_step(k, losses)` after step k with the losses of
+/// every variant at that step (for progress bars, as [`train::train`]'s `on_step`).
+#[allow(clippy::too_many_arguments)]
+pub fn train_shared_observed<T: Real>(
+    dims: &Dims,
+    init: Init<'_, T>,
+    variants: &mut [Variant<T>],
+    data: &Data,
+    r: &Resolved,
+    opts: &TrainOptions,
+    par: Par,
+    on_step: &mut dyn FnMut(usize, &[f64]),
+) -> Result<Vec<History>, TrainError> {
+    let rows = regen_block_rows::<T>(dims.d);
+    train_shared_blocks(dims, init, rows, variants, data, r, opts, par, on_step)
+}
+
+/// [`train_shared_observed`] with `block_rows` rows per regenerated block.
 #[allow(clippy::too_many_arguments)]
 fn train_shared_blocks<T: Real>(
     dims: &Dims,
@@ -429,6 +445,7 @@ fn train_shared_blocks<T: Real>(
     r: &Resolved,
     opts: &TrainOptions,
     par: Par,
+    on_step: &mut dyn FnMut(usize, &[f64]),
 ) -> Result<Vec<History>, TrainError> {
     train::check_data(dims, data)?;
     if opts.layer_stats {
@@ -490,6 +507,7 @@ fn train_shared_blocks<T: Real>(
     let fa = |l: usize| l * rmax * m..(l + 1) * rmax * m;
     let fb = |l: usize| l * rmax * d..(l + 1) * rmax * d;
     let diverged = |step, layer, what| TrainError::Diverged { step, layer, what };
+    let mut step_losses = vec![0.0; nv];
     for k in 0..opts.steps {
         train::check_cancel(opts, k)?;
         // Forward, all variants together.
@@ -554,6 +572,7 @@ fn train_shared_blocks<T: Real>(
             let hs = &mut hist[v];
             train::check_growth(opts, k, loss, hs.losses.first().copied().unwrap_or(loss))?;
             hs.losses.push(loss);
+            step_losses[v] = loss;
             hs.outputs.extend_from_slice(&f[v]);
             let want =
                 var.record_hidden && opts.hidden_steps.as_ref().is_none_or(|s| s.contains(&k));
@@ -575,6 +594,7 @@ fn train_shared_blocks<T: Real>(
             }
         }
         if k + 1 == opts.steps {
+            on_step(k, &step_losses);
             break;
         }
         // Backward: the same recursion as the dense step, the updates appended to the
@@ -667,6 +687,7 @@ fn train_shared_blocks<T: Real>(
         for f in fv.iter_mut().filter(|_| r.v.trained) {
             f.rank += n;
         }
+        on_step(k, &step_losses);
     }
     Ok(hist)
 }
@@ -742,7 +763,18 @@ mod tests {
         for (init, rows, par) in runs {
             let mut vs = vars.clone();
             gots.push(
-                train_shared_blocks(&dims, init, rows, &mut vs, &data, &r, &opts, par).unwrap(),
+                train_shared_blocks(
+                    &dims,
+                    init,
+                    rows,
+                    &mut vs,
+                    &data,
+                    &r,
+                    &opts,
+                    par,
+                    &mut |_, _| {},
+                )
+                .unwrap(),
             );
         }
         let bits = |h: &[History]| -> Vec<u64> {

@@ -329,6 +329,10 @@ struct TrainArgs {
     /// Record per-layer coordinate statistics (layers.csv).
     #[arg(long)]
     layer_stats: bool,
+    /// The GD engine: auto (default: dense, low-rank where cheaper, regenerated when
+    /// the stored weights would not fit), dense, lowrank, regenerated.
+    #[arg(long)]
+    backend: Option<String>,
     /// Output directory.
     #[arg(long, default_value = "runs/train")]
     out: PathBuf,
@@ -568,6 +572,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         init_npy: a.init_npy,
         record_hidden: None,
         layer_stats: a.layer_stats.then_some(true),
+        backend: a.backend,
         param: None,
     };
     if let Some(alpha) = a.alpha {
@@ -590,10 +595,16 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         cfg.steps,
         cfg.eta
     );
+    let est = reslim::run::estimate(&cfg, reslim::memory::available()?)?;
+    eprintln!("memory: {}", est.line());
     let mut prog = Progress::new(cfg.steps as u64, "train");
-    let out = reslim::run::execute(&cfg, Par::Rayon, &Default::default(), &mut |k, loss| {
-        prog.set(k as u64 + 1, &format!("loss {loss:.4e}"))
-    })?;
+    let out = reslim::run::execute_with(
+        &cfg,
+        &est,
+        Par::Rayon,
+        &Default::default(),
+        &mut |k, loss| prog.set(k as u64 + 1, &format!("loss {loss:.4e}")),
+    )?;
     prog.finish();
     reslim::run::write_run_dir(&a.out, &cfg, &out)?;
     let h = &out.history;

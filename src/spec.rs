@@ -20,6 +20,7 @@
 //! # init_npy = "dir"        # start from X, Y, WE, WU, U, V .npy files instead
 //! record_hidden = true      # write h_L at every step (hL.npy)
 //! layer_stats = false       # per-layer coordinate statistics (layers.csv)
+//! backend = "auto"          # auto | dense | lowrank | regenerated (the GD engine)
 //! [param]                   # optional changes to the preset's table (see param.rs)
 //! alpha = 1.0
 //! U = { lr = { c = 0.5, l = 1, m = 1, d = 1 } }
@@ -107,6 +108,9 @@ pub struct TrainSpec {
     pub record_hidden: Option<bool>,
     /// Write per-layer coordinate statistics (`layers.csv`). Default false.
     pub layer_stats: Option<bool>,
+    /// The engine of the GD step ([`Backend`]): `auto` (default), `dense`, `lowrank` or
+    /// `regenerated`.
+    pub backend: Option<String>,
     /// `[param]`: changes to the preset's table ([`ParamOverride`]). Default: none.
     pub param: Option<ParamOverride>,
 }
@@ -170,7 +174,7 @@ impl TrainSpec {
         macro_rules! pick {
             ($($f:ident)*) => { TrainSpec { $($f: over.$f.or(self.$f),)* } };
         }
-        pick!(preset activation l m d n din dout steps lr seed embed_seed data_seed dtype init_npy record_hidden layer_stats param)
+        pick!(preset activation l m d n din dout steps lr seed embed_seed data_seed dtype init_npy record_hidden layer_stats backend param)
     }
 
     /// Validates the spec into a [`TrainConfig`]. With `init_npy`, the shapes come from
@@ -300,8 +304,12 @@ impl TrainSpec {
             "f32" => Dtype::F32,
             other => return Err(invalid("dtype", other, "must be f64 or f32")),
         };
+        let backend: Backend = match &self.backend {
+            None => Backend::Auto,
+            Some(b) => b.parse().map_err(|e: String| invalid("backend", b, &e))?,
+        };
         let seed = self.seed.unwrap_or(1);
-        Ok(TrainConfig {
+        let cfg = TrainConfig {
             dims,
             param,
             activation,
@@ -315,7 +323,12 @@ impl TrainSpec {
             init_arrays: init,
             record_hidden: self.record_hidden.unwrap_or(true),
             layer_stats: self.layer_stats.unwrap_or(false),
-        })
+            backend,
+        };
+        match cfg.refuses(backend) {
+            Some(e) => Err(e),
+            None => Ok(cfg),
+        }
     }
 }
 
@@ -344,6 +357,9 @@ pub struct TrainConfig {
     pub init_arrays: Option<Arc<InitArrays>>,
     pub record_hidden: bool,
     pub layer_stats: bool,
+    /// The engine asked for; `auto` is resolved against the memory before the run
+    /// (`run::estimate`).
+    pub backend: Backend,
 }
 
 fn init_shapes<S: serde::Serializer>(
@@ -359,6 +375,98 @@ impl TrainConfig {
             Dtype::F64 => "f64",
             Dtype::F32 => "f32",
         }
+    }
+
+    /// The field of this config that rules out `engine`, if any: `layer_stats` (the
+    /// statistics need the dense step's per-layer weights) for `lowrank` and
+    /// `regenerated`; `init_npy` or `init` (initial weights given as arrays cannot be
+    /// regenerated from their seed) for `regenerated`.
+    pub fn rules_out(&self, engine: Backend) -> Option<&'static str> {
+        match engine {
+            Backend::Auto | Backend::Dense => None,
+            _ if self.layer_stats => Some("layer_stats"),
+            Backend::Lowrank => None,
+            Backend::Regenerated if self.init_npy.is_some() => Some("init_npy"),
+            Backend::Regenerated if self.init_arrays.is_some() => Some("init"),
+            Backend::Regenerated => None,
+        }
+    }
+
+    /// [`TrainConfig::rules_out`] as the error of a spec that asks for `engine`, naming
+    /// both fields and their values.
+    pub fn refuses(&self, engine: Backend) -> Option<SpecError> {
+        let why = match self.rules_out(engine)? {
+            "layer_stats" => "'layer_stats' = true needs the dense engine (the low-rank \
+                engines keep no per-layer weights to take statistics of): use \"auto\" or \
+                \"dense\", or 'layer_stats' = false"
+                .to_string(),
+            "init_npy" => format!(
+                "'init_npy' = {} gives the initial weights as arrays, which cannot be \
+                 regenerated from a seed: use \"auto\", \"dense\" or \"lowrank\"",
+                self.init_npy.as_deref().unwrap_or(Path::new("")).display()
+            ),
+            _ => "the 'init' arrays give the initial weights, which cannot be regenerated \
+                from a seed: use \"auto\", \"dense\" or \"lowrank\""
+                .to_string(),
+        };
+        Some(invalid("backend", engine.name(), &why))
+    }
+}
+
+/// The engine of the GD step, for a training run (`backend` of a train spec) and for a
+/// sweep's tasks (`backend` of a sweep spec, `sweep::Strategy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The dense step, or the low-rank step where it is cheaper
+    /// ([`crate::factored::worth_it`]); the regenerated one when neither fits in memory.
+    #[default]
+    Auto,
+    /// The dense step ([`crate::train`]): the weights stored and updated in place.
+    Dense,
+    /// The low-rank step ([`crate::factored`]) over stored initial weights.
+    Lowrank,
+    /// The low-rank step with the initial weights regenerated in row blocks inside each
+    /// pass, never stored ([`crate::factored::Init::Regenerated`]): memory grows like
+    /// L K N (M + D) instead of L M D.
+    Regenerated,
+}
+
+impl Backend {
+    /// The three engines, in the order estimates list them.
+    pub const ENGINES: [Backend; 3] = [Backend::Dense, Backend::Lowrank, Backend::Regenerated];
+
+    pub fn is_auto(&self) -> bool {
+        *self == Backend::Auto
+    }
+
+    /// The name a spec gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Dense => "dense",
+            Backend::Lowrank => "lowrank",
+            Backend::Regenerated => "regenerated",
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "dense" => Ok(Backend::Dense),
+            "lowrank" => Ok(Backend::Lowrank),
+            "regenerated" => Ok(Backend::Regenerated),
+            _ => Err("must be auto, dense, lowrank or regenerated".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -83,7 +83,9 @@ class Run:
         losses: ``(K,)`` training loss at each step.
         outputs: ``(K, d_out, N)`` network outputs on the training inputs.
         h_last: ``(K, D, N)`` the last hidden state h_L (None with ``record_hidden=False``).
-        metadata: the resolved config, parametrization table and numbers, seeds, timings.
+        metadata: the resolved config, parametrization table and numbers, seeds, timings,
+            the engine that ran (``backend``), the one asked for
+            (``backend_requested``) and every engine's estimated bytes (``memory``).
         out: the run directory, when one was written or read.
     """
 
@@ -102,6 +104,21 @@ class Run:
         0, of the backward signal dloss/dh_l) as a DataFrame (a dict of columns without pandas), when the run was
         asked for them (``layer_stats=True``); else None."""
         return self._layer_stats
+
+    @property
+    def backend(self) -> Optional[str]:
+        """The engine that trained the run: ``"dense"``, ``"lowrank"`` or
+        ``"regenerated"`` (``metadata["backend"]``; None for runs of reslim versions
+        before the option)."""
+        return self.metadata.get("backend")
+
+    @property
+    def memory(self) -> Optional[Dict[str, Any]]:
+        """The memory estimate made before training (``metadata["memory"]``): the peak
+        bytes under each engine (``dense``, ``lowrank``, ``regenerated``; None where the
+        count overflows), ``requested``, ``chosen`` and ``available`` (``bytes``,
+        ``source``)."""
+        return self.metadata.get("memory")
 
 
 @dataclass
@@ -278,6 +295,7 @@ def train(
     init: Optional[Mapping[str, np.ndarray]] = None,
     out: Optional[PathLike] = None,
     alpha: Optional[float] = None,
+    backend: Optional[str] = None,
     progress: Progress = None,
     **overrides: Any,
 ) -> Run:
@@ -290,6 +308,15 @@ def train(
             ``V`` (L, D, M), all float64 in C order (the layout of the NPY interop).
         out: also write the run directory here (as ``reslim train --out``).
         alpha: the branch scale, shorthand for ``param={"alpha": alpha}``.
+        backend: the engine of the GD step (the spec's ``backend``): ``"auto"``
+            (default: the dense step, or the low-rank one where it is cheaper, or the
+            regenerated one when the stored weights would not fit in 85% of the
+            available memory), ``"dense"``, ``"lowrank"`` (the initial weights stored
+            and only read, plus rank-N factors per step) or ``"regenerated"`` (the
+            initial block weights regenerated from their seed inside each pass, never
+            stored; not with ``init`` or ``init_npy``). Every engine gives the same
+            records to rounding; ``layer_stats`` needs the dense one. The engine that
+            ran is ``Run.backend``.
         progress: True shows a progress bar (tqdm if installed), a callable gets
             ``(step, steps, note)`` after each step; default: a bar when stderr is a
             terminal.
@@ -298,19 +325,24 @@ def train(
             ``chizat-python``, ``lazy``, ``standard``), ``activation`` (``tanh``,
             ``relu``, ``gelu``, ``softplus``, ``linear``), ``seed``, ``embed_seed``,
             ``data_seed``, ``dtype`` (``f64``/``f32``), ``record_hidden``,
-            ``layer_stats``, ``init_npy``, ``param`` (a dict, merged key by key).
+            ``layer_stats``, ``init_npy``, ``backend``, ``param`` (a dict, merged key by
+            key).
 
     Returns:
         a :class:`Run` with ``losses`` (K,), ``outputs`` (K, d_out, N), ``h_last``
-        (K, D, N), ``metadata`` and, with ``layer_stats=True``, ``layer_stats``.
+        (K, D, N), ``metadata``, ``backend`` (the engine that ran), ``memory`` (every
+        engine's estimated bytes) and, with ``layer_stats=True``, ``layer_stats``.
 
     Raises:
-        SpecError: a bad field (named, with its value); DataError: bad arrays or files;
-        FileNotFoundError; DivergenceError (with ``step`` and ``layer``);
-        MemoryLimitError; KeyboardInterrupt on Ctrl-C.
+        SpecError: a bad field (named, with its value), an unknown ``backend``, or one
+        the run cannot use; DataError: bad arrays or files; FileNotFoundError;
+        DivergenceError (with ``step`` and ``layer``); MemoryLimitError (the run fits
+        under no engine, each one's bytes named); KeyboardInterrupt on Ctrl-C.
     """
     path, fields = _spec_dict(spec)
     fields = _merge(fields, overrides)
+    if backend is not None:
+        fields = _merge(fields, {"backend": backend})
     if alpha is not None:
         fields = _merge(fields, {"param": {"alpha": alpha}})
     if "init_npy" in fields and fields["init_npy"] is not None:

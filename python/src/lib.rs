@@ -109,6 +109,8 @@ fn kind_of(e: &reslim::Error) -> Kind {
         E::Train(e) => kind_train(e),
         E::Sweep(e) => kind_sweep(e),
         E::Memory(_) => Kind::Memory,
+        // Fits under no engine (every engine's bytes named).
+        E::Run(reslim::run::RunError::DoesNotFit { .. }) => Kind::Memory,
         E::Limit(reslim::limit::LimitError::InvalidParameter { .. }) => Kind::Spec,
         E::MeanField(reslim::meanfield::experiment::MeanFieldError::Io(e)) => kind_io(e),
         E::MeanField(reslim::meanfield::experiment::MeanFieldError::Stale { .. }) => Kind::Stale,

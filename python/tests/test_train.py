@@ -126,3 +126,34 @@ def test_divergence_raises_with_step_and_layer():
     assert e.value.step is not None and e.value.step >= 1
     assert f"step {e.value.step}" in str(e.value)
     assert isinstance(e.value, ArithmeticError)
+
+
+def test_backends_give_the_dense_records_and_name_the_engine(tmp_path, monkeypatch):
+    # Block weights (196 kB) outweigh the low-rank factors; the low-rank step is cheaper.
+    kw = dict(L=4, M=64, D=48, N=3, din=3, dout=2, steps=4, lr=0.7, seed=5)
+    dense = reslim.train(backend="dense", **kw)
+    regen = reslim.train(backend="regenerated", out=tmp_path / "regen", **kw)
+    assert np.allclose(regen.losses, dense.losses, rtol=1e-10, atol=0)
+    for got, want in [(regen.outputs, dense.outputs), (regen.h_last, dense.h_last)]:
+        assert rel_err(got, want) < 1e-10, rel_err(got, want)
+    assert dense.backend == "dense" and regen.backend == "regenerated"
+    assert regen.metadata["backend_requested"] == "regenerated" and regen.metadata["config"]["backend"] == "regenerated"
+    assert all(regen.memory[e] > 0 for e in ["dense", "lowrank", "regenerated"])
+    assert regen.memory["regenerated"] < regen.memory["dense"] < regen.memory["lowrank"]
+    back = reslim.load_run(tmp_path / "regen")
+    assert back.backend == "regenerated" and np.array_equal(back.h_last, regen.h_last)
+    # auto: the low-rank step (cheaper here); the regenerated one when the stored
+    # weights do not fit; refused when nothing fits, naming every engine's bytes.
+    assert reslim.train(**kw).backend == "lowrank"
+    monkeypatch.setenv("RESLIM_MEMORY_LIMIT", "200K")
+    auto = reslim.train(**kw)
+    assert auto.backend == "regenerated" and auto.metadata["backend_requested"] == "auto"
+    assert np.allclose(auto.losses, dense.losses, rtol=1e-10, atol=0)
+    monkeypatch.setenv("RESLIM_MEMORY_LIMIT", "1K")
+    with pytest.raises(reslim.MemoryLimitError, match="fits under no backend: dense needs .* regenerated needs"):
+        reslim.train(**kw)
+    monkeypatch.delenv("RESLIM_MEMORY_LIMIT")
+    with pytest.raises(reslim.SpecError, match="'backend'.*nonsense"):
+        reslim.train(backend="nonsense", **kw)
+    with pytest.raises(reslim.SpecError, match="'backend'.*'layer_stats'.*regenerated"):
+        reslim.train(backend="regenerated", layer_stats=True, **kw)

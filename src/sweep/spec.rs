@@ -882,29 +882,7 @@ pub struct SweepSpec {
     pub backend: Backend,
 }
 
-/// The engine of a sweep's tasks ([`super::Strategy`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// The dense step, or the low-rank step where it is cheaper
-    /// ([`crate::factored::worth_it`]); the regenerated one when neither fits in memory.
-    #[default]
-    Auto,
-    /// The dense step ([`crate::train`]): the weights stored and updated in place.
-    Dense,
-    /// The low-rank step ([`crate::factored`]) over stored initial weights.
-    Lowrank,
-    /// The low-rank step with the initial weights regenerated in row blocks inside each
-    /// pass, never stored ([`crate::factored::Init::Regenerated`]): memory grows like
-    /// L K N (M + D) instead of L M D.
-    Regenerated,
-}
-
-impl Backend {
-    pub fn is_auto(&self) -> bool {
-        *self == Backend::Auto
-    }
-}
+pub use crate::spec::Backend;
 fn default_reps() -> usize {
     1
 }
