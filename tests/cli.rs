@@ -1189,7 +1189,10 @@ fn sizes_that_overflow_or_exceed_memory_are_refused_before_allocating() {
     );
     refused(&o, &["largest task needs", "RESLIM_MEMORY_LIMIT"]);
     // The refusal names the shape and every engine's bytes.
-    refused(&o, &["L = 20", "M = 640", "every engine: dense", "regenerated"]);
+    refused(
+        &o,
+        &["L = 20", "M = 640", "every engine: dense", "regenerated"],
+    );
 
     // Spirals: the concurrent runs' estimate against the limit.
     let spec = dir.join("spirals.toml");

@@ -201,14 +201,9 @@ pub fn write_limit_table(sw: &Sweep, dir: &SweepDir) -> Result<(), SweepError> {
         loss: f64,
         loss_limit: f64,
     }
-    let path = dir.root.join("errors_limit.csv");
-    let csv_err = |e: csv::Error| crate::io::IoError::Os {
-        path: path.clone(),
-        source: std::io::Error::other(e.to_string()),
-    };
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for (r, e) in collect_limit(sw, dir)? {
-        w.serialize(Row {
+    let rows: Vec<Row> = collect_limit(sw, dir)?
+        .into_iter()
+        .map(|(r, e)| Row {
             coupling: r.coupling,
             rep: r.rep,
             l: r.l,
@@ -222,17 +217,26 @@ pub fn write_limit_table(sw: &Sweep, dir: &SweepDir) -> Result<(), SweepError> {
             loss: e.loss,
             loss_limit: e.loss_limit,
         })
-        .map_err(csv_err)?;
-    }
-    let bytes = w.into_inner().map_err(|e| csv_err(e.into_error().into()))?;
-    io::atomic_write(&path, &bytes)?;
+        .collect();
+    write_csv(&dir.root.join("errors_limit.csv"), rows)?;
     Ok(())
 }
 
 /// Writes the tidy per-repetition table and the aggregated (RMS over repetitions) one.
 pub fn write_tables(dir: &SweepDir, rows: &[ErrorRow]) -> Result<(), SweepError> {
-    let csv_err = |e: csv::Error| crate::io::IoError::Os {
-        path: dir.root.join("errors.csv"),
+    write_csv(&dir.root.join("errors.csv"), rows)?;
+    write_csv(&dir.root.join("errors_rms.csv"), aggregate(rows))?;
+    Ok(())
+}
+
+/// Writes `rows` as a CSV table at `path` (atomically; the header from the first row's
+/// field names).
+pub(crate) fn write_csv<R: Serialize>(
+    path: &std::path::Path,
+    rows: impl IntoIterator<Item = R>,
+) -> Result<(), IoError> {
+    let csv_err = |e: csv::Error| IoError::Os {
+        path: path.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
     };
     let mut w = csv::Writer::from_writer(Vec::new());
@@ -240,15 +244,7 @@ pub fn write_tables(dir: &SweepDir, rows: &[ErrorRow]) -> Result<(), SweepError>
         w.serialize(r).map_err(csv_err)?;
     }
     let bytes = w.into_inner().map_err(|e| csv_err(e.into_error().into()))?;
-    io::atomic_write(&dir.root.join("errors.csv"), &bytes)?;
-    let agg = aggregate(rows);
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for a in &agg {
-        w.serialize(a).map_err(csv_err)?;
-    }
-    let bytes = w.into_inner().map_err(|e| csv_err(e.into_error().into()))?;
-    io::atomic_write(&dir.root.join("errors_rms.csv"), &bytes)?;
-    Ok(())
+    io::atomic_write(path, &bytes)
 }
 
 /// Errors aggregated over repetitions: RMS, as the paper's `errs_h` and `errs_y`.

@@ -294,33 +294,23 @@ pub fn write_report(
         ci95_hi: f64,
         predicted: f64,
     }
-    let path = dir.root.join("pscaling.csv");
-    let csv_err = |e: csv::Error| io::IoError::Os {
-        path: path.clone(),
-        source: std::io::Error::other(e.to_string()),
-    };
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for sp in &summary.spaces {
-        for s in &sp.shapes {
-            w.serialize(Row {
-                space: &sp.space,
-                coupling: sp.coupling,
-                l: s.l,
-                m: s.m,
-                d: s.d,
-                p: s.p,
-                reps: s.reps,
-                err_rms: s.err_rms,
-                err_geo: s.err_geo,
-                ci95_lo: s.ci95_lo,
-                ci95_hi: s.ci95_hi,
-                predicted: s.predicted,
-            })
-            .map_err(csv_err)?;
-        }
-    }
-    let bytes = w.into_inner().map_err(|e| csv_err(e.into_error().into()))?;
-    io::atomic_write(&path, &bytes)?;
+    let table = summary.spaces.iter().flat_map(|sp| {
+        sp.shapes.iter().map(move |s| Row {
+            space: &sp.space,
+            coupling: sp.coupling,
+            l: s.l,
+            m: s.m,
+            d: s.d,
+            p: s.p,
+            reps: s.reps,
+            err_rms: s.err_rms,
+            err_geo: s.err_geo,
+            ci95_lo: s.ci95_lo,
+            ci95_hi: s.ci95_hi,
+            predicted: s.predicted,
+        })
+    });
+    super::collect::write_csv(&dir.root.join("pscaling.csv"), table)?;
     io::atomic_write(
         &dir.root.join("fits.json"),
         serde_json::to_string_pretty(&summary)
@@ -550,14 +540,10 @@ fn markdown(
         let rel = p.strip_prefix(&dir.root).unwrap_or(p);
         let _ = writeln!(md, "![error vs P]({})\n", rel.display());
     }
-    let _ = writeln!(
-        md,
-        "## Spec\n\n```toml\n{}```\n",
-        toml::to_string(&sw.spec).unwrap_or_else(|e| format!("# not serialisable: {e}\n"))
-    );
-    let _ = writeln!(
-        md,
-        "Tables: `pscaling.csv` (per space and shape), `errors.csv` (one row per model, repetition, coupling and read step), `errors_rms.csv`; fits: `fits.json`."
+    super::report::spec_section(
+        &mut md,
+        sw,
+        "`pscaling.csv` (per space and shape), `errors.csv` (one row per model, repetition, coupling and read step), `errors_rms.csv`",
     );
     md
 }

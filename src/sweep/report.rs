@@ -924,14 +924,20 @@ fn markdown(
         let rel = p.strip_prefix(root).unwrap_or(p);
         let _ = writeln!(md, "![{title}]({})\n", rel.display());
     }
+    spec_section(
+        &mut md,
+        sw,
+        "`errors.csv` (one row per model, repetition, coupling and read step), `errors_rms.csv` (RMS over repetitions)",
+    );
+    md
+}
+
+/// The end of a report: the spec as checked, and the tables and fits written beside it.
+pub(crate) fn spec_section(md: &mut String, sw: &Sweep, tables: &str) {
     let _ = writeln!(
         md,
         "## Spec\n\n```toml\n{}```\n",
         toml::to_string(&sw.spec).unwrap_or_else(|e| format!("# not serialisable: {e}\n"))
     );
-    let _ = writeln!(
-        md,
-        "Tables: `errors.csv` (one row per model, repetition, coupling and read step), `errors_rms.csv` (RMS over repetitions); fits: `fits.json`."
-    );
-    md
+    let _ = writeln!(md, "Tables: {tables}; fits: `fits.json`.");
 }

@@ -444,42 +444,18 @@ impl Strategy {
                     )
                 })
             }
-            Strategy::LimitRegenerated => {
-                let lim: std::sync::Arc<LimitReference> = sw.limit_reference()?;
-                variants.each(base, |c, w| {
-                    let t0 = std::time::Instant::now();
-                    let (eta, k) = (sw.spec.lr, sw.spec.steps);
-                    let a = lim.train_against_regenerated(
-                        &dims,
-                        block_seed,
-                        &w.we,
-                        &w.wu,
-                        data,
-                        &r,
-                        eta,
-                        k,
-                        &sw.read_steps,
-                        par,
-                    )?;
-                    Ok(TaskRecord {
-                        task: *t,
-                        coupling: c,
-                        losses: a.losses,
-                        outputs: Vec::new(),
-                        hidden: Vec::new(),
-                        seconds: t0.elapsed().as_secs_f64(),
-                        limit: Some(a.errors),
-                        diverged: None,
-                        backend: Some(self.name().into()),
-                    })
-                })
-            }
-            Strategy::Limit => {
+            Strategy::Limit | Strategy::LimitRegenerated => {
                 let lim: std::sync::Arc<LimitReference> = sw.limit_reference()?;
                 variants.each(base, |c, mut w| {
                     let t0 = std::time::Instant::now();
-                    let (eta, k) = (sw.spec.lr, sw.spec.steps);
-                    let a = lim.train_against(&mut w, data, &r, eta, k, &sw.read_steps, par)?;
+                    let (eta, k, reads) = (sw.spec.lr, sw.spec.steps, &sw.read_steps);
+                    let a = if self == Strategy::Limit {
+                        lim.train_against(&mut w, data, &r, eta, k, reads, par)?
+                    } else {
+                        lim.train_against_regenerated(
+                            &dims, block_seed, &w.we, &w.wu, data, &r, eta, k, reads, par,
+                        )?
+                    };
                     Ok(TaskRecord {
                         task: *t,
                         coupling: c,
