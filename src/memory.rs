@@ -104,6 +104,11 @@ impl std::fmt::Display for Source {
     }
 }
 
+/// The share of the available memory a run may plan to use (a training run's engine
+/// choice, a sweep's tasks together): the estimates leave out the allocator's slack, the
+/// data and the records being written.
+pub const FRACTION: f64 = 0.85;
+
 /// The memory this process may use, and what set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Available {

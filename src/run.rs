@@ -44,9 +44,9 @@ use std::path::Path;
 use std::time::Instant;
 
 /// The share of the available memory that `backend = "auto"` plans a run's engine for
-/// (the rest is headroom for what the estimates leave out): the sweeps' own
-/// ([`crate::sweep::MEMORY_FRACTION`]).
-pub const MEMORY_FRACTION: f64 = crate::sweep::MEMORY_FRACTION;
+/// (the rest is headroom for what the estimates leave out): [`memory::FRACTION`], as a
+/// sweep's.
+pub const MEMORY_FRACTION: f64 = memory::FRACTION;
 
 /// A finished run.
 #[derive(Debug, Clone)]

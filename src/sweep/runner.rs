@@ -47,9 +47,9 @@ pub struct RunOptions {
     pub cancel: Cancel,
 }
 
-/// The share of the available memory a sweep's tasks may use together: the estimates
-/// leave out the allocator's slack, the data and the records being written.
-pub const MEMORY_FRACTION: f64 = 0.85;
+/// The share of the available memory a sweep's tasks may use together
+/// ([`memory::FRACTION`]).
+pub use crate::memory::FRACTION as MEMORY_FRACTION;
 
 /// What a run did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
