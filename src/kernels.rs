@@ -80,12 +80,9 @@ trait Tiles<T: Float>: Simd<T> {
     const DOT_ROWS: usize = 2;
     const DOT_GROUP: usize = if Self::REGISTERS > 8 { 12 } else { 3 };
     /// ... vectors per read-only axpy tile (from [`AXPY_TILED_FROM`] vectors on), and
-    /// its chunks of W columns (1 or 2) ...
+    /// its chunks of W columns (1 or 2).
     const AXPY_GROUP: usize = if Self::REGISTERS > 8 { 12 } else { 6 };
     const AXPY_CHUNKS: usize = if Self::REGISTERS > 8 { 2 } else { 1 };
-    /// ... and whether the dot with update runs on row blocks and column segments
-    /// ([`dot_blocked_n`]).
-    const DOT_BLOCKED: bool = Self::REGISTERS <= 8;
 }
 
 impl<T: Float, S: Simd<T>> Tiles<T> for S {}
@@ -199,88 +196,10 @@ unsafe fn dot_row_any<T: Float, S: Tiles<T>>(
     }
 }
 
-/// Columns per segment of the dot kernel. Measured on the 2-core Zen 4 machine: whole
-/// rows (one segment up to 64 KiB) streaming sequentially with [`PREFETCH_BYTES`] beat
-/// L1-sized segments (2 KiB) with cross-row prefetch by 1.3-1.8x, although the sample
-/// vectors' reads then come from L2. Larger rows still split. A multiple of every W.
-const SEG_BYTES: usize = 1 << 16;
-
 /// How far ahead of its reads a kernel prefetches the weight rows. Ten FMAs per cache
 /// line keep too few demand misses in flight to cover the memory latency; prefetching
 /// about 2 KiB ahead does.
 const PREFETCH_BYTES: usize = 4096;
-
-/// Rows of [m0, m1) against N vectors, D processed in segments so that the vectors'
-/// segment stays in L1; each row's N lane-accumulators persist across segments in `acc`.
-/// Bitwise the same as [`dot_row_n`] row by row.
-#[inline(always)]
-unsafe fn dot_seg_n<T: Float, S: Tiles<T>, const N: usize>(
-    s: S,
-    a: &DotArgs<T>,
-    m0: usize,
-    m1: usize,
-    acc: &mut [[S::V; N]],
-) {
-    unsafe {
-        let w = S::W;
-        let seg = SEG_BYTES / std::mem::size_of::<T>();
-        // Prefetch: with one segment per row, ahead along the (contiguous) rows; with
-        // several, the same columns two rows ahead (the next reads of this segment).
-        let d = a.d;
-        let pf = if d <= seg {
-            PREFETCH_BYTES / std::mem::size_of::<T>()
-        } else {
-            2 * a.ld
-        };
-        let dv = d - d % w;
-        for slot in acc.iter_mut() {
-            *slot = [s.zero(); N];
-        }
-        let mut s0 = 0;
-        while s0 < dv {
-            let s1 = (s0 + seg).min(dv);
-            for (k, m) in (m0..m1).enumerate() {
-                let row = a.rows.0.add(m * a.ld);
-                let mut ac = acc[k];
-                if let Some(cf) = a.coef {
-                    let mut c = [s.zero(); N];
-                    for n in 0..N {
-                        c[n] = s.splat(cf[m * N + n]);
-                    }
-                    let mut i = s0;
-                    while i < s1 {
-                        s.prefetch(row.wrapping_add(i + pf));
-                        let r = s.load(row.add(i));
-                        // Two update chains (even and odd n) halve the latency of the
-                        // dependent multiply-adds.
-                        let mut upd = [s.zero(); 2];
-                        for n in 0..N {
-                            let v = s.load(a.vecs.add(n * a.ldv + i));
-                            ac[n] = s.fma(r, v, ac[n]);
-                            upd[n % 2] = s.fma(c[n], v, upd[n % 2]);
-                        }
-                        s.store(row.add(i), s.sub(s.sub(r, upd[0]), upd[1]));
-                        i += w;
-                    }
-                }
-                acc[k] = ac;
-            }
-            s0 = s1;
-        }
-        // Tails (d % W columns, before their update) and the reductions.
-        for (k, m) in (m0..m1).enumerate() {
-            let row = a.rows.0.add(m * a.ld);
-            let tail = dot_tail::<T, S, N>(s, a, row, 0);
-            if let Some(cf) = a.coef {
-                update_tail::<T, S, N>(s, a, row, &cf[m * N..]);
-            }
-            for n in 0..N {
-                let x = s.reduce(acc[k][n]) + tail[n];
-                *a.out.0.add(m * N + n) = if a.scale != T::one() { x * a.scale } else { x };
-            }
-        }
-    }
-}
 
 /// Row stride of [`Tails::vt`]: room for two vectors' lanes (32 f32) from any group start.
 const VT_STRIDE: usize = 28;
@@ -391,9 +310,6 @@ unsafe fn update_tail<T: Float, S: Tiles<T>, const N: usize>(
     }
 }
 
-/// Rows per block of the segmented dot kernel (their accumulators live in L1).
-const DOT_SEG_ROWS: usize = 16;
-
 #[inline(always)]
 unsafe fn dot_rows_impl<T: Float, S: Tiles<T>>(s: S, a: &DotArgs<T>, m0: usize, m1: usize) {
     unsafe {
@@ -401,16 +317,7 @@ unsafe fn dot_rows_impl<T: Float, S: Tiles<T>>(s: S, a: &DotArgs<T>, m0: usize, 
         macro_rules! go {
             ($($k:literal)*) => {
                 match n {
-                    $($k if S::DOT_BLOCKED => dot_blocked_n::<T, S, $k>(s, a, m0, m1),)*
-                    $($k => {
-                        let mut acc = [[s.zero(); $k]; DOT_SEG_ROWS];
-                        let mut b0 = m0;
-                        while b0 < m1 {
-                            let b1 = (b0 + DOT_SEG_ROWS).min(m1);
-                            dot_seg_n::<T, S, $k>(s, a, b0, b1, &mut acc[..b1 - b0]);
-                            b0 = b1;
-                        }
-                    })*
+                    $($k => dot_blocked_n::<T, S, $k>(s, a, m0, m1),)*
                     _ => {
                         for m in m0..m1 {
                             let row = a.rows.0.add(m * a.ld);
@@ -434,7 +341,7 @@ unsafe fn dot_rows_impl<T: Float, S: Tiles<T>>(s: S, a: &DotArgs<T>, m0: usize, 
 /// Read-only dot products of R (1 or 2) consecutive rows from `m` against G <= 12 of the
 /// vectors starting at vector `g0`: the R x G lane accumulators live in registers, each
 /// vector load feeds R multiply-adds. Per entry the same operations in the same order as
-/// [`dot_seg_n`] (lane-wise over D in chunks of W, then the tree and the tail chain).
+/// [`dot_row_n`] (lane-wise over D in chunks of W, then the tree and the tail chain).
 #[inline(always)]
 unsafe fn dot_ro_tile<T: Float, S: Tiles<T>, const R: usize, const G: usize>(
     s: S,
@@ -518,11 +425,27 @@ unsafe fn dot_ro_groups<T: Float, S: Tiles<T>, const R: usize>(s: S, a: &DotArgs
     }
 }
 
-/// Read-only [`dot_rows`] over rows [m0, m1): rows in pairs (one at a time where the
-/// registers hold fewer than 12 vectors), the vectors in groups ([`dot_ro_groups`]).
+/// Read-only [`dot_rows`] over rows [m0, m1): when the N <= 12 vectors take more than
+/// [`DOT_RO_L1`] bytes, on row blocks and column segments ([`dot_blocked_n`]), whose
+/// vector pieces stay in L1 (else every row pair re-reads them from L2: on a Zen 4 the
+/// pass ran at 16-18 GB/s at every size); otherwise rows in pairs (one at a time where
+/// the registers hold fewer than 12 vectors), the vectors in groups
+/// ([`dot_ro_groups`]). The same bits either way.
 #[inline(always)]
 unsafe fn dot_ro_impl<T: Float, S: Tiles<T>>(s: S, a: &DotArgs<T>, m0: usize, m1: usize) {
     unsafe {
+        if a.n <= 12 && a.n * a.d * std::mem::size_of::<T>() > DOT_RO_L1 {
+            macro_rules! go {
+                ($($k:literal)*) => {
+                    match a.n {
+                        $($k => dot_blocked_n::<T, S, $k>(s, a, m0, m1),)*
+                        _ => unreachable!("at most 12 vectors"),
+                    }
+                };
+            }
+            go!(1 2 3 4 5 6 7 8 9 10 11 12);
+            return;
+        }
         let mut m = m0;
         while m < m1 {
             if S::DOT_ROWS == 2 && m + 1 < m1 {
@@ -535,6 +458,10 @@ unsafe fn dot_ro_impl<T: Float, S: Tiles<T>>(s: S, a: &DotArgs<T>, m0: usize, m1
         }
     }
 }
+
+/// Bytes of vectors from which the read-only dot runs on column segments
+/// ([`dot_ro_impl`]): half of a 32 KiB L1, the rest for the rows streaming past.
+const DOT_RO_L1: usize = 16 << 10;
 
 /// Rows per block of [`dot_blocked_n`].
 const DOT_BLOCK: usize = 8;
@@ -615,7 +542,7 @@ unsafe fn dot_seg_tile<T: Float, S: Tiles<T>, const R: usize, const G: usize>(
 }
 
 /// `row_j -= sum_n cf[j][n] vec_n` on the columns [c0, c1) for the R rows from `m`, as
-/// [`dot_seg_n`] computes it per row: two chains (even and odd n), lane-wise. The rows
+/// [`dot_row_n`] computes it per row: two chains (even and odd n), lane-wise. The rows
 /// of a pair share each vector load; coefficients are broadcast at each use.
 #[inline(always)]
 unsafe fn update_seg<T: Float, S: Tiles<T>, const R: usize, const N: usize>(
@@ -651,14 +578,17 @@ unsafe fn update_seg<T: Float, S: Tiles<T>, const R: usize, const N: usize>(
     }
 }
 
-/// [`dot_seg_n`] (with or without its update) for register files of fewer than 12
-/// vectors, where the sample vectors of a whole row (N D values) do not fit in L1 beside
-/// the tiles and would stream from L2 for every row pair: rows in blocks of
-/// [`DOT_BLOCK`], columns in segments whose N vector pieces fit in [`DOT_SEG_L1`]; per
+/// The dot kernel with or without its update, for N <= 12 vectors (the dot with update
+/// always; the read-only dot when the vectors exceed [`DOT_RO_L1`]): rows in blocks of
+/// [`DOT_BLOCK`], columns in segments whose N vector pieces fit in [`DOT_SEG_L1`], so
+/// that the vectors are read from L1 rather than from L2 for every row pair; per
 /// segment, each row pair runs the register tiles over the vectors in groups (their
 /// accumulators carried across segments in a stash on the stack), then its update. Per
-/// entry the same operations in the same order as [`dot_seg_n`] and [`dot_ro_tile`]:
-/// lane-wise sums over D in chunks of W, the tree, the tail chain ([`dot_tail`]), then the scale.
+/// entry the same operations in the same order as [`dot_row_n`] and [`dot_ro_tile`]:
+/// lane-wise sums over D in chunks of W, the tree, the tail chain ([`dot_tail`]), then the
+/// scale. Measured on the 2-core Zen 4 (AVX-512), `reslim bench` at M = D = 1000 and
+/// 2000: the forward pass over U went from 16.6-17.7 to 21-25 GB/s and the backward pass
+/// over V from 28 to 29-35 GB/s, against whole rows streamed with the vectors from L2.
 #[inline(always)]
 unsafe fn dot_blocked_n<T: Float, S: Tiles<T>, const N: usize>(
     s: S,
@@ -706,9 +636,9 @@ unsafe fn dot_blocked_n<T: Float, S: Tiles<T>, const N: usize>(
                         let g1 = N * (k + 1) / groups;
                         let st = acc.add(j * N);
                         macro_rules! tile {
-                            ($r:literal) => {
+                            ($r:literal; $($g:literal)*) => {
                                 match g1 - g0 {
-                                    6 => dot_seg_tile::<T, S, $r, 6>(
+                                    $($g => dot_seg_tile::<T, S, $r, $g>(
                                         s,
                                         a,
                                         b0 + j,
@@ -716,43 +646,7 @@ unsafe fn dot_blocked_n<T: Float, S: Tiles<T>, const N: usize>(
                                         (c0, c1),
                                         st,
                                         pf,
-                                    ),
-                                    5 => dot_seg_tile::<T, S, $r, 5>(
-                                        s,
-                                        a,
-                                        b0 + j,
-                                        g0,
-                                        (c0, c1),
-                                        st,
-                                        pf,
-                                    ),
-                                    4 => dot_seg_tile::<T, S, $r, 4>(
-                                        s,
-                                        a,
-                                        b0 + j,
-                                        g0,
-                                        (c0, c1),
-                                        st,
-                                        pf,
-                                    ),
-                                    3 => dot_seg_tile::<T, S, $r, 3>(
-                                        s,
-                                        a,
-                                        b0 + j,
-                                        g0,
-                                        (c0, c1),
-                                        st,
-                                        pf,
-                                    ),
-                                    2 => dot_seg_tile::<T, S, $r, 2>(
-                                        s,
-                                        a,
-                                        b0 + j,
-                                        g0,
-                                        (c0, c1),
-                                        st,
-                                        pf,
-                                    ),
+                                    ),)*
                                     _ => dot_seg_tile::<T, S, $r, 1>(
                                         s,
                                         a,
@@ -765,10 +659,11 @@ unsafe fn dot_blocked_n<T: Float, S: Tiles<T>, const N: usize>(
                                 }
                             };
                         }
+                        // Groups of at most `Tiles::DOT_GROUP` (12, or 3) vectors.
                         if r == 2 {
-                            tile!(2)
+                            tile!(2; 12 11 10 9 8 7 6 5 4 3 2)
                         } else {
-                            tile!(1)
+                            tile!(1; 12 11 10 9 8 7 6 5 4 3 2)
                         }
                         g0 = g1;
                     }
