@@ -233,17 +233,7 @@ pub fn write_report(
     } else {
         None
     };
-    // The authors' constants: their E2 fits against the linear limit, else their E1 curves.
-    let (authors_h, authors_y) = match &lim {
-        Some(l) if l.monte_carlo().is_none() => (
-            RateFit::authors_e2_embedding(),
-            RateFit::authors_e2_output(),
-        ),
-        _ => (
-            RateFit::hand_tuned_embedding(),
-            RateFit::hand_tuned_output(),
-        ),
-    };
+    let (authors_h, authors_y) = super::report::authors_constants(lim.as_deref());
     let has = |c: Coupling| sw.spec.couplings.contains(&c);
     let mut spaces = Vec::new();
     if has(Coupling::Coupled) {

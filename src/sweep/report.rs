@@ -189,19 +189,7 @@ pub fn write_report(
     };
     let mut spaces = Vec::new();
     let has = |c: Coupling| sw.spec.couplings.contains(&c);
-    // Against the linear limit, the authors' constants are their fits of E2 (docs/papers.md
-    // 2.5); otherwise (the largest network, or the nonlinear limit of the E1 setting)
-    // their hand-set E1 curves.
-    let (authors_h, authors_y) = match &lim {
-        Some(l) if l.monte_carlo().is_none() => (
-            RateFit::authors_e2_embedding(),
-            RateFit::authors_e2_output(),
-        ),
-        _ => (
-            RateFit::hand_tuned_embedding(),
-            RateFit::hand_tuned_output(),
-        ),
-    };
+    let (authors_h, authors_y) = authors_constants(lim.as_deref());
     if has(Coupling::Coupled) {
         spaces.push(Space {
             metric: Metric::Embedding,
@@ -930,6 +918,22 @@ fn markdown(
         "`errors.csv` (one row per model, repetition, coupling and read step), `errors_rms.csv` (RMS over repetitions)",
     );
     md
+}
+
+/// The authors' rate constants (embedding, output) for a sweep against `lim`: against the
+/// linear limit their fits of E2 (docs/papers.md 2.5); otherwise (the largest network, or
+/// the nonlinear limit of the E1 setting) their hand-set E1 curves.
+pub(crate) fn authors_constants(lim: Option<&LimitReference>) -> (RateFit, RateFit) {
+    match lim {
+        Some(l) if l.monte_carlo().is_none() => (
+            RateFit::authors_e2_embedding(),
+            RateFit::authors_e2_output(),
+        ),
+        _ => (
+            RateFit::hand_tuned_embedding(),
+            RateFit::hand_tuned_output(),
+        ),
+    }
 }
 
 /// The end of a report: the spec as checked, and the tables and fits written beside it.

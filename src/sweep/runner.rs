@@ -124,26 +124,29 @@ pub(crate) fn run_surveyed(
             Some(a) => a,
             None => memory::available()?.scaled(MEMORY_FRACTION),
         };
-        let every: Vec<String> = sw
-            .engine_bytes(big)
-            .into_iter()
-            .map(|(name, b)| match b {
-                Some(b) => format!("{name} {:.3} GB", b as f64 / 1e9),
-                None => format!("{name} more than 2^64 bytes"),
-            })
-            .collect();
-        let what = format!(
-            "the largest task (L = {}, M = {}, D = {}, N = {}, steps = {}, {}; engine {}; every engine: {})",
-            big.l,
-            big.m,
-            big.d,
-            sw.spec.data.n,
-            sw.spec.steps,
-            format!("{:?}", sw.spec.dtype).to_lowercase(),
-            sw.strategy(big).name(),
-            every.join(", ")
-        );
-        budget.check(need, &what).map_err(memory_err)?;
+        // The message (every engine's bytes) is built only for a task that does not fit.
+        if need > budget.bytes {
+            let every: Vec<String> = sw
+                .engine_bytes(big)
+                .into_iter()
+                .map(|(name, b)| match b {
+                    Some(b) => format!("{name} {:.3} GB", b as f64 / 1e9),
+                    None => format!("{name} more than 2^64 bytes"),
+                })
+                .collect();
+            let what = format!(
+                "the largest task (L = {}, M = {}, D = {}, N = {}, steps = {}, {}; engine {}; every engine: {})",
+                big.l,
+                big.m,
+                big.d,
+                sw.spec.data.n,
+                sw.spec.steps,
+                format!("{:?}", sw.spec.dtype).to_lowercase(),
+                sw.strategy(big).name(),
+                every.join(", ")
+            );
+            budget.check(need, &what).map_err(memory_err)?;
+        }
         jobs = jobs.min((budget.bytes / need.max(1)).max(1));
     }
     let data = sw.spec.data.data()?;

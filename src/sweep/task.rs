@@ -255,6 +255,10 @@ impl Strategy {
             Dtype::F64 => Weights::<f64>::bytes(&dims),
             Dtype::F32 => Weights::<f32>::bytes(&dims),
         };
+        let block = || match sw.spec.dtype {
+            Dtype::F64 => factored::regen_scratch_bytes::<f64>(dims.m, dims.d),
+            Dtype::F32 => factored::regen_scratch_bytes::<f32>(dims.m, dims.d),
+        };
         let factors = || match sw.spec.dtype {
             Dtype::F64 => factored::bytes::<f64>(&dims, k, variants),
             Dtype::F32 => factored::bytes::<f32>(&dims, k, variants),
@@ -268,22 +272,12 @@ impl Strategy {
                     ("records", records),
                 ])
             }
-            Strategy::Regenerated => {
-                let block = match sw.spec.dtype {
-                    Dtype::F64 => factored::regen_scratch_bytes::<f64>(dims.m, dims.d)?,
-                    Dtype::F32 => factored::regen_scratch_bytes::<f32>(dims.m, dims.d)?,
-                };
-                memory::sum(&[
-                    ("factors", factors()?),
-                    ("regenerated block", block),
-                    ("records", records),
-                ])
-            }
+            Strategy::Regenerated => memory::sum(&[
+                ("factors", factors()?),
+                ("regenerated block", block()?),
+                ("records", records),
+            ]),
             Strategy::LimitRegenerated => {
-                let block = match sw.spec.dtype {
-                    Dtype::F64 => factored::regen_scratch_bytes::<f64>(dims.m, dims.d)?,
-                    Dtype::F32 => factored::regen_scratch_bytes::<f32>(dims.m, dims.d)?,
-                };
                 // One variant at a time, every read step's layers recorded in one run.
                 let one = match sw.spec.dtype {
                     Dtype::F64 => factored::bytes::<f64>(&dims, k, 1),
@@ -291,7 +285,7 @@ impl Strategy {
                 }?;
                 memory::sum(&[
                     ("factors", one),
-                    ("regenerated block", block),
+                    ("regenerated block", block()?),
                     ("records", records),
                     ("limit trajectories", limit_bytes(sw, &dims)?),
                     (
