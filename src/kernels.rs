@@ -425,8 +425,9 @@ unsafe fn dot_ro_groups<T: Float, S: Tiles<T>, const R: usize>(s: S, a: &DotArgs
     }
 }
 
-/// Read-only [`dot_rows`] over rows [m0, m1): when the N <= 12 vectors take more than
-/// [`DOT_RO_L1`] bytes, on row blocks and column segments ([`dot_blocked_n`]), whose
+/// Read-only [`dot_rows`] over rows [m0, m1): with 32 registers, when the N <= 12
+/// vectors take more than [`DOT_RO_L1`] bytes, on row blocks and column segments
+/// ([`dot_blocked_n`]; the AVX2 tiles measured better unblocked, module docs), whose
 /// vector pieces stay in L1 (else every row pair re-reads them from L2: on a Zen 4 the
 /// pass ran at 16-18 GB/s at every size); otherwise rows in pairs (one at a time where
 /// the registers hold fewer than 12 vectors), the vectors in groups
@@ -434,7 +435,7 @@ unsafe fn dot_ro_groups<T: Float, S: Tiles<T>, const R: usize>(s: S, a: &DotArgs
 #[inline(always)]
 unsafe fn dot_ro_impl<T: Float, S: Tiles<T>>(s: S, a: &DotArgs<T>, m0: usize, m1: usize) {
     unsafe {
-        if a.n <= 12 && a.n * a.d * std::mem::size_of::<T>() > DOT_RO_L1 {
+        if S::REGISTERS > 8 && a.n <= 12 && a.n * a.d * std::mem::size_of::<T>() > DOT_RO_L1 {
             macro_rules! go {
                 ($($k:literal)*) => {
                     match a.n {
