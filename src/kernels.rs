@@ -54,7 +54,8 @@
 //! vectors, 0.50 with 1 x 6 and 0.55 on row blocks and column segments; the blocked
 //! dot with update ([`dot_blocked_n`], pairs of rows updated together) was the best of
 //! its variants, if by less than the noise between rounds. The read-only axpy takes the
-//! row blocks of [`axpy_blk`] up to 12 vectors, as on the other instruction sets: timed
+//! row blocks of [`axpy_blk`] up to 12 vectors on AVX2 (on AVX-512 both axpys take the
+//! register tiles of [`axpy_tiles`], measured on an Intel Xeon; see there): timed
 //! inside the step (M = D = 500, N = 10, 2 threads), its forward pass fell from 13-14 ms
 //! with the register tiles of [`axpy_ro_impl`] to 9-10 ms, and the whole step from
 //! about 60 to 53 ms; thin shapes of the f32 paper grid gained too (M = 100, D = 2000:
@@ -698,8 +699,9 @@ unsafe fn dot_blocked_n<T: Float, S: Tiles<T>, const N: usize>(
 }
 
 /// The fewest vectors for which the read-only axpy takes the register tiles of
-/// [`axpy_ro_impl`] rather than the row blocks of [`axpy_blk`] (on every instruction
-/// set; see the module docs for the AVX2 measurement).
+/// [`axpy_ro_impl`] (groups of at most [`Tiles::AXPY_GROUP`] vectors) rather than the
+/// row blocks of [`axpy_blk`] (AVX2) or the tiles of all N vectors of [`axpy_tiles`]
+/// (AVX-512); see the module docs for the AVX2 measurement.
 const AXPY_TILED_FROM: usize = 13;
 
 /// Rows per block of the read-only axpy kernel: a tile's targets stay in registers while
@@ -1101,6 +1103,10 @@ unsafe fn axpy_blk<T: Float, S: Tiles<T>, const R: usize, const N: usize>(
     }
 }
 
+/// Chunks of W columns that the tiles of [`axpy_tiles`] prefetch ahead of their reads,
+/// in their visiting order.
+const AXPY_AHEAD: usize = 2;
+
 /// Columns per segment of the axpy kernel: the targets' and vectors' segments
 /// (2 N SEG values) stay in L1 while all rows stream past. A multiple of every W.
 const AXPY_SEG_BYTES: usize = 1024;
@@ -1120,12 +1126,144 @@ unsafe fn axpy_segs<T: Float, S: Tiles<T>, const N: usize>(
         for k in k0..k1 {
             let c0 = k * seg;
             let c1 = ((k + 1) * seg).min(dv);
-            if c0 < c1 {
+            if c0 < c1 && S::REGISTERS > 8 {
+                axpy_tiles::<T, S, N>(s, x, c0, c1);
+            } else if c0 < c1 {
                 axpy_blocks::<T, S, N>(s, x, c0, c1);
             }
             let end = ((k + 1) * seg).min(x.d);
             if end > dv.max(c0) {
                 axpy_tail::<T, S, N>(s, x, dv.max(c0), end - dv.max(c0));
+            }
+        }
+    }
+}
+
+/// All rows on the columns [c0, c1) (a multiple of W) with 32 registers: row blocks of
+/// [`AXPY_RO_ROWS`], and in each the column tiles of [`axpy_tile`] (two chunks wide
+/// without the update, one with it), each prefetching the lines [`AXPY_AHEAD`] chunks
+/// further in this visiting order.
+///
+/// Why tiles rather than the row blocks of [`axpy_blk`] here: a row block loads and
+/// stores every target, and loads every vector, once per 4 rows (3 N memory operations
+/// per 4 lines of rows, beside the 2 N broadcasts per line that both take); a tile once
+/// per 32 rows. On the 2-core Intel Xeon (Emerald Rapids, AVX-512, KVM) the
+/// row blocks ran the two axpy passes of the step at half the GB/s of its two dot passes
+/// at M = D = 500 (`reslim bench`: forward V 12-16 GB/s, backward U 12-14, against
+/// 20-24), the gap the step's roofline fraction lost there (55-62%); the tiles run them
+/// at 16-20 and 17-22 GB/s (see ARCHITECTURE.md for the three bench tables). The thin
+/// shapes of the f32 paper grid (M = 100, D = 2000, one thread, `cargo bench --bench
+/// task`) lost 15-20% with tiles that prefetched only the next row block, since with
+/// 100 rows a third of the lines were then first touched unprefetched; ahead in the
+/// visiting order they were on par (best of 5 interleaved rounds 0.90-0.96 s against
+/// 0.98 s). On AVX2's 16 registers the 2 N + 3 registers of a tile do not fit, so the
+/// row blocks stay.
+#[inline(always)]
+unsafe fn axpy_tiles<T: Float, S: Tiles<T>, const N: usize>(
+    s: S,
+    x: &AxpyArgs<T>,
+    c0: usize,
+    c1: usize,
+) {
+    unsafe {
+        let w = S::W;
+        let chunks = (c1 - c0) / w;
+        // The rows' lines AXPY_AHEAD chunks further in the visiting order (row blocks, and
+        // the chunks of the segment within each): the prefetch base for the tile's row 0.
+        // Past the last row block they lie beyond the rows: a hint never faults.
+        let ahead = |m0: usize, c: usize| {
+            let mut ch = (c - c0) / w + AXPY_AHEAD;
+            let mut b0 = m0;
+            while ch >= chunks {
+                ch -= chunks;
+                b0 += AXPY_RO_ROWS;
+            }
+            x.rows.0.wrapping_add(b0 * x.ld + c0 + ch * w) as *const T
+        };
+        let mut m0 = 0;
+        while m0 < x.m {
+            let m1 = (m0 + AXPY_RO_ROWS).min(x.m);
+            let mut c = c0;
+            if x.b.is_none() {
+                while c + 2 * w <= c1 {
+                    axpy_tile::<T, S, 2, N, false>(s, x, m0, m1, c, ahead(m0, c));
+                    c += 2 * w;
+                }
+                while c < c1 {
+                    axpy_tile::<T, S, 1, N, false>(s, x, m0, m1, c, ahead(m0, c));
+                    c += w;
+                }
+            } else {
+                while c < c1 {
+                    axpy_tile::<T, S, 1, N, true>(s, x, m0, m1, c, ahead(m0, c));
+                    c += w;
+                }
+            }
+            m0 = m1;
+        }
+    }
+}
+
+/// Rows [m0, m1) on the C chunks of columns from `c`, with the N targets' pieces (and,
+/// with the update, the N vectors') in registers while the rows stream past: per row,
+/// its C chunks are loaded once, feed the N C target multiply-adds and, with the update,
+/// are written back as `r - u`, `u = sum_n b[m][n] v_n` (the order of [`axpy_blk`]: each
+/// target sums over m in increasing order, each `u` over n from zero). With the update
+/// C = 1 (2 N + 3 registers; N <= 12).
+#[inline(always)]
+unsafe fn axpy_tile<T: Float, S: Tiles<T>, const C: usize, const N: usize, const UPD: bool>(
+    s: S,
+    x: &AxpyArgs<T>,
+    m0: usize,
+    m1: usize,
+    c: usize,
+    pf: *const T,
+) {
+    unsafe {
+        let (d, w) = (x.d, S::W);
+        let mut t = [[s.zero(); C]; N];
+        let mut v = [[s.zero(); C]; N];
+        for n in 0..N {
+            for k in 0..C {
+                t[n][k] = s.load(x.tgt.0.add(n * d + c + k * w));
+                if UPD {
+                    v[n][k] = s.load(x.vecs.add(n * d + c + k * w));
+                }
+            }
+        }
+        // Every field in a local: the row stores must not force them to be reloaded.
+        let (rows, ld, a0) = (x.rows.0, x.ld, x.a.as_ptr());
+        let bp = x.b.map_or(std::ptr::null(), |b| b.as_ptr());
+        for m in m0..m1 {
+            let row = rows.add(m * ld + c);
+            let mut r = [s.zero(); C];
+            for k in 0..C {
+                s.prefetch(pf.wrapping_add((m - m0) * ld + k * w));
+                r[k] = s.load(row.add(k * w));
+            }
+            let ap = a0.add(m * N);
+            for n in 0..N {
+                let cf = s.splat(*ap.add(n));
+                for k in 0..C {
+                    t[n][k] = s.fma(cf, r[k], t[n][k]);
+                }
+            }
+            if UPD {
+                let mut u = [s.zero(); C];
+                for n in 0..N {
+                    let cf = s.splat(*bp.add(m * N + n));
+                    for k in 0..C {
+                        u[k] = s.fma(cf, v[n][k], u[k]);
+                    }
+                }
+                for k in 0..C {
+                    s.store(row.add(k * w), s.sub(r[k], u[k]));
+                }
+            }
+        }
+        for n in 0..N {
+            for k in 0..C {
+                s.store(x.tgt.0.add(n * d + c + k * w), t[n][k]);
             }
         }
     }
@@ -1152,7 +1290,9 @@ unsafe fn axpy_blocks<T: Float, S: Tiles<T>, const N: usize>(
                 m += 3;
             }
         }
-        // With 32 registers, blocks of 4 rows, with the update too: each target's load
+        // With 32 registers (where only the staged last columns of [`axpy_tail`] still
+        // come here; the rest runs in the tiles of [`axpy_tiles`]), blocks of 4 rows, with
+        // the update too: each target's load
         // and store then feed 4 multiply-adds, each vector load 4. (Blocks of 2 had been
         // chosen while the 2 x 4 x N coefficient splats of 4 rows were hoisted and
         // spilled; broadcast at each use, 4 rows win.) Measured inside the step on the
@@ -1646,6 +1786,8 @@ mod tests {
                 (17, 1203, 12, true),
                 (3, 1030, 13, false),
                 (4, 16, 1, true),
+                (70, 300, 10, true),
+                (70, 300, 11, false),
             ] {
                 let want64 = run_isa::<f64>("portable", shape);
                 let want32 = run_isa::<f32>("portable", shape);
@@ -1814,6 +1956,10 @@ mod tests {
             (4, 500, 7),
             (6, 16, 5),
             (2, 129, 9),
+            // Three row blocks of the axpy tiles (the last partial), an odd number of
+            // chunks in the last segment, and a tail.
+            (67, 300, 10),
+            (40, 150, 12),
         ] {
             for upd in [false, true] {
                 for par in [Par::Seq, Par::Rayon] {
