@@ -21,6 +21,9 @@
 //!   filler's own nanoseconds per normal and core in the same run; their ratio is the
 //!   fraction of the filler's limit reached.
 //! - Roofline time = max(bytes / bandwidth, flops / peak); fraction = roofline / measured.
+//!   The fraction can exceed 1 where writing a line costs a read to allocate it (seen on
+//!   an Intel Xeon, Emerald Rapids: a triad of 25-29 GB/s, the backward passes at 32-43
+//!   GB/s read and written in place at M = D = 1000-2000); the table then says so.
 //!   On a shared machine the bandwidth left free drifts by tens of percent within
 //!   minutes, so the bandwidth and peak are sampled again right before every timed step
 //!   ([`Probe`]) and each step is compared with its own sample; the fraction is the
@@ -589,6 +592,14 @@ pub fn table<T: Real>(
             bench: r,
             numpy_fused_s: peer,
         });
+    }
+    if rows.iter().any(|r| r.bench.fraction > 1.0) {
+        print(
+            "note: a fraction above 100% means the step moved its bytes faster than the triad; \
+             the triad counts 3 arrays per element as STREAM does, not the read that allocates \
+             the line it writes, which the step's in-place passes never pay, so on such a \
+             machine it understates the bandwidth",
+        );
     }
     let machine_median = probe.median();
     print(&machine_line(

@@ -1104,7 +1104,7 @@ unsafe fn axpy_blk<T: Float, S: Tiles<T>, const R: usize, const N: usize>(
 }
 
 /// Chunks of W columns that the tiles of [`axpy_tiles`] prefetch ahead of their reads,
-/// in their visiting order.
+/// in their visiting order, in the first row block of a segment.
 const AXPY_AHEAD: usize = 2;
 
 /// Columns per segment of the axpy kernel: the targets' and vectors' segments
@@ -1141,8 +1141,9 @@ unsafe fn axpy_segs<T: Float, S: Tiles<T>, const N: usize>(
 
 /// All rows on the columns [c0, c1) (a multiple of W) with 32 registers: row blocks of
 /// [`AXPY_RO_ROWS`], and in each the column tiles of [`axpy_tile`] (two chunks wide
-/// without the update, one with it), each prefetching the lines [`AXPY_AHEAD`] chunks
-/// further in this visiting order.
+/// without the update, one with it). Each row's lines are prefetched a row block ahead
+/// (at the same columns); in the first row block also [`AXPY_AHEAD`] chunks ahead in
+/// the visiting order.
 ///
 /// Why tiles rather than the row blocks of [`axpy_blk`] here: a row block loads and
 /// stores every target, and loads every vector, once per 4 rows (3 N memory operations
@@ -1154,9 +1155,12 @@ unsafe fn axpy_segs<T: Float, S: Tiles<T>, const N: usize>(
 /// at 16-20 and 17-22 GB/s (see ARCHITECTURE.md for the three bench tables). The thin
 /// shapes of the f32 paper grid (M = 100, D = 2000, one thread, `cargo bench --bench
 /// task`) lost 15-20% with tiles that prefetched only the next row block, since with
-/// 100 rows a third of the lines were then first touched unprefetched; ahead in the
-/// visiting order they were on par (best of 5 interleaved rounds 0.90-0.96 s against
-/// 0.98 s). On AVX2's 16 registers the 2 N + 3 registers of a tile do not fit, so the
+/// 100 rows a third of the lines, those of the first block, were then first touched
+/// unprefetched. Prefetching only [`AXPY_AHEAD`] chunks ahead in the visiting order
+/// fixed them, but left the forward V pass at M = D = 500 slower (median of 4
+/// interleaved bench rounds 8.4 ms against 5.9 ms with both prefetches; its lines then
+/// arrive about one tile, some 100 ns, ahead); with both, the thin task is on par with
+/// the row blocks (0.90-0.94 s best of 4 rounds). On AVX2's 16 registers the 2 N + 3 registers of a tile do not fit, so the
 /// row blocks stay.
 #[inline(always)]
 unsafe fn axpy_tiles<T: Float, S: Tiles<T>, const N: usize>(
@@ -1168,17 +1172,26 @@ unsafe fn axpy_tiles<T: Float, S: Tiles<T>, const N: usize>(
     unsafe {
         let w = S::W;
         let chunks = (c1 - c0) / w;
-        // The rows' lines AXPY_AHEAD chunks further in the visiting order (row blocks, and
-        // the chunks of the segment within each): the prefetch base for the tile's row 0.
+        // Two prefetches per row and chunk: the same lines of the next row block (far
+        // ahead), and in the first row block, which nothing before has prefetched, the
+        // lines AXPY_AHEAD chunks further in the visiting order (row blocks, and the
+        // chunks of the segment within each); elsewhere the second repeats the first.
         // Past the last row block they lie beyond the rows: a hint never faults.
         let ahead = |m0: usize, c: usize| {
+            let far = x.rows.0.wrapping_add((m0 + AXPY_RO_ROWS) * x.ld + c) as *const T;
+            if m0 > 0 {
+                return (far, far);
+            }
             let mut ch = (c - c0) / w + AXPY_AHEAD;
             let mut b0 = m0;
             while ch >= chunks {
                 ch -= chunks;
                 b0 += AXPY_RO_ROWS;
             }
-            x.rows.0.wrapping_add(b0 * x.ld + c0 + ch * w) as *const T
+            (
+                far,
+                x.rows.0.wrapping_add(b0 * x.ld + c0 + ch * w) as *const T,
+            )
         };
         let mut m0 = 0;
         while m0 < x.m {
@@ -1217,7 +1230,7 @@ unsafe fn axpy_tile<T: Float, S: Tiles<T>, const C: usize, const N: usize, const
     m0: usize,
     m1: usize,
     c: usize,
-    pf: *const T,
+    (pf, pf2): (*const T, *const T),
 ) {
     unsafe {
         let (d, w) = (x.d, S::W);
@@ -1239,6 +1252,7 @@ unsafe fn axpy_tile<T: Float, S: Tiles<T>, const C: usize, const N: usize, const
             let mut r = [s.zero(); C];
             for k in 0..C {
                 s.prefetch(pf.wrapping_add((m - m0) * ld + k * w));
+                s.prefetch(pf2.wrapping_add((m - m0) * ld + k * w));
                 r[k] = s.load(row.add(k * w));
             }
             let ap = a0.add(m * N);
