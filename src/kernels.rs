@@ -1152,7 +1152,8 @@ unsafe fn axpy_segs<T: Float, S: Tiles<T>, const N: usize>(
 /// row blocks ran the two axpy passes of the step at half the GB/s of its two dot passes
 /// at M = D = 500 (`reslim bench`: forward V 12-16 GB/s, backward U 12-14, against
 /// 20-24), the gap the step's roofline fraction lost there (55-62%); the tiles run them
-/// at 16-20 and 17-22 GB/s (see ARCHITECTURE.md for the three bench tables). The thin
+/// at 15-20 and 17-22 GB/s as the neighbours' load varies, and the step at 67-77%
+/// (ARCHITECTURE.md, "The GD step and its bytes"). The thin
 /// shapes of the f32 paper grid (M = 100, D = 2000, one thread, `cargo bench --bench
 /// task`) lost 15-20% with tiles that prefetched only the next row block, since with
 /// 100 rows a third of the lines, those of the first block, were then first touched
@@ -1160,8 +1161,9 @@ unsafe fn axpy_segs<T: Float, S: Tiles<T>, const N: usize>(
 /// fixed them, but left the forward V pass at M = D = 500 slower (median of 4
 /// interleaved bench rounds 8.4 ms against 5.9 ms with both prefetches; its lines then
 /// arrive about one tile, some 100 ns, ahead); with both, the thin task is on par with
-/// the row blocks (0.90-0.94 s best of 4 rounds). On AVX2's 16 registers the 2 N + 3 registers of a tile do not fit, so the
-/// row blocks stay.
+/// the row blocks (0.90-0.94 s best of 4 rounds). On AVX2's 16 registers the 2 N + 3
+/// registers of a tile do not fit, so the row blocks stay. Not measured on an AMD Zen 4
+/// (AVX-512), where the 4-row blocks had been tuned.
 #[inline(always)]
 unsafe fn axpy_tiles<T: Float, S: Tiles<T>, const N: usize>(
     s: S,
