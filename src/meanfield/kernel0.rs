@@ -55,18 +55,33 @@ pub fn gauss_hermite(n: usize) -> (Vec<f64>, Vec<f64>) {
 }
 
 impl InitKernel {
-    /// Tabulates `k(rho)` for `act` (about 0.2 s).
+    /// Tabulates `k(rho)` for `act`: 4097 quadratures of 96 x 96 nodes, on scoped
+    /// threads (one per core; each grid point is computed alone, so the table does not
+    /// depend on their number). Not on the rayon pool: the table is built inside a
+    /// `OnceLock` from rayon jobs, and a job stolen while waiting could ask for the same
+    /// table again. On the 2-core Intel Xeon: tanh 0.1 s; softplus 0.3 s, which had
+    /// taken 24 s (a fuzz case of `reslim spirals` timed out on it; see [`values`]).
     pub fn new(act: Activation) -> Self {
         let (x, w) = gauss_hermite(GH_NODES);
         let q = Quadrature::new(act, &x, &w);
-        let (mut value, mut slope) = (Vec::with_capacity(GRID + 1), Vec::with_capacity(GRID + 1));
-        for k in 0..=GRID {
-            let theta = std::f64::consts::PI * k as f64 / GRID as f64;
-            let (v, s) = q.eval(theta.cos());
-            value.push(v);
-            // dk/dtheta = -sin(theta) k'(rho).
-            slope.push(-theta.sin() * s);
-        }
+        let mut table = vec![(0.0, 0.0); GRID + 1];
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = (GRID + 1).div_ceil(threads.max(1));
+        std::thread::scope(|sc| {
+            for (i, part) in table.chunks_mut(per).enumerate() {
+                let q = &q;
+                sc.spawn(move || {
+                    for (j, slot) in part.iter_mut().enumerate() {
+                        let k = i * per + j;
+                        let theta = std::f64::consts::PI * k as f64 / GRID as f64;
+                        let (v, s) = q.eval(theta.cos());
+                        // dk/dtheta = -sin(theta) k'(rho).
+                        *slot = (v, -theta.sin() * s);
+                    }
+                });
+            }
+        });
+        let (value, slope) = table.into_iter().unzip();
         InitKernel {
             activation: act,
             value,
@@ -143,9 +158,8 @@ struct Quadrature {
 impl Quadrature {
     fn new(act: Activation, x: &[f64], w: &[f64]) -> Self {
         let n = x.len();
-        let (mut f0, mut f1, mut f2) = (vec![0.0; n], x.to_vec(), vec![0.0; n]);
-        elementwise::forward(act, x, &mut f0);
-        elementwise::derivatives(act, &mut f1, &f0, &mut f2);
+        let (mut f0, mut f1, mut f2) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        values(act, x, &mut f0, &mut f1, &mut f2);
         Quadrature {
             act,
             x: x.to_vec(),
@@ -167,9 +181,7 @@ impl Quadrature {
             for (b, yb) in y.iter_mut().enumerate() {
                 *yb = rho * self.x[a] + s * self.x[b];
             }
-            elementwise::forward(self.act, &y, &mut g0);
-            g1.copy_from_slice(&y);
-            elementwise::derivatives(self.act, &mut g1, &g0, &mut g2);
+            values(self.act, &y, &mut g0, &mut g1, &mut g2);
             let (mut i0, mut i1, mut i2) = (0.0, 0.0, 0.0);
             for b in 0..n {
                 i0 += self.w[b] * g0[b];
@@ -181,5 +193,90 @@ impl Quadrature {
             e22 += self.w[a] * self.f2[a] * i2;
         }
         (e00 + rho * e11, 2.0 * e11 + rho * e22)
+    }
+}
+
+/// sigma, sigma', sigma'' at `y`: the slices of [`elementwise`] for tanh; for softplus
+/// and gelu one exponential (and one log1p or erfc) per point shared by the three, in
+/// the same operations as [`Activation::f`], [`Activation::d1`], [`Activation::d2`]
+/// (so the same bits); the scalar functions otherwise. Starts by
+/// [`crate::cpu::clean_upper`] (softplus table: 6.0 -> 0.3 s on the Intel Xeon).
+fn values(act: Activation, y: &[f64], f0: &mut [f64], f1: &mut [f64], f2: &mut [f64]) {
+    const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+    // The scalar loops below run legacy-SSE arithmetic between libm calls.
+    crate::cpu::clean_upper();
+    match act {
+        Activation::Softplus => {
+            for i in 0..y.len() {
+                let v = y[i];
+                let e = (-v.abs()).exp();
+                f0[i] = v.max(0.0) + e.ln_1p();
+                // sigmoid(v): 1 / (1 + exp(-v)) for v >= 0, exp(v) / (1 + exp(v)) below.
+                let sg = if v >= 0.0 {
+                    1.0 / (1.0 + e)
+                } else {
+                    e / (1.0 + e)
+                };
+                f1[i] = sg;
+                f2[i] = sg * (1.0 - sg);
+            }
+        }
+        Activation::Gelu => {
+            for i in 0..y.len() {
+                let v = y[i];
+                let cdf = 0.5 * libm::erfc(-v / std::f64::consts::SQRT_2);
+                let e = (-0.5 * v * v).exp();
+                f0[i] = v * cdf;
+                f1[i] = cdf + v * INV_SQRT_2PI * e;
+                f2[i] = INV_SQRT_2PI * e * (2.0 - v * v);
+            }
+        }
+        _ => {
+            elementwise::forward(act, y, f0);
+            f1.copy_from_slice(y);
+            elementwise::derivatives(act, f1, f0, f2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_values_equal_the_activation_functions_bit_for_bit() {
+        let mut y: Vec<f64> = (0..4001).map(|i| (i as f64 - 2000.0) * 0.0137).collect();
+        y.extend([0.0, -0.0, 40.0, -40.0, 700.0, -745.0, f64::NAN]);
+        let n = y.len();
+        for act in [
+            Activation::Softplus,
+            Activation::Gelu,
+            Activation::Tanh,
+            Activation::Relu,
+        ] {
+            let (mut f0, mut f1, mut f2) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+            values(act, &y, &mut f0, &mut f1, &mut f2);
+            for i in 0..n {
+                let v = y[i];
+                let same =
+                    |a: f64, b: f64| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+                if act == Activation::Tanh {
+                    // The vectorized tanh is within 2 ulp of libm (elementwise's tests).
+                    assert!(
+                        (f0[i] - act.f(v)).abs() <= 1e-15 || v.is_nan(),
+                        "{act:?} {v}"
+                    );
+                    continue;
+                }
+                assert!(
+                    same(f0[i], act.f(v)),
+                    "{act:?} f({v}): {} {}",
+                    f0[i],
+                    act.f(v)
+                );
+                assert!(same(f1[i], act.d1(v)), "{act:?} d1({v})");
+                assert!(same(f2[i], act.d2(v)), "{act:?} d2({v})");
+            }
+        }
     }
 }
