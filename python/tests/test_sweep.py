@@ -68,7 +68,9 @@ def test_ctrl_c_stops_a_sweep_quickly_and_keeps_finished_tasks(repo, cli_quick, 
     tasks = out / "tasks"
     t0 = time.time()
     while time.time() - t0 < 120:
-        if tasks.is_dir() and sum(1 for d in tasks.iterdir() if (d / "records.json").is_file()) >= 20:
+        # Largest tasks first: the 5th record lands at about 30% of the sweep's time, the
+        # 20th at about 65%, which left too short a window on a loaded machine once.
+        if tasks.is_dir() and sum(1 for d in tasks.iterdir() if (d / "records.json").is_file()) >= 5:
             break
         assert p.poll() is None, p.communicate()
         time.sleep(0.02)
@@ -80,7 +82,7 @@ def test_ctrl_c_stops_a_sweep_quickly_and_keeps_finished_tasks(repo, cli_quick, 
     print(f"stopped {took:.2f} s after SIGINT")
     assert took < 5.0, took  # "within about a second"; generous for a loaded CI machine
     kept = [d for d in tasks.iterdir() if (d / "records.json").is_file()]
-    assert 20 <= len(kept) < 192
+    assert 5 <= len(kept) < 192
     res = reslim.sweep(spec, out=out)
     assert res.summary["skipped"] == len(kept) and res.summary["ran"] == 192 - len(kept)
     same_tables(out, cli_quick)
