@@ -51,8 +51,12 @@ def test_an_interrupted_sweep_resumes_from_a_dict_spec(repo, cli_quick, tmp_path
     same_tables(tmp_path / "cut", cli_quick)
 
 
+# The default Ctrl-C handler, set explicitly: a process started in the background by a
+# non-interactive shell (nohup, a CI runner) inherits SIGINT ignored, and Python then
+# installs no KeyboardInterrupt handler.
 SCRIPT = """
-import sys, reslim
+import signal, sys, reslim
+signal.signal(signal.SIGINT, signal.default_int_handler)
 try:
     reslim.sweep(sys.argv[1], out=sys.argv[2], jobs=2)
 except KeyboardInterrupt:
@@ -68,9 +72,7 @@ def test_ctrl_c_stops_a_sweep_quickly_and_keeps_finished_tasks(repo, cli_quick, 
     tasks = out / "tasks"
     t0 = time.time()
     while time.time() - t0 < 120:
-        # Largest tasks first: the 5th record lands at about 30% of the sweep's time, the
-        # 20th at about 65%, which left too short a window on a loaded machine once.
-        if tasks.is_dir() and sum(1 for d in tasks.iterdir() if (d / "records.json").is_file()) >= 5:
+        if tasks.is_dir() and sum(1 for d in tasks.iterdir() if (d / "records.json").is_file()) >= 20:
             break
         assert p.poll() is None, p.communicate()
         time.sleep(0.02)
@@ -82,7 +84,7 @@ def test_ctrl_c_stops_a_sweep_quickly_and_keeps_finished_tasks(repo, cli_quick, 
     print(f"stopped {took:.2f} s after SIGINT")
     assert took < 5.0, took  # "within about a second"; generous for a loaded CI machine
     kept = [d for d in tasks.iterdir() if (d / "records.json").is_file()]
-    assert 5 <= len(kept) < 192
+    assert 20 <= len(kept) < 192
     res = reslim.sweep(spec, out=out)
     assert res.summary["skipped"] == len(kept) and res.summary["ran"] == 192 - len(kept)
     same_tables(out, cli_quick)
