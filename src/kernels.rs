@@ -15,6 +15,10 @@
 //! Each weight is therefore read once by the forward pass and read and written once by
 //! the backward pass: 3 * 2 * L*M*D values per step, the minimum (ARCHITECTURE.md, "The GD step and its bytes").
 //!
+//! The dot kernels read the sample vectors from a copy padded to whole cache lines
+//! ([`on_lines`]) where their rows would straddle lines: the values and the order are the
+//! same, only the split loads go.
+//!
 //! Determinism: every output entry is summed in an order fixed by the data layout alone
 //! (lane-wise partial sums over D in chunks of W = 64 bytes, reduced by a fixed tree,
 //! plus the last `D % W` columns in one chain; sums over m in increasing m), so results
@@ -1029,19 +1033,58 @@ pub fn dot_rows<T: Float + Kernels>(
     if m == 0 || n == 0 {
         return;
     }
+    let lined = on_lines(vecs, n, d, d, m);
+    let (vecs, ldv) = lined.as_ref().map_or((vecs, d), |(v, ld)| (&v[..], *ld));
     let args = DotArgs {
         rows: Ptr(rows.as_mut_ptr()),
         ld: d,
         d,
         vecs: vecs.as_ptr(),
-        ldv: d,
+        ldv,
         n,
         coef,
         out: Ptr(out.as_mut_ptr()),
         scale,
-        tails: Tails::new(vecs, d, d, n),
+        tails: Tails::new(vecs, ldv, d, n),
     };
     run_dot_rows(&args, m, par);
+}
+
+/// For a dot kernel over M rows: the N vectors of length D (`vecs`, row stride `ldv`)
+/// copied to a 64-byte-aligned array whose rows are padded to a whole number of cache
+/// lines, with its row stride; `None` where `vecs` is already so laid out, D is shorter
+/// than a line, the rows are too few (M < 8 N) to repay the copy, or it cannot be
+/// allocated. The kernel then reads `vecs` in place: the same bits, more slowly.
+///
+/// Why: the dot kernels load each vector chunk as one 64-byte vector. Stored at a row
+/// stride of D = 500 f64 (4000 bytes), and from a `Vec` that starts 16 bytes into a
+/// line, every other vector's chunks (or all of them) straddle two cache lines, and a
+/// split load takes two passes through the L1 port: the read-only dot, whose tiles load
+/// ten vector chunks per two row chunks, ran at 17-18 GB/s per core from L2 against
+/// 25 with the vectors on lines (`cargo bench --bench step -- --seq`, L = 1, M = 250,
+/// D = 500, on the Intel Xeon), and the dot with update at 19 against 24. Inside the
+/// step the backward pass over V (the dot with update, M = D = 500) went from a median
+/// of 20 to 22-24 GB/s (two sets of five interleaved `reslim bench` runs, each pair on
+/// the same minute's neighbours), and the step's median from 0.0338 to 0.0315 s. The
+/// copy is N D values against the pass's M D, a few microseconds per call.
+fn on_lines<T: Float>(
+    vecs: &[T],
+    n: usize,
+    d: usize,
+    ldv: usize,
+    m: usize,
+) -> Option<(crate::cpu::Aligned<T>, usize)> {
+    let w = 64 / std::mem::size_of::<T>();
+    let ld = d.div_ceil(w) * w;
+    let lined = (vecs.as_ptr() as usize).is_multiple_of(64) && ldv.is_multiple_of(w);
+    if d < w || lined || m < n.saturating_mul(8) {
+        return None;
+    }
+    let mut out = crate::cpu::Aligned::try_zeroed(n.checked_mul(ld)?, "vectors").ok()?;
+    for (k, dst) in out.chunks_exact_mut(ld).enumerate() {
+        dst[..d].copy_from_slice(&vecs[k * ldv..k * ldv + d]);
+    }
+    Some((out, ld))
 }
 
 /// Rows [m0, m0 + R) on the columns [c0, c1) of one segment (c1 - c0 a multiple of W):
@@ -1554,6 +1597,8 @@ pub fn dot_ro<T: Float + Kernels>(
     }
     assert!(ld >= d && ldv >= d && rows.len() >= (m - 1) * ld + d);
     assert!(vecs.len() >= (n - 1) * ldv + d && out.len() >= m * n);
+    let lined = on_lines(vecs, n, d, ldv, m);
+    let (vecs, ldv) = lined.as_ref().map_or((vecs, ldv), |(v, ld)| (&v[..], *ld));
     let args = DotArgs {
         // Never written: the read-only kernel only loads through it.
         rows: Ptr(rows.as_ptr() as *mut T),
@@ -1953,6 +1998,18 @@ mod tests {
             let mut out2 = vec![T::zero(); m * n];
             dot_ro(&rows0, m, d, d, &vecs, d, n, T::of(0.5), &mut out2, par);
             assert_eq!(bits(&out2), bits(&want_out), "dot_ro, {what}");
+            // Vectors at a stride of D + 3, as `on_lines` copies them from.
+            let mut wide = vec![T::of(f64::NAN); n * (d + 3)];
+            for k in 0..n {
+                wide[k * (d + 3)..k * (d + 3) + d].copy_from_slice(&vecs[k * d..(k + 1) * d]);
+            }
+            let mut out3 = vec![T::zero(); m * n];
+            dot_ro(&rows0, m, d, d, &wide, d + 3, n, T::of(0.5), &mut out3, par);
+            assert_eq!(
+                bits(&out3),
+                bits(&want_out),
+                "dot_ro, vectors at stride D + 3, {what}"
+            );
         }
     }
 
@@ -1976,6 +2033,11 @@ mod tests {
             // chunks in the last segment, and a tail.
             (67, 300, 10),
             (40, 150, 12),
+            // M >= 8 N: the dot kernels read the vectors from a copy on cache lines
+            // (`on_lines`), padded from D = 45, 301 and 500.
+            (96, 45, 10),
+            (40, 301, 5),
+            (200, 500, 12),
         ] {
             for upd in [false, true] {
                 for par in [Par::Seq, Par::Rayon] {
