@@ -315,31 +315,46 @@ unsafe fn update_tail<T: Float, S: Tiles<T>, const N: usize>(
     }
 }
 
+/// `$f::<T, S, N>(args)` with the vector count `$n` as the compile-time constant N
+/// (1 to 12: the register tiles' accumulators then live in registers), or `$other`
+/// for any other count.
+macro_rules! with_const_n {
+    ($n:expr, $f:ident::<$t:ty, $s:ty>($($arg:expr),*), $other:expr) => {
+        match $n {
+            1 => $f::<$t, $s, 1>($($arg),*),
+            2 => $f::<$t, $s, 2>($($arg),*),
+            3 => $f::<$t, $s, 3>($($arg),*),
+            4 => $f::<$t, $s, 4>($($arg),*),
+            5 => $f::<$t, $s, 5>($($arg),*),
+            6 => $f::<$t, $s, 6>($($arg),*),
+            7 => $f::<$t, $s, 7>($($arg),*),
+            8 => $f::<$t, $s, 8>($($arg),*),
+            9 => $f::<$t, $s, 9>($($arg),*),
+            10 => $f::<$t, $s, 10>($($arg),*),
+            11 => $f::<$t, $s, 11>($($arg),*),
+            12 => $f::<$t, $s, 12>($($arg),*),
+            _ => $other,
+        }
+    };
+}
+
 #[inline(always)]
 unsafe fn dot_rows_impl<T: Float, S: Tiles<T>>(s: S, a: &DotArgs<T>, m0: usize, m1: usize) {
     unsafe {
         let n = a.n;
-        macro_rules! go {
-            ($($k:literal)*) => {
-                match n {
-                    $($k => dot_blocked_n::<T, S, $k>(s, a, m0, m1),)*
-                    _ => {
-                        for m in m0..m1 {
-                            let row = a.rows.0.add(m * a.ld);
-                            let out = std::slice::from_raw_parts_mut(a.out.0.add(m * n), n);
-                            let coef = a.coef.map(|c| &c[m * n..m * n + n]);
-                            dot_row_any::<T, S>(s, row, a.d, a.vecs, a.ldv, n, coef, out);
-                            if a.scale != T::one() {
-                                for o in out.iter_mut() {
-                                    *o = *o * a.scale;
-                                }
-                            }
-                        }
+        with_const_n!(n, dot_blocked_n::<T, S>(s, a, m0, m1), {
+            for m in m0..m1 {
+                let row = a.rows.0.add(m * a.ld);
+                let out = std::slice::from_raw_parts_mut(a.out.0.add(m * n), n);
+                let coef = a.coef.map(|c| &c[m * n..m * n + n]);
+                dot_row_any::<T, S>(s, row, a.d, a.vecs, a.ldv, n, coef, out);
+                if a.scale != T::one() {
+                    for o in out.iter_mut() {
+                        *o = *o * a.scale;
                     }
                 }
-            };
-        }
-        go!(1 2 3 4 5 6 7 8 9 10 11 12);
+            }
+        })
     }
 }
 
@@ -441,15 +456,11 @@ unsafe fn dot_ro_groups<T: Float, S: Tiles<T>, const R: usize>(s: S, a: &DotArgs
 unsafe fn dot_ro_impl<T: Float, S: Tiles<T>>(s: S, a: &DotArgs<T>, m0: usize, m1: usize) {
     unsafe {
         if S::REGISTERS > 8 && a.n <= 12 && a.n * a.d * std::mem::size_of::<T>() > DOT_RO_L1 {
-            macro_rules! go {
-                ($($k:literal)*) => {
-                    match a.n {
-                        $($k => dot_blocked_n::<T, S, $k>(s, a, m0, m1),)*
-                        _ => unreachable!("at most 12 vectors"),
-                    }
-                };
-            }
-            go!(1 2 3 4 5 6 7 8 9 10 11 12);
+            with_const_n!(
+                a.n,
+                dot_blocked_n::<T, S>(s, a, m0, m1),
+                unreachable!("at most 12 vectors")
+            );
             return;
         }
         let mut m = m0;
@@ -1475,15 +1486,11 @@ unsafe fn axpy_cols_scalar<T: Float>(x: &AxpyArgs<T>, c0: usize, c1: usize) {
 #[inline(always)]
 unsafe fn axpy_impl<T: Float, S: Tiles<T>>(s: S, x: &AxpyArgs<T>, k0: usize, k1: usize) {
     unsafe {
-        macro_rules! go {
-            ($($k:literal)*) => {
-                match x.n {
-                    $($k => axpy_segs::<T, S, $k>(s, x, k0, k1),)*
-                    _ => unreachable!("axpy_rows splits N into groups of at most 12"),
-                }
-            };
-        }
-        go!(1 2 3 4 5 6 7 8 9 10 11 12);
+        with_const_n!(
+            x.n,
+            axpy_segs::<T, S>(s, x, k0, k1),
+            unreachable!("axpy_rows splits N into groups of at most 12")
+        )
     }
 }
 
