@@ -13,7 +13,13 @@
 //! - Where the time goes: each step's [`train::PassTimes`] (the four weight passes, the
 //!   activation, `G = sigma'(p) q`; the rest of the step as the remainder), medians over
 //!   the timed steps, and each weight pass's GB/s (one tensor of L M D values read, or
-//!   read and written), to set against the triad.
+//!   read and written), to set against the triad; and each pass's share of the plain
+//!   stream of its kind, sampled beside the triad on its arrays (a sum for the
+//!   read-only forward passes, an update in place for the backward passes), the median
+//!   over steps. A pass that reads and writes moves more bytes per second than one that
+//!   only reads (on the Intel Xeon, Emerald Rapids: 34-41 against 21-23 GB/s), so its
+//!   GB/s alone says little about which pass lags; the shares do (M = D = 500: forward
+//!   passes 80-81% of a plain read, backward V 58% and backward U 48% of an update).
 //! - The regenerated backend ([`bench_regenerated`]): seconds per step of the low-rank
 //!   step whose initial weights are regenerated in row blocks inside each pass
 //!   ([`crate::factored::Init::Regenerated`]), as nanoseconds per regenerated weight and
@@ -44,6 +50,12 @@ pub struct Machine {
     pub isa: &'static str,
     /// Triad bandwidth, bytes per second.
     pub bandwidth: f64,
+    /// A plain read of the triad's arrays (a sum), bytes read per second: the stream a
+    /// read-only weight pass (forward U, forward V) is set against.
+    pub read_bandwidth: f64,
+    /// A plain update in place (`a = a / 2 + 1`), bytes read and written per second:
+    /// the stream a weight pass with update (backward V, backward U) is set against.
+    pub update_bandwidth: f64,
     /// Peak multiply-add throughput in the step's precision, FLOP per second (2 per
     /// multiply-add).
     pub peak_flops: f64,
@@ -73,6 +85,46 @@ impl Triad {
             c: fresh(2.0),
             par,
         }
+    }
+
+    /// Bytes per second of a plain read (the sum of `b`) and of a plain update in place
+    /// (`a = a / 2 + 1`, read and written), each the best of `reps` passes.
+    pub fn streams(&mut self, reps: usize) -> (f64, f64) {
+        let chunk = 1 << 16;
+        let (a, b) = (&mut self.a, &self.b);
+        let (mut read, mut update) = (f64::INFINITY, f64::INFINITY);
+        let sum = |v: &[f64]| {
+            let mut acc = [0.0; 8];
+            for c in v.chunks_exact(8) {
+                for (s, x) in acc.iter_mut().zip(c) {
+                    *s += x;
+                }
+            }
+            acc.iter().sum::<f64>()
+        };
+        let halve = |v: &mut [f64]| {
+            for x in v.iter_mut() {
+                *x = 0.5 * *x + 1.0;
+            }
+        };
+        for _ in 0..reps.max(1) {
+            let t = Instant::now();
+            let total = match self.par {
+                Par::Seq => sum(b),
+                Par::Rayon => b.par_chunks(chunk).map(sum).sum(),
+            };
+            std::hint::black_box(total);
+            read = read.min(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            match self.par {
+                Par::Seq => halve(a),
+                Par::Rayon => a.par_chunks_mut(chunk).for_each(halve),
+            }
+            std::hint::black_box(&mut *a);
+            update = update.min(t.elapsed().as_secs_f64());
+        }
+        let bytes = (8 * b.len()) as f64;
+        (bytes / read, 2.0 * bytes / update)
     }
 
     /// Bandwidth in bytes/s, best of `reps` passes of `a = b + 3 c`.
@@ -156,6 +208,7 @@ impl<T: Real> Probe<T> {
     /// Measures the machine (bandwidth over `mib` MiB per array).
     pub fn new(par: Par, mib: usize) -> Self {
         let mut triad = Triad::new(mib * (1 << 20) / 8, par);
+        let (read_bandwidth, update_bandwidth) = triad.streams(5);
         let start = Machine {
             threads: if par == Par::Rayon {
                 rayon::current_num_threads()
@@ -164,6 +217,8 @@ impl<T: Real> Probe<T> {
             },
             isa: crate::cpu::isa().name(),
             bandwidth: triad.sample(5),
+            read_bandwidth,
+            update_bandwidth,
             peak_flops: peak_flops::<T>(par),
         };
         Probe {
@@ -175,10 +230,14 @@ impl<T: Real> Probe<T> {
         }
     }
 
-    /// One more measurement of the bandwidth (best of 3 triads) and the compute peak.
+    /// One more measurement of the bandwidth (best of 3 triads, and of 3 plain reads and
+    /// updates) and the compute peak.
     pub fn sample(&mut self) -> Machine {
+        let (read_bandwidth, update_bandwidth) = self.triad.streams(3);
         let m = Machine {
             bandwidth: self.triad.sample(3),
+            read_bandwidth,
+            update_bandwidth,
             peak_flops: peak_flops::<T>(self.par),
             ..self.start
         };
@@ -199,6 +258,8 @@ impl<T: Real> Probe<T> {
         let med = |f: fn(&Machine) -> f64| median(self.samples.iter().map(f).collect());
         Machine {
             bandwidth: med(|m| m.bandwidth),
+            read_bandwidth: med(|m| m.read_bandwidth),
+            update_bandwidth: med(|m| m.update_bandwidth),
             peak_flops: med(|m| m.peak_flops),
             ..self.start
         }
@@ -235,6 +296,11 @@ pub struct StepBench {
     /// GB/s of each weight pass (forward U, forward V, backward V, backward U): one
     /// tensor of L M D values read (forward) or read and written (backward).
     pub pass_gb_s: [f64; 4],
+    /// Each weight pass against the plain stream of its kind sampled before the same
+    /// step ([`Machine::read_bandwidth`] for the forward passes,
+    /// [`Machine::update_bandwidth`] for the backward ones): the median over steps of
+    /// (the stream's time for the pass's bytes / the pass's time).
+    pub pass_of_stream: [f64; 4],
     /// The median over steps of the rest of the step (its time less its parts'):
     /// embedding, readout, head and embedding updates.
     pub other_s: f64,
@@ -330,6 +396,23 @@ pub fn bench_shape<T: Real>(
     let t = passes.weight_passes();
     let reads = [1.0, 1.0, 2.0, 2.0];
     let pass_gb_s = std::array::from_fn(|i| reads[i] * tensor / t[i] / 1e9);
+    // Each pass of each step against the plain stream of its kind sampled before it.
+    let pass_of_stream = std::array::from_fn(|i| {
+        median(
+            machines
+                .iter()
+                .zip(&parts)
+                .map(|(m, p)| {
+                    let stream = if i < 2 {
+                        m.read_bandwidth
+                    } else {
+                        m.update_bandwidth
+                    };
+                    reads[i] * tensor / stream / p.weight_passes()[i]
+                })
+                .collect(),
+        )
+    });
     let (bytes, flops) = step_cost(dims, std::mem::size_of::<T>());
     let roof = |m: &Machine| (bytes / m.bandwidth).max(flops / m.peak_flops);
     let fraction = median(
@@ -342,6 +425,8 @@ pub fn bench_shape<T: Real>(
     let med = |f: fn(&Machine) -> f64| median(machines.iter().map(f).collect());
     let mach = Machine {
         bandwidth: med(|m| m.bandwidth),
+        read_bandwidth: med(|m| m.read_bandwidth),
+        update_bandwidth: med(|m| m.update_bandwidth),
         peak_flops: med(|m| m.peak_flops),
         ..probe.machine()
     };
@@ -361,6 +446,7 @@ pub fn bench_shape<T: Real>(
         machine: mach,
         passes,
         pass_gb_s,
+        pass_of_stream,
         other_s,
     }
 }
@@ -524,10 +610,12 @@ pub fn table<T: Real>(
     let mut probe = Probe::<T>::new(par, 256);
     let machine_line = |m: &Machine, when: &str| {
         format!(
-            "machine ({when}): {} threads, {}, triad bandwidth {:.1} GB/s, {} multiply-add peak {:.1} GFLOP/s",
+            "machine ({when}): {} threads, {}, triad bandwidth {:.1} GB/s (plain read {:.1}, update in place {:.1}), {} multiply-add peak {:.1} GFLOP/s",
             m.threads,
             m.isa,
             m.bandwidth / 1e9,
+            m.read_bandwidth / 1e9,
+            m.update_bandwidth / 1e9,
             T::NAME,
             m.peak_flops / 1e9
         )
@@ -608,10 +696,10 @@ pub fn table<T: Real>(
     ));
     if !rows.is_empty() {
         print(
-            "where the step's time goes, ms per step (GB/s of each weight pass, against the triad's):",
+            "where the step's time goes, ms per step (GB/s of each weight pass; its share of the plain stream of its kind, read for the forward passes, update in place for the backward ones):",
         );
         print(&format!(
-            "{:>5} {:>5}  {:>14} {:>6} {:>14} {:>14} {:>6} {:>14} {:>6}",
+            "{:>5} {:>5}  {:>19} {:>6} {:>19} {:>19} {:>6} {:>19} {:>6}",
             "M", "D", "forward U", "sigma", "forward V", "backward V", "G", "backward U", "rest"
         ));
         for row in &rows {
@@ -619,9 +707,16 @@ pub fn table<T: Real>(
             let ms = |s: f64| s * 1e3;
             let gb = r.pass_gb_s;
             let t = r.passes.weight_passes();
-            let pass = |i: usize| format!("{:.2} ({:.1})", ms(t[i]), gb[i]);
+            let pass = |i: usize| {
+                format!(
+                    "{:.2} ({:.1}; {:.0}%)",
+                    ms(t[i]),
+                    gb[i],
+                    100.0 * r.pass_of_stream[i]
+                )
+            };
             print(&format!(
-                "{:>5} {:>5}  {:>14} {:>6.2} {:>14} {:>14} {:>6.2} {:>14} {:>6.2}",
+                "{:>5} {:>5}  {:>19} {:>6.2} {:>19} {:>19} {:>6.2} {:>19} {:>6.2}",
                 r.dims.m,
                 r.dims.d,
                 pass(0),
