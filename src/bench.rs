@@ -18,8 +18,9 @@
 //!   read-only forward passes, an update in place for the backward passes), the median
 //!   over steps. A pass that reads and writes moves more bytes per second than one that
 //!   only reads (on the Intel Xeon, Emerald Rapids: 34-41 against 21-23 GB/s), so its
-//!   GB/s alone says little about which pass lags; the shares do (M = D = 500: forward
-//!   passes 80-81% of a plain read, backward V 58% and backward U 48% of an update).
+//!   GB/s alone says little about which pass lags; the shares do (M = D = 500, four
+//!   runs: forward passes at 75-88% of a plain read, backward V at 56-61% and backward
+//!   U at 47-50% of an update).
 //! - The regenerated backend ([`bench_regenerated`]): seconds per step of the low-rank
 //!   step whose initial weights are regenerated in row blocks inside each pass
 //!   ([`crate::factored::Init::Regenerated`]), as nanoseconds per regenerated weight and
