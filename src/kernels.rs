@@ -1044,11 +1044,27 @@ pub fn dot_rows<T: Float + Kernels>(
     if m == 0 || n == 0 {
         return;
     }
-    let lined = on_lines(vecs, n, d, d, m);
-    let (vecs, ldv) = lined.as_ref().map_or((vecs, d), |(v, ld)| (&v[..], *ld));
+    let rows = Ptr(rows.as_mut_ptr());
+    dot_entry(rows, (m, d, d), (vecs, d, n), coef, scale, out, par);
+}
+
+/// [`dot_rows`] and [`dot_ro`] past their checks: the vectors on cache lines
+/// ([`on_lines`]), then the kernel over the M rows of D at stride `ld` (`shape`: M, D,
+/// ld), the N vectors at stride `ldv` (`vecs`, ldv, N).
+fn dot_entry<T: Float + Kernels>(
+    rows: Ptr<T>,
+    (m, d, ld): (usize, usize, usize),
+    (vecs, ldv, n): (&[T], usize, usize),
+    coef: Option<&[T]>,
+    scale: T,
+    out: &mut [T],
+    par: Par,
+) {
+    let lined = on_lines(vecs, n, d, ldv, m);
+    let (vecs, ldv) = lined.as_ref().map_or((vecs, ldv), |(v, ld)| (&v[..], *ld));
     let args = DotArgs {
-        rows: Ptr(rows.as_mut_ptr()),
-        ld: d,
+        rows,
+        ld,
         d,
         vecs: vecs.as_ptr(),
         ldv,
@@ -1604,22 +1620,9 @@ pub fn dot_ro<T: Float + Kernels>(
     }
     assert!(ld >= d && ldv >= d && rows.len() >= (m - 1) * ld + d);
     assert!(vecs.len() >= (n - 1) * ldv + d && out.len() >= m * n);
-    let lined = on_lines(vecs, n, d, ldv, m);
-    let (vecs, ldv) = lined.as_ref().map_or((vecs, ldv), |(v, ld)| (&v[..], *ld));
-    let args = DotArgs {
-        // Never written: the read-only kernel only loads through it.
-        rows: Ptr(rows.as_ptr() as *mut T),
-        ld,
-        d,
-        vecs: vecs.as_ptr(),
-        ldv,
-        n,
-        coef: None,
-        out: Ptr(out.as_mut_ptr()),
-        scale,
-        tails: Tails::new(vecs, ldv, d, n),
-    };
-    run_dot_rows(&args, m, par);
+    // Never written: the read-only kernel only loads through it.
+    let rows = Ptr(rows.as_ptr() as *mut T);
+    dot_entry(rows, (m, d, ld), (vecs, ldv, n), None, scale, out, par);
 }
 
 /// Read-only [`axpy_rows`] with a row stride: `tgt_n += sum_m a[m][n] rows[m*ld ..][..d]`

@@ -178,7 +178,40 @@ impl Activation {
                 let t = x.tanh();
                 (t, T::one() - t * t)
             }
+            Activation::Gelu | Activation::Softplus => {
+                let (f, d1, _) = self.f_d1_d2(x);
+                (f, d1)
+            }
             _ => (self.f(x), self.d1(x)),
+        }
+    }
+
+    /// (sigma(x), sigma'(x), sigma''(x)) in the operations of [`Activation::f`],
+    /// [`Activation::d1`] and [`Activation::d2`] (the same bits), sharing one exponential
+    /// (softplus: and one log1p; gelu: and one erfc) among the three.
+    #[inline]
+    pub fn f_d1_d2<T: Real>(self, x: T) -> (T, T, T) {
+        match self {
+            Activation::Softplus => {
+                // exp(-|x|): the exp(-x) of sigmoid for x >= 0, its exp(x) below.
+                let e = (-x.abs()).exp();
+                let s = if x >= T::zero() {
+                    T::one() / (T::one() + e)
+                } else {
+                    e / (T::one() + e)
+                };
+                (x.max(T::zero()) + e.ln_1p(), s, s * (T::one() - s))
+            }
+            Activation::Gelu => {
+                let v = x.to();
+                let (cdf, e) = (phi_cdf(v), (-0.5 * v * v).exp());
+                (
+                    T::of(v * cdf),
+                    T::of(cdf + v * INV_SQRT_2PI * e),
+                    T::of(INV_SQRT_2PI * e * (2.0 - v * v)),
+                )
+            }
+            _ => (self.f(x), self.d1(x), self.d2(x)),
         }
     }
 
