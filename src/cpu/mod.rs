@@ -140,10 +140,9 @@ fn features() -> Features {
 /// [`crate::meanfield::InitKernel`], scalar libm `exp`/`log1p` between SSE arithmetic,
 /// took 6.0 s on 2 threads, 0.29 s with this call at the entry of its loop; the
 /// mean-field network's forward pass of softplus and gelu made a softplus `reslim
-/// spirals` run at n = 100 take 526 s, 34 s with it (the same bits; tanh: 1.7 s,
-/// vectorized). Never
-/// inlined, so no caller holds a vector value in a register across it (all are
-/// caller-saved).
+/// spirals` run at n = 100 take 526 s, 34-35 s with it (the same bits; tanh: 1.7 s,
+/// vectorized). Never inlined, so no caller holds a vector value in a register across
+/// it (all are caller-saved).
 #[inline(never)]
 pub fn clean_upper() {
     #[cfg(target_arch = "x86_64")]
