@@ -193,18 +193,12 @@ impl Activation {
     pub fn f_d1_d2<T: Real>(self, x: T) -> (T, T, T) {
         match self {
             Activation::Softplus => {
-                // exp(-|x|): the exp(-x) of sigmoid for x >= 0, its exp(x) below.
-                let e = (-x.abs()).exp();
-                let s = if x >= T::zero() {
-                    T::one() / (T::one() + e)
-                } else {
-                    e / (T::one() + e)
-                };
+                let (e, s) = softplus_parts(x);
                 (x.max(T::zero()) + e.ln_1p(), s, s * (T::one() - s))
             }
             Activation::Gelu => {
                 let v = x.to();
-                let (cdf, e) = (phi_cdf(v), (-0.5 * v * v).exp());
+                let (cdf, e) = gelu_parts(v);
                 (
                     T::of(v * cdf),
                     T::of(cdf + v * INV_SQRT_2PI * e),
@@ -212,6 +206,28 @@ impl Activation {
                 )
             }
             _ => (self.f(x), self.d1(x), self.d2(x)),
+        }
+    }
+
+    /// (sigma'(x), sigma''(x)) in the operations of [`Activation::d1`] and
+    /// [`Activation::d2`] (the same bits), sharing one exponential (gelu: and one erfc);
+    /// [`Activation::f_d1_d2`] without sigma's log1p (softplus) or product (gelu).
+    #[inline]
+    pub fn d1_d2<T: Real>(self, x: T) -> (T, T) {
+        match self {
+            Activation::Softplus => {
+                let (_, s) = softplus_parts(x);
+                (s, s * (T::one() - s))
+            }
+            Activation::Gelu => {
+                let v = x.to();
+                let (cdf, e) = gelu_parts(v);
+                (
+                    T::of(cdf + v * INV_SQRT_2PI * e),
+                    T::of(INV_SQRT_2PI * e * (2.0 - v * v)),
+                )
+            }
+            _ => (self.d1(x), self.d2(x)),
         }
     }
 
@@ -234,6 +250,25 @@ impl Activation {
             }
         }
     }
+}
+
+/// Softplus's `(exp(-|x|), sigmoid(x))`: the exp(-x) of [`sigmoid`] for x >= 0, its
+/// exp(x) below, and the sigmoid from it in the same operations.
+#[inline]
+fn softplus_parts<T: Real>(x: T) -> (T, T) {
+    let e = (-x.abs()).exp();
+    let s = if x >= T::zero() {
+        T::one() / (T::one() + e)
+    } else {
+        e / (T::one() + e)
+    };
+    (e, s)
+}
+
+/// Gelu's `(Phi(v), exp(-v^2 / 2))`.
+#[inline]
+fn gelu_parts(v: f64) -> (f64, f64) {
+    (phi_cdf(v), (-0.5 * v * v).exp())
 }
 
 fn sigmoid<T: Real>(x: T) -> T {

@@ -90,7 +90,7 @@ pub fn backward(act: Activation, p: &mut [f64], s: &[f64], a: &mut [f64], b: &mu
         _ => {
             let n = s.len();
             for i in 0..n {
-                let (d1, d2) = (act.d1(p[i]), act.d2(p[i]));
+                let (d1, d2) = act.d1_d2(p[i]);
                 p[i] = d1;
                 b[i] = d2 * a[i];
                 a[i] *= d1;
@@ -109,8 +109,7 @@ pub fn derivatives(act: Activation, p: &mut [f64], s: &[f64], d2: &mut [f64]) {
         }
         _ => {
             for i in 0..s.len() {
-                d2[i] = act.d2(p[i]);
-                p[i] = act.d1(p[i]);
+                (p[i], d2[i]) = act.d1_d2(p[i]);
             }
         }
     }

@@ -252,6 +252,11 @@ mod tests {
                 );
                 assert!(same(f1[i], act.d1(v)), "{act:?} d1({v})");
                 assert!(same(f2[i], act.d2(v)), "{act:?} d2({v})");
+                let (d1, d2) = act.d1_d2(v);
+                assert!(
+                    same(d1, act.d1(v)) && same(d2, act.d2(v)),
+                    "{act:?} d1_d2({v})"
+                );
             }
         }
     }
