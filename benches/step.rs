@@ -3,6 +3,12 @@
 //! on huge pages, as the step has them (one call per layer), beside a plain streaming sum
 //! (read) and scaling (read + write) on the same threads as the machine's baselines.
 //! Shapes from the environment: `L=50 M=500 D=500 N=10` by default.
+//!
+//! Everything runs on a worker of the rayon pool ([`Par::on_workers`]), as the step's
+//! passes do. Called from the main thread, each parallel call would inject its job and
+//! put the caller to sleep until it is done: two wake-ups per call, which cost the
+//! kernels 30-50% of their `--seq` speed with one rayon thread on the 2-core Intel Xeon
+//! (L = 50, M = D = 500; on par with `--seq` from a worker).
 
 use rayon::prelude::*;
 use reslim::cpu::Par;
@@ -11,6 +17,10 @@ use reslim::rng::{Stream, Tensor};
 use std::time::Instant;
 
 fn main() {
+    Par::Rayon.on_workers(bench);
+}
+
+fn bench() {
     let env = |k: &str, d: usize| {
         std::env::var(k)
             .ok()
