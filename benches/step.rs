@@ -7,7 +7,7 @@
 //! Everything runs on a worker of the rayon pool ([`Par::on_workers`]), as the step's
 //! passes do. Called from the main thread, each parallel call would inject its job and
 //! put the caller to sleep until it is done: two wake-ups per call, which cost the
-//! kernels 30-50% of their `--seq` speed with one rayon thread on the 2-core Intel Xeon
+//! kernels 20-50% of their `--seq` speed with one rayon thread on the 2-core Intel Xeon
 //! (L = 50, M = D = 500; on par with `--seq` from a worker).
 
 use rayon::prelude::*;
