@@ -256,13 +256,20 @@ impl<T: Real> Probe<T> {
         if self.samples.is_empty() {
             return self.start;
         }
-        let med = |f: fn(&Machine) -> f64| median(self.samples.iter().map(f).collect());
+        Machine::median_of(&self.samples, self.start)
+    }
+}
+
+impl Machine {
+    /// The median of each measured field over `samples`; the rest from `base`.
+    fn median_of(samples: &[Machine], base: Machine) -> Machine {
+        let med = |f: fn(&Machine) -> f64| median(samples.iter().map(f).collect());
         Machine {
             bandwidth: med(|m| m.bandwidth),
             read_bandwidth: med(|m| m.read_bandwidth),
             update_bandwidth: med(|m| m.update_bandwidth),
             peak_flops: med(|m| m.peak_flops),
-            ..self.start
+            ..base
         }
     }
 }
@@ -423,14 +430,7 @@ pub fn bench_shape<T: Real>(
             .map(|(m, t)| roof(m) / t)
             .collect(),
     );
-    let med = |f: fn(&Machine) -> f64| median(machines.iter().map(f).collect());
-    let mach = Machine {
-        bandwidth: med(|m| m.bandwidth),
-        read_bandwidth: med(|m| m.read_bandwidth),
-        update_bandwidth: med(|m| m.update_bandwidth),
-        peak_flops: med(|m| m.peak_flops),
-        ..probe.machine()
-    };
+    let mach = Machine::median_of(&machines, probe.machine());
     let sec = median(times);
     let (t_mem, t_cpu) = (bytes / mach.bandwidth, flops / mach.peak_flops);
     StepBench {
